@@ -1,0 +1,142 @@
+"""MobileNetV2 in MindSpore, parameter names identical to mindspore-ai/models.
+
+The official network (`official/cv/MobileNet/mobilenetv2`) names its tensors
+`features.0.features.0.weight` (stem conv), `features.0.features.1.gamma`
+(stem BN), `features.{1..17}.conv.*` (inverted residual blocks),
+`features.18.features.*` (last 1x1) and `dense.weight` / `dense.bias` (head):
+262 tensors for the 1.0x, 1000-class net. The combined net is built with
+`auto_prefix=False`, so a full-net checkpoint loads into the backbone alone.
+
+Layer shapes come from `parity.spec`, shared with the PyTorch twin
+(`pt_impl/mobilenetv2.py`, which mirrors this file class for class).
+
+Weight init: the same distributions as torchvision (He normal, fan_out, for
+convolutions; BatchNorm gamma 1, beta 0; Dense weight N(0, 0.01), bias 0), so
+a model trained from scratch starts alike in both frameworks.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import mindspore as ms
+from mindspore import nn, ops
+from mindspore.common.initializer import HeNormal, Normal
+
+from parity import spec as mbv2_spec
+
+__all__ = ["ConvBNReLU", "InvertedResidual", "MobileNetV2Backbone", "MobileNetV2Head", "MobileNetV2"]
+
+
+def _conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int) -> nn.Conv2d:
+    # pad_mode='pad' with symmetric padding: 'same' pads bottom/right only at stride 2.
+    return nn.Conv2d(
+        in_channels, out_channels, kernel_size, stride,
+        pad_mode="pad", padding=(kernel_size - 1) // 2, group=groups, has_bias=False,
+        weight_init=HeNormal(mode="fan_out", nonlinearity="relu"),
+    )
+
+
+def _batch_norm(num_features: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(num_features, eps=mbv2_spec.BN_EPS, momentum=mbv2_spec.BN_MOMENTUM_MINDSPORE)
+
+
+class ConvBNReLU(nn.Cell):
+    """Conv (no bias) + BatchNorm + ReLU6; names `features.{0,1}.*` as in the official net."""
+
+    def __init__(self, layer: mbv2_spec.ConvBNAct) -> None:
+        super().__init__()
+        self.features = nn.SequentialCell([
+            _conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.groups),
+            _batch_norm(layer.out_channels),
+            nn.ReLU6(),
+        ])
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        return self.features(x)
+
+
+class InvertedResidual(nn.Cell):
+    """[1x1 expand] -> 3x3 depthwise -> 1x1 linear projection + BN, residual when shapes allow."""
+
+    def __init__(self, block: mbv2_spec.InvertedResidual) -> None:
+        super().__init__()
+        layers = [] if block.expand is None else [ConvBNReLU(block.expand)]
+        layers += [
+            ConvBNReLU(block.depthwise),
+            _conv2d(block.hidden_channels, block.out_channels, 1, 1, 1),
+            _batch_norm(block.out_channels),
+        ]
+        self.conv = nn.SequentialCell(layers)
+        self.use_residual = block.use_residual
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        if self.use_residual:
+            return x + self.conv(x)
+        return self.conv(x)
+
+
+class MobileNetV2Backbone(nn.Cell):
+    """Stem, 17 inverted residual blocks and the last 1x1 conv: image -> feature map (N, C, H/32, W/32)."""
+
+    def __init__(
+        self,
+        width_mult: float = 1.0,
+        round_nearest: int = 8,
+        inverted_residual_setting: Optional[Sequence[Sequence[int]]] = None,
+    ) -> None:
+        super().__init__()
+        self.spec = mbv2_spec.build_spec(width_mult, round_nearest, inverted_residual_setting)
+        self.num_features = self.spec.num_features
+        self.features = nn.SequentialCell(
+            [ConvBNReLU(self.spec.stem)]
+            + [InvertedResidual(block) for block in self.spec.blocks]
+            + [ConvBNReLU(self.spec.last)]
+        )
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        return self.features(x)
+
+
+class MobileNetV2Head(nn.Cell):
+    """Global average pool -> dropout -> dense: feature map -> logits."""
+
+    def __init__(self, in_channels: int, num_classes: int = 1000, dropout: float = mbv2_spec.DEFAULT_DROPOUT) -> None:
+        super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
+        self.dense = nn.Dense(in_channels, num_classes, weight_init=Normal(0.01), bias_init="zeros")
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        x = ops.mean(x, (2, 3))
+        return self.dense(self.dropout(x))
+
+
+class MobileNetV2(nn.Cell):
+    """Backbone + head. Starts in training mode like a torch module (a Cell would not)."""
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        width_mult: float = 1.0,
+        round_nearest: int = 8,
+        dropout: float = mbv2_spec.DEFAULT_DROPOUT,
+        inverted_residual_setting: Optional[Sequence[Sequence[int]]] = None,
+    ) -> None:
+        # auto_prefix=False: parameters keep the parts' own names (`features.*`, `dense.*`).
+        super().__init__(auto_prefix=False)
+        self.backbone = MobileNetV2Backbone(width_mult, round_nearest, inverted_residual_setting)
+        self.head = MobileNetV2Head(self.backbone.num_features, num_classes, dropout)
+        self.spec = self.backbone.spec
+        self.num_features = self.backbone.num_features
+        self.num_classes = num_classes
+        self.set_train(True)
+
+    def forward_features(self, x: ms.Tensor) -> ms.Tensor:
+        return self.backbone(x)
+
+    def forward_head(self, x: ms.Tensor) -> ms.Tensor:
+        return self.head(x)
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        return self.forward_head(self.forward_features(x))
