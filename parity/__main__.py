@@ -1,0 +1,27 @@
+"""`python -m parity {check,bench} ...`: the parity suite and the side-by-side benchmark."""
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+COMMANDS = {
+    "check": ("parity.compare", "compare the twins: forward, gradients, BN stats, optimizer steps, loss, LR, preprocessing"),
+    "bench": ("parity.bench", "time the MindSpore twin against the PyTorch twin, side by side"),
+}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        print("usage: python -m parity {check,bench} [options]", file=sys.stderr)
+        for name, (_, help_text) in COMMANDS.items():
+            print(f"  {name:6s} {help_text}", file=sys.stderr)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    import importlib
+
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+"""Input preprocessing constants shared by both twins' pipelines."""
+from __future__ import annotations
+
+# ImageNet statistics on the 0-255 scale (the pipelines normalise uint8 pixels).
+MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+STD_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+# Eval: resize the shorter side to image_size / CROP_FRACTION, then center-crop image_size.
+CROP_FRACTION = 0.875
+
+
+def eval_resize_size(image_size: int) -> int:
+    """Shorter-side length before the center crop (256 for 224)."""
+    return int(round(image_size / CROP_FRACTION))
