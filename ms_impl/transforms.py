@@ -1,0 +1,46 @@
+"""Image transforms of the MindSpore twin (mindspore.dataset.vision), train and eval.
+
+Constants (mean/std, eval resize rule) come from `parity/preprocess.py`, shared
+with `pt_impl/transforms.py`, so both twins see the same tensors at eval time.
+Input: encoded image bytes; output: float32 CHW, ImageNet-normalised.
+"""
+from __future__ import annotations
+
+from typing import List
+
+from parity import preprocess
+
+
+def eval_transforms(image_size: int) -> List:
+    """Decode, resize the shorter side to image_size / 0.875, center-crop, normalise, HWC->CHW."""
+    from mindspore.dataset import vision
+
+    return [
+        vision.Decode(),
+        vision.Resize(preprocess.eval_resize_size(image_size), interpolation=vision.Inter.PILCUBIC),
+        vision.CenterCrop(image_size),
+        vision.Normalize(mean=list(preprocess.MEAN_RGB), std=list(preprocess.STD_RGB)),
+        vision.HWC2CHW(),
+    ]
+
+
+def train_transforms(
+    image_size: int,
+    scale=(0.08, 1.0),
+    color_jitter: float = 0.4,
+    hflip_prob: float = 0.5,
+) -> List:
+    """Decode, random resized crop, horizontal flip, colour jitter, normalise, HWC->CHW."""
+    from mindspore.dataset import vision
+
+    ops = [
+        vision.RandomCropDecodeResize(image_size, scale=tuple(scale), ratio=(0.75, 1.333), interpolation=vision.Inter.BILINEAR),
+        vision.RandomHorizontalFlip(prob=hflip_prob),
+    ]
+    if color_jitter > 0:
+        ops.append(vision.RandomColorAdjust(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
+    ops += [
+        vision.Normalize(mean=list(preprocess.MEAN_RGB), std=list(preprocess.STD_RGB)),
+        vision.HWC2CHW(),
+    ]
+    return ops
