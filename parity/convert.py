@@ -27,9 +27,12 @@ from typing import Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional
 
 import numpy as np
 
+if not __package__:  # run as a file (`python parity/x.py`): make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from parity import spec as mbv2_spec
 from parity import tolerances
-from parity.layouts import (FRAMEWORK_OF_LAYOUT, LAYOUTS, TORCH_BN_COUNTER, TensorSlot, bn_counter_names, head_names,
+from parity.layouts import (FRAMEWORK_OF_LAYOUT, LAYOUTS, TORCH_BN_COUNTER, TensorSlot, head_names,
                             tensor_table)
 
 __all__ = [
@@ -479,7 +482,7 @@ def load_into_torch_module(model, tensors: Mapping[str, np.ndarray], strict: boo
 class VerifyReport:
     max_abs: float
     max_rel: float  # max_abs / max |reference output|
-    compared: str  # "logits" or "features" (backbone-only checkpoints)
+    compared: str  # "logits", or "pooled features" for backbone-only checkpoints
     reference: str  # twin that ran the source, e.g. "mindspore (ms-official)"
     candidate: str  # twin that ran the result
 
@@ -501,7 +504,8 @@ def _run_twin(framework: str, ckpt: Checkpoint, batch: np.ndarray) -> np.ndarray
         load_into_torch_module(net, tensors, strict=True)
         net.eval()
         with torch.no_grad():
-            return net(torch.from_numpy(batch)).numpy()
+            output = net(torch.from_numpy(batch)).numpy()
+        return output if ckpt.num_classes is not None else output.mean(axis=(2, 3))
     import mindspore as ms
     from ms_impl import mobilenetv2 as ms_model
 
@@ -509,7 +513,9 @@ def _run_twin(framework: str, ckpt: Checkpoint, batch: np.ndarray) -> np.ndarray
            else ms_model.MobileNetV2(ckpt.num_classes, ckpt.width_mult))
     load_into_ms_net(net, tensors, strict=True)
     net.set_train(False)
-    return net(ms.Tensor(batch)).asnumpy()
+    output = net(ms.Tensor(batch)).asnumpy()
+    # Backbone only: compare what a head would see, the globally pooled features.
+    return output if ckpt.num_classes is not None else output.mean(axis=(2, 3))
 
 
 def verify_conversion(source: Checkpoint, result: Checkpoint, *, batch_size: int = 2, image_size: int = 224,
@@ -533,8 +539,9 @@ def verify_conversion(source: Checkpoint, result: Checkpoint, *, batch_size: int
         raise ConversionError(f"verify: output shapes differ: {expected.shape} vs {found.shape}")
     max_abs = float(np.max(np.abs(expected.astype(np.float64) - found)))
     max_rel = max_abs / max(float(np.max(np.abs(expected))), np.finfo(np.float32).tiny)
-    return VerifyReport(max_abs, max_rel, "features" if result.num_classes is None else "logits",
-                        f"{source_framework} ({source.layout})", f"{other} ({result.layout})")
+    return VerifyReport(max_abs, max_rel, "pooled features" if result.num_classes is None else "logits",
+                        f"{source_framework} twin with the source ({source.layout})",
+                        f"{other} twin with the result ({result.layout})")
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -596,7 +603,7 @@ def _run(args: argparse.Namespace) -> int:
         # Read back what was written, so the check covers the file and not just the arrays in memory.
         report = verify_conversion(source, read_checkpoint(temp, layout=result.layout),
                                    image_size=args.verify_image_size)
-        print(f"verify: {report.reference} vs {report.candidate} twin, {report.compared}: "
+        print(f"verify: {report.reference} vs {report.candidate}, {report.compared}: "
               f"max abs diff {report.max_abs:.3e}, max rel diff {report.max_rel:.3e} "
               f"(tolerance {tolerances.EVAL_LOGITS_ABS:g} abs)")
         if not report.ok:

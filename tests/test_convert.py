@@ -317,7 +317,7 @@ def test_cli_drop_head_with_verify_writes_backbone(tmp_path, python_exe, repo_ro
                            "--num-classes", "26", "--drop-head", "--verify", "--verify-image-size", "64"],
                           cwd=repo_root, env=cli_env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    match = re.search(r"features: max abs diff (\S+), max rel diff (\S+)", done.stdout)
+    match = re.search(r"pooled features: max abs diff (\S+), max rel diff (\S+)", done.stdout)
     assert match and float(match.group(1)) <= tolerances.EVAL_LOGITS_ABS
     assert set(load_ms(tmp_path / "out.ckpt")) == {s.names["ms-official"] for s in tensor_table(build_spec(SMALL), None)}
 
