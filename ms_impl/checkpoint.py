@@ -38,6 +38,7 @@ class TrainState:
 
     epoch: int = 0            # completed epochs
     step_in_epoch: int = 0    # steps done in epoch `epoch` (non-zero only after an interruption)
+    epoch_loss_sum: float = 0.0  # sum of the training losses of those steps
     global_step: int = 0
     best_top1: float = -1.0
     best_epoch: int = 0

@@ -237,13 +237,15 @@ class StopRequest:
 
 def train_one_epoch(cfg, data: Data, step_fn, network, optimizer, lr: np.ndarray, state: TrainState,
                     stop: StopRequest, save_last) -> Dict[str, float]:
-    """Steps of epoch `state.epoch` from `state.step_in_epoch` on; mean loss and img/s of the steps run."""
+    """Steps of epoch `state.epoch` from `state.step_in_epoch` on; mean loss of the epoch, img/s of this process."""
     from tqdm import tqdm
 
     batches = dataset.train_dataset(data.train, cfg, data.image_size, state.epoch).create_tuple_iterator(num_epochs=1)
     for _ in range(state.step_in_epoch):  # replay the batches done before an interruption: same RNG, no update
         next(batches)
-    losses: List[float] = []
+    if state.step_in_epoch == 0:
+        state.epoch_loss_sum = 0.0
+    steps_run = 0
     started = time.perf_counter()
     bar = tqdm(total=data.steps_per_epoch, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
                unit="step", dynamic_ncols=True, file=sys.stderr)
@@ -256,12 +258,13 @@ def train_one_epoch(cfg, data: Data, step_fn, network, optimizer, lr: np.ndarray
             bar.close()
             raise TrainingDiverged(f"loss is {loss} at epoch {state.epoch + 1}, step {state.step_in_epoch + 1} "
                                    f"(lr {lr[state.global_step]:.4g}); stopped without saving")
-        losses.append(loss)
+        steps_run += 1
+        state.epoch_loss_sum += loss
         state.global_step += 1
         state.step_in_epoch += 1
         elapsed = time.perf_counter() - started
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr[state.global_step - 1]:.4g}",
-                        img_s=f"{len(losses) * cfg.batch_size / max(elapsed, 1e-9):.1f}")
+                        img_s=f"{steps_run * cfg.batch_size / max(elapsed, 1e-9):.1f}")
         bar.update(1)
         if stop.signum:
             bar.close()
@@ -269,8 +272,8 @@ def train_one_epoch(cfg, data: Data, step_fn, network, optimizer, lr: np.ndarray
             raise Interrupted(stop.signum)
     bar.close()
     elapsed = time.perf_counter() - started
-    return {"train_loss": float(np.mean(losses)) if losses else float("nan"),
-            "train_img_per_s": len(losses) * cfg.batch_size / max(elapsed, 1e-9)}
+    return {"train_loss": state.epoch_loss_sum / max(state.step_in_epoch, 1),
+            "train_img_per_s": steps_run * cfg.batch_size / max(elapsed, 1e-9)}
 
 
 def save_epoch_checkpoints(cfg, network, optimizer, state: TrainState, improved: bool) -> None:
