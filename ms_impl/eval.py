@@ -82,7 +82,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         from ms_impl.mobilenetv2 import MobileNetV2
 
         network = MobileNetV2(len(cfg.classes), cfg.width_mult, dropout=cfg.dropout)
-        checkpoint.load_network_weights(known.checkpoint, dict(network.parameters_and_names()))
+        checkpoint.load_network_weights(known.checkpoint, {p.name: p for p in network.get_parameters()})
         data = dataset.eval_dataset(images, image_size, cfg.batch_size, cfg.num_workers)
         result = evaluate(network, data, len(cfg.classes), cfg.label_smoothing)
     except UsageError as e:

@@ -182,10 +182,10 @@ def build_network(cfg):
 
 
 def network_params(network) -> Dict[str, object]:
-    """The parameters a checkpoint holds: official names, without trainer-only state."""
+    """The parameters a checkpoint holds, by their official names (Parameter.name, not the attribute path)."""
     from ms_impl.train_step import MASK_PARAM
 
-    return {name: p for name, p in network.parameters_and_names() if p.name != MASK_PARAM}
+    return {p.name: p for p in network.get_parameters() if p.name != MASK_PARAM}
 
 
 def build_lr_schedule(cfg, steps_per_epoch: int) -> np.ndarray:
