@@ -466,6 +466,8 @@ def check_optimizer_rule(twins: Twins, rng: np.random.Generator) -> CheckResult:
     from pt_impl import optim as pt_optim
 
     case = twins.case
+    # Start from identical weights: the end-to-end steps before this check leave them a little apart.
+    _load_ms_state(twins.ms_net, _torch_state(twins.pt_net))
     lr = schedule.warmup_cosine_lr(total_epochs=case.steps, **RULE_LR)
     ms_optimizer = ms_optim.build_optimizer(twins.ms_net.trainable_params(), lr, MOMENTUM, RULE_WEIGHT_DECAY)
     pt_optimizer, pt_scheduler = pt_optim.build_optimizer(twins.pt_net.named_parameters(), lr, MOMENTUM,

@@ -10,7 +10,7 @@ def _check(args, cli_env, python_exe, repo_root):
 
 
 def test_check_prints_table_and_passes(cli_env, python_exe, repo_root):
-    done = _check(["--width", "0.35", "--image-size", "32", "--batch", "2", "--mode", "pynative"],
+    done = _check(["--width", "0.35", "--image-size", "64", "--batch", "2", "--mode", "pynative"],
                   cli_env, python_exe, repo_root)
     assert done.returncode == 0, done.stdout + done.stderr
     for row in ("eval logits", "train-mode forward", "gradients, whole net", "BN stats after 1 forward",
