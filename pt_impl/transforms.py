@@ -1,4 +1,4 @@
-"""Image transforms of the PyTorch twin (PIL + numpy + torch), eval.
+"""Image transforms of the PyTorch twin (PIL + numpy + torch), train and eval.
 
 Mirrors `ms_impl/transforms.py` op for op, with the constants of
 `parity/preprocess.py`, so that both twins see the same tensors at eval time:
@@ -12,16 +12,20 @@ Mirrors `ms_impl/transforms.py` op for op, with the constants of
 - Normalize: float32 `(pixel - mean) / std` on the 0-255 scale.
 - HWC2CHW: channels first, returned as a torch tensor.
 
-Input: encoded image bytes; output: float32 CHW tensor, ImageNet-normalised.
+The train ops mirror mindspore.dataset's random augmentations in kind and
+parameters (random resized crop with bilinear resize, horizontal flip, colour
+jitter); random draws differ between frameworks, so only eval is compared
+pixel for pixel. Input: encoded image bytes; output: float32 CHW tensor,
+ImageNet-normalised.
 """
 from __future__ import annotations
 
 import io
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 from parity import preprocess
 
@@ -83,6 +87,62 @@ class HWC2CHW:
         return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
 
+class RandomCropDecodeResize:
+    """Decode, crop a random area (fraction `scale`, aspect `ratio`), resize to size x size (bilinear)."""
+
+    def __init__(self, size: int, scale: Tuple[float, float], ratio: Tuple[float, float],
+                 rng: np.random.Generator) -> None:
+        self.size, self.scale, self.ratio, self.rng = size, scale, ratio, rng
+
+    def crop_box(self, height: int, width: int) -> Tuple[int, int, int, int]:
+        area = height * width
+        log_ratio = np.log(self.ratio)
+        for _ in range(10):
+            target = area * self.rng.uniform(*self.scale)
+            aspect = float(np.exp(self.rng.uniform(*log_ratio)))
+            w, h = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top, left = int(self.rng.integers(0, height - h + 1)), int(self.rng.integers(0, width - w + 1))
+                return top, left, h, w
+        side = min(height, width)  # fallback: the central square
+        return (height - side) // 2, (width - side) // 2, side, side
+
+    def __call__(self, data: bytes) -> Image.Image:
+        image = Decode()(data)
+        top, left, h, w = self.crop_box(image.height, image.width)
+        return image.resize((self.size, self.size), Image.BILINEAR, box=(left, top, left + w, top + h))
+
+
+class RandomHorizontalFlip:
+    def __init__(self, prob: float, rng: np.random.Generator) -> None:
+        self.prob, self.rng = prob, rng
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return image.transpose(Image.FLIP_LEFT_RIGHT) if self.rng.random() < self.prob else image
+
+
+class RandomColorAdjust:
+    """Brightness, contrast and saturation each scaled by a factor drawn from [1 - x, 1 + x]."""
+
+    def __init__(self, brightness: float, contrast: float, saturation: float, rng: np.random.Generator) -> None:
+        self.factors = ((ImageEnhance.Brightness, brightness), (ImageEnhance.Contrast, contrast),
+                        (ImageEnhance.Color, saturation))
+        self.rng = rng
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        for enhancer, amount in self.factors:
+            if amount > 0:
+                image = enhancer(image).enhance(float(self.rng.uniform(max(0.0, 1.0 - amount), 1.0 + amount)))
+        return image
+
+
+class ToArray:
+    """PIL image -> uint8 HWC array (the eval path gets it from CenterCrop)."""
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        return np.asarray(image)
+
+
 def eval_transforms(image_size: int) -> List[Callable]:
     """Decode, resize the shorter side to image_size / 0.875, center-crop, normalise, HWC->CHW."""
     return [
@@ -92,6 +152,29 @@ def eval_transforms(image_size: int) -> List[Callable]:
         Normalize(mean=list(preprocess.MEAN_RGB), std=list(preprocess.STD_RGB)),
         HWC2CHW(),
     ]
+
+
+def train_transforms(
+    image_size: int,
+    scale=(0.08, 1.0),
+    color_jitter: float = 0.4,
+    hflip_prob: float = 0.5,
+    rng: Optional[np.random.Generator] = None,
+) -> List[Callable]:
+    """Decode, random resized crop, horizontal flip, colour jitter, normalise, HWC->CHW."""
+    rng = np.random.default_rng() if rng is None else rng
+    ops: List[Callable] = [
+        RandomCropDecodeResize(image_size, scale=tuple(scale), ratio=(0.75, 1.333), rng=rng),
+        RandomHorizontalFlip(prob=hflip_prob, rng=rng),
+    ]
+    if color_jitter > 0:
+        ops.append(RandomColorAdjust(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter, rng=rng))
+    ops += [
+        ToArray(),
+        Normalize(mean=list(preprocess.MEAN_RGB), std=list(preprocess.STD_RGB)),
+        HWC2CHW(),
+    ]
+    return ops
 
 
 def apply(ops: Sequence[Callable], data: bytes) -> torch.Tensor:
