@@ -30,10 +30,9 @@ from __future__ import annotations
 
 import argparse
 import io
-import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -150,42 +149,22 @@ def _compare_tensor_dicts(
 
 # --------------------------------------------------------------- the weights
 
-_BN_RENAMES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
+def _to_ms_names(torch_tensors: Dict[str, np.ndarray], case: "Case") -> Dict[str, np.ndarray]:
+    """torchvision-layout tensors (any subset) -> the MindSpore twin's (ms-official) names.
 
-
-def _to_ms_names(torch_tensors: Dict[str, np.ndarray], bn_modules: Sequence[str]) -> Dict[str, np.ndarray]:
-    """torchvision-layout tensors -> the MindSpore twin's (ms-official) names.
-
-    The one place where the harness maps names; `parity.convert` replaces it
-    once merged. `bn_modules` are the torch module paths of the BatchNorm layers.
+    The names come from `parity.layouts`, the converter's own table, so the
+    harness checks the same mapping that users' checkpoints go through.
     """
-    bn_modules = set(bn_modules)
-    renamed: Dict[str, np.ndarray] = {}
-    for key, value in torch_tensors.items():
-        module, _, leaf = key.rpartition(".")
-        if leaf == "num_batches_tracked":
-            continue  # MindSpore keeps no such counter
-        if module in bn_modules:
-            leaf = _BN_RENAMES[leaf]
-        if module == "classifier.1":
-            module = "dense"
-        # A Conv+BN+ReLU6 unit is a SequentialCell named `features` inside the MindSpore twin:
-        # features.0.0 -> features.0.features.0, features.2.conv.1.0 -> features.2.conv.1.features.0.
-        module = re.sub(r"^(features\.\d+(?:\.conv\.\d+)?)\.(\d+)$", r"\1.features.\2", module)
-        renamed[f"{module}.{leaf}"] = value
-    return renamed
+    from parity.layouts import TORCH_BN_COUNTER, name_map
+
+    names = name_map("torchvision", "ms-official", case.width, case.num_classes)
+    return {names[key]: value for key, value in torch_tensors.items() if not key.endswith(TORCH_BN_COUNTER)}
 
 
-def _torch_bn_modules(pt_net) -> List[str]:
-    import torch
-
-    return [name for name, module in pt_net.named_modules() if isinstance(module, torch.nn.BatchNorm2d)]
-
-
-def _torch_state(pt_net) -> Dict[str, np.ndarray]:
+def _torch_state(pt_net, case: "Case") -> Dict[str, np.ndarray]:
     """Parameters and BN statistics of the PyTorch twin, in MindSpore names."""
     state = {k: v.detach().cpu().numpy().copy() for k, v in pt_net.state_dict().items()}
-    return _to_ms_names(state, _torch_bn_modules(pt_net))
+    return _to_ms_names(state, case)
 
 
 def _ms_state(ms_net) -> Dict[str, np.ndarray]:
@@ -248,7 +227,6 @@ class Twins:
     case: Case
     ms_net: object
     pt_net: object
-    bn_modules: List[str] = field(default_factory=list)
     _ms_eval: Optional[Callable] = None
 
     def ms_eval_logits(self, x: np.ndarray) -> np.ndarray:
@@ -293,9 +271,8 @@ def build_twins(case: Case) -> Twins:
     pt_net = PtMobileNetV2(num_classes=case.num_classes, width_mult=case.width, dropout=0.0)
     _randomize_torch(pt_net, np.random.default_rng(case.seed), case.image_size)
     ms_net = MsMobileNetV2(num_classes=case.num_classes, width_mult=case.width, dropout=0.0)
-    bn_modules = _torch_bn_modules(pt_net)
-    _load_ms_state(ms_net, _torch_state(pt_net))
-    return Twins(case, ms_net, pt_net, bn_modules)
+    _load_ms_state(ms_net, _torch_state(pt_net, case))
+    return Twins(case, ms_net, pt_net)
 
 
 # ------------------------------------------------------------------- checks
@@ -370,7 +347,7 @@ class _TrainSteppers:
         grads = {k: p.grad.numpy().copy() for k, p in self.twins.pt_net.named_parameters()}
         self.pt_optimizer.step()
         self.pt_scheduler.step()
-        return float(loss.item()), logits.detach().numpy(), _to_ms_names(grads, self.twins.bn_modules)
+        return float(loss.item()), logits.detach().numpy(), _to_ms_names(grads, self.twins.case)
 
 
 def _bn_stats(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -398,8 +375,8 @@ def check_training(twins: Twins, rng: np.random.Generator) -> List[CheckResult]:
                                                  tolerances.GRAD_END_TO_END_REL, "rel", tolerances.GRAD_FLOOR))
             results.append(_compare_tensor_dicts(
                 "BN stats after 1 forward", _bn_stats(_ms_state(twins.ms_net)),
-                _bn_stats(_torch_state(twins.pt_net)), tolerances.BN_STATS_REL, "rel"))
-    ms_state, pt_state = _ms_state(twins.ms_net), _torch_state(twins.pt_net)
+                _bn_stats(_torch_state(twins.pt_net, twins.case)), tolerances.BN_STATS_REL, "rel"))
+    ms_state, pt_state = _ms_state(twins.ms_net), _torch_state(twins.pt_net, twins.case)
     ms_stats, pt_stats = _bn_stats(ms_state), _bn_stats(pt_state)
     results.append(_compare_tensor_dicts(
         f"weights after {case.steps} steps", {k: v for k, v in ms_state.items() if k not in ms_stats},
@@ -447,7 +424,7 @@ def check_layer_gradients(twins: Twins, rng: np.random.Generator) -> CheckResult
             pt_grads[f"features.{index}.input"] = layer_input.grad.numpy()
             ms_grads.update({p.name: g.asnumpy() for p, g in zip(ms_params, param_grads)})
             renamed = _to_ms_names({f"features.{index}.{n}": p.grad.numpy() for n, p in pt_layer.named_parameters()},
-                                   twins.bn_modules)
+                                   twins.case)
             pt_grads.update(renamed)
             activations = output.detach()
     finally:
@@ -467,13 +444,13 @@ def check_optimizer_rule(twins: Twins, rng: np.random.Generator) -> CheckResult:
 
     case = twins.case
     # Start from identical weights: the end-to-end steps before this check leave them a little apart.
-    _load_ms_state(twins.ms_net, _torch_state(twins.pt_net))
+    _load_ms_state(twins.ms_net, _torch_state(twins.pt_net, twins.case))
     lr = schedule.warmup_cosine_lr(total_epochs=case.steps, **RULE_LR)
     ms_optimizer = ms_optim.build_optimizer(twins.ms_net.trainable_params(), lr, MOMENTUM, RULE_WEIGHT_DECAY)
     pt_optimizer, pt_scheduler = pt_optim.build_optimizer(twins.pt_net.named_parameters(), lr, MOMENTUM,
                                                           RULE_WEIGHT_DECAY)
     pt_params = dict(twins.pt_net.named_parameters())
-    ms_to_pt = _to_ms_names({name: name for name in pt_params}, twins.bn_modules)
+    ms_to_pt = _to_ms_names({name: name for name in pt_params}, twins.case)
     ms_names = [p.name for p in ms_optimizer.parameters]
     before = _ms_state(twins.ms_net)
     for _ in range(case.steps):
@@ -484,7 +461,7 @@ def check_optimizer_rule(twins: Twins, rng: np.random.Generator) -> CheckResult:
             pt_params[ms_to_pt[name]].grad = torch.from_numpy(grads[name])
         pt_optimizer.step()
         pt_scheduler.step()
-    ms_state, pt_state = _ms_state(twins.ms_net), _torch_state(twins.pt_net)
+    ms_state, pt_state = _ms_state(twins.ms_net), _torch_state(twins.pt_net, twins.case)
     moved = max(float(np.max(np.abs(ms_state[k] - before[k]))) for k in ms_names)
     result = _compare_tensor_dicts(f"optimizer rule, same grads, {case.steps} steps",
                                    {k: ms_state[k] for k in ms_names}, {k: pt_state[k] for k in ms_names},

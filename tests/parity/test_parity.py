@@ -76,7 +76,7 @@ def test_harness_catches_a_wrong_weight(ms_pynative):
 
 def test_name_map_covers_every_tensor_both_ways(ms_pynative):
     twins = compare.build_twins(compare.Case(width=1.4, image_size=32, num_classes=1000, batch=1, mode="pynative"))
-    torch_state = compare._torch_state(twins.pt_net)
+    torch_state = compare._torch_state(twins.pt_net, twins.case)
     ms_state = compare._ms_state(twins.ms_net)
     assert set(torch_state) == set(ms_state) and len(ms_state) == 262
     assert all(np.array_equal(torch_state[k], ms_state[k]) for k in ms_state)
