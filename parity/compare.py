@@ -271,7 +271,11 @@ def build_twins(case: Case) -> Twins:
     pt_net = PtMobileNetV2(num_classes=case.num_classes, width_mult=case.width, dropout=0.0)
     _randomize_torch(pt_net, np.random.default_rng(case.seed), case.image_size)
     ms_net = MsMobileNetV2(num_classes=case.num_classes, width_mult=case.width, dropout=0.0)
-    _load_ms_state(ms_net, _torch_state(pt_net, case))
+    # The MindSpore twin gets its weights the way users' checkpoints travel: through the converter.
+    from parity import convert
+
+    source = convert.checkpoint_from_state(convert.state_from_torch_module(pt_net), "torchvision", source="PyTorch twin")
+    convert.load_into_ms_net(ms_net, convert.convert(source, "ms-official").tensors, strict=True)
     return Twins(case, ms_net, pt_net)
 
 
