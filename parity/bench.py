@@ -241,6 +241,14 @@ def _configure_threads(threads: int) -> None:
     ms.set_context(runtime_num_threads=threads)
 
 
+def _load_average() -> str:
+    # Other processes on a shared machine skew absolute figures (and, less, the ratios): say how busy it was.
+    try:
+        return "%.1f" % os.getloadavg()[0]
+    except OSError:
+        return "n/a"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     if args.batch < 1 or args.image_size < 32 or args.steps < 1 or args.warmup < 0 or args.width <= 0:
@@ -259,7 +267,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     kernels = resolve_fast_conv(args.fast_conv)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"# parity bench, {stamp}, {platform.machine()} {os.cpu_count()} CPUs, "
-          f"mindspore {ms.__version__} ({args.mode}), torch {torch.__version__}, threads {args.threads or 'default'}")
+          f"mindspore {ms.__version__} ({args.mode}), torch {torch.__version__}, threads {args.threads or 'default'}, "
+          f"load average {_load_average()}")
     print(f"# batch {args.batch}, {args.image_size}x{args.image_size}, width {args.width}, "
           f"median of {args.steps} after {args.warmup} warm-up; fast_conv={args.fast_conv} "
           f"(kernels {'on' if kernels else 'off'})")
@@ -267,13 +276,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("| measurement | MindSpore img/s | PyTorch img/s | MS/PT |")
     print("|---|---|---|---|")
     for label, ms_s, pt_s in _whole_network(args):
-        print(f"| {label} | {args.batch / ms_s:.1f} | {args.batch / pt_s:.1f} | {pt_s / ms_s:.2f}x |", flush=True)
+        print(f"| {label} | {args.batch / ms_s:.3g} | {args.batch / pt_s:.3g} | {pt_s / ms_s:.2f}x |", flush=True)
     if not args.skip_breakdown:
         print()
         print("| layer (batch %d) | MS fwd ms | PT fwd ms | MS fwd+bwd ms | PT fwd+bwd ms |" % args.batch)
         print("|---|---|---|---|---|")
         for label, mf, pf, mb, pb in _breakdown(args):
             print(f"| {label} | {mf:.1f} | {pf:.1f} | {mb:.1f} | {pb:.1f} |", flush=True)
+    print(f"\n# load average at the end: {_load_average()}")
     return 0
 
 

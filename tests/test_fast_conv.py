@@ -248,3 +248,19 @@ def test_training_step_graph_and_pynative(fast_conv):
             assert worst <= 3e-2 * largest_update, (mode, worst, largest_update)
     finally:
         ms.set_context(mode=ms.PYNATIVE_MODE)
+
+
+def test_bench_reports_both_twins_and_rejects_bad_options(ms_pynative, capsys):
+    from parity import bench
+
+    assert bench.main(["--batch", "0"]) == 2
+    assert "--batch >= 1" in capsys.readouterr().err
+    argv = ["--mode", "pynative", "--batch", "2", "--image-size", "32", "--width", "0.35", "--steps", "1",
+            "--warmup", "1", "--fast-conv", "on", "--skip-breakdown", "--num-classes", "10"]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "kernels on" in out
+    for row in ("| train step |", "| eval forward |"):
+        line = next(ln for ln in out.splitlines() if ln.startswith(row))
+        ms_rate, pt_rate, ratio = (float(cell.strip().rstrip("x")) for cell in line.strip("|").split("|")[1:4])
+        assert ms_rate > 0 and pt_rate > 0 and ratio == pytest.approx(ms_rate / pt_rate, rel=0.02, abs=0.01)
