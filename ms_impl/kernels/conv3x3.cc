@@ -20,8 +20,9 @@
 // ((H+2) rows). For stride 2 each padded row is stored de-interleaved (even
 // columns, then odd columns), so that for every kernel column kw the taps
 // x[s*ow + kw] of one output row are a contiguous run: all inner loops are
-// unit-stride and vectorize. Gradients w.r.t. the input scatter into a padded
-// plane of the same layout and copy the interior out; gradients w.r.t. the
+// unit-stride and vectorize. Gradients w.r.t. the input: at stride 1 the
+// forward pass of dy with the flipped kernel; at stride 2 a scatter into a
+// padded plane of the same layout, interior copied out. Gradients w.r.t. the
 // weight are 9 dot products per plane pair. Work is split over the cores with
 // std::thread (thread count: $MBV2_KERNEL_THREADS, else the CPUs this process
 // may run on).
@@ -109,17 +110,28 @@ void pad_plane(const Geometry& g, const float* __restrict__ src, float* __restri
 void forward_plane(const Geometry& g, const float* __restrict__ padded, const float* w, float* __restrict__ y,
                    bool accumulate) {
   const int64_t wo = g.out_width;
+  const float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5], w6 = w[6], w7 = w[7], w8 = w[8];
+  const int64_t t0 = g.tap(0), t1 = g.tap(1), t2 = g.tap(2);
   for (int64_t oh = 0; oh < g.out_height; ++oh) {
     float* __restrict__ out = y + oh * wo;
-    if (!accumulate) std::fill(out, out + wo, 0.0f);
-    for (int kh = 0; kh < 3; ++kh) {
-      const float* row = padded + (g.stride * oh + kh) * g.pitch;
-      const float* __restrict__ a = row + g.tap(0);
-      const float* __restrict__ b = row + g.tap(1);
-      const float* __restrict__ c = row + g.tap(2);
-      const float w0 = w[kh * 3], w1 = w[kh * 3 + 1], w2 = w[kh * 3 + 2];
+    // All 9 taps in one pass: each output element is loaded/stored once.
+    const float* top = padded + (g.stride * oh) * g.pitch;
+    const float* mid = top + g.pitch;
+    const float* bot = mid + g.pitch;
+    const float* __restrict__ a0 = top + t0;
+    const float* __restrict__ a1 = top + t1;
+    const float* __restrict__ a2 = top + t2;
+    const float* __restrict__ b0 = mid + t0;
+    const float* __restrict__ b1 = mid + t1;
+    const float* __restrict__ b2 = mid + t2;
+    const float* __restrict__ c0 = bot + t0;
+    const float* __restrict__ c1 = bot + t1;
+    const float* __restrict__ c2 = bot + t2;
 #pragma omp simd
-      for (int64_t ow = 0; ow < wo; ++ow) out[ow] += w0 * a[ow] + w1 * b[ow] + w2 * c[ow];
+    for (int64_t ow = 0; ow < wo; ++ow) {
+      const float sum = w0 * a0[ow] + w1 * a1[ow] + w2 * a2[ow] + w3 * b0[ow] + w4 * b1[ow] + w5 * b2[ow] +
+                        w6 * c0[ow] + w7 * c1[ow] + w8 * c2[ow];
+      out[ow] = accumulate ? out[ow] + sum : sum;
     }
   }
 }
@@ -227,9 +239,18 @@ int dw_grad_input(int nparam, void** params, int* ndims, int64_t** shapes, const
   parallel_for(n * c, [&](int, int64_t begin, int64_t end) {
     std::vector<float> padded(g.plane);
     for (int64_t p = begin; p < end; ++p) {
-      std::fill(padded.begin(), padded.end(), 0.0f);
-      scatter_plane(g, dy + p * out_plane, w + (p % c) * 9, padded.data());
-      unpad_plane(g, padded.data(), dx + p * in_plane, false);
+      const float* wp = w + (p % c) * 9;
+      if (stride == 1) {
+        // Stride 1: the input gradient is the forward pass of dy with the kernel flipped (one pass per row).
+        float flipped[9];
+        for (int k = 0; k < 9; ++k) flipped[k] = wp[8 - k];
+        pad_plane(g, dy + p * out_plane, padded.data());
+        forward_plane(g, padded.data(), flipped, dx + p * in_plane, false);
+      } else {
+        std::fill(padded.begin(), padded.end(), 0.0f);
+        scatter_plane(g, dy + p * out_plane, wp, padded.data());
+        unpad_plane(g, padded.data(), dx + p * in_plane, false);
+      }
     }
   });
   return 0;
