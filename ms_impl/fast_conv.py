@@ -112,11 +112,33 @@ def kernel_library() -> Path:
     return target
 
 
+def _self_test(library: str) -> None:
+    """Runs one small depthwise forward through MindSpore and checks it: the library loads, the ABI fits."""
+    import numpy as np
+
+    x = np.arange(2 * 2 * 5 * 4, dtype=np.float32).reshape(2, 2, 5, 4) / 10.0
+    w = np.linspace(-1.0, 1.0, 18, dtype=np.float32).reshape(2, 1, 3, 3)
+    op = ops.Custom(f"{library}:dw_forward_s2", out_shape=_forward_shape(2), out_dtype=_same_dtype, func_type="aot")
+    try:
+        got = op(ms.Tensor(x), ms.Tensor(w)).asnumpy()
+    except (RuntimeError, TypeError, ValueError, OSError) as exc:
+        raise FastConvUnavailable(f"the built kernels do not run in MindSpore: {exc}") from exc
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    want = np.zeros((2, 2, 3, 2), dtype=np.float64)
+    for kh in range(3):
+        for kw in range(3):
+            want += w[None, :, 0, kh, kw, None, None] * padded[:, :, kh:kh + 5:2, kw:kw + 4:2]
+    if got.shape != want.shape or not np.allclose(got, want, rtol=1e-5, atol=1e-5):
+        raise FastConvUnavailable("the built kernels give wrong results in the start-up self-test")
+
+
 @functools.lru_cache(maxsize=None)
 def _cached_library() -> Tuple[str, str]:
-    """(library path, "") or ("", reason): resolved once per process, so `auto` warns once."""
+    """(library path, "") or ("", reason): resolved (built and self-tested) once per process, so `auto` warns once."""
     try:
-        return str(kernel_library()), ""
+        library = str(kernel_library())
+        _self_test(library)
+        return library, ""
     except FastConvUnavailable as exc:
         return "", str(exc)
 
@@ -137,7 +159,6 @@ def resolve_fast_conv(mode: str) -> bool:
         warnings.warn(f"fast_conv='auto': using nn.Conv2d, the CPU kernels are unavailable: {reason}",
                       RuntimeWarning, stacklevel=2)
     return False
-
 
 
 def _forward_shape(stride: int) -> Callable:

@@ -124,22 +124,26 @@ def fresh_build_state(fast_conv, monkeypatch, tmp_path):
     fast_conv._warned[:] = saved_warned
 
 
-def _failing_compiler(tmp_path: Path) -> str:
-    script = tmp_path / "broken-c++"
-    script.write_text('#!/bin/sh\nif [ "$1" = "--version" ]; then echo "broken 1.0"; exit 0; fi\n'
-                      'echo "internal compiler error" >&2\nexit 1\n')
+def _fake_compiler(tmp_path: Path, outcome: str) -> str:
+    """A `c++` that fails the build, or 'succeeds' writing a file that is no library."""
+    body = {
+        "failing": 'echo "internal compiler error" >&2\nexit 1\n',
+        "garbage": 'while [ "$#" -gt 0 ]; do [ "$1" = "-o" ] && echo "not a library" > "$2"; shift; done\nexit 0\n',
+    }[outcome]
+    script = tmp_path / f"{outcome}-c++"
+    script.write_text('#!/bin/sh\nif [ "$1" = "--version" ]; then echo "fake 1.0"; exit 0; fi\n' + body)
     script.chmod(0o755)
     return str(script)
 
 
-@pytest.mark.parametrize("compiler", ["missing", "failing"])
+@pytest.mark.parametrize("compiler", ["missing", "failing", "garbage"])
 def test_fallback_without_working_compiler(fresh_build_state, monkeypatch, tmp_path, compiler):
     from mindspore import nn
 
     from ms_impl.mobilenetv2 import MobileNetV2
 
     fast_conv = fresh_build_state
-    monkeypatch.setenv("CXX", "/nonexistent/c++" if compiler == "missing" else _failing_compiler(tmp_path))
+    monkeypatch.setenv("CXX", "/nonexistent/c++" if compiler == "missing" else _fake_compiler(tmp_path, compiler))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         net = MobileNetV2(num_classes=10, width_mult=0.35, fast_conv="auto")
