@@ -43,7 +43,8 @@ from ms_impl.errors import UsageError
 __all__ = [
     "DistributedContext", "MSRUN_ENV", "launched_by_msrun", "init_distributed", "shard_train_order",
     "shard_eval_indices", "all_reduce_sum", "average_batchnorm_statistics", "parameters_digest",
-    "check_replicas_identical", "SINGLE_PROCESS",
+    "check_replicas_identical", "raise_if_any_rank_failed", "global_batch_size", "linearly_scaled_lr",
+    "SINGLE_PROCESS",
 ]
 
 # Set by msrun for every process it starts (scheduler and workers).
@@ -71,14 +72,14 @@ class DistributedContext:
         return self.rank == 0
 
     @property
-    def num_shards(self) -> Optional[int]:
-        """`num_shards` for mindspore.dataset loaders (None when not distributed)."""
-        return self.world_size if self.distributed else None
+    def num_shards(self) -> int:
+        """How many parts the data is split into (one per rank)."""
+        return self.world_size
 
     @property
-    def shard_id(self) -> Optional[int]:
-        """`shard_id` for mindspore.dataset loaders (None when not distributed)."""
-        return self.rank if self.distributed else None
+    def shard_id(self) -> int:
+        """Which part this rank reads."""
+        return self.rank
 
     def describe(self) -> str:
         if not self.distributed:
@@ -167,27 +168,27 @@ def init_distributed(mode: str = "auto", environ: Mapping[str, str] = os.environ
     return DistributedContext(rank=int(get_rank()), world_size=int(get_group_size()), distributed=True)
 
 
-def shard_train_order(order: np.ndarray, ctx: DistributedContext) -> np.ndarray:
-    """This rank's part of an epoch's sample order: positions rank, rank + W, rank + 2W, ...
+def shard_train_order(order: np.ndarray, num_shards: int = 1, shard_id: int = 0) -> np.ndarray:
+    """Shard `shard_id`'s part of an epoch's sample order: positions shard_id, shard_id + W, ... (W = num_shards).
 
     The order is first cut to a multiple of W so every rank runs the same
     number of steps (collectives would wait forever otherwise). Batch i of
     rank r then holds samples i*B*W + r + k*W (k < B): the W per-rank batches
     of a step together are exactly batch i of a single process with batch B*W.
     """
-    if not ctx.distributed:
+    if num_shards == 1:
         return order
-    usable = len(order) - len(order) % ctx.world_size
-    return order[:usable][ctx.rank::ctx.world_size]
+    usable = len(order) - len(order) % num_shards
+    return order[:usable][shard_id::num_shards]
 
 
-def shard_eval_indices(num_samples: int, ctx: DistributedContext) -> np.ndarray:
-    """Sample indices this rank evaluates: disjoint across ranks, together every sample exactly once.
+def shard_eval_indices(num_samples: int, num_shards: int = 1, shard_id: int = 0) -> np.ndarray:
+    """Sample indices shard `shard_id` evaluates: disjoint across shards, together every sample exactly once.
 
-    (mindspore.dataset's `num_shards` pads shards to equal length by repeating
-    samples, which would count some images twice in the accuracy.)
+    (mindspore.dataset's own `num_shards` pads shards to equal length by
+    repeating samples, which would count some images twice in the accuracy.)
     """
-    return np.arange(ctx.rank, num_samples, ctx.world_size) if ctx.distributed else np.arange(num_samples)
+    return np.arange(shard_id, num_samples, num_shards)
 
 
 _ALL_REDUCE = None
@@ -252,6 +253,25 @@ def average_batchnorm_statistics(network, ctx: DistributedContext) -> None:
         offset += size
 
 
+def raise_if_any_rank_failed(error: Optional[UsageError], ctx: DistributedContext, what: str) -> None:
+    """Collective: every rank raises when any rank hit a UsageError in `what`.
+
+    Setup steps that may fail on some ranks only (rank 0 preparing the output
+    folder, a host missing the data or the checkpoint) end here, so the
+    other ranks stop with a line too instead of waiting in the first
+    gradient all-reduce until msrun kills them.
+    """
+    if not ctx.distributed:
+        if error is not None:
+            raise error
+        return
+    failed = int(all_reduce_sum(np.array([0 if error is None else 1]), ctx)[0])
+    if error is not None:
+        raise error
+    if failed:
+        raise UsageError(f"{what} failed on {failed} other rank(s); see their worker logs")
+
+
 def parameters_digest(named_params: Iterable) -> str:
     """SHA-256 over (name, dtype, shape, bytes) of parameters in name order: equal digests = identical weights.
 
@@ -290,10 +310,5 @@ def global_batch_size(per_worker_batch: int, ctx: DistributedContext) -> int:
 
 
 def linearly_scaled_lr(lr: float, ctx: DistributedContext) -> float:
-    """Linear scaling rule (Goyal et al. 2017): the learning rate grows with the global batch."""
+    """Linear scaling rule (Goyal et al. 2017): the learning rate grows with the number of workers."""
     return lr * ctx.world_size
-
-
-def shard_sizes(num_samples: int, ctx: DistributedContext) -> Sequence[int]:
-    """How many eval samples each rank gets (for logging)."""
-    return [len(range(r, num_samples, ctx.world_size)) for r in range(ctx.world_size)]

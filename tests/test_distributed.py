@@ -53,18 +53,18 @@ def max_relative_difference(a: dict, b: dict) -> float:
 def test_train_shards_of_a_step_form_the_single_process_batch():
     order = np.random.default_rng(0).permutation(23)
     per_worker, world = 3, 4
-    shards = [dist.shard_train_order(order, dist.DistributedContext(r, world, True)) for r in range(world)]
+    shards = [dist.shard_train_order(order, world, r) for r in range(world)]
     assert len({len(s) for s in shards}) == 1, "every rank must run the same number of steps"
     for step in range(len(shards[0]) // per_worker):
         together = np.concatenate([s[step * per_worker:(step + 1) * per_worker] for s in shards])
         single = order[step * per_worker * world:(step + 1) * per_worker * world]
         assert sorted(together) == sorted(single)
-    assert np.array_equal(dist.shard_train_order(order, dist.SINGLE_PROCESS), order)
+    assert np.array_equal(dist.shard_train_order(order), order)
 
 
 @pytest.mark.parametrize("num_samples,world", [(13, 2), (260, 3), (5, 8)])
 def test_eval_shards_cover_every_sample_exactly_once(num_samples, world):
-    shards = [dist.shard_eval_indices(num_samples, dist.DistributedContext(r, world, True)) for r in range(world)]
+    shards = [dist.shard_eval_indices(num_samples, world, r) for r in range(world)]
     assert sorted(np.concatenate(shards).tolist()) == list(range(num_samples))
 
 

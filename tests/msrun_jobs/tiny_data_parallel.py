@@ -73,7 +73,7 @@ def main() -> int:
     step.set_train(True)
 
     def train(num_steps: int) -> None:
-        order = dist.shard_train_order(np.random.default_rng(3).permutation(NUM_TRAIN), ctx)
+        order = dist.shard_train_order(np.random.default_rng(3).permutation(NUM_TRAIN), ctx.num_shards, ctx.shard_id)
         for i in range(num_steps):
             batch = order[i * per_worker:(i + 1) * per_worker]
             step(ms.Tensor(train_x[batch]), ms.Tensor(train_y[batch]))
@@ -86,7 +86,7 @@ def main() -> int:
     frozen_digest = dist.check_replicas_identical(params, ctx, "after frozen-BN steps")
 
     network.set_train(False)
-    mine = dist.shard_eval_indices(NUM_VAL, ctx)
+    mine = dist.shard_eval_indices(NUM_VAL, ctx.num_shards, ctx.shard_id)
     logits = network(ms.Tensor(val_x[mine])).asnumpy()
     correct = int((logits.argmax(axis=1) == val_y[mine]).sum())
     shifted = logits - logits.max(axis=1, keepdims=True)
