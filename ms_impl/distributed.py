@@ -43,7 +43,7 @@ from ms_impl.errors import UsageError
 __all__ = [
     "DistributedContext", "MSRUN_ENV", "launched_by_msrun", "init_distributed", "shard_train_order",
     "shard_eval_indices", "all_reduce_sum", "average_batchnorm_statistics", "parameters_digest",
-    "check_replicas_identical", "raise_if_any_rank_failed", "global_batch_size", "linearly_scaled_lr",
+    "check_replicas_identical", "raise_if_any_rank_failed", "replicated_state", "global_batch_size",
     "SINGLE_PROCESS",
 ]
 
@@ -123,7 +123,7 @@ def _diagnose(role: str, host: str, port: int) -> str:
     if role == ROLE_SCHEDULER:
         if _port_taken(host, port):
             return f"master port {port} on {host} is already in use by another process; pick a free --master_port"
-        return "the scheduler could not start"
+        return "the job ended abnormally: a worker failed or did not join in time (see the worker logs)"
     try:
         with socket.create_connection((host, port), timeout=3):
             return (f"{host}:{port} accepts connections but no MindSpore scheduler answered: the port is taken "
@@ -132,13 +132,15 @@ def _diagnose(role: str, host: str, port: int) -> str:
         return f"master {host}:{port} is unreachable ({e.strerror or e}); check --master_addr/--master_port"
 
 
-def init_distributed(mode: str = "auto", environ: Mapping[str, str] = os.environ) -> DistributedContext:
+def init_distributed(mode: str = "auto", device: Optional[str] = None,
+                     environ: Mapping[str, str] = os.environ) -> DistributedContext:
     """Join the msrun job and switch MindSpore to data parallel with mean gradients.
 
     `mode`: "auto" (distributed when launched by msrun), "on" (required: fail
     when the cluster variables are missing), "off" (single process even under
-    msrun). Call after `mindspore.set_device(...)` and before building the
-    network. Raises UsageError with one line (MindSpore's reason, the master
+    msrun). `device` ('CPU', 'GPU', 'Ascend') is set first when given (the
+    collective backend follows it: mccl, nccl, hccl); call this before any
+    tensor exists (HCCL requires it) and before building the network. Raises UsageError with one line (MindSpore's reason, the master
     address and a likely cause) when the cluster cannot be built; that takes
     at most msrun's --cluster_time_out (MS_TOPO_TIMEOUT) plus MindSpore's
     message timeout (MS_RECEIVE_MSG_TIMEOUT, 15 s).
@@ -155,6 +157,8 @@ def init_distributed(mode: str = "auto", environ: Mapping[str, str] = os.environ
     import mindspore as ms
     from mindspore.communication import get_group_size, get_rank, init
 
+    if device is not None:
+        ms.set_device(device)
     role = environ.get("MS_ROLE", ROLE_WORKER)
     host, port = environ.get("MS_SCHED_HOST", "?"), int(environ.get("MS_SCHED_PORT", "0") or 0)
     try:
@@ -253,6 +257,14 @@ def average_batchnorm_statistics(network, ctx: DistributedContext) -> None:
         offset += size
 
 
+def replicated_state(network) -> Dict[str, object]:
+    """The parameters every rank must hold identically: trainable weights and BatchNorm statistics.
+
+    (Per-rank state, such as a dropout mask for the rank's own samples, is left out.)
+    """
+    return {p.name: p for p in network.get_parameters() if p.requires_grad or _is_batchnorm_statistic(p.name)}
+
+
 def raise_if_any_rank_failed(error: Optional[UsageError], ctx: DistributedContext, what: str) -> None:
     """Collective: every rank raises when any rank hit a UsageError in `what`.
 
@@ -307,8 +319,3 @@ def check_replicas_identical(named_params: Dict[str, object], ctx: DistributedCo
 
 def global_batch_size(per_worker_batch: int, ctx: DistributedContext) -> int:
     return per_worker_batch * ctx.world_size
-
-
-def linearly_scaled_lr(lr: float, ctx: DistributedContext) -> float:
-    """Linear scaling rule (Goyal et al. 2017): the learning rate grows with the number of workers."""
-    return lr * ctx.world_size
