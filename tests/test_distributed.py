@@ -19,7 +19,8 @@ import pytest
 from ms_impl import distributed as dist
 from ms_impl.errors import UsageError
 
-JOB = Path(__file__).resolve().parent / "msrun_jobs" / "tiny_data_parallel.py"
+JOBS = Path(__file__).resolve().parent / "msrun_jobs"
+JOB = JOBS / "tiny_data_parallel.py"
 CLUSTER_TIME_OUT_S = 10
 WORKERS = 2
 
@@ -93,6 +94,31 @@ def test_all_reduce_sum_is_identity_in_one_process():
 
 
 # --- real msrun jobs -------------------------------------------------------------------------------
+
+def msrun(script_and_args: list, log_dir: Path, cwd: Path, env: dict):
+    return subprocess.run(msrun_command(free_port(), log_dir, script_and_args), cwd=cwd, env=job_env(env),
+                          capture_output=True, text=True, timeout=400)
+
+
+@pytest.mark.slow
+def test_collectives_under_msrun(tmp_path, cli_env):
+    result = msrun([JOBS / "collectives.py", tmp_path / "out"], tmp_path / "logs", tmp_path, cli_env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in range(WORKERS)]
+    for seen in ranks:
+        assert seen["world_size"] == WORKERS
+        assert seen["int_sum"] == [2 * 2**33 + 12345, 2]  # exact although far beyond float32's 24 bits
+        assert seen["float_sum"] == 1.5
+        assert seen["eval_images_total"] == 13 and seen["eval_index_sum"] == sum(range(13))
+        assert seen["averaged_moving_means"] == [1.5]  # rank r set every moving mean to r + 1
+        assert "the ranks hold different weights" in seen["mismatch"]  # a 1e-3 change on rank 1 only
+    assert [r["eval_images_this_rank"] for r in ranks] == [7, 6]
+    assert ranks[0]["digest_at_start"] == ranks[1]["digest_at_start"]
+    assert ranks[0]["digest_after_average"] == ranks[1]["digest_after_average"]
+    assert ranks[0]["setup_failure"] == "setup failed on 1 other rank(s); see their worker logs"
+    assert ranks[1]["setup_failure"] == "rank 1 cannot read its data"
+
+
 
 @pytest.fixture(scope="module")
 def tiny_jobs(tmp_path_factory, cli_env):
