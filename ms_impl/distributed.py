@@ -43,7 +43,7 @@ from ms_impl.errors import UsageError
 __all__ = [
     "DistributedContext", "MSRUN_ENV", "launched_by_msrun", "init_distributed", "shard_train_order",
     "shard_eval_indices", "all_reduce_sum", "average_batchnorm_statistics", "parameters_digest",
-    "check_replicas_identical", "raise_if_any_rank_failed", "replicated_state", "global_batch_size",
+    "check_replicas_identical", "raise_if_any_rank_failed", "any_rank", "replicated_state", "global_batch_size",
     "SINGLE_PROCESS",
 ]
 
@@ -263,6 +263,13 @@ def replicated_state(network) -> Dict[str, object]:
     (Per-rank state, such as a dropout mask for the rank's own samples, is left out.)
     """
     return {p.name: p for p in network.get_parameters() if p.requires_grad or _is_batchnorm_statistic(p.name)}
+
+
+def any_rank(flag: bool, ctx: DistributedContext) -> bool:
+    """Collective: True on every rank when `flag` is True on at least one rank."""
+    if not ctx.distributed:
+        return flag
+    return bool(all_reduce_sum(np.array([int(flag)]), ctx)[0] > 0)
 
 
 def raise_if_any_rank_failed(error: Optional[UsageError], ctx: DistributedContext, what: str) -> None:
