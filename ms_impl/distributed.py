@@ -96,7 +96,8 @@ def launched_by_msrun(environ: Mapping[str, str] = os.environ) -> bool:
 
 
 def _topo_timeout(environ: Mapping[str, str]) -> str:
-    return environ.get("MS_TOPO_TIMEOUT", f"{DEFAULT_TOPO_TIMEOUT_S} (default)")
+    value = environ.get("MS_TOPO_TIMEOUT")
+    return f"{value} s" if value else f"{DEFAULT_TOPO_TIMEOUT_S} s (msrun default)"
 
 
 def _first_sentence(error: BaseException) -> str:
@@ -139,11 +140,13 @@ def init_distributed(mode: str = "auto", device: Optional[str] = None,
     `mode`: "auto" (distributed when launched by msrun), "on" (required: fail
     when the cluster variables are missing), "off" (single process even under
     msrun). `device` ('CPU', 'GPU', 'Ascend') is set first when given (the
-    collective backend follows it: mccl, nccl, hccl); call this before any
-    tensor exists (HCCL requires it) and before building the network. Raises UsageError with one line (MindSpore's reason, the master
-    address and a likely cause) when the cluster cannot be built; that takes
-    at most msrun's --cluster_time_out (MS_TOPO_TIMEOUT) plus MindSpore's
-    message timeout (MS_RECEIVE_MSG_TIMEOUT, 15 s).
+    collective backend follows it: mccl, nccl, hccl). Call this before any
+    tensor exists (HCCL requires it) and before building the network.
+
+    Raises UsageError with one line (MindSpore's reason, the master address
+    and a likely cause) when the cluster cannot be built; that takes at most
+    msrun's --cluster_time_out (MS_TOPO_TIMEOUT) plus MindSpore's message
+    timeout (MS_RECEIVE_MSG_TIMEOUT, 15 s).
     """
     if mode not in ("auto", "on", "off"):
         raise UsageError(f"--distributed: expected auto, on or off, got {mode!r}")
@@ -158,13 +161,16 @@ def init_distributed(mode: str = "auto", device: Optional[str] = None,
     from mindspore.communication import get_group_size, get_rank, init
 
     if device is not None:
-        ms.set_device(device)
+        try:
+            ms.set_device(device)
+        except (RuntimeError, ValueError) as e:
+            raise UsageError(f"device {device} is not usable: {_first_sentence(e)}") from None
     role = environ.get("MS_ROLE", ROLE_WORKER)
     host, port = environ.get("MS_SCHED_HOST", "?"), int(environ.get("MS_SCHED_PORT", "0") or 0)
     try:
         init()  # the scheduler process stays in here until the job ends, then exits
     except RuntimeError as e:
-        where = f"{'scheduler' if role == ROLE_SCHEDULER else 'worker'}, master {host}:{port}, cluster_time_out {_topo_timeout(environ)} s"
+        where = f"{'scheduler' if role == ROLE_SCHEDULER else 'worker'}, master {host}:{port}, cluster_time_out {_topo_timeout(environ)}"
         cause = _diagnose(role, host, port) if port else "no master address"
         raise UsageError(f"distributed launch failed ({where}): {cause}. MindSpore RuntimeError: {_first_sentence(e)}") from None
 
