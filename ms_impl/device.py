@@ -42,7 +42,8 @@ def set_device(device: str, mode: str = "graph", device_id: int | None = None) -
         raise UsageError(f"--mode: expected graph or pynative, got {mode!r}")
     try:
         with _mindspore_logger_quiet():
-            ms.set_device(device, device_id)
+            if ms.get_context("device_target") != device or device_id is not None:
+                ms.set_device(device, device_id)  # may be set already: msrun jobs set it before init()
             ms.set_context(mode=getattr(ms, MODES[mode]))
             # set_device only records the choice; a first small op loads the backend for real.
             (ms.Tensor(np.ones(2, np.float32)) + 1).asnumpy()

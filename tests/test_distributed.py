@@ -1,12 +1,14 @@
-"""Data-parallel training launched by msrun (ms_impl/distributed.py).
+"""Data-parallel training launched by msrun (ms_impl/distributed.py, wired into ms_impl/train.py).
 
 The msrun tests start real jobs: msrun's scheduler plus 2 CPU worker
 processes on this machine, MindSpore's own collectives (mccl) in between.
+Trainer runs are tiny: synthetic set at 32 px, width 0.35, 2 epochs of 6 steps.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -20,9 +22,14 @@ from ms_impl import distributed as dist
 from ms_impl.errors import UsageError
 
 JOBS = Path(__file__).resolve().parent / "msrun_jobs"
-JOB = JOBS / "tiny_data_parallel.py"
 CLUSTER_TIME_OUT_S = 10
 WORKERS = 2
+STEPS = 6  # per epoch: 104 synthetic train images // global batch 16
+# BatchNorm frozen and no random augmentation, so 2 workers x 8 must train like 1 process x 16.
+# Dropout stays on (p 0.2): each rank applies its rows of the global batch's mask.
+TINY = ["--device", "CPU", "--width_mult", "0.35", "--synthetic_image_size", "32", "--synthetic_train_per_class", "4",
+        "--synthetic_val_per_class", "2", "--num_workers", "1", "--epochs", "2", "--lr_max", "0.05",
+        "--freeze_bn", "true", "--train_augment", "false"]
 
 
 def free_port() -> int:
@@ -38,15 +45,35 @@ def job_env(cli_env: dict) -> dict:
     return env
 
 
-def msrun_command(port: int, log_dir: Path, script_and_args: list) -> list:
-    msrun = os.path.join(os.path.dirname(sys.executable), "msrun")  # installed with mindspore
-    return [msrun, f"--worker_num={WORKERS}", f"--local_worker_num={WORKERS}", "--master_addr=127.0.0.1",
-            f"--master_port={port}", "--join=True", f"--cluster_time_out={CLUSTER_TIME_OUT_S}",
-            f"--log_dir={log_dir}", *map(str, script_and_args)]
+def msrun(script_and_args: list, log_dir: Path, cwd: Path, env: dict, port: int = 0, timeout: int = 400):
+    command = [os.path.join(os.path.dirname(sys.executable), "msrun"),  # installed with mindspore
+               f"--worker_num={WORKERS}", f"--local_worker_num={WORKERS}", "--master_addr=127.0.0.1",
+               f"--master_port={port or free_port()}", "--join=True", f"--cluster_time_out={CLUSTER_TIME_OUT_S}",
+               f"--log_dir={log_dir}", *map(str, script_and_args)]
+    return subprocess.run(command, cwd=cwd, env=job_env(env), capture_output=True, text=True, timeout=timeout)
+
+
+def weights(path: Path) -> dict:
+    """Learned state of a checkpoint: weights, BN statistics, momentum buffers (not the per-rank dropout mask)."""
+    import mindspore as ms
+
+    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()
+            if hasattr(v, "asnumpy") and not k.endswith("keep_mask")}
 
 
 def max_relative_difference(a: dict, b: dict) -> float:
-    return max(float(np.abs(a[k] - b[k]).max() / max(np.abs(b[k]).max(), 1e-12)) for k in b)
+    """max over tensors of max|a - b| / max|b|; the floor 1e-6 on max|b| keeps ~1e-10 tensors (BN betas of
+    early layers, their momentum buffers) from turning rounding noise into large ratios."""
+    assert a.keys() == b.keys()
+    return max(float(np.abs(a[k] - b[k]).max() / max(np.abs(b[k]).max(), 1e-6)) for k in b)
+
+
+def final_digests(log_dir: Path) -> list:
+    found = []
+    for rank in range(WORKERS):
+        text = (log_dir / f"worker_{rank}.log").read_text()
+        found += re.findall(rf"final weights identical on all {WORKERS} ranks: sha256 ([0-9a-f]{{64}})", text)
+    return found
 
 
 # --- single-process behaviour of the helpers -------------------------------------------------------
@@ -58,8 +85,7 @@ def test_train_shards_of_a_step_form_the_single_process_batch():
     assert len({len(s) for s in shards}) == 1, "every rank must run the same number of steps"
     for step in range(len(shards[0]) // per_worker):
         together = np.concatenate([s[step * per_worker:(step + 1) * per_worker] for s in shards])
-        single = order[step * per_worker * world:(step + 1) * per_worker * world]
-        assert sorted(together) == sorted(single)
+        assert sorted(together) == sorted(order[step * per_worker * world:(step + 1) * per_worker * world])
     assert np.array_equal(dist.shard_train_order(order), order)
 
 
@@ -76,29 +102,27 @@ def test_single_process_without_msrun_or_when_switched_off():
     assert dist.init_distributed("off", environ=msrun_env) == dist.SINGLE_PROCESS
     with pytest.raises(UsageError, match="not launched by msrun"):
         dist.init_distributed("on", environ={})
-    with pytest.raises(UsageError, match="expected auto, on or off"):
-        dist.init_distributed("yes", environ={})
 
 
 def test_digest_sees_a_single_changed_value():
-    weights = {"a": np.zeros((2, 3), np.float32), "b": np.ones(4, np.float32)}
-    before = dist.parameters_digest(weights.items())
-    assert dist.parameters_digest(reversed(list(weights.items()))) == before  # order of listing does not matter
-    weights["b"][2] = np.nextafter(np.float32(1), np.float32(2))
-    assert dist.parameters_digest(weights.items()) != before
+    state = {"a": np.zeros((2, 3), np.float32), "b": np.ones(4, np.float32)}
+    before = dist.parameters_digest(state.items())
+    assert dist.parameters_digest(reversed(list(state.items()))) == before  # listing order does not matter
+    state["b"][2] = np.nextafter(np.float32(1), np.float32(2))
+    assert dist.parameters_digest(state.items()) != before
 
 
-def test_all_reduce_sum_is_identity_in_one_process():
-    counts = np.array([3, 2**35])
-    assert np.array_equal(dist.all_reduce_sum(counts, dist.SINGLE_PROCESS), counts)
+def test_scale_lr_applies_the_linear_rule_to_the_whole_schedule():
+    from ms_impl.train import build_config, build_lr_schedule
+
+    two = dist.DistributedContext(0, 2, True)
+    plain = build_lr_schedule(build_config(["--epochs", "3"]), 5, two)
+    scaled = build_lr_schedule(build_config(["--epochs", "3", "--scale_lr", "true"]), 5, two)
+    np.testing.assert_allclose(scaled, 2 * plain, rtol=1e-6)
+    assert np.array_equal(build_lr_schedule(build_config(["--epochs", "3", "--scale_lr", "true"]), 5, dist.SINGLE_PROCESS), plain)
 
 
 # --- real msrun jobs -------------------------------------------------------------------------------
-
-def msrun(script_and_args: list, log_dir: Path, cwd: Path, env: dict):
-    return subprocess.run(msrun_command(free_port(), log_dir, script_and_args), cwd=cwd, env=job_env(env),
-                          capture_output=True, text=True, timeout=400)
-
 
 @pytest.mark.slow
 def test_collectives_under_msrun(tmp_path, cli_env):
@@ -119,95 +143,111 @@ def test_collectives_under_msrun(tmp_path, cli_env):
     assert ranks[1]["setup_failure"] == "rank 1 cannot read its data"
 
 
+@pytest.fixture(scope="module")
+def synthetic_cache(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("synthetic"))
+
 
 @pytest.fixture(scope="module")
-def tiny_jobs(tmp_path_factory, cli_env):
-    """The same 3-step job once as one process (global batch 8) and once as 2 msrun workers (4 each)."""
-    root = tmp_path_factory.mktemp("dp")
-    env = job_env(cli_env)
-    single = subprocess.run([sys.executable, str(JOB), str(root / "single")], cwd=root, env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr[-3000:]
-    log_dir = root / "msrun_logs"
-    parallel = subprocess.run(msrun_command(free_port(), log_dir, [JOB, root / "dp"]), cwd=root, env=env,
-                              capture_output=True, text=True, timeout=400)
-    assert parallel.returncode == 0, parallel.stdout[-3000:] + parallel.stderr[-3000:]
-    return root, log_dir
+def single_run(tmp_path_factory, synthetic_cache, cli_env, repo_root):
+    """The reference: one process, batch 16."""
+    out = tmp_path_factory.mktemp("single")
+    result = subprocess.run([sys.executable, "ms_impl/train.py", *TINY, "--batch_size", "16",
+                             "--synthetic_cache_dir", synthetic_cache, "--output_dir", str(out)],
+                            cwd=repo_root, env=cli_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_worker_run(tmp_path_factory, synthetic_cache, cli_env, repo_root):
+    """The same run as 2 msrun workers x batch 8; worker logs kept in the run's folder."""
+    out = tmp_path_factory.mktemp("two_workers")
+    result = msrun(["ms_impl/train.py", *TINY, "--batch_size", "8", "--synthetic_cache_dir", synthetic_cache,
+                    "--output_dir", out], out / "msrun_logs", repo_root, cli_env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
 
 
 @pytest.mark.slow
-def test_two_workers_hold_identical_weights(tiny_jobs):
-    root, log_dir = tiny_jobs
-    ranks = [json.loads((root / "dp" / f"rank{r}.json").read_text()) for r in range(WORKERS)]
-    assert [r["world_size"] for r in ranks] == [WORKERS, WORKERS]
-    assert [r["per_worker_batch"] for r in ranks] == [4, 4]
-    weights = [dict(np.load(root / "dp" / f"rank{r}_frozen.npz")) for r in range(WORKERS)]
-    assert weights[0].keys() == weights[1].keys()
-    assert all(np.array_equal(weights[0][k], weights[1][k]) for k in weights[0]), "ranks diverged"
-    assert ranks[0]["frozen_digest"] == ranks[1]["frozen_digest"]
-    # the digest check really compares ranks: a 1e-3 change on rank 1 is reported on both ranks
-    assert [r["mismatch_reported"] for r in ranks] == [True, True]
-    # msrun kept one log per worker plus the scheduler's in --log_dir
-    assert sorted(p.name for p in log_dir.iterdir()) == ["scheduler.log", "worker_0.log", "worker_1.log"]
+def test_two_workers_end_with_identical_weights_and_one_set_of_run_files(two_worker_run):
+    out = two_worker_run
+    digests = final_digests(out / "msrun_logs")
+    assert len(digests) == WORKERS and len(set(digests)) == 1, digests  # each rank logs its own weights' digest
+    checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert checkpoints == sorted([f"mobilenetv2-1_{STEPS}.ckpt", f"mobilenetv2-2_{STEPS}.ckpt",
+                                  "mobilenetv2-best.ckpt", "mobilenetv2-last.ckpt"])
+    # rank 0 alone wrote the run files: each epoch logged once in train.log, nothing from rank 1
+    train_log = (out / "train.log").read_text()
+    assert [len(re.findall(rf"epoch {e}/2: train loss", train_log)) for e in (1, 2)] == [1, 1]
+    assert "[rank 1]" not in train_log
+    assert "batch 16 (8 per worker x 2 workers)" in train_log
+    assert len((out / "metrics.csv").read_text().splitlines()) == 3
+    assert sorted(p.name for p in (out / "msrun_logs").iterdir()) == ["scheduler.log", "worker_0.log", "worker_1.log"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["workers"], summary["batch_size_per_worker"], summary["global_batch"]) == (2, 8, 16)
 
 
 @pytest.mark.slow
-def test_two_workers_match_one_process_with_the_same_global_batch(tiny_jobs):
-    root, _ = tiny_jobs
-    single = dict(np.load(root / "single" / "rank0_frozen.npz"))
-    parallel = dict(np.load(root / "dp" / "rank0_frozen.npz"))
-    assert parallel.keys() == single.keys()
-    difference = max_relative_difference(parallel, single)
-    print(f"max relative weight difference, 2 workers x 4 vs 1 process x 8, 3 steps: {difference:.3g}")
+def test_two_workers_train_like_one_process_with_the_same_global_batch(single_run, two_worker_run):
+    reference = weights(single_run / "checkpoints" / "mobilenetv2-last.ckpt")
+    parallel = weights(two_worker_run / "checkpoints" / "mobilenetv2-last.ckpt")
+    difference = max_relative_difference(parallel, reference)
+    print(f"\nmax relative weight difference, 2 workers x 8 vs 1 process x 16, {2 * STEPS} steps: {difference:.3g}")
     assert difference < 1e-5
-    start = json.loads((root / "single" / "rank0.json").read_text())["start_digest"]
-    assert json.loads((root / "dp" / "rank0.json").read_text())["start_digest"] == start
 
 
 @pytest.mark.slow
-def test_eval_counts_are_global_and_cover_the_val_set_once(tiny_jobs):
-    root, _ = tiny_jobs
-    single = json.loads((root / "single" / "rank0.json").read_text())
-    ranks = [json.loads((root / "dp" / f"rank{r}.json").read_text()) for r in range(WORKERS)]
-    assert [r["eval_images_this_rank"] for r in ranks] == [7, 6]
-    assert all(r["eval_total"] == single["eval_total"] == 13 for r in ranks)
-    assert all(r["eval_correct"] == single["eval_correct"] for r in ranks)
-    # the loss sum covers the same 13 images (a duplicated or missing image would shift it by ~3)
-    assert all(abs(r["eval_loss_sum"] - single["eval_loss_sum"]) < 1e-4 * single["eval_loss_sum"] for r in ranks)
+def test_reported_accuracy_covers_the_whole_val_set(single_run, two_worker_run):
+    single = json.loads((single_run / "summary.json").read_text())
+    parallel = json.loads((two_worker_run / "summary.json").read_text())
+    assert parallel["val_images"] == single["val_images"] == 52
+    assert parallel["final"]["val_images_evaluated"] == 52  # 26 per rank, summed: none missing, none twice
+    assert parallel["final"]["val_top1"] == single["final"]["val_top1"]
+    assert parallel["final"]["val_top5"] == single["final"]["val_top5"]
+    assert parallel["final"]["val_loss"] == pytest.approx(single["final"]["val_loss"], rel=1e-5)
 
 
 @pytest.mark.slow
-def test_batchnorm_statistics_are_averaged_over_ranks(tiny_jobs):
-    root, _ = tiny_jobs
-    ranks = [json.loads((root / "dp" / f"rank{r}.json").read_text()) for r in range(WORKERS)]
-    # rank r set every moving mean to r + 1 before averaging
-    assert [r["averaged_moving_means"] for r in ranks] == [[1.5], [1.5]]
-    assert ranks[0]["averaged_digest"] == ranks[1]["averaged_digest"]
+def test_distributed_resume_restores_the_same_state_on_every_rank(two_worker_run, synthetic_cache, tmp_path, cli_env, repo_root):
+    """Resume the 2-worker run from its epoch-1 checkpoint: it must end where the uninterrupted run ended."""
+    out = tmp_path / "resumed"
+    start = two_worker_run / "checkpoints" / f"mobilenetv2-1_{STEPS}.ckpt"
+    result = msrun(["ms_impl/train.py", *TINY, "--batch_size", "8", "--synthetic_cache_dir", synthetic_cache,
+                    "--output_dir", out, "--resume", start], out / "msrun_logs", repo_root, cli_env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for rank in range(WORKERS):  # every rank read the checkpoint (the start-of-run replica check passed too)
+        log = (out / "msrun_logs" / f"worker_{rank}.log").read_text()
+        assert re.search(rf"resumed from {re.escape(str(start))}: epoch 1, step 0 of {STEPS}", log), log[-2000:]
+    reference = weights(two_worker_run / "checkpoints" / "mobilenetv2-last.ckpt")
+    resumed = weights(out / "checkpoints" / "mobilenetv2-last.ckpt")
+    assert max_relative_difference(resumed, reference) < 1e-6
+    assert len(set(final_digests(out / "msrun_logs"))) == 1
 
 
 @pytest.mark.slow
-def test_port_in_use_fails_fast_with_one_clear_line(tmp_path, cli_env):
+def test_port_in_use_fails_fast_with_one_clear_line(tmp_path, cli_env, repo_root):
+    out = tmp_path / "out"
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        log_dir = tmp_path / "msrun_logs"
         started = time.monotonic()
-        result = subprocess.run(msrun_command(port, log_dir, [JOB, tmp_path / "out"]), cwd=tmp_path,
-                                env=job_env(cli_env), capture_output=True, text=True, timeout=240)
+        result = msrun(["ms_impl/train.py", *TINY, "--output_dir", out], tmp_path / "logs", repo_root, cli_env,
+                       port=port, timeout=240)
         elapsed = time.monotonic() - started
     assert result.returncode != 0
     # bounded by --cluster_time_out plus MindSpore's 15 s message timeout, plus start-up
     assert elapsed < CLUSTER_TIME_OUT_S + 15 + 60, elapsed
-    scheduler_errors = [line for line in (log_dir / "scheduler.log").read_text().splitlines() if line.startswith("error:")]
+    scheduler_errors = [line for line in (tmp_path / "logs" / "scheduler.log").read_text().splitlines()
+                        if line.startswith("error:")]
     assert len(scheduler_errors) == 1
     assert f"master port {port} on 127.0.0.1 is already in use" in scheduler_errors[0]
     assert "MindSpore RuntimeError: Failed to initialize distributed job cluster" in scheduler_errors[0]
-    # msrun repeats the scheduler's error lines at the end of its own output
-    assert scheduler_errors[0] in result.stdout + result.stderr
+    assert scheduler_errors[0] in result.stdout + result.stderr  # msrun repeats the scheduler's errors at the end
     # the first worker to give up reports in one line; msrun then kills the others (their logs may stay empty)
-    worker_errors = [[line for line in (log_dir / f"worker_{rank}.log").read_text().splitlines() if line.startswith("error:")]
-                     for rank in range(WORKERS)]
+    worker_errors = [[line for line in (tmp_path / "logs" / f"worker_{r}.log").read_text().splitlines()
+                      if line.startswith("error:")] for r in range(WORKERS)]
     assert any(len(lines) == 1 and f"master 127.0.0.1:{port}" in lines[0] for lines in worker_errors), worker_errors
     assert all(len(lines) <= 1 for lines in worker_errors)
-    assert not (tmp_path / "out").exists()
+    assert not out.exists()  # nothing written: no rank got past joining the job
