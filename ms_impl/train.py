@@ -419,7 +419,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         # Under msrun: join the job before any tensor exists (Ascend's HCCL requires it); the
         # scheduler process never returns from here. Single process: returns at once.
         ctx = dist.init_distributed(cfg.distributed, device=cfg.device)
-        set_device(cfg.device, cfg.mode)  # before any data work: a missing GPU/Ascend fails fast
+        set_device(cfg.device, cfg.mode, selected_already=ctx.distributed)  # before any data work: a missing GPU/Ascend fails fast
         if ctx.distributed:
             setup_logging(console_prefix="" if ctx.is_main_process else f"[rank {ctx.rank}] ")
             log.info("%s (rank 0 writes all files)", ctx.describe())
