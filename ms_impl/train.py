@@ -227,6 +227,12 @@ class StopRequest:
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
+    def arm(self) -> None:
+        """Install the handlers again: MindSpore's runtime sets C-level handlers of its own when its
+        iterators and kernels start (a SIGINT during a step still arrives here as SIGTERM)."""
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
     def __exit__(self, *exc) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
@@ -241,6 +247,7 @@ def train_one_epoch(cfg, data: Data, step_fn, network, optimizer, lr: np.ndarray
     from tqdm import tqdm
 
     batches = dataset.train_dataset(data.train, cfg, data.image_size, state.epoch).create_tuple_iterator(num_epochs=1)
+    stop.arm()
     for _ in range(state.step_in_epoch):  # replay the batches done before an interruption: same RNG, no update
         next(batches)
     if state.step_in_epoch == 0:
@@ -254,6 +261,7 @@ def train_one_epoch(cfg, data: Data, step_fn, network, optimizer, lr: np.ndarray
         if hasattr(dropout, "draw"):
             dropout.draw(cfg.seed, state.global_step)
         loss = float(step_fn(images, labels).asnumpy())
+        stop.arm()
         if not np.isfinite(loss):
             bar.close()
             raise TrainingDiverged(f"loss is {loss} at epoch {state.epoch + 1}, step {state.step_in_epoch + 1} "
@@ -309,6 +317,7 @@ def train(cfg, data: Data, network, optimizer, lr: np.ndarray, state: TrainState
             started = time.perf_counter()
             stats = train_one_epoch(cfg, data, step_fn, network, optimizer, lr, state, stop, save_last)
             result = evaluate(network, val_batches, len(cfg.classes), cfg.label_smoothing)
+            stop.arm()
             if not np.isfinite(result.loss):
                 raise TrainingDiverged(f"val loss is {result.loss} after epoch {state.epoch + 1}; stopped without saving")
             state.epoch += 1
