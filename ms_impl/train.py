@@ -77,8 +77,9 @@ def build_config(argv: Optional[List[str]]):
     for key in positive:
         if cfg[key] <= 0:
             raise UsageError(f"--{key} must be positive, got {cfg[key]}")
+    if not 0 <= cfg.warmup_epochs <= cfg.epochs:
+        raise UsageError(f"--warmup_epochs {cfg.warmup_epochs} must be in [0, epochs={cfg.epochs}]")
     checks = {
-        "warmup_epochs": 0 <= cfg.warmup_epochs <= cfg.epochs,
         "lr_max": cfg.lr_max > 0,
         "lr_init": cfg.lr_init >= 0,
         "lr_end": cfg.lr_end >= 0,
