@@ -79,9 +79,11 @@ def evaluate(network, dataset, num_classes: int, label_smoothing: float = 0.0, c
 
 def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--report_dir", type=Path)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Also --config FILE, --device CPU|GPU|Ascend and --key value for any key of configs/*.yaml.")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="a .ckpt written by ms_impl/train.py")
+    parser.add_argument("--report_dir", type=Path, help="write per_class.csv, confusion_matrix.png, eval.json here")
     try:
         known, rest = parser.parse_known_args(argv)
     except SystemExit as e:  # argparse already printed the message

@@ -29,7 +29,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -88,8 +88,9 @@ def build_config(argv: Optional[List[str]]):
     for key in positive:
         if cfg[key] <= 0:
             raise UsageError(f"--{key} must be positive, got {cfg[key]}")
+    if not 0 <= cfg.warmup_epochs <= cfg.epochs:
+        raise UsageError(f"--warmup_epochs {cfg.warmup_epochs} must be in [0, epochs={cfg.epochs}]")
     checks = {
-        "warmup_epochs": 0 <= cfg.warmup_epochs <= cfg.epochs,
         "lr_max": cfg.lr_max > 0,
         "lr_init": cfg.lr_init >= 0,
         "lr_end": cfg.lr_end >= 0,
@@ -249,6 +250,12 @@ class StopRequest:
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
+    def arm(self) -> None:
+        """Install the handlers again: MindSpore's runtime sets C-level handlers of its own when its
+        iterators and kernels start (a SIGINT during a step still arrives here as SIGTERM)."""
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
     def __exit__(self, *exc) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
@@ -269,6 +276,7 @@ def train_one_epoch(cfg, data: Data, step_fn, network, optimizer, lr: np.ndarray
 
     batches = dataset.train_dataset(data.train, cfg, data.image_size, state.epoch,
                                     ctx.num_shards, ctx.shard_id).create_tuple_iterator(num_epochs=1)
+    stop.arm()
     for _ in range(state.step_in_epoch):  # replay the batches done before an interruption: same RNG, no update
         next(batches)
     if state.step_in_epoch == 0:
@@ -282,6 +290,7 @@ def train_one_epoch(cfg, data: Data, step_fn, network, optimizer, lr: np.ndarray
         if hasattr(dropout, "draw"):
             dropout.draw(cfg.seed, state.global_step)
         loss = float(step_fn(images, labels).asnumpy())
+        stop.arm()
         stop_requested = bool(stop.signum)
         if ctx.distributed:
             loss_sum, stops = dist.all_reduce_sum(np.array([loss, float(stop_requested)]), ctx)
@@ -348,6 +357,7 @@ def train(cfg, data: Data, network, optimizer, lr: np.ndarray, state: TrainState
             started = time.perf_counter()
             stats = train_one_epoch(cfg, data, step_fn, network, optimizer, lr, state, stop, save_last, ctx)
             result = evaluate_all_ranks()
+            stop.arm()
             if not np.isfinite(result.loss):
                 raise TrainingDiverged(f"val loss is {result.loss} after epoch {state.epoch + 1}; stopped without saving")
             state.epoch += 1
