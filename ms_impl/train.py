@@ -205,9 +205,11 @@ def build_network(cfg, ctx: DistributedContext = dist.SINGLE_PROCESS):
 
 def network_params(network) -> Dict[str, object]:
     """The parameters a checkpoint holds, by their official names (Parameter.name, not the attribute path)."""
-    from ms_impl.train_step import MASK_PARAM
+    from ms_impl.train_step import ReplayableDropout
 
-    return {p.name: p for p in network.get_parameters() if p.name != MASK_PARAM}
+    # The dropout mask is trainer state, not model state (MindSpore renames it on assignment, so match by identity).
+    masks = {id(cell.keep_mask) for _, cell in network.cells_and_names() if isinstance(cell, ReplayableDropout)}
+    return {p.name: p for p in network.get_parameters() if id(p) not in masks}
 
 
 def build_lr_schedule(cfg, steps_per_epoch: int, ctx: DistributedContext = dist.SINGLE_PROCESS) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn
 
-MASK_PARAM = "trainer.dropout_keep_mask"  # trainer-only state, never written to checkpoints
+MASK_PARAM = "trainer.dropout_keep_mask"  # trainer-only state, never written to checkpoints (train.network_params)
 
 
 class ReplayableDropout(nn.Cell):
