@@ -1,0 +1,70 @@
+"""The class table (index, English and Chinese names, garbage category) for predict and reports.
+
+One small entry point, `load_class_table`, so that the source of the table can
+follow the trainer's config without touching its callers.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from typing import List, Optional
+
+CSV_COLUMNS = ("index", "name_en", "name_zh", "category_zh", "category_en")
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    index: int
+    name_en: str
+    name_zh: str
+    category_zh: str
+    category_en: str
+
+
+def read_class_csv(path: str) -> List[ClassInfo]:
+    """Rows `index,name_en,name_zh,category_zh,category_en`, indices 0..N-1 in order."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read class list ({exc})") from None
+    if not rows or any(col not in rows[0] for col in CSV_COLUMNS):
+        raise ValueError(f"{path}: class list needs the columns {', '.join(CSV_COLUMNS)}")
+    table = [ClassInfo(int(r["index"]), r["name_en"], r["name_zh"], r["category_zh"], r["category_en"]) for r in rows]
+    if [c.index for c in table] != list(range(len(table))):
+        raise ValueError(f"{path}: class indices must be 0..{len(table) - 1} in order")
+    return table
+
+
+def table_from_records(records: List[dict], source: str) -> List[ClassInfo]:
+    """Class table from a config's list of mappings with the CSV columns as keys."""
+    try:
+        table = [ClassInfo(int(r["index"]), str(r["name_en"]), str(r["name_zh"]), str(r["category_zh"]), str(r["category_en"])) for r in records]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{source}: bad class entry ({exc})") from None
+    if [c.index for c in table] != list(range(len(table))):
+        raise ValueError(f"{source}: class indices must be 0..{len(table) - 1} in order")
+    return table
+
+
+def load_class_table(config_path: Optional[str] = None) -> List[ClassInfo]:
+    """The class table from a CSV file or a YAML config with a `classes` list.
+
+    With no path, the project's `configs/classes.csv` is used.
+    """
+    if config_path is None:
+        config_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "classes.csv")
+    if config_path.lower().endswith(".csv"):
+        return read_class_csv(config_path)
+    import yaml
+
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{config_path}: cannot read config ({exc.__class__.__name__})") from None
+    records = config.get("classes") if isinstance(config, dict) else None
+    if not isinstance(records, list):
+        raise ValueError(f"{config_path}: config has no 'classes' list")
+    return table_from_records(records, config_path)
