@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import tempfile
+import zipfile
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -240,7 +241,7 @@ def _read_if_valid(path: str, key: str) -> Optional[Tuple[np.ndarray, np.ndarray
             if str(data["key"]) != key:
                 return None
             features, labels = data["features"], data["labels"]
-    except (OSError, ValueError, KeyError, EOFError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         LOG.warning("feature cache %s is unreadable; extracting again", path)
         return None
     if features.ndim != 2 or len(features) != len(labels):
