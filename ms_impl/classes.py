@@ -38,9 +38,10 @@ def read_class_csv(path: str) -> List[ClassInfo]:
 
 
 def table_from_records(records: List[dict], source: str) -> List[ClassInfo]:
-    """Class table from a config's list of mappings with the CSV columns as keys."""
+    """Class table from a list of mappings: the CSV columns, or the trainer's `name` / `category` keys."""
     try:
-        table = [ClassInfo(int(r["index"]), str(r["name_en"]), str(r["name_zh"]), str(r["category_zh"]), str(r["category_en"])) for r in records]
+        table = [ClassInfo(int(r["index"]), str(r.get("name_en", r.get("name"))), str(r["name_zh"]), str(r["category_zh"]),
+                           str(r.get("category_en", r.get("category")))) for r in records]
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{source}: bad class entry ({exc})") from None
     if [c.index for c in table] != list(range(len(table))):

@@ -34,7 +34,8 @@ def read_ms_checkpoint(path: str) -> Dict[str, np.ndarray]:
         params = ms.load_checkpoint(path)
     except (ValueError, RuntimeError, OSError, TypeError) as exc:
         raise CheckpointError(f"{path}: not a readable MindSpore checkpoint ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-    return {name: p.asnumpy() for name, p in params.items()}
+    # training checkpoints also hold non-tensor entries (e.g. a JSON train state): skip them
+    return {name: p.asnumpy() for name, p in params.items() if hasattr(p, "asnumpy")}
 
 
 def infer_architecture(shapes: Dict[str, Sequence[int]], source: str = "checkpoint") -> Tuple[float, int]:
