@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
 
 import numpy as np
 
 from parity.param_groups import takes_weight_decay
 from parity.schedule import warmup_cosine_lr
+
+if TYPE_CHECKING:
+    from ms_impl.feature_cache import CachedFeatures, FeatureSettings
 
 
 @dataclass
@@ -130,6 +133,64 @@ def train_head_on_features(
     return result
 
 
-def split_by_part(net) -> Dict[str, Sequence]:
-    """Trainable parameters of the backbone and the head, for logging and checks."""
-    return {"backbone": net.backbone.trainable_params(), "head": net.head.trainable_params()}
+@dataclass
+class FrozenRunResult:
+    """What a frozen-backbone run produced: the trained head is already in the network."""
+
+    val_logits: np.ndarray
+    val_labels: np.ndarray
+    history: HeadTrainingResult
+    train_features: "CachedFeatures"
+    val_features: "CachedFeatures"
+
+
+def train_frozen_backbone(
+    network,
+    train_files: Sequence[str],
+    train_labels: Sequence[int],
+    val_files: Sequence[str],
+    val_labels: Sequence[int],
+    *,
+    cache_dir: str,
+    train_settings: "FeatureSettings",
+    val_settings: "FeatureSettings",
+    epochs: int,
+    batch_size: int,
+    lr_max: float,
+    lr_init: float = 0.0,
+    lr_end: float = 0.0,
+    warmup_epochs: float = 0.0,
+    momentum: float = 0.9,
+    weight_decay: float = 4e-5,
+    label_smoothing: float = 0.1,
+    dropout: float = 0.2,
+    seed: int = 0,
+    progress: bool = True,
+    on_epoch: Optional[Callable[[int, float, Optional[float]], None]] = None,
+) -> FrozenRunResult:
+    """Backbone frozen: features from the cache (extracted when needed), then the head trains on them.
+
+    The head trains as a plain `MobileNetV2Head` started from `network.head`'s
+    dense weights (so the run follows the network's seed); the result is copied
+    back into `network.head.dense`. The backbone's weights are never changed.
+    """
+    import mindspore as ms
+
+    from ms_impl.feature_cache import load_or_extract
+    from ms_impl.mobilenetv2 import MobileNetV2Head
+
+    train = load_or_extract(cache_dir, network.backbone, train_files, train_labels, train_settings,
+                            batch_size=batch_size, progress=progress, name="train")
+    val = load_or_extract(cache_dir, network.backbone, val_files, val_labels, val_settings,
+                          batch_size=batch_size, progress=progress, name="val")
+    head = MobileNetV2Head(network.num_features, network.num_classes, dropout)
+    head.dense.weight.set_data(network.head.dense.weight.value().copy())
+    head.dense.bias.set_data(network.head.dense.bias.value().copy())
+    history = train_head_on_features(
+        head, train.features, train.labels, epochs=epochs, batch_size=batch_size, lr_max=lr_max, lr_init=lr_init,
+        lr_end=lr_end, warmup_epochs=warmup_epochs, momentum=momentum, weight_decay=weight_decay,
+        label_smoothing=label_smoothing, seed=seed, val=(val.features, val.labels), on_epoch=on_epoch,
+    )
+    network.head.dense.weight.set_data(ms.Tensor(head.dense.weight.asnumpy()))
+    network.head.dense.bias.set_data(ms.Tensor(head.dense.bias.asnumpy()))
+    return FrozenRunResult(head_logits(head, val.features), np.asarray(val.labels), history, train, val)

@@ -46,3 +46,31 @@ def test_backbone_lr_is_scaled_and_weight_decay_rule_kept():
     assert len(opt.parameters) == len(net.trainable_params())
     with pytest.raises(ValueError, match="backbone_lr_scale"):
         build_transfer_optimizer(net, lr, backbone_lr_scale=0.0)
+
+
+def test_frozen_backbone_run_trains_only_the_head_and_reuses_the_cache(tmp_path):
+    from ms_impl.feature_cache import FeatureSettings
+    from ms_impl.transfer import train_frozen_backbone
+    from transfer_fixtures import IMAGE_SIZE, calibrated_backbone_net, write_dataset
+
+    data = write_dataset(str(tmp_path / "data"), per_class=4, splits=("train",))
+    files = [p for p, _ in data["train"]]
+    labels = [l for _, l in data["train"]]
+    net = calibrated_backbone_net(files)
+    backbone_before = {p.name: p.asnumpy().copy() for p in net.backbone.get_parameters()}
+    head_before = net.head.dense.weight.asnumpy().copy()
+
+    def run():
+        # val = train here: a random backbone's features do not generalise, but must be fitted
+        return train_frozen_backbone(net, files, labels, files, labels, cache_dir=str(tmp_path / "cache"),
+                                     train_settings=FeatureSettings(IMAGE_SIZE), val_settings=FeatureSettings(IMAGE_SIZE),
+                                     epochs=15, batch_size=4, lr_max=0.05, dropout=0.0, label_smoothing=0.0, progress=False)
+
+    first = run()
+    assert not first.train_features.reused and first.history.val_top1[-1] == 1.0
+    assert (first.val_logits.argmax(1) == labels).all()
+    assert not np.allclose(net.head.dense.weight.asnumpy(), head_before)
+    for p in net.backbone.get_parameters():
+        np.testing.assert_array_equal(p.asnumpy(), backbone_before[p.name])
+    second = run()
+    assert second.train_features.reused and second.val_features.reused
