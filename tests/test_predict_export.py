@@ -51,6 +51,17 @@ def test_predict_reports_known_classes_names_and_categories(tiny, python_exe, re
     assert f"predict: {bad}: cannot decode image" in proc.stderr
 
 
+def test_predict_text_output(tiny, capsys):
+    from ms_impl import predict
+
+    red = tiny["data"]["train"][0][0]
+    assert predict.main(["--checkpoint", tiny["ckpt"], "--config", tiny["classes"], "--image_size", str(IMAGE_SIZE), red]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{red}: 有害垃圾 (Hazardous waste)"
+    assert lines[1].startswith("  1. Red Thing / 红色物") and lines[1].endswith("[有害垃圾 Hazardous waste]")
+    assert len(lines) == 4  # top_k 5 capped at the 3 classes
+
+
 def test_predict_matches_the_model_and_reads_folders(tiny):
     import mindspore as ms
     from mindspore.dataset import transforms
@@ -75,7 +86,9 @@ def test_predict_matches_the_model_and_reads_folders(tiny):
         assert sum(got.values()) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_predict_bad_inputs(tiny, python_exe, repo_root, cli_env, tmp_path):
+def test_predict_bad_inputs(tiny, python_exe, repo_root, cli_env, tmp_path, capsys):
+    from ms_impl import predict
+
     image = tiny["data"]["train"][0][0]
     garbage = tmp_path / "model.ckpt"
     garbage.write_bytes(b"this is not a checkpoint")
@@ -85,10 +98,11 @@ def test_predict_bad_inputs(tiny, python_exe, repo_root, cli_env, tmp_path):
     # nothing predictable: every input is missing or unreadable
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"nope")
-    proc = run_cli(python_exe, repo_root, cli_env, "predict.py", "--checkpoint", tiny["ckpt"], "--config", tiny["classes"],
-                   "--image_size", IMAGE_SIZE, bad, tmp_path / "missing.jpg")
-    assert proc.returncode == 2
-    assert f"{bad}: cannot decode image" in proc.stderr and "missing.jpg: no such file or folder" in proc.stderr
+    code = predict.main(["--checkpoint", tiny["ckpt"], "--config", tiny["classes"], "--image_size", str(IMAGE_SIZE),
+                         str(bad), str(tmp_path / "missing.jpg")])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert f"{bad}: cannot decode image" in captured.err and "missing.jpg: no such file or folder" in captured.err
 
 
 def test_predict_refuses_class_list_of_another_size(tiny, tmp_path):
@@ -117,10 +131,11 @@ def test_export_mindir_round_trip_and_onnx_in_onnxruntime(tiny, python_exe, repo
     graph = ms.nn.GraphCell(ms.load(str(mindir)))
     np.testing.assert_allclose(graph(ms.Tensor(x)).asnumpy(), expected, rtol=1e-5, atol=1e-5)
 
+    from ms_impl import export
+
     onnx_path = tmp_path / "tiny.onnx"
-    proc = run_cli(python_exe, repo_root, cli_env, "export.py", "--checkpoint", tiny["ckpt"], "--format", "onnx",
-                   "--image-size", IMAGE_SIZE, "--output", onnx_path)
-    assert proc.returncode == 0, proc.stderr
+    assert export.main(["--checkpoint", tiny["ckpt"], "--format", "onnx", "--image-size", str(IMAGE_SIZE),
+                        "--output", str(onnx_path)]) == 0
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x})[0]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
