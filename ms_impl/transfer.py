@@ -23,6 +23,17 @@ if TYPE_CHECKING:
 
 
 @dataclass
+class EpochReport:
+    """Handed to `on_epoch` after each head-training epoch."""
+
+    epoch: int  # 0-based
+    train_loss: float  # mean over the epoch's steps
+    val_logits: Optional[np.ndarray]
+    lr_last: float
+    seconds: float  # training this epoch (not the validation)
+
+
+@dataclass
 class HeadTrainingResult:
     epochs: int
     seconds: float
@@ -88,9 +99,12 @@ def train_head_on_features(
     label_smoothing: float = 0.1,
     seed: int = 0,
     val: Optional[tuple] = None,
-    on_epoch: Optional[Callable[[int, float, Optional[float]], None]] = None,
+    on_epoch: Optional[Callable[["EpochReport"], None]] = None,
 ) -> HeadTrainingResult:
-    """Train `head` in place on cached features; shuffles with `seed` each epoch."""
+    """Train `head` in place on cached features; shuffles with `seed` each epoch.
+
+    `on_epoch(EpochReport)` runs after every epoch.
+    """
     import mindspore as ms
     from mindspore import nn
 
@@ -115,6 +129,7 @@ def train_head_on_features(
     result = HeadTrainingResult(epochs=epochs, seconds=0.0)
     start = time.perf_counter()
     for epoch in range(epochs):
+        epoch_start = time.perf_counter()
         order = rng.permutation(len(features))
         losses = []
         for s in range(steps_per_epoch):
@@ -122,12 +137,13 @@ def train_head_on_features(
             loss = step(ms.Tensor(feats4d[idx]), ms.Tensor(labels32[idx]))
             losses.append(float(loss.asnumpy()))
         result.losses.append(float(np.mean(losses)))
-        acc = None
+        epoch_seconds = time.perf_counter() - epoch_start
+        val_logits = None
         if val is not None:
-            acc = top1(head_logits(head, val[0]), np.asarray(val[1]))
-            result.val_top1.append(acc)
+            val_logits = head_logits(head, val[0])
+            result.val_top1.append(top1(val_logits, np.asarray(val[1])))
         if on_epoch is not None:
-            on_epoch(epoch, result.losses[-1], acc)
+            on_epoch(EpochReport(epoch, result.losses[-1], val_logits, float(lr[(epoch + 1) * steps_per_epoch - 1]), epoch_seconds))
     result.seconds = time.perf_counter() - start
     head.set_train(False)
     return result
@@ -166,7 +182,7 @@ def train_frozen_backbone(
     dropout: float = 0.2,
     seed: int = 0,
     progress: bool = True,
-    on_epoch: Optional[Callable[[int, float, Optional[float]], None]] = None,
+    on_epoch: Optional[Callable[["EpochReport"], None]] = None,
 ) -> FrozenRunResult:
     """Backbone frozen: features from the cache (extracted when needed), then the head trains on them.
 
