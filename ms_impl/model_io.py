@@ -18,6 +18,7 @@ KNOWN_WIDTHS: Tuple[float, ...] = (0.25, 0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 
 STEM_WEIGHT = "features.0.features.0.weight"
 DENSE_WEIGHT = "dense.weight"
+CELL_PATH_PREFIXES = ("backbone.", "head.")
 
 
 class CheckpointError(ValueError):
@@ -34,8 +35,20 @@ def read_ms_checkpoint(path: str) -> Dict[str, np.ndarray]:
         params = ms.load_checkpoint(path)
     except (ValueError, RuntimeError, OSError, TypeError) as exc:
         raise CheckpointError(f"{path}: not a readable MindSpore checkpoint ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-    # training checkpoints also hold non-tensor entries (e.g. a JSON train state): skip them
-    return {name: p.asnumpy() for name, p in params.items() if hasattr(p, "asnumpy")}
+    # training checkpoints also hold non-tensor entries (e.g. a JSON train state): skip them;
+    # names saved by cell path (`backbone.features.*`, `head.dense.*`) are the official names prefixed
+    tensors = {}
+    for name, value in params.items():
+        if hasattr(value, "asnumpy"):
+            tensors[_official_name(name)] = value.asnumpy()
+    return tensors
+
+
+def _official_name(name: str) -> str:
+    for prefix in CELL_PATH_PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
 
 
 def infer_architecture(shapes: Dict[str, Sequence[int]], source: str = "checkpoint") -> Tuple[float, int]:

@@ -97,12 +97,16 @@ def train_head_on_features(
     momentum: float = 0.9,
     weight_decay: float = 4e-5,
     label_smoothing: float = 0.1,
+    dropout: float = 0.0,
     seed: int = 0,
     val: Optional[tuple] = None,
     on_epoch: Optional[Callable[["EpochReport"], None]] = None,
 ) -> HeadTrainingResult:
     """Train `head` in place on cached features; shuffles with `seed` each epoch.
 
+    `dropout` is applied here, on the host, to the pooled features (keep masks
+    drawn from `seed`, scaled by 1 / (1 - p)): the same place and distribution as
+    the head's own dropout, but reproducible, so pass a head without dropout.
     `on_epoch(EpochReport)` runs after every epoch.
     """
     import mindspore as ms
@@ -113,6 +117,8 @@ def train_head_on_features(
 
     if len(features) == 0 or len(features) != len(labels):
         raise ValueError(f"need matching, non-empty features and labels, got {len(features)} and {len(labels)}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     steps_per_epoch = max(1, len(features) // batch_size)  # drop the ragged tail: one compiled shape
     batch_size = min(batch_size, len(features))
     lr = warmup_cosine_lr(lr_init=lr_init, lr_max=lr_max, lr_end=lr_end, warmup_epochs=warmup_epochs,
@@ -134,7 +140,10 @@ def train_head_on_features(
         losses = []
         for s in range(steps_per_epoch):
             idx = order[s * batch_size:(s + 1) * batch_size]
-            loss = step(ms.Tensor(feats4d[idx]), ms.Tensor(labels32[idx]))
+            batch = feats4d[idx]
+            if dropout > 0:
+                batch = batch * ((rng.random(batch.shape) >= dropout).astype(np.float32) / np.float32(1.0 - dropout))
+            loss = step(ms.Tensor(batch), ms.Tensor(labels32[idx]))
             losses.append(float(loss.asnumpy()))
         result.losses.append(float(np.mean(losses)))
         epoch_seconds = time.perf_counter() - epoch_start
@@ -199,13 +208,13 @@ def train_frozen_backbone(
                             batch_size=batch_size, progress=progress, name="train")
     val = load_or_extract(cache_dir, network.backbone, val_files, val_labels, val_settings,
                           batch_size=batch_size, progress=progress, name="val")
-    head = MobileNetV2Head(network.num_features, network.num_classes, dropout)
+    head = MobileNetV2Head(network.num_features, network.num_classes, dropout=0.0)  # dropout: on the host
     head.dense.weight.set_data(network.head.dense.weight.value().copy())
     head.dense.bias.set_data(network.head.dense.bias.value().copy())
     history = train_head_on_features(
         head, train.features, train.labels, epochs=epochs, batch_size=batch_size, lr_max=lr_max, lr_init=lr_init,
         lr_end=lr_end, warmup_epochs=warmup_epochs, momentum=momentum, weight_decay=weight_decay,
-        label_smoothing=label_smoothing, seed=seed, val=(val.features, val.labels), on_epoch=on_epoch,
+        label_smoothing=label_smoothing, dropout=dropout, seed=seed, val=(val.features, val.labels), on_epoch=on_epoch,
     )
     network.head.dense.weight.set_data(ms.Tensor(head.dense.weight.asnumpy()))
     network.head.dense.bias.set_data(ms.Tensor(head.dense.bias.asnumpy()))
