@@ -79,5 +79,15 @@ def test_frozen_backbone_run_trains_only_the_head_and_reuses_the_cache(tmp_path)
     assert not np.allclose(net.head.dense.weight.asnumpy(), head_before)
     for p in net.backbone.get_parameters():
         np.testing.assert_array_equal(p.asnumpy(), backbone_before[p.name])
+    # the cached-feature logits are the network's own logits on the images (eval pipeline)
+    import mindspore as ms
+    from mindspore.dataset import transforms
+
+    from ms_impl.transforms import eval_transforms
+
+    pipeline = transforms.Compose(eval_transforms(IMAGE_SIZE))
+    images = np.stack([pipeline(np.fromfile(f, np.uint8)) for f in files]).astype(np.float32)
+    net.set_train(False)
+    np.testing.assert_allclose(net(ms.Tensor(images)).asnumpy(), first.val_logits, rtol=1e-4, atol=1e-4)
     second = run()
     assert second.train_features.reused and second.val_features.reused
