@@ -1,7 +1,8 @@
 """The class table (index, English and Chinese names, garbage category) for predict and reports.
 
-One small entry point, `load_class_table`, so that the source of the table can
-follow the trainer's config without touching its callers.
+One small entry point, `load_class_table`, reading the trainer's class file
+(`configs/garbage26_classes.yaml`: index, name, name_zh, category_zh, category),
+a trainer config that names it, or a CSV with the columns of garbage26/classes.csv.
 """
 from __future__ import annotations
 
@@ -49,23 +50,41 @@ def table_from_records(records: List[dict], source: str) -> List[ClassInfo]:
     return table
 
 
-def load_class_table(config_path: Optional[str] = None) -> List[ClassInfo]:
-    """The class table from a CSV file or a YAML config with a `classes` list.
+DEFAULT_CLASS_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "garbage26_classes.yaml")
 
-    With no path, the project's `configs/classes.csv` is used.
-    """
-    if config_path is None:
-        config_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "classes.csv")
-    if config_path.lower().endswith(".csv"):
-        return read_class_csv(config_path)
+
+def _read_yaml(path: str) -> dict:
     import yaml
 
     try:
-        with open(config_path, encoding="utf-8") as handle:
-            config = yaml.safe_load(handle) or {}
+        with open(path, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle)
     except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{config_path}: cannot read config ({exc.__class__.__name__})") from None
-    records = config.get("classes") if isinstance(config, dict) else None
+        raise ValueError(f"{path}: cannot read config ({exc.__class__.__name__}: {' '.join(str(exc).split())[:120]})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return config
+
+
+def load_class_table(config_path: Optional[str] = None) -> List[ClassInfo]:
+    """The class table from a CSV file, a classes YAML (`classes:` list), or a trainer config
+    (`classes_file:` relative to it). Default: the project's configs/garbage26_classes.yaml.
+    """
+    config_path = config_path or DEFAULT_CLASS_FILE
+    if config_path.lower().endswith(".csv"):
+        return read_class_csv(config_path)
+    config = _read_yaml(config_path)
+    if "classes" not in config and isinstance(config.get("classes_file"), str):
+        return load_class_table(os.path.join(os.path.dirname(os.path.abspath(config_path)), config["classes_file"]))
+    records = config.get("classes")
     if not isinstance(records, list):
-        raise ValueError(f"{config_path}: config has no 'classes' list")
+        raise ValueError(f"{config_path}: config has no 'classes' list nor 'classes_file'")
     return table_from_records(records, config_path)
+
+
+def configured_image_size(config_path: Optional[str]) -> Optional[int]:
+    """`image_size` of a YAML config, when it has one."""
+    if not config_path or config_path.lower().endswith(".csv"):
+        return None
+    value = _read_yaml(config_path).get("image_size")
+    return int(value) if isinstance(value, int) else None

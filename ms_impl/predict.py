@@ -23,11 +23,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ms_impl.classes import ClassInfo, load_class_table
+from ms_impl.classes import ClassInfo, configured_image_size, load_class_table
 from ms_impl.model_io import CheckpointError, load_model
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 EXIT_INPUT_ERROR = 2
+DEFAULT_IMAGE_SIZE = 224
 
 
 def collect_images(inputs: Sequence[str]) -> Tuple[List[str], List[Dict[str, str]]]:
@@ -132,19 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="trained MindSpore checkpoint (.ckpt)")
     parser.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders (searched recursively)")
     parser.add_argument("--top_k", "--top-k", type=int, default=5, help="classes listed per image (default 5)")
-    parser.add_argument("--image_size", "--image-size", type=int, default=224, help="eval crop size (default 224)")
-    parser.add_argument("--config", default=None, help="class list: YAML config with `classes`, or a CSV (default configs/classes.csv)")
+    parser.add_argument("--image_size", "--image-size", type=int, default=None,
+                        help="eval crop size (default: the config's image_size, else 224)")
+    parser.add_argument("--config", default=None,
+                        help="trainer config, classes YAML or CSV: class names (default configs/garbage26_classes.yaml)")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.top_k < 1 or args.image_size < 32:
-        print("predict: --top_k must be >= 1 and --image_size >= 32", file=sys.stderr)
-        return EXIT_INPUT_ERROR
     try:
         classes = load_class_table(args.config)
+        image_size = args.image_size or configured_image_size(args.config) or DEFAULT_IMAGE_SIZE
+        if args.top_k < 1 or image_size < 32:
+            raise ValueError("--top_k must be >= 1 and --image_size >= 32")
         net = load_model(args.checkpoint)
     except (CheckpointError, ValueError) as exc:
         print(f"predict: {exc}", file=sys.stderr)
@@ -154,7 +157,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_INPUT_ERROR
 
     files, errors = collect_images(args.images)
-    predictions, read_errors = predict_files(net, files, classes, args.image_size, min(args.top_k, len(classes)))
+    predictions, read_errors = predict_files(net, files, classes, image_size, min(args.top_k, len(classes)))
     errors += read_errors
     if args.json:
         print(json.dumps({"checkpoint": args.checkpoint, "predictions": predictions, "errors": errors}, ensure_ascii=False, indent=2))

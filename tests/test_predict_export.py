@@ -165,3 +165,25 @@ def test_export_says_why_a_format_is_unsupported(tiny, capsys, tmp_path):
 
     assert export.main(["--checkpoint", tiny["ckpt"], "--format", "AIR", "--output", str(tmp_path / "x.air")]) == 2
     assert "AIR" in capsys.readouterr().err and "Ascend" in export.UNSUPPORTED["AIR"]
+
+
+def test_predict_reads_classes_and_image_size_from_a_trainer_config(tiny, tmp_path, capsys):
+    import yaml
+
+    from ms_impl import predict
+    from ms_impl.classes import load_class_table
+
+    rows = [{"index": i, "name": en, "name_zh": zh, "category_zh": cz, "category": ce} for i, en, zh, cz, ce in CLASS_ROWS]
+    (tmp_path / "my_classes.yaml").write_text(yaml.safe_dump({"classes": rows}, allow_unicode=True), encoding="utf-8")
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"classes_file": "my_classes.yaml", "image_size": IMAGE_SIZE}), encoding="utf-8")
+    assert load_class_table(str(config)) == load_class_table(tiny["classes"])
+    green = tiny["data"]["train"][7][0]
+    assert predict.main(["--checkpoint", tiny["ckpt"], "--config", str(config), "--json", green]) == 0
+    best = __import__("json").loads(capsys.readouterr().out)["predictions"][0]["top_k"][0]
+    assert (best["name_en"], best["category_en"]) == ("Green Thing", "Kitchen waste")
+    # the shipped default class list: the 26 garbage classes, in the reference order
+    if os.path.exists(os.path.join(os.path.dirname(predict.__file__), "..", "configs", "garbage26_classes.yaml")):
+        table = load_class_table()
+        assert len(table) == 26 and (table[0].name_en, table[0].name_zh) == ("Seashell", "贝壳")
+        assert {c.category_zh for c in table} == {"干垃圾", "可回收物", "湿垃圾", "有害垃圾"}
