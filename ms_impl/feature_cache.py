@@ -225,11 +225,18 @@ def _write_atomic(path: str, features: np.ndarray, labels: np.ndarray, key: str)
     try:
         with os.fdopen(fd, "wb") as handle:
             np.savez(handle, features=features, labels=labels, key=np.asarray(key))
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the cache normal file permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _read_if_valid(path: str, key: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
