@@ -1,0 +1,122 @@
+"""Checkpoints of a training run: atomic writes, rotation, and the state to resume from.
+
+A checkpoint is one MindSpore .ckpt file holding
+- the network parameters under their official names (`features.*`, `dense.*`),
+  so it loads into `MobileNetV2` (and into the backbone alone) like an official one,
+- the optimizer state: momentum buffers `moments.<param>` and `global_step`,
+- the training position as JSON (`train_state`): completed epochs, steps done in
+  the current epoch, global step, best top-1 and its epoch, seed, schedule shape.
+Every random stream of the trainer (shuffling, augmentation, dropout masks) is a
+function of (seed, epoch, step), so seed and position restore the RNG too.
+
+Files in `<output_dir>/checkpoints/`: `mobilenetv2-<epoch>_<steps>.ckpt` per epoch
+(the official ModelCheckpoint naming; at most keep_checkpoint_max kept),
+`mobilenetv2-last.ckpt` (latest state: epoch end or interruption) and
+`mobilenetv2-best.ckpt` (best val top-1).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List
+
+from ms_impl.errors import UsageError
+
+PREFIX = "mobilenetv2"
+LAST = f"{PREFIX}-last.ckpt"
+BEST = f"{PREFIX}-best.ckpt"
+_EPOCH_FILE = re.compile(rf"^{PREFIX}-(\d+)_(\d+)\.ckpt$")
+STATE_KEY = "train_state"
+
+
+@dataclass
+class TrainState:
+    """Where a run stands; saved in every checkpoint."""
+
+    epoch: int = 0            # completed epochs
+    step_in_epoch: int = 0    # steps done in epoch `epoch` (non-zero only after an interruption)
+    epoch_loss_sum: float = 0.0  # sum of the training losses of those steps
+    global_step: int = 0
+    best_top1: float = -1.0
+    best_epoch: int = 0
+    seed: int = 0
+    epochs: int = 0
+    steps_per_epoch: int = 0
+
+
+def epoch_checkpoint_name(epoch: int, steps_per_epoch: int) -> str:
+    return f"{PREFIX}-{epoch}_{steps_per_epoch}.ckpt"
+
+
+def _atomic_save(entries: List[dict], path: Path, state: TrainState) -> None:
+    import mindspore as ms
+
+    # save_checkpoint appends ".ckpt" to names without it, so the temporary name keeps the suffix.
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.ckpt")
+    try:
+        ms.save_checkpoint(entries, str(tmp), append_dict={STATE_KEY: json.dumps(asdict(state))})
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _entries(network_params: Dict[str, object], optimizer) -> List[dict]:
+    entries = [{"name": name, "data": param} for name, param in network_params.items()]
+    entries += [{"name": m.name, "data": m} for m in optimizer.moments]
+    entries.append({"name": "global_step", "data": optimizer.global_step})
+    return entries
+
+
+def save_training_checkpoint(path: Path, network_params: Dict[str, object], optimizer, state: TrainState) -> None:
+    """Write weights, optimizer state and `state` to `path` atomically."""
+    _atomic_save(_entries(network_params, optimizer), path, state)
+
+
+def rotate_epoch_checkpoints(folder: Path, keep: int) -> None:
+    """Delete the oldest per-epoch checkpoints beyond `keep` (`last` and `best` are never touched)."""
+    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _EPOCH_FILE.match(p.name)))
+    for _, path in found[: max(0, len(found) - keep)]:
+        path.unlink()
+
+
+def read_checkpoint(path: Path) -> Dict[str, object]:
+    """All entries of a .ckpt file; UsageError naming the file when it cannot be read."""
+    import mindspore as ms
+
+    if not Path(path).is_file():
+        raise UsageError(f"{path}: checkpoint not found")
+    try:
+        return ms.load_checkpoint(str(path))
+    except (ValueError, RuntimeError, OSError) as e:
+        raise UsageError(f"{path}: not a readable MindSpore checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+def load_network_weights(path: Path, network_params: Dict[str, object]) -> Dict[str, object]:
+    """Copy the network tensors of checkpoint `path` into `network_params`; returns all entries read."""
+    entries = read_checkpoint(path)
+    missing = [name for name in network_params if name not in entries]
+    if missing:
+        raise UsageError(f"{path}: lacks {len(missing)} network parameter(s), e.g. {missing[0]!r}")
+    for name, param in network_params.items():
+        value = entries[name]
+        if tuple(value.shape) != tuple(param.shape):
+            raise UsageError(f"{path}: {name} has shape {tuple(value.shape)}, the network expects {tuple(param.shape)}")
+        param.set_data(value.value() if hasattr(value, "value") else value)
+    return entries
+
+
+def restore_training_checkpoint(path: Path, network_params: Dict[str, object], optimizer) -> TrainState:
+    """Load weights and optimizer state from `path` into the run; returns its TrainState."""
+    entries = load_network_weights(path, network_params)
+    if STATE_KEY not in entries:
+        raise UsageError(f"{path}: has no training state (a weights-only checkpoint cannot be resumed)")
+    for moment in optimizer.moments:
+        if moment.name not in entries:
+            raise UsageError(f"{path}: lacks optimizer state {moment.name!r}")
+        moment.set_data(entries[moment.name].value())
+    optimizer.global_step.set_data(entries["global_step"].value())
+    return TrainState(**json.loads(entries[STATE_KEY]))

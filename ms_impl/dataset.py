@@ -1,0 +1,156 @@
+"""Data of the trainer: `<data_path>/{train,val}/<class name>/*` read with mindspore.dataset.
+
+Class indices come from the configured class list (folder name = class `name`),
+never from folder sort order. Every file is opened once up front with PIL:
+corrupt, truncated or non-image files are skipped, each with one warning naming
+it, and counted. Shuffling and augmentation of epoch `e` derive from
+(seed, e) only, so an epoch can be replayed exactly after a resume.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from ms_impl.errors import UsageError
+from ms_impl.transforms import eval_transforms, train_transforms
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val")
+
+
+@dataclass
+class ImageList:
+    """One split: image files, their class indices, and the files skipped as unreadable."""
+
+    split: str
+    files: List[Path]
+    labels: np.ndarray
+    skipped: List[Tuple[Path, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def unreadable_reason(path: Path) -> str:
+    """Why PIL cannot decode `path` completely ('' when it can)."""
+    try:
+        with Image.open(path) as image:
+            image.load()  # a full decode: catches truncated JPEGs, which open() alone accepts
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return str(e) or type(e).__name__
+    return ""
+
+
+def scan_split(data_path: Path, split: str, class_names: Sequence[str]) -> ImageList:
+    """The readable images of `data_path/split`, labelled by position in `class_names`."""
+    split_dir = Path(data_path) / split
+    if not split_dir.is_dir():
+        raise UsageError(f"{split_dir}: missing (expected {split}/<class name>/ folders under data_path)")
+    present = {p.name for p in split_dir.iterdir() if p.is_dir()}
+    missing = [name for name in class_names if name not in present]
+    if missing:
+        raise UsageError(f"{split_dir}: missing class folder(s) {', '.join(repr(m) for m in missing)}")
+    for extra in sorted(present - set(class_names)):
+        log.warning("%s: folder not in the class list, ignored", split_dir / extra)
+
+    files: List[Path] = []
+    labels: List[int] = []
+    skipped: List[Tuple[Path, str]] = []
+    for index, name in enumerate(class_names):
+        class_dir = split_dir / name
+        readable = 0
+        for path in sorted(p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
+            reason = unreadable_reason(path)
+            if reason:
+                log.warning("skipping %s: not a readable image (%s)", path, reason)
+                skipped.append((path, reason))
+                continue
+            files.append(path)
+            labels.append(index)
+            readable += 1
+        if readable == 0:
+            raise UsageError(f"{class_dir}: class folder has no readable images")
+    if skipped:
+        log.warning("%s: skipped %d unreadable file(s)", split_dir, len(skipped))
+    return ImageList(split, files, np.asarray(labels, dtype=np.int32), skipped)
+
+
+def worker_count(requested: int) -> int:
+    """Parallel workers: as requested, but never more than the machine's cores."""
+    return max(1, min(int(requested), os.cpu_count() or 1))
+
+
+class _EncodedImages:
+    """Random-access source of (encoded bytes, label) in a given order; decoding happens in the map."""
+
+    def __init__(self, images: ImageList, order: np.ndarray) -> None:
+        self.images = images
+        self.order = order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i: int) -> Tuple[np.ndarray, np.ndarray]:
+        j = int(self.order[i])
+        return np.fromfile(self.images.files[j], dtype=np.uint8), self.images.labels[j]
+
+
+def epoch_order(num_images: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled sample order of 0-based `epoch`, a function of (seed, epoch) only."""
+    return np.random.default_rng([seed, epoch]).permutation(num_images)
+
+
+def train_dataset(images: ImageList, cfg, image_size: int, epoch: int):
+    """Batches of epoch `epoch`: shuffled, augmented, normalised; the last partial batch is dropped."""
+    import mindspore.dataset as ds
+
+    # Seeds the random crop/flip/jitter of this epoch; with the map's ordered
+    # output the augmented batches are the same on every run.
+    ds.config.set_seed(int(np.random.default_rng([cfg.seed, epoch, 1]).integers(2**31 - 1)))
+    source = _EncodedImages(images, epoch_order(len(images), cfg.seed, epoch))
+    data = ds.GeneratorDataset(source, ["image", "label"], shuffle=False)
+    data = data.map(
+        train_transforms(image_size, scale=(cfg.crop_scale_min, 1.0), color_jitter=cfg.color_jitter, hflip_prob=cfg.hflip_prob),
+        input_columns="image",
+        num_parallel_workers=worker_count(cfg.num_workers),
+    )
+    return data.batch(cfg.batch_size, drop_remainder=True)
+
+
+def eval_dataset(images: ImageList, image_size: int, batch_size: int, num_workers: int):
+    """Batches of `images` in file order: resize, center crop, normalise; every image is used."""
+    import mindspore.dataset as ds
+
+    source = _EncodedImages(images, np.arange(len(images)))
+    data = ds.GeneratorDataset(source, ["image", "label"], shuffle=False)
+    data = data.map(eval_transforms(image_size), input_columns="image", num_parallel_workers=worker_count(num_workers))
+    return data.batch(batch_size, drop_remainder=False)
+
+
+def resolve_data(cfg) -> Tuple[Path, int, bool]:
+    """(dataset folder, network input size, is_synthetic) for the config.
+
+    `data_path` "" means the embedded synthetic set, generated (or found in its
+    cache) at `synthetic_image_size`, which is then the input size.
+    """
+    if cfg.data_path:
+        path = Path(cfg.data_path).expanduser()
+        if not path.is_dir():
+            raise UsageError(f"{path}: data_path not found (expected a folder with train/ and val/)")
+        return path, int(cfg.image_size), False
+    from ms_impl.synthetic import ensure_synthetic_dataset
+
+    path = ensure_synthetic_dataset(
+        [c.name for c in cfg.classes],
+        image_size=cfg.synthetic_image_size,
+        train_per_class=cfg.synthetic_train_per_class,
+        val_per_class=cfg.synthetic_val_per_class,
+        cache_dir=cfg.synthetic_cache_dir or None,
+    )
+    return path, int(cfg.synthetic_image_size), True

@@ -1,0 +1,50 @@
+"""Select the MindSpore device (MindSpore 2.x: `mindspore.set_device`) and execution mode.
+
+Called before any data work, so a missing GPU or Ascend stack fails in a second
+with one line naming the device and MindSpore's own reason.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Iterator
+
+from ms_impl.errors import UsageError
+
+MODES = {"graph": "GRAPH_MODE", "pynative": "PYNATIVE_MODE"}
+
+
+@contextlib.contextmanager
+def _mindspore_logger_quiet() -> Iterator[None]:
+    """Mute MindSpore's Python logger: a failed device load logs multi-line errors we condense into one."""
+    from mindspore import log as ms_log
+
+    logger = ms_log._get_logger()  # MindSpore has no public setter for its logger level
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _reason(error: Exception) -> str:
+    first_line = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    return first_line.split(" For details")[0]
+
+
+def set_device(device: str, mode: str = "graph", device_id: int | None = None) -> None:
+    """Run on `device` ('CPU', 'GPU', 'Ascend') in `mode` ('graph', 'pynative'), or raise UsageError."""
+    import numpy as np
+    import mindspore as ms
+
+    if mode not in MODES:
+        raise UsageError(f"--mode: expected graph or pynative, got {mode!r}")
+    try:
+        with _mindspore_logger_quiet():
+            ms.set_device(device, device_id)
+            ms.set_context(mode=getattr(ms, MODES[mode]))
+            # set_device only records the choice; a first small op loads the backend for real.
+            (ms.Tensor(np.ones(2, np.float32)) + 1).asnumpy()
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise UsageError(f"device {device} is not usable: {_reason(e)}") from None

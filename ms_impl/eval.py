@@ -1,0 +1,109 @@
+"""Evaluate a MobileNetV2 checkpoint on a dataset's val split: top-1/top-5, loss, per-class report.
+
+    python ms_impl/eval.py --checkpoint runs/garbage26_cpu/checkpoints/mobilenetv2-best.ckpt \
+        --data_path /path/to/garbage26 [--report_dir DIR] [--device CPU] [--key value ...]
+
+Model and data keys (width_mult, image_size, classes...) come from the same
+configs as training. With `--report_dir`, writes per_class.csv,
+confusion_matrix.png and eval.json there.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+if __package__ in (None, ""):  # run as a script: put the repository root on the import path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+from ms_impl import report
+from ms_impl.errors import UsageError
+
+log = logging.getLogger("ms_impl.eval")
+
+
+@dataclass
+class EvalResult:
+    top1: float
+    top5: float
+    loss: float
+    confusion: np.ndarray
+    num_images: int
+
+
+def evaluate(network, dataset, num_classes: int, label_smoothing: float = 0.0) -> EvalResult:
+    """Run `network` in eval mode over `dataset` (batches of image, label); restores training mode after."""
+    from parity.loss import smoothed_cross_entropy
+
+    was_training = network.training
+    network.set_train(False)
+    labels_all: List[np.ndarray] = []
+    logits_all: List[np.ndarray] = []
+    for images, labels in dataset.create_tuple_iterator(num_epochs=1):
+        logits_all.append(network(images).asnumpy().astype(np.float64))
+        labels_all.append(labels.asnumpy())
+    network.set_train(was_training)
+
+    logits = np.concatenate(logits_all)
+    labels = np.concatenate(labels_all).astype(np.int64)
+    top5 = np.argsort(-logits, axis=1)[:, : min(5, num_classes)]
+    return EvalResult(
+        top1=float(np.mean(top5[:, 0] == labels)),
+        top5=float(np.mean((top5 == labels[:, None]).any(axis=1))),
+        loss=float(smoothed_cross_entropy(logits, labels, label_smoothing)),
+        confusion=report.confusion_matrix(labels, top5[:, 0], num_classes),
+        num_images=len(labels),
+    )
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--report_dir", type=Path)
+    try:
+        known, rest = parser.parse_known_args(argv)
+    except SystemExit as e:  # argparse already printed the message
+        return int(e.code or 0)
+    try:
+        from ms_impl import checkpoint, dataset
+        from ms_impl.config import load_config
+        from ms_impl.device import set_device
+
+        cfg = load_config(rest, description="Evaluate a checkpoint")
+        set_device(cfg.device, cfg.mode)
+        data_path, image_size, synthetic = dataset.resolve_data(cfg)
+        images = dataset.scan_split(data_path, "val", [c.name for c in cfg.classes])
+        from ms_impl.mobilenetv2 import MobileNetV2
+
+        network = MobileNetV2(len(cfg.classes), cfg.width_mult, dropout=cfg.dropout)
+        checkpoint.load_network_weights(known.checkpoint, {p.name: p for p in network.get_parameters()})
+        data = dataset.eval_dataset(images, image_size, cfg.batch_size, cfg.num_workers)
+        result = evaluate(network, data, len(cfg.classes), cfg.label_smoothing)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    source = "synthetic set" if synthetic else str(data_path)
+    log.info("%s on %s val (%d images): top-1 %.4f  top-5 %.4f  loss %.4f",
+             known.checkpoint, source, result.num_images, result.top1, result.top5, result.loss)
+    log.info("%s", report.per_class_table(result.confusion, cfg.classes))
+    log.info("confusion matrix (rows: true class index, columns: predicted):\n%s", result.confusion)
+    if known.report_dir:
+        known.report_dir.mkdir(parents=True, exist_ok=True)
+        report.write_per_class_csv(known.report_dir / "per_class.csv", result.confusion, cfg.classes)
+        report.plot_confusion_matrix(known.report_dir / "confusion_matrix.png", result.confusion, cfg.classes, f"{known.checkpoint.name}: top-1 {result.top1:.3f}")
+        report.write_json(known.report_dir / "eval.json", {
+            "checkpoint": str(known.checkpoint), "data": source, "num_images": result.num_images,
+            "top1": result.top1, "top5": result.top5, "loss": result.loss,
+        })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

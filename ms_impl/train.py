@@ -1,0 +1,408 @@
+"""Train MobileNetV2 (MindSpore) on the 26-class garbage set: `python ms_impl/train.py --device CPU`.
+
+    python ms_impl/train.py --device CPU                     # embedded synthetic set, a few minutes
+    python ms_impl/train.py --device GPU --data_path DIR     # DIR/{train,val}/<class name>/*.jpg
+    python ms_impl/train.py --device CPU --resume auto       # continue the run in output_dir
+
+Config: configs/garbage26_<device>.yaml (or --config FILE); every key can be
+overridden with --key value. Per epoch: train (progress bar with loss, lr,
+img/s), evaluate on val, append metrics.csv, save checkpoints. At the end:
+per-class table, confusion matrix, curves and summary.json in output_dir.
+SIGINT/SIGTERM saves a resumable checkpoint before exiting.
+
+Exit status: 0 done, 1 training diverged (non-finite loss), 2 bad input,
+130/143 interrupted by SIGINT/SIGTERM (resumable with --resume auto).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+if __package__ in (None, ""):  # run as a script: put the repository root on the import path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ log: errors only (read when mindspore is imported)
+
+import numpy as np
+import yaml
+
+from ms_impl import checkpoint, dataset, report
+from ms_impl.checkpoint import TrainState
+from ms_impl.config import load_config
+from ms_impl.errors import UsageError
+
+log = logging.getLogger("ms_impl.train")
+
+EXIT_DIVERGED = 1
+EXIT_USAGE = 2
+RUN_FILES = ("metrics.csv", "summary.json", checkpoint.LAST)
+
+
+class TrainingDiverged(Exception):
+    """The loss became NaN or Inf."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; a resumable checkpoint has been saved."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@dataclass
+class Data:
+    train: dataset.ImageList
+    val: dataset.ImageList
+    image_size: int
+    synthetic: bool
+    steps_per_epoch: int
+
+
+# ---------------------------------------------------------------- config, output folder
+
+
+def build_config(argv: Optional[List[str]]):
+    """The run's EasyDict config, with every value range checked."""
+    cfg = load_config(argv, description=__doc__.splitlines()[0])
+    positive = ("image_size", "batch_size", "epochs", "num_workers", "keep_checkpoint_max",
+                "synthetic_image_size", "synthetic_train_per_class", "synthetic_val_per_class")
+    for key in positive:
+        if cfg[key] <= 0:
+            raise UsageError(f"--{key} must be positive, got {cfg[key]}")
+    checks = {
+        "warmup_epochs": 0 <= cfg.warmup_epochs <= cfg.epochs,
+        "lr_max": cfg.lr_max > 0,
+        "lr_init": cfg.lr_init >= 0,
+        "lr_end": cfg.lr_end >= 0,
+        "momentum": 0 <= cfg.momentum < 1,
+        "weight_decay": cfg.weight_decay >= 0,
+        "label_smoothing": 0 <= cfg.label_smoothing < 1,
+        "dropout": 0 <= cfg.dropout < 1,
+        "width_mult": cfg.width_mult > 0,
+        "crop_scale_min": 0 < cfg.crop_scale_min <= 1,
+        "hflip_prob": 0 <= cfg.hflip_prob <= 1,
+        "color_jitter": cfg.color_jitter >= 0,
+    }
+    for key, ok in checks.items():
+        if not ok:
+            raise UsageError(f"--{key}: value {cfg[key]} out of range")
+    return cfg
+
+
+def checkpoint_dir(cfg) -> Path:
+    return Path(cfg.output_dir) / "checkpoints"
+
+
+def resume_path(cfg) -> Optional[Path]:
+    """The checkpoint to resume from, or None for a fresh run."""
+    if not cfg.resume:
+        return None
+    if cfg.resume == "auto":
+        last = checkpoint_dir(cfg) / checkpoint.LAST
+        return last if last.is_file() else None
+    path = Path(cfg.resume)
+    if not path.is_file():
+        raise UsageError(f"{path}: --resume checkpoint not found")
+    return path
+
+
+def prepare_output_dir(cfg, resuming: bool) -> Path:
+    """Create output_dir/checkpoints, check it is writable; refuse to clobber another run without --force."""
+    out = Path(cfg.output_dir)
+    holds_run = any((out / name).exists() for name in RUN_FILES[:2]) or (checkpoint_dir(cfg) / checkpoint.LAST).exists()
+    if holds_run and not resuming:
+        if not cfg.force:
+            raise UsageError(f"{out}: already holds a run; pass --resume auto to continue it or --force true to start over")
+        shutil.rmtree(checkpoint_dir(cfg), ignore_errors=True)
+        for name in ("metrics.csv", "summary.json"):
+            (out / name).unlink(missing_ok=True)
+    try:
+        checkpoint_dir(cfg).mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"{out}: output_dir is not writable ({e.strerror or e})") from None
+    return out
+
+
+def setup_logging(log_file: Optional[Path] = None) -> None:
+    root = logging.getLogger("ms_impl")
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    if not root.handlers:
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(console)
+    if log_file is not None:
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        root.addHandler(handler)
+
+
+# ---------------------------------------------------------------- data, network, optimizer
+
+
+def build_datasets(cfg) -> Data:
+    data_path, image_size, synthetic = dataset.resolve_data(cfg)
+    if synthetic:
+        log.info("data: SYNTHETIC 26-class set (generated shapes and colours, not real photos), %d px, at %s",
+                 image_size, data_path)
+    else:
+        log.info("data: %s, %d px", data_path, image_size)
+    class_names = [c.name for c in cfg.classes]
+    train = dataset.scan_split(data_path, "train", class_names)
+    val = dataset.scan_split(data_path, "val", class_names)
+    if cfg.batch_size > len(train):
+        raise UsageError(f"--batch_size {cfg.batch_size} is larger than the training set ({len(train)} images in {data_path / 'train'})")
+    log.info("train: %d images, val: %d images, %d classes", len(train), len(val), len(class_names))
+    return Data(train, val, image_size, synthetic, steps_per_epoch=len(train) // cfg.batch_size)
+
+
+def build_network(cfg):
+    """MobileNetV2 for the class list; its dropout replaced by the replayable one for training."""
+    import mindspore as ms
+
+    from ms_impl.mobilenetv2 import MobileNetV2
+    from ms_impl.train_step import ReplayableDropout
+
+    ms.set_seed(cfg.seed)  # weight init
+    network = MobileNetV2(len(cfg.classes), cfg.width_mult, dropout=cfg.dropout)
+    if cfg.dropout > 0:
+        network.head.dropout = ReplayableDropout(cfg.dropout, cfg.batch_size, network.num_features)
+    return network
+
+
+def network_params(network) -> Dict[str, object]:
+    """The parameters a checkpoint holds, by their official names (Parameter.name, not the attribute path)."""
+    from ms_impl.train_step import MASK_PARAM
+
+    return {p.name: p for p in network.get_parameters() if p.name != MASK_PARAM}
+
+
+def build_lr_schedule(cfg, steps_per_epoch: int) -> np.ndarray:
+    from parity.schedule import warmup_cosine_lr
+
+    return warmup_cosine_lr(lr_init=cfg.lr_init, lr_max=cfg.lr_max, lr_end=cfg.lr_end, warmup_epochs=cfg.warmup_epochs,
+                            total_epochs=cfg.epochs, steps_per_epoch=steps_per_epoch)
+
+
+def build_optimizer(cfg, network, lr_per_step: np.ndarray):
+    from ms_impl.optim import build_optimizer as momentum_optimizer
+
+    return momentum_optimizer(network.trainable_params(), lr_per_step, cfg.momentum, cfg.weight_decay)
+
+
+def restore(cfg, path: Path, network, optimizer, steps_per_epoch: int) -> TrainState:
+    state = checkpoint.restore_training_checkpoint(path, network_params(network), optimizer)
+    mismatch = {k: (getattr(state, k), v) for k, v in
+                {"seed": cfg.seed, "epochs": cfg.epochs, "steps_per_epoch": steps_per_epoch}.items() if getattr(state, k) != v}
+    if mismatch:
+        details = ", ".join(f"{k} {old} in the checkpoint vs {new} now" for k, (old, new) in mismatch.items())
+        raise UsageError(f"{path}: another run's schedule ({details}); resume with the same config")
+    log.info("resumed from %s: epoch %d, step %d of %d", path, state.epoch, state.step_in_epoch, steps_per_epoch)
+    return state
+
+
+# ---------------------------------------------------------------- training loop
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: Dict[int, object] = {}
+
+    def __enter__(self) -> "StopRequest":
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+
+def train_one_epoch(cfg, data: Data, step_fn, network, optimizer, lr: np.ndarray, state: TrainState,
+                    stop: StopRequest, save_last) -> Dict[str, float]:
+    """Steps of epoch `state.epoch` from `state.step_in_epoch` on; mean loss of the epoch, img/s of this process."""
+    from tqdm import tqdm
+
+    batches = dataset.train_dataset(data.train, cfg, data.image_size, state.epoch).create_tuple_iterator(num_epochs=1)
+    for _ in range(state.step_in_epoch):  # replay the batches done before an interruption: same RNG, no update
+        next(batches)
+    if state.step_in_epoch == 0:
+        state.epoch_loss_sum = 0.0
+    steps_run = 0
+    started = time.perf_counter()
+    bar = tqdm(total=data.steps_per_epoch, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
+               unit="step", dynamic_ncols=True, file=sys.stderr)
+    for images, labels in batches:
+        dropout = network.head.dropout
+        if hasattr(dropout, "draw"):
+            dropout.draw(cfg.seed, state.global_step)
+        loss = float(step_fn(images, labels).asnumpy())
+        if not np.isfinite(loss):
+            bar.close()
+            raise TrainingDiverged(f"loss is {loss} at epoch {state.epoch + 1}, step {state.step_in_epoch + 1} "
+                                   f"(lr {lr[state.global_step]:.4g}); stopped without saving")
+        steps_run += 1
+        state.epoch_loss_sum += loss
+        state.global_step += 1
+        state.step_in_epoch += 1
+        elapsed = time.perf_counter() - started
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr[state.global_step - 1]:.4g}",
+                        img_s=f"{steps_run * cfg.batch_size / max(elapsed, 1e-9):.1f}")
+        bar.update(1)
+        if stop.signum:
+            bar.close()
+            save_last()
+            raise Interrupted(stop.signum)
+    bar.close()
+    elapsed = time.perf_counter() - started
+    return {"train_loss": state.epoch_loss_sum / max(state.step_in_epoch, 1),
+            "train_img_per_s": steps_run * cfg.batch_size / max(elapsed, 1e-9)}
+
+
+def save_epoch_checkpoints(cfg, network, optimizer, state: TrainState, improved: bool) -> None:
+    folder = checkpoint_dir(cfg)
+    params = network_params(network)
+    epoch_file = folder / checkpoint.epoch_checkpoint_name(state.epoch, state.steps_per_epoch)
+    checkpoint.save_training_checkpoint(epoch_file, params, optimizer, state)
+    checkpoint.save_training_checkpoint(folder / checkpoint.LAST, params, optimizer, state)
+    if improved:
+        checkpoint.save_training_checkpoint(folder / checkpoint.BEST, params, optimizer, state)
+    checkpoint.rotate_epoch_checkpoints(folder, cfg.keep_checkpoint_max)
+
+
+def train(cfg, data: Data, network, optimizer, lr: np.ndarray, state: TrainState, out: Path):
+    """The epoch loop; returns the last evaluation."""
+    from ms_impl.eval import evaluate
+    from ms_impl.loss import smoothed_cross_entropy
+    from ms_impl.train_step import build_train_step
+
+    step_fn = build_train_step(network, smoothed_cross_entropy(cfg.label_smoothing), optimizer)
+    val_batches = dataset.eval_dataset(data.val, data.image_size, cfg.batch_size, cfg.num_workers)
+    metrics_file = out / "metrics.csv"
+    rows = [r for r in report.read_metrics(metrics_file) if int(r["epoch"]) <= state.epoch]
+    result = None
+
+    def save_last() -> None:
+        path = checkpoint_dir(cfg) / checkpoint.LAST
+        checkpoint.save_training_checkpoint(path, network_params(network), optimizer, state)
+        log.info("saved resumable checkpoint %s (epoch %d, step %d)", path, state.epoch + 1, state.step_in_epoch)
+
+    with StopRequest() as stop:
+        while state.epoch < cfg.epochs:
+            started = time.perf_counter()
+            stats = train_one_epoch(cfg, data, step_fn, network, optimizer, lr, state, stop, save_last)
+            result = evaluate(network, val_batches, len(cfg.classes), cfg.label_smoothing)
+            if not np.isfinite(result.loss):
+                raise TrainingDiverged(f"val loss is {result.loss} after epoch {state.epoch + 1}; stopped without saving")
+            state.epoch += 1
+            state.step_in_epoch = 0
+            improved = result.top1 > state.best_top1
+            if improved:
+                state.best_top1, state.best_epoch = result.top1, state.epoch
+            rows.append({"epoch": state.epoch, "train_loss": f"{stats['train_loss']:.6f}", "val_loss": f"{result.loss:.6f}",
+                         "val_top1": f"{result.top1:.6f}", "val_top5": f"{result.top5:.6f}",
+                         "lr_last": f"{lr[state.global_step - 1]:.6g}", "train_img_per_s": f"{stats['train_img_per_s']:.2f}",
+                         "epoch_seconds": f"{time.perf_counter() - started:.1f}"})
+            report.write_metrics(metrics_file, rows)
+            save_epoch_checkpoints(cfg, network, optimizer, state, improved)
+            log.info("epoch %d/%d: train loss %.4f, val loss %.4f, top-1 %.4f, top-5 %.4f, %.1f img/s%s",
+                     state.epoch, cfg.epochs, stats["train_loss"], result.loss, result.top1, result.top5,
+                     stats["train_img_per_s"], " (best)" if improved else "")
+            if stop.signum:  # the signal came during evaluation: the epoch is saved, stop here
+                raise Interrupted(stop.signum)
+    if result is None:  # resumed a finished run: evaluate once for the report
+        result = evaluate(network, val_batches, len(cfg.classes), cfg.label_smoothing)
+    return result, rows
+
+
+def write_final_report(cfg, data: Data, result, rows: List[dict], state: TrainState, out: Path, seconds: float) -> None:
+    table = report.per_class_table(result.confusion, cfg.classes)
+    log.info("per-class report on val (last epoch):\n%s", table)
+    report.atomic_write_text(out / "per_class.txt", table + "\n")
+    report.write_per_class_csv(out / "per_class.csv", result.confusion, cfg.classes)
+    report.plot_confusion_matrix(out / "confusion_matrix.png", result.confusion, cfg.classes,
+                                 f"val, epoch {state.epoch}: top-1 {result.top1:.3f}")
+    report.plot_curves(out / "curves.png", rows)
+    report.write_json(out / "summary.json", {
+        "data": "synthetic" if data.synthetic else str(cfg.data_path),
+        "device": cfg.device, "mode": cfg.mode, "image_size": data.image_size, "width_mult": cfg.width_mult,
+        "epochs": state.epoch, "global_step": state.global_step, "steps_per_epoch": data.steps_per_epoch,
+        "train_images": len(data.train), "val_images": len(data.val),
+        "skipped_files": [str(p) for p, _ in data.train.skipped + data.val.skipped],
+        "final": {"val_top1": result.top1, "val_top5": result.top5, "val_loss": result.loss},
+        "best": {"val_top1": state.best_top1, "epoch": state.best_epoch,
+                 "checkpoint": str(checkpoint_dir(cfg) / checkpoint.BEST)},
+        "train_img_per_s": [float(r["train_img_per_s"]) for r in rows],
+        "wall_seconds_this_process": round(seconds, 1),
+    })
+    log.info("done: val top-1 %.4f (best %.4f at epoch %d); run files in %s", result.top1, state.best_top1, state.best_epoch, out)
+
+
+def save_run_config(cfg, out: Path, lr: np.ndarray) -> None:
+    """The resolved config and the per-step LR array, next to the checkpoints."""
+    plain = {k: v for k, v in cfg.items() if k != "classes"}
+    report.atomic_write_text(out / "config.yaml", yaml.safe_dump(plain, sort_keys=False, allow_unicode=True))
+    np.save(out / "lr_schedule.npy", lr)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    setup_logging()
+    started = time.perf_counter()
+    try:
+        cfg = build_config(argv)
+        from ms_impl.device import set_device
+
+        set_device(cfg.device, cfg.mode)  # before any data work: a missing GPU/Ascend fails fast
+        resume_from = resume_path(cfg)
+        out = prepare_output_dir(cfg, resuming=resume_from is not None)
+        setup_logging(out / "train.log")
+        data = build_datasets(cfg)
+        network = build_network(cfg)
+        lr = build_lr_schedule(cfg, data.steps_per_epoch)
+        optimizer = build_optimizer(cfg, network, lr)
+        state = TrainState(seed=cfg.seed, epochs=cfg.epochs, steps_per_epoch=data.steps_per_epoch)
+        if resume_from is not None:
+            state = restore(cfg, resume_from, network, optimizer, data.steps_per_epoch)
+        elif cfg.resume == "auto":
+            log.info("--resume auto: no checkpoint in %s, starting a new run", checkpoint_dir(cfg))
+        save_run_config(cfg, out, lr)
+        log.info("device %s, %s mode; %d epochs x %d steps, batch %d, lr %g -> %g -> %g",
+                 cfg.device, cfg.mode, cfg.epochs, data.steps_per_epoch, cfg.batch_size, cfg.lr_init, cfg.lr_max, cfg.lr_end)
+        result, rows = train(cfg, data, network, optimizer, lr, state, out)
+        write_final_report(cfg, data, result, rows, state, out, time.perf_counter() - started)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrainingDiverged as e:
+        last = checkpoint_dir(cfg) / checkpoint.LAST
+        kept = f"last good checkpoint kept: {last}" if last.is_file() else "no checkpoint had been saved yet"
+        print(f"error: training diverged: {e}; {kept}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except Interrupted as e:
+        print(f"interrupted by {e}: continue with --resume auto --output_dir {cfg.output_dir}", file=sys.stderr)
+        return 128 + e.signum
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""One optimisation step of the trainer, and a dropout whose masks can be replayed.
+
+The step is the classic MindSpore Cell pair: network + loss, wrapped by
+`nn.TrainOneStepCell` (gradients of the optimizer's parameters, then the
+update), so it compiles to one graph in GRAPH mode and runs eagerly in PYNATIVE.
+
+`ReplayableDropout` replaces the head's `nn.Dropout` during training. MindSpore's
+dropout kernel keeps a random state that cannot be saved, so a resumed run
+would draw other masks; here the mask of global step g is drawn on the host
+from (seed, g), so a run interrupted and resumed draws the same masks as one
+that ran through. Same distribution: keep with probability 1 - p, scale 1/(1 - p).
+"""
+from __future__ import annotations
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn
+
+MASK_PARAM = "trainer.dropout_keep_mask"  # trainer-only state, never written to checkpoints
+
+
+class ReplayableDropout(nn.Cell):
+    """Multiply by a keep mask set from the host before each training step; identity in eval."""
+
+    def __init__(self, p: float, batch_size: int, num_features: int) -> None:
+        super().__init__()
+        self.p = p
+        self.keep_mask = Parameter(Tensor(np.ones((batch_size, num_features), np.float32)), name=MASK_PARAM, requires_grad=False)
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        if not self.training:
+            return x
+        return x * self.keep_mask
+
+    def draw(self, seed: int, global_step: int) -> None:
+        """Set the mask of `global_step` (a function of seed and step only)."""
+        rng = np.random.default_rng([seed, 2, global_step])
+        shape = self.keep_mask.shape
+        mask = (rng.random(shape) >= self.p).astype(np.float32) / np.float32(1.0 - self.p)
+        self.keep_mask.set_data(Tensor(mask))
+
+
+class NetWithLoss(nn.Cell):
+    def __init__(self, network: nn.Cell, loss_fn: nn.Cell) -> None:
+        super().__init__(auto_prefix=False)
+        self.network = network
+        self.loss_fn = loss_fn
+
+    def construct(self, images: ms.Tensor, labels: ms.Tensor) -> ms.Tensor:
+        return self.loss_fn(self.network(images), labels)
+
+
+def build_train_step(network: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer) -> nn.Cell:
+    """`step(images, labels) -> loss`: forward, backward and one optimizer update."""
+    step = nn.TrainOneStepCell(NetWithLoss(network, loss_fn), optimizer)
+    step.set_train(True)
+    return step

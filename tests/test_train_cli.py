@@ -1,0 +1,217 @@
+"""The trainer end to end, as a user runs it: learning, resume, signals, bad input, device errors, eval CLI.
+
+Tiny runs: the embedded synthetic set at 32 px, width 0.35, batch 16. The
+learning and resume runs use four of the classes (a classes file of their own),
+whose images the generator draws with hues a quarter turn apart: trivially
+separable, yet the from-scratch network needs ~50 steps before it separates them.
+"""
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ms_impl.train import main as train_main
+
+TINY = ["--device", "CPU", "--width_mult", "0.35", "--synthetic_image_size", "32", "--batch_size", "16",
+        "--synthetic_train_per_class", "8", "--synthetic_val_per_class", "4", "--num_workers", "2"]
+
+
+@pytest.fixture(scope="module")
+def synthetic_cache(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("synthetic"))
+
+
+def _train_cli(args, cli_env, repo_root, **kwargs):
+    return subprocess.run([sys.executable, "ms_impl/train.py", *args], cwd=repo_root, env=cli_env,
+                          capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def _weights(path: Path) -> dict:
+    import mindspore as ms
+
+    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items() if hasattr(v, "asnumpy")}
+
+
+FOUR_CLASSES = """classes:
+  - {index: 0, name: "Old Mirror", name_zh: "旧镜子", category_zh: "干垃圾", category: "Residual waste"}
+  - {index: 1, name: "Plastic Bottle", name_zh: "塑料瓶", category_zh: "可回收物", category: "Recyclable"}
+  - {index: 2, name: "Banana Peel", name_zh: "香蕉皮", category_zh: "湿垃圾", category: "Kitchen waste"}
+  - {index: 3, name: "Paint bucket", name_zh: "油漆桶", category_zh: "有害垃圾", category: "Hazardous waste"}
+"""
+EPOCHS = 10
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, synthetic_cache, cli_env, repo_root):
+    """An uninterrupted 10-epoch, 80-step run: the reference for learning, run files and resume."""
+    out = tmp_path_factory.mktemp("full")
+    classes = out.parent / "four_classes.yaml"
+    classes.write_text(FOUR_CLASSES, encoding="utf-8")
+    args = TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(out), "--epochs", str(EPOCHS),
+                   "--lr_max", "0.01", "--synthetic_train_per_class", "32", "--classes_file", str(classes)]
+    result = _train_cli(args, cli_env, repo_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, args, result
+
+
+@pytest.mark.slow
+def test_training_learns_and_writes_the_run_files(full_run):
+    out, _, result = full_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data"] == "synthetic" and "SYNTHETIC" in result.stderr
+    assert summary["final"]["val_top1"] >= 0.5  # chance is 1/4
+    metrics = (out / "metrics.csv").read_text().splitlines()
+    assert metrics[0].startswith("epoch,train_loss,val_loss,val_top1,val_top5") and len(metrics) == EPOCHS + 1
+    lr = np.load(out / "lr_schedule.npy")
+    assert lr.shape == (EPOCHS * summary["steps_per_epoch"],) and summary["steps_per_epoch"] == 8
+    for name in ("confusion_matrix.png", "curves.png", "per_class.csv", "config.yaml", "train.log"):
+        assert (out / name).stat().st_size > 0, name
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    steps = summary["steps_per_epoch"]
+    # keep_checkpoint_max 3: the three newest epochs; last and best always
+    assert ckpts == sorted([f"mobilenetv2-{e}_{steps}.ckpt" for e in (8, 9, 10)] + ["mobilenetv2-best.ckpt", "mobilenetv2-last.ckpt"])
+    weights = _weights(out / "checkpoints" / "mobilenetv2-last.ckpt")
+    assert "features.0.features.0.weight" in weights and "dense.weight" in weights and "moments.dense.weight" in weights
+    assert not any(k.startswith("trainer.") for k in weights)
+    assert "Paint bucket" in (out / "per_class.txt").read_text()
+
+
+@pytest.mark.slow
+def test_sigint_saves_a_checkpoint_and_resume_ends_with_the_same_weights(full_run, tmp_path, cli_env, repo_root):
+    ref_out, ref_args, _ = full_run
+    out = tmp_path / "interrupted"
+    args = [a if a != str(ref_out) else str(out) for a in ref_args]
+    process = subprocess.Popen([sys.executable, "ms_impl/train.py", *args], cwd=repo_root, env=cli_env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    # interrupt in the middle of the run, once epoch 1 is on disk
+    while not (out / "metrics.csv").exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    time.sleep(2.0)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "saved resumable checkpoint" in stderr and "--resume auto" in stderr
+    assert len((out / "metrics.csv").read_text().splitlines()) < EPOCHS + 1  # it really stopped early
+
+    resumed = _train_cli(args + ["--resume", "auto"], cli_env, repo_root)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert re.search(r"resumed from .*mobilenetv2-last\.ckpt: epoch \d+, step \d+", resumed.stderr)
+    reference = _weights(ref_out / "checkpoints" / "mobilenetv2-last.ckpt")
+    final = _weights(out / "checkpoints" / "mobilenetv2-last.ckpt")
+    assert reference.keys() == final.keys()
+    for name in reference:
+        np.testing.assert_allclose(final[name], reference[name], rtol=0, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.slow
+def test_eval_cli_reports_the_checkpoint_accuracy(full_run, tmp_path, cli_env, repo_root):
+    out, args, _ = full_run
+    result = subprocess.run(
+        [sys.executable, "ms_impl/eval.py", "--checkpoint", str(out / "checkpoints" / "mobilenetv2-last.ckpt"),
+         "--report_dir", str(tmp_path / "report")] + args[args.index("--width_mult"):],
+        cwd=repo_root, env=cli_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    evaluated = json.loads((tmp_path / "report" / "eval.json").read_text())
+    assert evaluated["top1"] == pytest.approx(summary["final"]["val_top1"])
+    assert "macro avg" in result.stderr and (tmp_path / "report" / "confusion_matrix.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("device", ["GPU", "Ascend"])
+def test_absent_device_exits_2_before_any_data_work(device, tmp_path, cli_env, repo_root):
+    probe = subprocess.run([sys.executable, "-c", f"import mindspore as ms; ms.set_device('{device}'); "
+                            "import numpy as np; (ms.Tensor(np.ones(1)) + 1).asnumpy()"],
+                           env=cli_env, capture_output=True, text=True, timeout=120)
+    if probe.returncode == 0:
+        pytest.skip(f"this machine has a working {device}")
+    result = _train_cli(["--device", device, "--data_path", str(tmp_path / "no-such-data"),
+                         "--output_dir", str(tmp_path / "out")], cli_env, repo_root)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: device {device} is not usable: "), result.stderr
+    assert "no-such-data" not in result.stderr and not (tmp_path / "out").exists()
+
+
+# ---- bad input, in-process: each fails before training starts
+
+
+def _make_folder_dataset(root: Path, per_class: int = 2) -> Path:
+    from ms_impl.config import load_config
+    from ms_impl.synthetic import ensure_synthetic_dataset
+
+    names = [c.name for c in load_config([]).classes]
+    return ensure_synthetic_dataset(names, 32, per_class, 1, cache_dir=root)
+
+
+def _run_in_process(args, capsys):
+    code = train_main(args)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["data_path", "train", "val", "class_folder", "empty_class", "batch", "output_dir"])
+def test_bad_input_is_one_clear_error(case, tmp_path, capsys):
+    data = _make_folder_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    args = TINY + ["--data_path", str(data), "--image_size", "32", "--output_dir", str(out)]
+    if case == "data_path":
+        args[args.index(str(data))] = str(tmp_path / "missing")
+        expected = "missing: data_path not found"
+    elif case in ("train", "val"):
+        (data / case).rename(tmp_path / "moved")
+        expected = f"{data / case}: missing"
+    elif case == "class_folder":
+        (data / "val" / "Old Mirror").rename(tmp_path / "moved")
+        expected = "missing class folder(s) 'Old Mirror'"
+    elif case == "empty_class":
+        for path in (data / "train" / "Eggshell").iterdir():
+            path.unlink()
+        expected = "Eggshell: class folder has no readable images"
+    elif case == "batch":
+        args += ["--batch_size", "64"]
+        expected = "--batch_size 64 is larger than the training set (52 images"
+    else:
+        (tmp_path / "a_file").write_text("x")
+        args[args.index(str(out))] = str(tmp_path / "a_file" / "out")
+        expected = "output_dir is not writable"
+    code, err = _run_in_process(args, capsys)
+    assert code == 2
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and expected in error_lines[0], err
+
+
+def test_existing_run_is_not_overwritten_without_force(tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "metrics.csv").write_text("epoch\n1\n")
+    code, err = _run_in_process(TINY + ["--synthetic_cache_dir", str(tmp_path / "c"), "--output_dir", str(out)], capsys)
+    assert code == 2 and "already holds a run" in err
+    assert (out / "metrics.csv").read_text() == "epoch\n1\n"
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    """One step per epoch; the LR heads for 1e30 after step 0: epoch 1 is saved, a later one diverges."""
+    out = tmp_path / "out"
+    args = TINY + ["--synthetic_cache_dir", str(tmp_path / "c"), "--output_dir", str(out), "--epochs", "3",
+                   "--synthetic_train_per_class", "2", "--batch_size", "52",
+                   "--warmup_epochs", "0", "--lr_max", "1e-6", "--lr_end", "1e30"]
+    code, err = _run_in_process(args, capsys)
+    assert code == 1, err
+    assert re.search(r"error: training diverged: (val )?loss is (nan|inf)", err), err
+    last = out / "checkpoints" / "mobilenetv2-last.ckpt"
+    assert f"last good checkpoint kept: {last}" in err
+    assert all(np.isfinite(v).all() for v in _weights(last).values())
+    import mindspore as ms
+
+    saved_epoch = json.loads(ms.load_checkpoint(str(last))["train_state"])["epoch"]
+    epochs_logged = len((out / "metrics.csv").read_text().splitlines()) - 1
+    assert 1 <= saved_epoch == epochs_logged < 3  # stopped early; nothing after the last good epoch saved
