@@ -36,21 +36,12 @@ class EvalResult:
     num_images: int
 
 
-def evaluate(network, dataset, num_classes: int, label_smoothing: float = 0.0) -> EvalResult:
-    """Run `network` in eval mode over `dataset` (batches of image, label); restores training mode after."""
+def result_from_logits(logits: np.ndarray, labels: np.ndarray, num_classes: int, label_smoothing: float = 0.0) -> EvalResult:
+    """Top-1/top-5, loss and confusion matrix of `logits` (N, C) against integer `labels`."""
     from parity.loss import smoothed_cross_entropy
 
-    was_training = network.training
-    network.set_train(False)
-    labels_all: List[np.ndarray] = []
-    logits_all: List[np.ndarray] = []
-    for images, labels in dataset.create_tuple_iterator(num_epochs=1):
-        logits_all.append(network(images).asnumpy().astype(np.float64))
-        labels_all.append(labels.asnumpy())
-    network.set_train(was_training)
-
-    logits = np.concatenate(logits_all)
-    labels = np.concatenate(labels_all).astype(np.int64)
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels).astype(np.int64)
     top5 = np.argsort(-logits, axis=1)[:, : min(5, num_classes)]
     return EvalResult(
         top1=float(np.mean(top5[:, 0] == labels)),
@@ -59,6 +50,19 @@ def evaluate(network, dataset, num_classes: int, label_smoothing: float = 0.0) -
         confusion=report.confusion_matrix(labels, top5[:, 0], num_classes),
         num_images=len(labels),
     )
+
+
+def evaluate(network, dataset, num_classes: int, label_smoothing: float = 0.0) -> EvalResult:
+    """Run `network` in eval mode over `dataset` (batches of image, label); restores training mode after."""
+    was_training = network.training
+    network.set_train(False)
+    labels_all: List[np.ndarray] = []
+    logits_all: List[np.ndarray] = []
+    for images, labels in dataset.create_tuple_iterator(num_epochs=1):
+        logits_all.append(network(images).asnumpy().astype(np.float64))
+        labels_all.append(labels.asnumpy())
+    network.set_train(was_training)
+    return result_from_logits(np.concatenate(logits_all), np.concatenate(labels_all), num_classes, label_smoothing)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

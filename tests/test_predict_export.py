@@ -182,8 +182,8 @@ def test_predict_reads_classes_and_image_size_from_a_trainer_config(tiny, tmp_pa
     assert predict.main(["--checkpoint", tiny["ckpt"], "--config", str(config), "--json", green]) == 0
     best = __import__("json").loads(capsys.readouterr().out)["predictions"][0]["top_k"][0]
     assert (best["name_en"], best["category_en"]) == ("Green Thing", "Kitchen waste")
-    # the shipped default class list: the 26 garbage classes, in the reference order
-    if os.path.exists(os.path.join(os.path.dirname(predict.__file__), "..", "configs", "garbage26_classes.yaml")):
-        table = load_class_table()
-        assert len(table) == 26 and (table[0].name_en, table[0].name_zh) == ("Seashell", "贝壳")
-        assert {c.category_zh for c in table} == {"干垃圾", "可回收物", "湿垃圾", "有害垃圾"}
+    # the shipped default: the trainer's 26 garbage classes, in the reference order
+    table = load_class_table()
+    assert len(table) == 26 and (table[0].name_en, table[0].name_zh) == ("Seashell", "贝壳")
+    assert (table[25].name_en, table[25].category_zh, table[25].category_en) == ("Paint bucket", "有害垃圾", "Hazardous waste")
+    assert {c.category_zh for c in table} == {"干垃圾", "可回收物", "湿垃圾", "有害垃圾"}
