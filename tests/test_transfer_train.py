@@ -121,6 +121,16 @@ def test_frozen_backbone_run_keeps_the_backbone_and_reuses_its_cache(pretrained,
     again_weights = read_ms_checkpoint(str(out / "checkpoints" / "mobilenetv2-best.ckpt"))
     np.testing.assert_array_equal(again_weights["dense.weight"], weights["dense.weight"])
 
+    # two-stage recipe: the frozen run's checkpoint (a training checkpoint) is the next run's --pretrained, head included
+    from ms_impl.train import build_config, build_network
+    from ms_impl.pretrained import load_pretrained
+
+    cfg = build_config(TINY + ["--synthetic_cache_dir", synthetic, "--output_dir", str(tmp_path / "stage2")])
+    network = build_network(cfg)
+    info = load_pretrained(network, str(out / "checkpoints" / "mobilenetv2-best.ckpt"))
+    assert info.head_loaded and info.layout == "ms-official"
+    np.testing.assert_array_equal(network.head.dense.weight.asnumpy(), weights["dense.weight"])
+
     # the trainer's checkpoint serves predict directly (class names from the trainer's config)
     image = next(Path(synthetic).rglob("*.jpg"))
     proc = subprocess.run([sys.executable, "ms_impl/predict.py", "--checkpoint", str(out / "checkpoints" / "mobilenetv2-best.ckpt"),
