@@ -30,6 +30,7 @@ CHOICES: Dict[str, Sequence[str]] = {
     "device": DEVICES,
     "mode": ("graph", "pynative"),
     "fast_conv": ("auto", "on", "off"),
+    "distributed": ("auto", "on", "off"),
 }
 CLASS_FIELDS = ("index", "name", "name_zh", "category_zh", "category")
 

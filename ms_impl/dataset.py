@@ -106,28 +106,46 @@ def epoch_order(num_images: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_images)
 
 
-def train_dataset(images: ImageList, cfg, image_size: int, epoch: int):
-    """Batches of epoch `epoch`: shuffled, augmented, normalised; the last partial batch is dropped."""
+def train_dataset(images: ImageList, cfg, image_size: int, epoch: int, num_shards: int = 1, shard_id: int = 0):
+    """Batches of epoch `epoch`: shuffled, augmented, normalised; the last partial batch is dropped.
+
+    With `num_shards` > 1 (data parallel), this shard reads every num_shards-th
+    sample of the epoch's order (`distributed.shard_train_order`).
+    """
     import mindspore.dataset as ds
 
-    # Seeds the random crop/flip/jitter of this epoch; with the map's ordered
-    # output the augmented batches are the same on every run.
-    ds.config.set_seed(int(np.random.default_rng([cfg.seed, epoch, 1]).integers(2**31 - 1)))
-    source = _EncodedImages(images, epoch_order(len(images), cfg.seed, epoch))
+    from ms_impl.distributed import shard_train_order
+
+    # Seeds the random crop/flip/jitter of this epoch (and shard: ranks draw
+    # their own augmentations); with the map's ordered output the augmented
+    # batches are the same on every run.
+    seed_key = [cfg.seed, epoch, 1] + ([shard_id, num_shards] if num_shards > 1 else [])
+    ds.config.set_seed(int(np.random.default_rng(seed_key).integers(2**31 - 1)))
+    order = shard_train_order(epoch_order(len(images), cfg.seed, epoch), num_shards, shard_id)
+    source = _EncodedImages(images, order)
     data = ds.GeneratorDataset(source, ["image", "label"], shuffle=False)
+    transforms = (train_transforms(image_size, scale=(cfg.crop_scale_min, 1.0), color_jitter=cfg.color_jitter, hflip_prob=cfg.hflip_prob)
+                  if cfg.train_augment else eval_transforms(image_size))
     data = data.map(
-        train_transforms(image_size, scale=(cfg.crop_scale_min, 1.0), color_jitter=cfg.color_jitter, hflip_prob=cfg.hflip_prob),
+        transforms,
         input_columns="image",
         num_parallel_workers=worker_count(cfg.num_workers),
     )
     return data.batch(cfg.batch_size, drop_remainder=True)
 
 
-def eval_dataset(images: ImageList, image_size: int, batch_size: int, num_workers: int):
-    """Batches of `images` in file order: resize, center crop, normalise; every image is used."""
+def eval_dataset(images: ImageList, image_size: int, batch_size: int, num_workers: int,
+                 num_shards: int = 1, shard_id: int = 0):
+    """Batches of `images` in file order: resize, center crop, normalise; every image is used.
+
+    With `num_shards` > 1, this shard's images only; the shards together hold
+    every image exactly once (`distributed.shard_eval_indices`).
+    """
     import mindspore.dataset as ds
 
-    source = _EncodedImages(images, np.arange(len(images)))
+    from ms_impl.distributed import shard_eval_indices
+
+    source = _EncodedImages(images, shard_eval_indices(len(images), num_shards, shard_id))
     data = ds.GeneratorDataset(source, ["image", "label"], shuffle=False)
     data = data.map(eval_transforms(image_size), input_columns="image", num_parallel_workers=worker_count(num_workers))
     return data.batch(batch_size, drop_remainder=False)

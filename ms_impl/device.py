@@ -33,8 +33,12 @@ def _reason(error: Exception) -> str:
     return first_line.split(" For details")[0]
 
 
-def set_device(device: str, mode: str = "graph", device_id: int | None = None) -> None:
-    """Run on `device` ('CPU', 'GPU', 'Ascend') in `mode` ('graph', 'pynative'), or raise UsageError."""
+def set_device(device: str, mode: str = "graph", device_id: int | None = None, selected_already: bool = False) -> None:
+    """Run on `device` ('CPU', 'GPU', 'Ascend') in `mode` ('graph', 'pynative'), or raise UsageError.
+
+    `selected_already`: `mindspore.set_device` was called before (a distributed
+    job sets it before `communication.init()`, after which it cannot be set again).
+    """
     import numpy as np
     import mindspore as ms
 
@@ -42,7 +46,8 @@ def set_device(device: str, mode: str = "graph", device_id: int | None = None) -
         raise UsageError(f"--mode: expected graph or pynative, got {mode!r}")
     try:
         with _mindspore_logger_quiet():
-            ms.set_device(device, device_id)
+            if not selected_already:
+                ms.set_device(device, device_id)
             ms.set_context(mode=getattr(ms, MODES[mode]))
             # set_device only records the choice; a first small op loads the backend for real.
             (ms.Tensor(np.ones(2, np.float32)) + 1).asnumpy()

@@ -36,8 +36,48 @@ class EvalResult:
     num_images: int
 
 
+def evaluate(network, dataset, num_classes: int, label_smoothing: float = 0.0, ctx=None) -> EvalResult:
+    """Run `network` in eval mode over `dataset` (batches of image, label); restores training mode after.
+
+    In data parallel (`ctx` a distributed.DistributedContext) each rank passes
+    its shard of the val set; the counts (confusion matrix, top-5 hits, loss
+    sum, images) are summed over the ranks, so every rank returns the
+    accuracy of the whole set.
+    """
+    from ms_impl.distributed import SINGLE_PROCESS, all_reduce_sum
+    from parity.loss import smoothed_cross_entropy
+
+    ctx = ctx or SINGLE_PROCESS
+    was_training = network.training
+    network.set_train(False)
+    labels_all: List[np.ndarray] = [np.zeros(0, np.int64)]  # a rank may get no val image at all
+    logits_all: List[np.ndarray] = [np.zeros((0, num_classes))]
+    for images, labels in dataset.create_tuple_iterator(num_epochs=1):
+        logits_all.append(network(images).asnumpy().astype(np.float64))
+        labels_all.append(labels.asnumpy())
+    network.set_train(was_training)
+
+    logits = np.concatenate(logits_all)
+    labels = np.concatenate(labels_all).astype(np.int64)
+    top5 = np.argsort(-logits, axis=1)[:, : min(5, num_classes)]
+    confusion = report.confusion_matrix(labels, top5[:, 0], num_classes)
+    top5_hits = int((top5 == labels[:, None]).any(axis=1).sum())
+    loss_sum = float(smoothed_cross_entropy(logits, labels, label_smoothing)) * len(labels) if len(labels) else 0.0
+    if ctx.distributed:
+        confusion = all_reduce_sum(confusion, ctx)
+        top5_hits = int(all_reduce_sum(np.array([top5_hits]), ctx)[0])
+        loss_sum = float(all_reduce_sum(np.array([loss_sum]), ctx)[0])
+    num_images = int(confusion.sum())
+    return EvalResult(
+        top1=float(np.trace(confusion) / max(num_images, 1)),
+        top5=top5_hits / max(num_images, 1),
+        loss=loss_sum / max(num_images, 1),
+        confusion=confusion,
+        num_images=num_images,
+    )
+
 def result_from_logits(logits: np.ndarray, labels: np.ndarray, num_classes: int, label_smoothing: float = 0.0) -> EvalResult:
-    """Top-1/top-5, loss and confusion matrix of `logits` (N, C) against integer `labels`."""
+    """Top-1/top-5, loss and confusion matrix of `logits` (N, C) against integer `labels` (one process)."""
     from parity.loss import smoothed_cross_entropy
 
     logits = np.asarray(logits, dtype=np.float64)
@@ -52,24 +92,13 @@ def result_from_logits(logits: np.ndarray, labels: np.ndarray, num_classes: int,
     )
 
 
-def evaluate(network, dataset, num_classes: int, label_smoothing: float = 0.0) -> EvalResult:
-    """Run `network` in eval mode over `dataset` (batches of image, label); restores training mode after."""
-    was_training = network.training
-    network.set_train(False)
-    labels_all: List[np.ndarray] = []
-    logits_all: List[np.ndarray] = []
-    for images, labels in dataset.create_tuple_iterator(num_epochs=1):
-        logits_all.append(network(images).asnumpy().astype(np.float64))
-        labels_all.append(labels.asnumpy())
-    network.set_train(was_training)
-    return result_from_logits(np.concatenate(logits_all), np.concatenate(labels_all), num_classes, label_smoothing)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--report_dir", type=Path)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Also --config FILE, --device CPU|GPU|Ascend and --key value for any key of configs/*.yaml.")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="a .ckpt written by ms_impl/train.py")
+    parser.add_argument("--report_dir", type=Path, help="write per_class.csv, confusion_matrix.png, eval.json here")
     try:
         known, rest = parser.parse_known_args(argv)
     except SystemExit as e:  # argparse already printed the message
@@ -111,3 +140,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -13,6 +13,12 @@ Layer shapes come from `parity.spec`, shared with the PyTorch twin
 Weight init: the same distributions as torchvision (He normal, fan_out, for
 convolutions; BatchNorm gamma 1, beta 0; Dense weight N(0, 0.01), bias 0), so
 a model trained from scratch starts alike in both frameworks.
+
+`fast_conv` ("off", "auto", "on"; MindSpore only): computes the stem and the
+depthwise 3x3 convolutions with our CPU kernels (`ms_impl/fast_conv.py`),
+because MindSpore's own CPU kernel for them is 14-27x slower than PyTorch's.
+A framework difference, so the PyTorch twin has no such switch. Parameter
+names, shapes and init are the same either way.
 """
 from __future__ import annotations
 
@@ -22,17 +28,19 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import HeNormal, Normal
 
+from ms_impl import fast_conv as fast_conv_kernels
 from parity import spec as mbv2_spec
 
 __all__ = ["ConvBNReLU", "InvertedResidual", "MobileNetV2Backbone", "MobileNetV2Head", "MobileNetV2"]
 
 
-def _conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int) -> nn.Conv2d:
-    # pad_mode='pad' with symmetric padding: 'same' pads bottom/right only at stride 2.
-    return nn.Conv2d(
-        in_channels, out_channels, kernel_size, stride,
-        pad_mode="pad", padding=(kernel_size - 1) // 2, group=groups, has_bias=False,
-        weight_init=HeNormal(mode="fan_out", nonlinearity="relu"),
+def _conv2d(
+    in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int, fast_conv: str = "off"
+) -> nn.Conv2d:
+    # Symmetric padding, no bias; a FastConv3x3 (an nn.Conv2d) for 3x3 layers when fast_conv allows.
+    return fast_conv_kernels.conv2d(
+        in_channels, out_channels, kernel_size, stride, groups,
+        weight_init=HeNormal(mode="fan_out", nonlinearity="relu"), fast_conv=fast_conv,
     )
 
 
@@ -43,10 +51,10 @@ def _batch_norm(num_features: int) -> nn.BatchNorm2d:
 class ConvBNReLU(nn.Cell):
     """Conv (no bias) + BatchNorm + ReLU6; names `features.{0,1}.*` as in the official net."""
 
-    def __init__(self, layer: mbv2_spec.ConvBNAct) -> None:
+    def __init__(self, layer: mbv2_spec.ConvBNAct, fast_conv: str = "off") -> None:
         super().__init__()
         self.features = nn.SequentialCell([
-            _conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.groups),
+            _conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.groups, fast_conv),
             _batch_norm(layer.out_channels),
             nn.ReLU6(),
         ])
@@ -58,11 +66,11 @@ class ConvBNReLU(nn.Cell):
 class InvertedResidual(nn.Cell):
     """[1x1 expand] -> 3x3 depthwise -> 1x1 linear projection + BN, residual when shapes allow."""
 
-    def __init__(self, block: mbv2_spec.InvertedResidual) -> None:
+    def __init__(self, block: mbv2_spec.InvertedResidual, fast_conv: str = "off") -> None:
         super().__init__()
         layers = [] if block.expand is None else [ConvBNReLU(block.expand)]
         layers += [
-            ConvBNReLU(block.depthwise),
+            ConvBNReLU(block.depthwise, fast_conv),
             _conv2d(block.hidden_channels, block.out_channels, 1, 1, 1),
             _batch_norm(block.out_channels),
         ]
@@ -83,13 +91,14 @@ class MobileNetV2Backbone(nn.Cell):
         width_mult: float = 1.0,
         round_nearest: int = 8,
         inverted_residual_setting: Optional[Sequence[Sequence[int]]] = None,
+        fast_conv: str = "off",
     ) -> None:
         super().__init__()
         self.spec = mbv2_spec.build_spec(width_mult, round_nearest, inverted_residual_setting)
         self.num_features = self.spec.num_features
         self.features = nn.SequentialCell(
-            [ConvBNReLU(self.spec.stem)]
-            + [InvertedResidual(block) for block in self.spec.blocks]
+            [ConvBNReLU(self.spec.stem, fast_conv)]
+            + [InvertedResidual(block, fast_conv) for block in self.spec.blocks]
             + [ConvBNReLU(self.spec.last)]
         )
 
@@ -122,10 +131,11 @@ class MobileNetV2(nn.Cell):
         round_nearest: int = 8,
         dropout: float = mbv2_spec.DEFAULT_DROPOUT,
         inverted_residual_setting: Optional[Sequence[Sequence[int]]] = None,
+        fast_conv: str = "off",
     ) -> None:
         # auto_prefix=False: parameters keep the parts' own names (`features.*`, `dense.*`).
         super().__init__(auto_prefix=False)
-        self.backbone = MobileNetV2Backbone(width_mult, round_nearest, inverted_residual_setting)
+        self.backbone = MobileNetV2Backbone(width_mult, round_nearest, inverted_residual_setting, fast_conv)
         self.head = MobileNetV2Head(self.backbone.num_features, num_classes, dropout)
         self.spec = self.backbone.spec
         self.num_features = self.backbone.num_features

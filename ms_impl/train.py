@@ -3,12 +3,20 @@
     python ms_impl/train.py --device CPU                     # embedded synthetic set, a few minutes
     python ms_impl/train.py --device GPU --data_path DIR     # DIR/{train,val}/<class name>/*.jpg
     python ms_impl/train.py --device CPU --resume auto       # continue the run in output_dir
+    msrun --worker_num=2 --local_worker_num=2 --master_port=8118 --join=True \
+          --cluster_time_out=60 --log_dir=runs/dp2/msrun_logs \
+          ms_impl/train.py --device CPU --output_dir runs/dp2   # data parallel, 2 workers
 
 Config: configs/garbage26_<device>.yaml (or --config FILE); every key can be
 overridden with --key value. Per epoch: train (progress bar with loss, lr,
 img/s), evaluate on val, append metrics.csv, save checkpoints. At the end:
 per-class table, confusion matrix, curves and summary.json in output_dir.
 SIGINT/SIGTERM saves a resumable checkpoint before exiting.
+
+Under msrun (see ms_impl/distributed.py) every worker runs this script:
+batch_size is per worker, each rank reads its shard of every epoch,
+gradients are averaged by MindSpore, evaluation counts are summed over the
+ranks, and only rank 0 writes files.
 
 Exit status: 0 done, 1 training diverged (non-finite loss), 2 bad input,
 130/143 interrupted by SIGINT/SIGTERM (resumable with --resume auto).
@@ -21,7 +29,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -34,8 +42,10 @@ import numpy as np
 import yaml
 
 from ms_impl import checkpoint, dataset, report
+from ms_impl import distributed as dist
 from ms_impl.checkpoint import TrainState
 from ms_impl.config import load_config
+from ms_impl.distributed import DistributedContext
 from ms_impl.errors import UsageError
 
 log = logging.getLogger("ms_impl.train")
@@ -64,6 +74,7 @@ class Data:
     image_size: int
     synthetic: bool
     steps_per_epoch: int
+    global_batch: int  # batch_size x workers
 
 
 # ---------------------------------------------------------------- config, output folder
@@ -77,8 +88,9 @@ def build_config(argv: Optional[List[str]]):
     for key in positive:
         if cfg[key] <= 0:
             raise UsageError(f"--{key} must be positive, got {cfg[key]}")
+    if not 0 <= cfg.warmup_epochs <= cfg.epochs:
+        raise UsageError(f"--warmup_epochs {cfg.warmup_epochs} must be in [0, epochs={cfg.epochs}]")
     checks = {
-        "warmup_epochs": 0 <= cfg.warmup_epochs <= cfg.epochs,
         "lr_max": cfg.lr_max > 0,
         "lr_init": cfg.lr_init >= 0,
         "lr_end": cfg.lr_end >= 0,
@@ -138,14 +150,16 @@ def prepare_output_dir(cfg, resuming: bool) -> Path:
     return out
 
 
-def setup_logging(log_file: Optional[Path] = None) -> None:
+def setup_logging(log_file: Optional[Path] = None, console_prefix: str = "") -> None:
     root = logging.getLogger("ms_impl")
     root.setLevel(logging.INFO)
     root.propagate = False
     if not root.handlers:
-        console = logging.StreamHandler(sys.stderr)
-        console.setFormatter(logging.Formatter("%(message)s"))
-        root.addHandler(console)
+        root.addHandler(logging.StreamHandler(sys.stderr))
+    if console_prefix:  # msrun tails every worker's log to one console
+        root.handlers[0].setFormatter(logging.Formatter(console_prefix + "%(message)s"))
+    elif not root.handlers[0].formatter:
+        root.handlers[0].setFormatter(logging.Formatter("%(message)s"))
     if log_file is not None:
         handler = logging.FileHandler(log_file, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -155,7 +169,7 @@ def setup_logging(log_file: Optional[Path] = None) -> None:
 # ---------------------------------------------------------------- data, network, optimizer
 
 
-def build_datasets(cfg) -> Data:
+def build_datasets(cfg, ctx: DistributedContext = dist.SINGLE_PROCESS) -> Data:
     data_path, image_size, synthetic = dataset.resolve_data(cfg)
     if synthetic:
         log.info("data: SYNTHETIC 26-class set (generated shapes and colours, not real photos), %d px, at %s",
@@ -165,20 +179,23 @@ def build_datasets(cfg) -> Data:
     class_names = [c.name for c in cfg.classes]
     train = dataset.scan_split(data_path, "train", class_names)
     val = dataset.scan_split(data_path, "val", class_names)
-    if cfg.batch_size > len(train):
-        raise UsageError(f"--batch_size {cfg.batch_size} is larger than the training set ({len(train)} images in {data_path / 'train'})")
+    global_batch = dist.global_batch_size(cfg.batch_size, ctx)
+    if global_batch > len(train):
+        per_worker = f" ({cfg.batch_size} per worker x {ctx.world_size} workers)" if ctx.distributed else ""
+        raise UsageError(f"--batch_size {global_batch}{per_worker} is larger than the training set ({len(train)} images in {data_path / 'train'})")
     log.info("train: %d images, val: %d images, %d classes", len(train), len(val), len(class_names))
-    return Data(train, val, image_size, synthetic, steps_per_epoch=len(train) // cfg.batch_size)
+    return Data(train, val, image_size, synthetic, steps_per_epoch=len(train) // global_batch, global_batch=global_batch)
 
 
-def build_network(cfg):
+def build_network(cfg, ctx: DistributedContext = dist.SINGLE_PROCESS):
     """MobileNetV2 for the class list; its dropout replaced by the replayable one for training."""
     import mindspore as ms
+    from mindspore import nn
 
     from ms_impl.mobilenetv2 import MobileNetV2
     from ms_impl.train_step import ReplayableDropout
 
-    ms.set_seed(cfg.seed)  # weight init
+    ms.set_seed(cfg.seed)  # weight init: the same on every rank
     network = MobileNetV2(len(cfg.classes), cfg.width_mult, dropout=cfg.dropout)
     if cfg.pretrained:
         from ms_impl.pretrained import PretrainedError, load_pretrained
@@ -187,8 +204,13 @@ def build_network(cfg):
             load_pretrained(network, cfg.pretrained, log)
         except PretrainedError as e:
             raise UsageError(str(e)) from None
-    if cfg.dropout > 0 and not cfg.freeze_backbone:
-        network.head.dropout = ReplayableDropout(cfg.dropout, cfg.batch_size, network.num_features)
+    if cfg.dropout > 0 and not cfg.freeze_backbone:  # frozen: the head's dropout runs on the host
+        network.head.dropout = ReplayableDropout(cfg.dropout, cfg.batch_size, network.num_features, ctx.num_shards, ctx.shard_id)
+    if cfg.freeze_bn:
+        # moving statistics in training too, never updated (gamma/beta still learn); robust to set_train()
+        for _, cell in network.cells_and_names():
+            if isinstance(cell, nn.BatchNorm2d):
+                cell.use_batch_statistics = False
     return network
 
 
@@ -199,11 +221,12 @@ def network_params(network) -> Dict[str, object]:
     return {p.name: p for p in network.get_parameters() if p.name != MASK_PARAM}
 
 
-def build_lr_schedule(cfg, steps_per_epoch: int) -> np.ndarray:
+def build_lr_schedule(cfg, steps_per_epoch: int, ctx: DistributedContext = dist.SINGLE_PROCESS) -> np.ndarray:
     from parity.schedule import warmup_cosine_lr
 
-    return warmup_cosine_lr(lr_init=cfg.lr_init, lr_max=cfg.lr_max, lr_end=cfg.lr_end, warmup_epochs=cfg.warmup_epochs,
-                            total_epochs=cfg.epochs, steps_per_epoch=steps_per_epoch)
+    scale = ctx.world_size if cfg.scale_lr else 1  # linear rule: the global batch grew by world_size
+    return warmup_cosine_lr(lr_init=cfg.lr_init * scale, lr_max=cfg.lr_max * scale, lr_end=cfg.lr_end * scale,
+                            warmup_epochs=cfg.warmup_epochs, total_epochs=cfg.epochs, steps_per_epoch=steps_per_epoch)
 
 
 def build_optimizer(cfg, network, lr_per_step: np.ndarray):
@@ -243,6 +266,12 @@ class StopRequest:
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
+    def arm(self) -> None:
+        """Install the handlers again: MindSpore's runtime sets C-level handlers of its own when its
+        iterators and kernels start (a SIGINT during a step still arrives here as SIGTERM)."""
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
     def __exit__(self, *exc) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
@@ -252,11 +281,18 @@ class StopRequest:
 
 
 def train_one_epoch(cfg, data: Data, step_fn, network, optimizer, lr: np.ndarray, state: TrainState,
-                    stop: StopRequest, save_last) -> Dict[str, float]:
-    """Steps of epoch `state.epoch` from `state.step_in_epoch` on; mean loss of the epoch, img/s of this process."""
+                    stop: StopRequest, save_last, ctx: DistributedContext = dist.SINGLE_PROCESS) -> Dict[str, float]:
+    """Steps of epoch `state.epoch` from `state.step_in_epoch` on; mean loss of the epoch, img/s of all workers.
+
+    Distributed, the step loss is averaged over the ranks together with a stop
+    flag, so every rank logs the global loss and all ranks stop (diverged or
+    interrupted) at the same step.
+    """
     from tqdm import tqdm
 
-    batches = dataset.train_dataset(data.train, cfg, data.image_size, state.epoch).create_tuple_iterator(num_epochs=1)
+    batches = dataset.train_dataset(data.train, cfg, data.image_size, state.epoch,
+                                    ctx.num_shards, ctx.shard_id).create_tuple_iterator(num_epochs=1)
+    stop.arm()
     for _ in range(state.step_in_epoch):  # replay the batches done before an interruption: same RNG, no update
         next(batches)
     if state.step_in_epoch == 0:
@@ -264,12 +300,17 @@ def train_one_epoch(cfg, data: Data, step_fn, network, optimizer, lr: np.ndarray
     steps_run = 0
     started = time.perf_counter()
     bar = tqdm(total=data.steps_per_epoch, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
-               unit="step", dynamic_ncols=True, file=sys.stderr)
+               unit="step", dynamic_ncols=True, file=sys.stderr, disable=not ctx.is_main_process)
     for images, labels in batches:
         dropout = network.head.dropout
         if hasattr(dropout, "draw"):
             dropout.draw(cfg.seed, state.global_step)
         loss = float(step_fn(images, labels).asnumpy())
+        stop.arm()
+        stop_requested = bool(stop.signum)
+        if ctx.distributed:
+            loss_sum, stops = dist.all_reduce_sum(np.array([loss, float(stop_requested)]), ctx)
+            loss, stop_requested = float(loss_sum) / ctx.world_size, bool(stops > 0)
         if not np.isfinite(loss):
             bar.close()
             raise TrainingDiverged(f"loss is {loss} at epoch {state.epoch + 1}, step {state.step_in_epoch + 1} "
@@ -280,16 +321,16 @@ def train_one_epoch(cfg, data: Data, step_fn, network, optimizer, lr: np.ndarray
         state.step_in_epoch += 1
         elapsed = time.perf_counter() - started
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr[state.global_step - 1]:.4g}",
-                        img_s=f"{steps_run * cfg.batch_size / max(elapsed, 1e-9):.1f}")
+                        img_s=f"{steps_run * data.global_batch / max(elapsed, 1e-9):.1f}")
         bar.update(1)
-        if stop.signum:
+        if stop_requested:
             bar.close()
             save_last()
-            raise Interrupted(stop.signum)
+            raise Interrupted(stop.signum or signal.SIGTERM)
     bar.close()
     elapsed = time.perf_counter() - started
     return {"train_loss": state.epoch_loss_sum / max(state.step_in_epoch, 1),
-            "train_img_per_s": steps_run * cfg.batch_size / max(elapsed, 1e-9)}
+            "train_img_per_s": steps_run * data.global_batch / max(elapsed, 1e-9)}
 
 
 def save_epoch_checkpoints(cfg, network, optimizer, state: TrainState, improved: bool) -> None:
@@ -303,28 +344,36 @@ def save_epoch_checkpoints(cfg, network, optimizer, state: TrainState, improved:
     checkpoint.rotate_epoch_checkpoints(folder, cfg.keep_checkpoint_max)
 
 
-def train(cfg, data: Data, network, optimizer, lr: np.ndarray, state: TrainState, out: Path):
-    """The epoch loop; returns the last evaluation."""
+def train(cfg, data: Data, network, optimizer, lr: np.ndarray, state: TrainState, out: Path, ctx: DistributedContext = dist.SINGLE_PROCESS):
+    """The epoch loop; returns the last evaluation. Only rank 0 writes files."""
     from ms_impl.eval import evaluate
     from ms_impl.loss import smoothed_cross_entropy
     from ms_impl.train_step import build_train_step
 
     step_fn = build_train_step(network, smoothed_cross_entropy(cfg.label_smoothing), optimizer)
-    val_batches = dataset.eval_dataset(data.val, data.image_size, cfg.batch_size, cfg.num_workers)
+    val_batches = dataset.eval_dataset(data.val, data.image_size, cfg.batch_size, cfg.num_workers, ctx.num_shards, ctx.shard_id)
     metrics_file = out / "metrics.csv"
     rows = [r for r in report.read_metrics(metrics_file) if int(r["epoch"]) <= state.epoch]
     result = None
 
     def save_last() -> None:
+        dist.average_batchnorm_statistics(network, ctx)  # every rank stops at the same step, so this collective is safe
+        if not ctx.is_main_process:
+            return
         path = checkpoint_dir(cfg) / checkpoint.LAST
         checkpoint.save_training_checkpoint(path, network_params(network), optimizer, state)
         log.info("saved resumable checkpoint %s (epoch %d, step %d)", path, state.epoch + 1, state.step_in_epoch)
 
+    def evaluate_all_ranks():
+        dist.average_batchnorm_statistics(network, ctx)  # replicas identical again before evaluating and saving
+        return evaluate(network, val_batches, len(cfg.classes), cfg.label_smoothing, ctx)
+
     with StopRequest() as stop:
         while state.epoch < cfg.epochs:
             started = time.perf_counter()
-            stats = train_one_epoch(cfg, data, step_fn, network, optimizer, lr, state, stop, save_last)
-            result = evaluate(network, val_batches, len(cfg.classes), cfg.label_smoothing)
+            stats = train_one_epoch(cfg, data, step_fn, network, optimizer, lr, state, stop, save_last, ctx)
+            result = evaluate_all_ranks()
+            stop.arm()
             if not np.isfinite(result.loss):
                 raise TrainingDiverged(f"val loss is {result.loss} after epoch {state.epoch + 1}; stopped without saving")
             state.epoch += 1
@@ -336,15 +385,17 @@ def train(cfg, data: Data, network, optimizer, lr: np.ndarray, state: TrainState
                          "val_top1": f"{result.top1:.6f}", "val_top5": f"{result.top5:.6f}",
                          "lr_last": f"{lr[state.global_step - 1]:.6g}", "train_img_per_s": f"{stats['train_img_per_s']:.2f}",
                          "epoch_seconds": f"{time.perf_counter() - started:.1f}"})
-            report.write_metrics(metrics_file, rows)
-            save_epoch_checkpoints(cfg, network, optimizer, state, improved)
+            if ctx.is_main_process:
+                report.write_metrics(metrics_file, rows)
+                save_epoch_checkpoints(cfg, network, optimizer, state, improved)
             log.info("epoch %d/%d: train loss %.4f, val loss %.4f, top-1 %.4f, top-5 %.4f, %.1f img/s%s",
                      state.epoch, cfg.epochs, stats["train_loss"], result.loss, result.top1, result.top5,
                      stats["train_img_per_s"], " (best)" if improved else "")
-            if stop.signum:  # the signal came during evaluation: the epoch is saved, stop here
-                raise Interrupted(stop.signum)
+            # all ranks decide together: a signal may have reached some ranks only
+            if dist.any_rank(bool(stop.signum), ctx):  # the signal came during evaluation: the epoch is saved, stop here
+                raise Interrupted(stop.signum or signal.SIGTERM)
     if result is None:  # resumed a finished run: evaluate once for the report
-        result = evaluate(network, val_batches, len(cfg.classes), cfg.label_smoothing)
+        result = evaluate_all_ranks()
     return result, rows
 
 
@@ -390,7 +441,8 @@ def train_frozen(cfg, data: Data, network, optimizer, state: TrainState, out: Pa
     return result, rows
 
 
-def write_final_report(cfg, data: Data, result, rows: List[dict], state: TrainState, out: Path, seconds: float) -> None:
+def write_final_report(cfg, data: Data, result, rows: List[dict], state: TrainState, out: Path, seconds: float,
+                       ctx: DistributedContext = dist.SINGLE_PROCESS) -> None:
     table = report.per_class_table(result.confusion, cfg.classes)
     log.info("per-class report on val (last epoch):\n%s", table)
     report.atomic_write_text(out / "per_class.txt", table + "\n")
@@ -402,9 +454,11 @@ def write_final_report(cfg, data: Data, result, rows: List[dict], state: TrainSt
         "data": "synthetic" if data.synthetic else str(cfg.data_path),
         "device": cfg.device, "mode": cfg.mode, "image_size": data.image_size, "width_mult": cfg.width_mult,
         "epochs": state.epoch, "global_step": state.global_step, "steps_per_epoch": data.steps_per_epoch,
+        "workers": ctx.world_size, "batch_size_per_worker": cfg.batch_size, "global_batch": data.global_batch,
         "train_images": len(data.train), "val_images": len(data.val),
         "skipped_files": [str(p) for p, _ in data.train.skipped + data.val.skipped],
-        "final": {"val_top1": result.top1, "val_top5": result.top5, "val_loss": result.loss},
+        "final": {"val_top1": result.top1, "val_top5": result.top5, "val_loss": result.loss,
+                  "val_images_evaluated": result.num_images},
         "best": {"val_top1": state.best_top1, "epoch": state.best_epoch,
                  "checkpoint": str(checkpoint_dir(cfg) / checkpoint.BEST)},
         "train_img_per_s": [float(r["train_img_per_s"]) for r in rows],
@@ -430,27 +484,52 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg = build_config(argv)
         from ms_impl.device import set_device
 
-        set_device(cfg.device, cfg.mode)  # before any data work: a missing GPU/Ascend fails fast
-        resume_from = resume_path(cfg)
-        out = prepare_output_dir(cfg, resuming=resume_from is not None)
-        setup_logging(out / "train.log")
-        data = build_datasets(cfg)
-        network = build_network(cfg)
-        lr = build_lr_schedule(cfg, data.steps_per_epoch)
-        optimizer = build_optimizer(cfg, network, lr)
-        state = TrainState(seed=cfg.seed, epochs=cfg.epochs, steps_per_epoch=data.steps_per_epoch)
-        if resume_from is not None:
-            state = restore(cfg, resume_from, network, optimizer, data.steps_per_epoch)
-        elif cfg.resume == "auto":
-            log.info("--resume auto: no checkpoint in %s, starting a new run", checkpoint_dir(cfg))
-        save_run_config(cfg, out, lr)
-        log.info("device %s, %s mode; %d epochs x %d steps, batch %d, lr %g -> %g -> %g",
-                 cfg.device, cfg.mode, cfg.epochs, data.steps_per_epoch, cfg.batch_size, cfg.lr_init, cfg.lr_max, cfg.lr_end)
+        # Under msrun: join the job before any tensor exists (Ascend's HCCL requires it); the
+        # scheduler process never returns from here. Single process: returns at once.
+        ctx = dist.init_distributed(cfg.distributed, device=cfg.device)
+        set_device(cfg.device, cfg.mode, selected_already=ctx.distributed)  # before any data work: a missing GPU/Ascend fails fast
+        if ctx.distributed:
+            setup_logging(console_prefix="" if ctx.is_main_process else f"[rank {ctx.rank}] ")
+            log.info("%s (rank 0 writes all files)", ctx.describe())
+        out = Path(cfg.output_dir)
+        setup_error = None
+        try:  # a step may fail on some ranks only (rank 0's output folder, a host without the data)
+            if cfg.freeze_backbone and ctx.distributed:
+                raise UsageError("--freeze_backbone runs in one process (the head trains in seconds); launch it without msrun")
+            resume_from = resume_path(cfg)
+            if ctx.is_main_process:
+                out = prepare_output_dir(cfg, resuming=resume_from is not None)
+                setup_logging(out / "train.log")
+            data = build_datasets(cfg, ctx)
+            network = build_network(cfg, ctx)
+            lr = build_lr_schedule(cfg, data.steps_per_epoch, ctx)
+            optimizer = build_optimizer(cfg, network, lr)
+            state = TrainState(seed=cfg.seed, epochs=cfg.epochs, steps_per_epoch=data.steps_per_epoch)
+            if resume_from is not None:
+                state = restore(cfg, resume_from, network, optimizer, data.steps_per_epoch)
+            elif cfg.resume == "auto":
+                log.info("--resume auto: no checkpoint in %s, starting a new run", checkpoint_dir(cfg))
+        except UsageError as e:
+            setup_error = e
+        dist.raise_if_any_rank_failed(setup_error, ctx, "setup")
+        dist.check_replicas_identical(dist.replicated_state(network), ctx, "weights at the start")
+        if ctx.is_main_process:
+            save_run_config(cfg, out, lr)
+        scale = ctx.world_size if cfg.scale_lr else 1
+        log.info("device %s, %s mode; %d epochs x %d steps, batch %d%s, lr %g -> %g -> %g%s",
+                 cfg.device, cfg.mode, cfg.epochs, data.steps_per_epoch, data.global_batch,
+                 f" ({cfg.batch_size} per worker x {ctx.world_size} workers)" if ctx.distributed else "",
+                 cfg.lr_init * scale, cfg.lr_max * scale, cfg.lr_end * scale,
+                 f" (--scale_lr: x{scale}, linear rule)" if cfg.scale_lr else "")
         if cfg.freeze_backbone:
             result, rows = train_frozen(cfg, data, network, optimizer, state, out)
         else:
-            result, rows = train(cfg, data, network, optimizer, lr, state, out)
-        write_final_report(cfg, data, result, rows, state, out, time.perf_counter() - started)
+            result, rows = train(cfg, data, network, optimizer, lr, state, out, ctx)
+        digest = dist.check_replicas_identical(dist.replicated_state(network), ctx, "weights at the end")
+        if ctx.distributed:
+            log.info("final weights identical on all %d ranks: sha256 %s", ctx.world_size, digest)
+        if ctx.is_main_process:
+            write_final_report(cfg, data, result, rows, state, out, time.perf_counter() - started, ctx)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -9,6 +9,8 @@ dropout kernel keeps a random state that cannot be saved, so a resumed run
 would draw other masks; here the mask of global step g is drawn on the host
 from (seed, g), so a run interrupted and resumed draws the same masks as one
 that ran through. Same distribution: keep with probability 1 - p, scale 1/(1 - p).
+In data parallel the mask of the global batch is drawn and each rank takes
+the rows of its samples, so W ranks apply the masks one process would.
 """
 from __future__ import annotations
 
@@ -22,9 +24,11 @@ MASK_PARAM = "trainer.dropout_keep_mask"  # trainer-only state, never written to
 class ReplayableDropout(nn.Cell):
     """Multiply by a keep mask set from the host before each training step; identity in eval."""
 
-    def __init__(self, p: float, batch_size: int, num_features: int) -> None:
+    def __init__(self, p: float, batch_size: int, num_features: int, num_shards: int = 1, shard_id: int = 0) -> None:
         super().__init__()
         self.p = p
+        self.num_shards = num_shards
+        self.shard_id = shard_id
         self.keep_mask = Parameter(Tensor(np.ones((batch_size, num_features), np.float32)), name=MASK_PARAM, requires_grad=False)
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
@@ -35,9 +39,10 @@ class ReplayableDropout(nn.Cell):
     def draw(self, seed: int, global_step: int) -> None:
         """Set the mask of `global_step` (a function of seed and step only)."""
         rng = np.random.default_rng([seed, 2, global_step])
-        shape = self.keep_mask.shape
-        mask = (rng.random(shape) >= self.p).astype(np.float32) / np.float32(1.0 - self.p)
-        self.keep_mask.set_data(Tensor(mask))
+        batch, features = self.keep_mask.shape
+        mask = (rng.random((batch * self.num_shards, features)) >= self.p).astype(np.float32) / np.float32(1.0 - self.p)
+        # row j of the global batch is sample j; this shard holds samples shard_id, shard_id + W, ...
+        self.keep_mask.set_data(Tensor(np.ascontiguousarray(mask[self.shard_id::self.num_shards])))
 
 
 class NetWithLoss(nn.Cell):

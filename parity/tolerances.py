@@ -15,14 +15,38 @@ EVAL_LOGITS_ABS = 1e-4
 TRAIN_FORWARD_ABS = 1e-4
 
 # Per-parameter gradients, relative to the largest gradient magnitude of that
-# parameter: backprop through 52 BN layers amplifies rounding differences.
+# parameter, layer by layer (each layer of both twins fed the same input and the
+# same upstream gradient): measured ~1e-5.
 GRAD_REL = 1e-3
+
+# A parameter's gradient magnitude is floored at this fraction of the largest
+# gradient of the whole net before dividing: the BN beta of every projection
+# layer has an exactly-zero gradient in exact arithmetic (only linear layers and
+# a training-mode BN follow it), so both frameworks return rounding noise (~1e-8).
+GRAD_FLOOR = 1e-2
+
+# Whole-net gradients of one training step: NOT a framework difference but the
+# conditioning of a random-init BN net. Both twins' float32 training-mode
+# activations are ~1e-4 away from a float64 forward at the last layer (MindSpore
+# and PyTorch alike); a pre-activation within that distance of a ReLU6 kink
+# (0 or 6) is clipped on one side and not on the other, and with 9-200 samples
+# per BN channel one flipped element moves that channel's gradients by percents,
+# which BN's gradient growth at init spreads downwards. Measured 0.7%-4%
+# (README "Parity suite"); the layer-by-layer check holds the 1e-3 limit.
+GRAD_END_TO_END_REL = 1e-1
 
 # BatchNorm running statistics after one training forward (relative).
 BN_STATS_REL = 1e-4
 
-# Weights after K = 5 optimizer steps, relative to each tensor's magnitude.
+# Weights after K = 5 optimizer steps, relative to each tensor's magnitude; also
+# the optimizer-rule check (both optimizers fed identical gradients: ~2e-7).
 STEPS_REL = 1e-3
+
+# BN running statistics after K = 5 end-to-end steps: each step's forward runs on
+# weights that differ by the previous steps' gradient differences, and the random
+# net amplifies them (~5-10x per step, see GRAD_END_TO_END_REL); measured up to
+# ~5e-3 at lr 1e-5.
+BN_STATS_STEPS_REL = 2e-2
 
 # Cross-entropy loss with label smoothing (relative, against float64 reference).
 LOSS_REL = 1e-5
@@ -32,3 +56,10 @@ LR_ABS = 1e-7
 
 # Converter round trips must be bit-exact: no tolerance at all.
 ROUND_TRIP_ABS = 0.0
+
+# Eval preprocessing, MindSpore pipeline vs PIL pipeline, on normalised values:
+# at most one uint8 level (1 / min std = 0.0175). Decode, crop and normalisation
+# are bit-exact, and so is Inter.PILCUBIC vs PIL BICUBIC at the 96 and 224 px
+# crops on every generated JPEG; the one gap measured is a 1-level difference
+# on ~20% of the pixels of an extreme 900x61 JPEG resized to 37 px (32 px crop).
+PREPROCESS_ABS = 1.0 / (0.224 * 255) + 1e-6

@@ -98,7 +98,8 @@ def test_sigint_saves_a_checkpoint_and_resume_ends_with_the_same_weights(full_ru
     time.sleep(2.0)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr[-3000:]
+    # 130 (SIGINT) or 143: during a step MindSpore's runtime handles SIGINT itself and raises SIGTERM
+    assert process.returncode in (130, 143), stderr[-3000:]
     assert "saved resumable checkpoint" in stderr and "--resume auto" in stderr
     assert len((out / "metrics.csv").read_text().splitlines()) < EPOCHS + 1  # it really stopped early
 

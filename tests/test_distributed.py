@@ -1,0 +1,253 @@
+"""Data-parallel training launched by msrun (ms_impl/distributed.py, wired into ms_impl/train.py).
+
+The msrun tests start real jobs: msrun's scheduler plus 2 CPU worker
+processes on this machine, MindSpore's own collectives (mccl) in between.
+Trainer runs are tiny: synthetic set at 32 px, width 0.35, 2 epochs of 6 steps.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ms_impl import distributed as dist
+from ms_impl.errors import UsageError
+
+JOBS = Path(__file__).resolve().parent / "msrun_jobs"
+CLUSTER_TIME_OUT_S = 10
+WORKERS = 2
+STEPS = 6  # per epoch: 104 synthetic train images // global batch 16
+# BatchNorm frozen and no random augmentation, so 2 workers x 8 must train like 1 process x 16.
+# Dropout stays on (p 0.2): each rank applies its rows of the global batch's mask.
+TINY = ["--device", "CPU", "--width_mult", "0.35", "--synthetic_image_size", "32", "--synthetic_train_per_class", "4",
+        "--synthetic_val_per_class", "2", "--num_workers", "1", "--epochs", "2", "--lr_max", "0.05",
+        "--freeze_bn", "true", "--train_augment", "false"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def job_env(cli_env: dict) -> dict:
+    """msrun starts `python` from PATH: the interpreter running the tests must come first."""
+    env = dict(cli_env)
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+    return env
+
+
+def msrun(script_and_args: list, log_dir: Path, cwd: Path, env: dict, port: int = 0, timeout: int = 400):
+    command = [os.path.join(os.path.dirname(sys.executable), "msrun"),  # installed with mindspore
+               f"--worker_num={WORKERS}", f"--local_worker_num={WORKERS}", "--master_addr=127.0.0.1",
+               f"--master_port={port or free_port()}", "--join=True", f"--cluster_time_out={CLUSTER_TIME_OUT_S}",
+               f"--log_dir={log_dir}", *map(str, script_and_args)]
+    return subprocess.run(command, cwd=cwd, env=job_env(env), capture_output=True, text=True, timeout=timeout)
+
+
+def weights(path: Path) -> dict:
+    """Learned state of a checkpoint: weights, BN statistics, momentum buffers (not the per-rank dropout mask)."""
+    import mindspore as ms
+
+    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()
+            if hasattr(v, "asnumpy") and not k.endswith("keep_mask")}
+
+
+def max_relative_difference(a: dict, b: dict) -> float:
+    """max over tensors of max|a - b| / max|b|; the floor 1e-6 on max|b| keeps ~1e-10 tensors (BN betas of
+    early layers, their momentum buffers) from turning rounding noise into large ratios."""
+    assert a.keys() == b.keys()
+    return max(float(np.abs(a[k] - b[k]).max() / max(np.abs(b[k]).max(), 1e-6)) for k in b)
+
+
+def final_digests(log_dir: Path) -> list:
+    found = []
+    for rank in range(WORKERS):
+        text = (log_dir / f"worker_{rank}.log").read_text()
+        found += re.findall(rf"final weights identical on all {WORKERS} ranks: sha256 ([0-9a-f]{{64}})", text)
+    return found
+
+
+# --- single-process behaviour of the helpers -------------------------------------------------------
+
+def test_train_shards_of_a_step_form_the_single_process_batch():
+    order = np.random.default_rng(0).permutation(23)
+    per_worker, world = 3, 4
+    shards = [dist.shard_train_order(order, world, r) for r in range(world)]
+    assert len({len(s) for s in shards}) == 1, "every rank must run the same number of steps"
+    for step in range(len(shards[0]) // per_worker):
+        together = np.concatenate([s[step * per_worker:(step + 1) * per_worker] for s in shards])
+        assert sorted(together) == sorted(order[step * per_worker * world:(step + 1) * per_worker * world])
+    assert np.array_equal(dist.shard_train_order(order), order)
+
+
+@pytest.mark.parametrize("num_samples,world", [(13, 2), (260, 3), (5, 8)])
+def test_eval_shards_cover_every_sample_exactly_once(num_samples, world):
+    shards = [dist.shard_eval_indices(num_samples, world, r) for r in range(world)]
+    assert sorted(np.concatenate(shards).tolist()) == list(range(num_samples))
+
+
+def test_single_process_without_msrun_or_when_switched_off():
+    assert dist.init_distributed("auto", environ={}) == dist.SINGLE_PROCESS
+    msrun_env = {"MS_ROLE": "MS_WORKER", "MS_SCHED_HOST": "127.0.0.1", "MS_SCHED_PORT": "8118", "MS_WORKER_NUM": "2"}
+    assert dist.launched_by_msrun(msrun_env)
+    assert dist.init_distributed("off", environ=msrun_env) == dist.SINGLE_PROCESS
+    with pytest.raises(UsageError, match="not launched by msrun"):
+        dist.init_distributed("on", environ={})
+
+
+def test_digest_sees_a_single_changed_value():
+    state = {"a": np.zeros((2, 3), np.float32), "b": np.ones(4, np.float32)}
+    before = dist.parameters_digest(state.items())
+    assert dist.parameters_digest(reversed(list(state.items()))) == before  # listing order does not matter
+    state["b"][2] = np.nextafter(np.float32(1), np.float32(2))
+    assert dist.parameters_digest(state.items()) != before
+
+
+def test_scale_lr_applies_the_linear_rule_to_the_whole_schedule():
+    from ms_impl.train import build_config, build_lr_schedule
+
+    two = dist.DistributedContext(0, 2, True)
+    plain = build_lr_schedule(build_config(["--epochs", "3"]), 5, two)
+    scaled = build_lr_schedule(build_config(["--epochs", "3", "--scale_lr", "true"]), 5, two)
+    np.testing.assert_allclose(scaled, 2 * plain, rtol=1e-6)
+    assert np.array_equal(build_lr_schedule(build_config(["--epochs", "3", "--scale_lr", "true"]), 5, dist.SINGLE_PROCESS), plain)
+
+
+# --- real msrun jobs -------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_collectives_under_msrun(tmp_path, cli_env):
+    result = msrun([JOBS / "collectives.py", tmp_path / "out"], tmp_path / "logs", tmp_path, cli_env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in range(WORKERS)]
+    for seen in ranks:
+        assert seen["world_size"] == WORKERS
+        assert seen["int_sum"] == [2 * 2**33 + 12345, 2]  # exact although far beyond float32's 24 bits
+        assert seen["float_sum"] == 1.5
+        assert seen["eval_images_total"] == 13 and seen["eval_index_sum"] == sum(range(13))
+        assert seen["averaged_moving_means"] == [1.5]  # rank r set every moving mean to r + 1
+        assert "the ranks hold different weights" in seen["mismatch"]  # a 1e-3 change on rank 1 only
+    assert [r["eval_images_this_rank"] for r in ranks] == [7, 6]
+    assert ranks[0]["digest_at_start"] == ranks[1]["digest_at_start"]
+    assert ranks[0]["digest_after_average"] == ranks[1]["digest_after_average"]
+    assert ranks[0]["setup_failure"] == "setup failed on 1 other rank(s); see their worker logs"
+    assert ranks[1]["setup_failure"] == "rank 1 cannot read its data"
+
+
+@pytest.fixture(scope="module")
+def synthetic_cache(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("synthetic"))
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory, synthetic_cache, cli_env, repo_root):
+    """The reference: one process, batch 16."""
+    out = tmp_path_factory.mktemp("single")
+    result = subprocess.run([sys.executable, "ms_impl/train.py", *TINY, "--batch_size", "16",
+                             "--synthetic_cache_dir", synthetic_cache, "--output_dir", str(out)],
+                            cwd=repo_root, env=cli_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_worker_run(tmp_path_factory, synthetic_cache, cli_env, repo_root):
+    """The same run as 2 msrun workers x batch 8; worker logs kept in the run's folder."""
+    out = tmp_path_factory.mktemp("two_workers")
+    result = msrun(["ms_impl/train.py", *TINY, "--batch_size", "8", "--synthetic_cache_dir", synthetic_cache,
+                    "--output_dir", out], out / "msrun_logs", repo_root, cli_env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_two_workers_end_with_identical_weights_and_one_set_of_run_files(two_worker_run):
+    out = two_worker_run
+    digests = final_digests(out / "msrun_logs")
+    assert len(digests) == WORKERS and len(set(digests)) == 1, digests  # each rank logs its own weights' digest
+    checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert checkpoints == sorted([f"mobilenetv2-1_{STEPS}.ckpt", f"mobilenetv2-2_{STEPS}.ckpt",
+                                  "mobilenetv2-best.ckpt", "mobilenetv2-last.ckpt"])
+    # rank 0 alone wrote the run files: each epoch logged once in train.log, nothing from rank 1
+    train_log = (out / "train.log").read_text()
+    assert [len(re.findall(rf"epoch {e}/2: train loss", train_log)) for e in (1, 2)] == [1, 1]
+    assert "[rank 1]" not in train_log
+    assert "batch 16 (8 per worker x 2 workers)" in train_log
+    assert len((out / "metrics.csv").read_text().splitlines()) == 3
+    assert sorted(p.name for p in (out / "msrun_logs").iterdir()) == ["scheduler.log", "worker_0.log", "worker_1.log"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["workers"], summary["batch_size_per_worker"], summary["global_batch"]) == (2, 8, 16)
+
+
+@pytest.mark.slow
+def test_two_workers_train_like_one_process_with_the_same_global_batch(single_run, two_worker_run):
+    reference = weights(single_run / "checkpoints" / "mobilenetv2-last.ckpt")
+    parallel = weights(two_worker_run / "checkpoints" / "mobilenetv2-last.ckpt")
+    difference = max_relative_difference(parallel, reference)
+    print(f"\nmax relative weight difference, 2 workers x 8 vs 1 process x 16, {2 * STEPS} steps: {difference:.3g}")
+    assert difference < 1e-5
+
+
+@pytest.mark.slow
+def test_reported_accuracy_covers_the_whole_val_set(single_run, two_worker_run):
+    single = json.loads((single_run / "summary.json").read_text())
+    parallel = json.loads((two_worker_run / "summary.json").read_text())
+    assert parallel["val_images"] == single["val_images"] == 52
+    assert parallel["final"]["val_images_evaluated"] == 52  # 26 per rank, summed: none missing, none twice
+    assert parallel["final"]["val_top1"] == single["final"]["val_top1"]
+    assert parallel["final"]["val_top5"] == single["final"]["val_top5"]
+    assert parallel["final"]["val_loss"] == pytest.approx(single["final"]["val_loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_distributed_resume_restores_the_same_state_on_every_rank(two_worker_run, synthetic_cache, tmp_path, cli_env, repo_root):
+    """Resume the 2-worker run from its epoch-1 checkpoint: it must end where the uninterrupted run ended."""
+    out = tmp_path / "resumed"
+    start = two_worker_run / "checkpoints" / f"mobilenetv2-1_{STEPS}.ckpt"
+    result = msrun(["ms_impl/train.py", *TINY, "--batch_size", "8", "--synthetic_cache_dir", synthetic_cache,
+                    "--output_dir", out, "--resume", start], out / "msrun_logs", repo_root, cli_env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for rank in range(WORKERS):  # every rank read the checkpoint (the start-of-run replica check passed too)
+        log = (out / "msrun_logs" / f"worker_{rank}.log").read_text()
+        assert re.search(rf"resumed from {re.escape(str(start))}: epoch 1, step 0 of {STEPS}", log), log[-2000:]
+    reference = weights(two_worker_run / "checkpoints" / "mobilenetv2-last.ckpt")
+    resumed = weights(out / "checkpoints" / "mobilenetv2-last.ckpt")
+    assert max_relative_difference(resumed, reference) < 1e-6
+    assert len(set(final_digests(out / "msrun_logs"))) == 1
+
+
+@pytest.mark.slow
+def test_port_in_use_fails_fast_with_one_clear_line(tmp_path, cli_env, repo_root):
+    out = tmp_path / "out"
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        started = time.monotonic()
+        result = msrun(["ms_impl/train.py", *TINY, "--output_dir", out], tmp_path / "logs", repo_root, cli_env,
+                       port=port, timeout=240)
+        elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    # bounded by --cluster_time_out plus MindSpore's 15 s message timeout, plus start-up
+    assert elapsed < CLUSTER_TIME_OUT_S + 15 + 60, elapsed
+    scheduler_errors = [line for line in (tmp_path / "logs" / "scheduler.log").read_text().splitlines()
+                        if line.startswith("error:")]
+    assert len(scheduler_errors) == 1
+    assert f"master port {port} on 127.0.0.1 is already in use" in scheduler_errors[0]
+    assert "MindSpore RuntimeError: Failed to initialize distributed job cluster" in scheduler_errors[0]
+    assert scheduler_errors[0] in result.stdout + result.stderr  # msrun repeats the scheduler's errors at the end
+    # the first worker to give up reports in one line; msrun then kills the others (their logs may stay empty)
+    worker_errors = [[line for line in (tmp_path / "logs" / f"worker_{r}.log").read_text().splitlines()
+                      if line.startswith("error:")] for r in range(WORKERS)]
+    assert any(len(lines) == 1 and f"master 127.0.0.1:{port}" in lines[0] for lines in worker_errors), worker_errors
+    assert all(len(lines) <= 1 for lines in worker_errors)
+    assert not out.exists()  # nothing written: no rank got past joining the job
