@@ -53,6 +53,17 @@ def collect_images(inputs: Sequence[str]) -> Tuple[List[str], List[Dict[str, str
     return files, errors
 
 
+def _decodable(path: str) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return False
+    return True
+
+
 def load_images(files: Sequence[str], image_size: int) -> Tuple[List[str], List[np.ndarray], List[Dict[str, str]]]:
     """Eval-preprocessed CHW arrays of the readable files; one error record per unreadable file."""
     from mindspore.dataset import transforms
@@ -69,6 +80,10 @@ def load_images(files: Sequence[str], image_size: int) -> Tuple[List[str], List[
             continue
         if encoded.size == 0:
             errors.append({"file": path, "error": "empty file"})
+            continue
+        # PIL first: MindSpore's Decode, on failure, also dumps the bytes to ./abnormal_image.jpg
+        if not _decodable(path):
+            errors.append({"file": path, "error": "cannot decode image"})
             continue
         try:
             arrays.append(np.asarray(pipeline(encoded), dtype=np.float32))
