@@ -76,6 +76,21 @@ def evaluate(network, dataset, num_classes: int, label_smoothing: float = 0.0, c
         num_images=num_images,
     )
 
+def result_from_logits(logits: np.ndarray, labels: np.ndarray, num_classes: int, label_smoothing: float = 0.0) -> EvalResult:
+    """Top-1/top-5, loss and confusion matrix of `logits` (N, C) against integer `labels` (one process)."""
+    from parity.loss import smoothed_cross_entropy
+
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels).astype(np.int64)
+    top5 = np.argsort(-logits, axis=1)[:, : min(5, num_classes)]
+    return EvalResult(
+        top1=float(np.mean(top5[:, 0] == labels)),
+        top5=float(np.mean((top5 == labels[:, None]).any(axis=1))),
+        loss=float(smoothed_cross_entropy(logits, labels, label_smoothing)),
+        confusion=report.confusion_matrix(labels, top5[:, 0], num_classes),
+        num_images=len(labels),
+    )
+
 
 def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -125,3 +140,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -102,10 +102,14 @@ def build_config(argv: Optional[List[str]]):
         "crop_scale_min": 0 < cfg.crop_scale_min <= 1,
         "hflip_prob": 0 <= cfg.hflip_prob <= 1,
         "color_jitter": cfg.color_jitter >= 0,
+        "feature_views": cfg.feature_views >= 1,
+        "backbone_lr_scale": 0 < cfg.backbone_lr_scale <= 1,
     }
     for key, ok in checks.items():
         if not ok:
             raise UsageError(f"--{key}: value {cfg[key]} out of range")
+    if cfg.freeze_backbone and cfg.resume:
+        raise UsageError("--resume: a frozen-backbone run is not resumed; run it again (its features are cached)")
     return cfg
 
 
@@ -193,7 +197,14 @@ def build_network(cfg, ctx: DistributedContext = dist.SINGLE_PROCESS):
 
     ms.set_seed(cfg.seed)  # weight init: the same on every rank
     network = MobileNetV2(len(cfg.classes), cfg.width_mult, dropout=cfg.dropout)
-    if cfg.dropout > 0:
+    if cfg.pretrained:
+        from ms_impl.pretrained import PretrainedError, load_pretrained
+
+        try:
+            load_pretrained(network, cfg.pretrained, log)
+        except PretrainedError as e:
+            raise UsageError(str(e)) from None
+    if cfg.dropout > 0 and not cfg.freeze_backbone:  # frozen: the head's dropout runs on the host
         network.head.dropout = ReplayableDropout(cfg.dropout, cfg.batch_size, network.num_features, ctx.num_shards, ctx.shard_id)
     if cfg.freeze_bn:
         # moving statistics in training too, never updated (gamma/beta still learn); robust to set_train()
@@ -223,6 +234,11 @@ def build_lr_schedule(cfg, steps_per_epoch: int, ctx: DistributedContext = dist.
 def build_optimizer(cfg, network, lr_per_step: np.ndarray):
     from ms_impl.optim import build_optimizer as momentum_optimizer
 
+    if cfg.pretrained and cfg.backbone_lr_scale != 1.0 and not cfg.freeze_backbone:
+        from ms_impl.transfer import build_transfer_optimizer
+
+        log.info("fine-tuning: backbone LR = %g x head LR", cfg.backbone_lr_scale)
+        return build_transfer_optimizer(network, lr_per_step, cfg.backbone_lr_scale, cfg.momentum, cfg.weight_decay)
     return momentum_optimizer(network.trainable_params(), lr_per_step, cfg.momentum, cfg.weight_decay)
 
 
@@ -385,6 +401,48 @@ def train(cfg, data: Data, network, optimizer, lr: np.ndarray, state: TrainState
     return result, rows
 
 
+def train_frozen(cfg, data: Data, network, optimizer, state: TrainState, out: Path):
+    """--freeze_backbone: the head trains on cached backbone features; metrics and checkpoints as in a full run."""
+    from ms_impl.eval import result_from_logits
+    from ms_impl.feature_cache import FeatureSettings
+    from ms_impl.transfer import EpochReport, train_frozen_backbone
+
+    cache_dir = cfg.feature_cache_dir or str(out / "feature_cache")
+    train_settings = FeatureSettings(data.image_size, feature_views=cfg.feature_views, seed=cfg.seed,
+                                     crop_scale=(cfg.crop_scale_min, 1.0), color_jitter=cfg.color_jitter, hflip_prob=cfg.hflip_prob)
+    rows: List[dict] = []
+
+    def on_epoch(epoch: EpochReport) -> None:
+        result = result_from_logits(epoch.val_logits, data.val.labels, len(cfg.classes), cfg.label_smoothing)
+        rows.append({"epoch": epoch.epoch + 1, "train_loss": f"{epoch.train_loss:.6f}", "val_loss": f"{result.loss:.6f}",
+                     "val_top1": f"{result.top1:.6f}", "val_top5": f"{result.top5:.6f}", "lr_last": f"{epoch.lr_last:.6g}",
+                     "train_img_per_s": f"{len(data.train) * cfg.feature_views / max(epoch.seconds, 1e-9):.2f}",
+                     "epoch_seconds": f"{epoch.seconds:.2f}"})
+        log.info("head epoch %d/%d: train loss %.4f, val loss %.4f, top-1 %.4f, top-5 %.4f",
+                 epoch.epoch + 1, cfg.epochs, epoch.train_loss, result.loss, result.top1, result.top5)
+
+    log.info("frozen backbone: features of %d train images x %d view(s) and %d val images, cache %s",
+             len(data.train), cfg.feature_views, len(data.val), cache_dir)
+    run = train_frozen_backbone(
+        network, [str(p) for p in data.train.files], data.train.labels, [str(p) for p in data.val.files], data.val.labels,
+        cache_dir=cache_dir, train_settings=train_settings, val_settings=FeatureSettings(data.image_size),
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr_max=cfg.lr_max, lr_init=cfg.lr_init, lr_end=cfg.lr_end,
+        warmup_epochs=cfg.warmup_epochs, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        label_smoothing=cfg.label_smoothing, dropout=cfg.dropout, seed=cfg.seed, on_epoch=on_epoch)
+    for name, cached in (("train", run.train_features), ("val", run.val_features)):
+        how = "reused" if cached.reused else f"extracted at {cached.images_per_second:.1f} img/s"
+        log.info("%s features: %d x %d, %s (%s)", name, *cached.features.shape, how, cached.path)
+    log.info("head training: %d epochs in %.1f s", cfg.epochs, run.history.seconds)
+    result = result_from_logits(run.val_logits, data.val.labels, len(cfg.classes), cfg.label_smoothing)
+    state.epoch, state.best_top1, state.best_epoch = cfg.epochs, result.top1, cfg.epochs
+    state.global_step = cfg.epochs * max(1, len(run.train_features.features) // cfg.batch_size)  # head steps
+    report.write_metrics(out / "metrics.csv", rows)
+    # the head's final weights are the run's result: `last` and `best` both hold them
+    for name in (checkpoint.LAST, checkpoint.BEST):
+        checkpoint.save_training_checkpoint(checkpoint_dir(cfg) / name, network_params(network), optimizer, state)
+    return result, rows
+
+
 def write_final_report(cfg, data: Data, result, rows: List[dict], state: TrainState, out: Path, seconds: float,
                        ctx: DistributedContext = dist.SINGLE_PROCESS) -> None:
     table = report.per_class_table(result.confusion, cfg.classes)
@@ -438,6 +496,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         out = Path(cfg.output_dir)
         setup_error = None
         try:  # a step may fail on some ranks only (rank 0's output folder, a host without the data)
+            if cfg.freeze_backbone and ctx.distributed:
+                raise UsageError("--freeze_backbone runs in one process (the head trains in seconds); launch it without msrun")
             resume_from = resume_path(cfg)
             if ctx.is_main_process:
                 out = prepare_output_dir(cfg, resuming=resume_from is not None)
@@ -463,7 +523,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                  f" ({cfg.batch_size} per worker x {ctx.world_size} workers)" if ctx.distributed else "",
                  cfg.lr_init * scale, cfg.lr_max * scale, cfg.lr_end * scale,
                  f" (--scale_lr: x{scale}, linear rule)" if cfg.scale_lr else "")
-        result, rows = train(cfg, data, network, optimizer, lr, state, out, ctx)
+        if cfg.freeze_backbone:
+            result, rows = train_frozen(cfg, data, network, optimizer, state, out)
+        else:
+            result, rows = train(cfg, data, network, optimizer, lr, state, out, ctx)
         digest = dist.check_replicas_identical(dist.replicated_state(network), ctx, "weights at the end")
         if ctx.distributed:
             log.info("final weights identical on all %d ranks: sha256 %s", ctx.world_size, digest)

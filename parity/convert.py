@@ -156,7 +156,9 @@ def _read_mindspore(path: Path) -> Tuple[Dict[str, np.ndarray], Dict[str, str], 
         params = ms.load_checkpoint(str(path))
     except Exception as exc:  # ValueError/RuntimeError for truncated or foreign files
         raise ConversionError(f"{path}: cannot read as a MindSpore checkpoint ({_one_line(exc)})") from exc
-    return {name: param.asnumpy() for name, param in params.items()}, {}, []
+    # A training checkpoint also holds non-tensor entries (the trainer's JSON train state): skipped, listed.
+    tensors = {name: param.asnumpy() for name, param in params.items() if hasattr(param, "asnumpy")}
+    return tensors, {}, [name for name in params if name not in tensors]
 
 
 def _read_safetensors(path: Path) -> Tuple[Dict[str, np.ndarray], Dict[str, str], List[str]]:

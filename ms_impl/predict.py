@@ -1,0 +1,187 @@
+"""Classify images with a trained MindSpore MobileNetV2: top-k classes and the garbage category.
+
+    python ms_impl/predict.py --checkpoint best.ckpt photo.jpg more_photos/ [--top_k 5] [--json]
+
+Preprocessing is the trainer's eval pipeline (`ms_impl.transforms.eval_transforms`).
+An unreadable image is reported on its own line and the others are still
+predicted; the exit status is non-zero only when the checkpoint is bad or no
+image at all could be predicted.
+"""
+from __future__ import annotations
+
+if not __package__:  # run as `python ms_impl/predict.py`: put the repo root on the import path
+    import os as _os
+    import sys as _sys
+
+    _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
+
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ms_impl.classes import ClassInfo, configured_image_size, load_class_table
+from ms_impl.model_io import CheckpointError, load_model
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+EXIT_INPUT_ERROR = 2
+DEFAULT_IMAGE_SIZE = 224
+
+
+def collect_images(inputs: Sequence[str]) -> Tuple[List[str], List[Dict[str, str]]]:
+    """Files named directly, plus image files found (recursively, sorted) under named folders."""
+    files: List[str] = []
+    errors: List[Dict[str, str]] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = sorted(
+                os.path.join(root, name)
+                for root, _, names in os.walk(item)
+                for name in names
+                if name.lower().endswith(IMAGE_EXTENSIONS)
+            )
+            if not found:
+                errors.append({"file": item, "error": "folder holds no image files"})
+            files.extend(found)
+        elif os.path.isfile(item):
+            files.append(item)
+        else:
+            errors.append({"file": item, "error": "no such file or folder"})
+    return files, errors
+
+
+def _decodable(path: str) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return False
+    return True
+
+
+def load_images(files: Sequence[str], image_size: int) -> Tuple[List[str], List[np.ndarray], List[Dict[str, str]]]:
+    """Eval-preprocessed CHW arrays of the readable files; one error record per unreadable file."""
+    from mindspore.dataset import transforms
+
+    from ms_impl.transforms import eval_transforms
+
+    pipeline = transforms.Compose(eval_transforms(image_size))
+    good, arrays, errors = [], [], []
+    for path in files:
+        try:
+            encoded = np.fromfile(path, dtype=np.uint8)
+        except OSError as exc:
+            errors.append({"file": path, "error": f"cannot read file ({exc.strerror or exc})"})
+            continue
+        if encoded.size == 0:
+            errors.append({"file": path, "error": "empty file"})
+            continue
+        # PIL first: MindSpore's Decode, on failure, also dumps the bytes to ./abnormal_image.jpg
+        if not _decodable(path):
+            errors.append({"file": path, "error": "cannot decode image"})
+            continue
+        try:
+            arrays.append(np.asarray(pipeline(encoded), dtype=np.float32))
+        except RuntimeError:  # mindspore.dataset reports a failed decode as RuntimeError
+            errors.append({"file": path, "error": "cannot decode image"})
+            continue
+        good.append(path)
+    return good, arrays, errors
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def top_k_records(probs: np.ndarray, classes: Sequence[ClassInfo], top_k: int) -> List[dict]:
+    order = np.argsort(-probs, kind="stable")[:top_k]
+    return [
+        {
+            "rank": rank + 1,
+            "index": int(i),
+            "name_en": classes[i].name_en,
+            "name_zh": classes[i].name_zh,
+            "probability": float(probs[i]),
+            "category_zh": classes[i].category_zh,
+            "category_en": classes[i].category_en,
+        }
+        for rank, i in enumerate(order)
+    ]
+
+
+def predict_files(net, files: Sequence[str], classes: Sequence[ClassInfo], image_size: int, top_k: int, batch_size: int = 16):
+    """(predictions, errors): one prediction per readable image, one error per unreadable one."""
+    import mindspore as ms
+
+    good, arrays, errors = load_images(files, image_size)
+    predictions = []
+    for start in range(0, len(good), batch_size):
+        batch = np.stack(arrays[start:start + batch_size])
+        probs = softmax(net(ms.Tensor(batch)).asnumpy().astype(np.float64))
+        for path, row in zip(good[start:start + batch_size], probs):
+            top = top_k_records(row, classes, top_k)
+            predictions.append({"file": path, "category_zh": top[0]["category_zh"], "category_en": top[0]["category_en"], "top_k": top})
+    return predictions, errors
+
+
+def format_text(predictions: Sequence[dict]) -> str:
+    lines = []
+    for item in predictions:
+        lines.append(f"{item['file']}: {item['category_zh']} ({item['category_en']})")
+        for entry in item["top_k"]:
+            lines.append(
+                f"  {entry['rank']}. {entry['name_en']} / {entry['name_zh']}  {100 * entry['probability']:6.2f}%"
+                f"  [{entry['category_zh']} {entry['category_en']}]"
+            )
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mbv2-predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="trained MindSpore checkpoint (.ckpt)")
+    parser.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders (searched recursively)")
+    parser.add_argument("--top_k", "--top-k", type=int, default=5, help="classes listed per image (default 5)")
+    parser.add_argument("--image_size", "--image-size", type=int, default=None,
+                        help="eval crop size (default: the config's image_size, else 224)")
+    parser.add_argument("--config", default=None,
+                        help="trainer config, classes YAML or CSV: class names (default configs/garbage26_classes.yaml)")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        classes = load_class_table(args.config)
+        image_size = args.image_size or configured_image_size(args.config) or DEFAULT_IMAGE_SIZE
+        if args.top_k < 1 or image_size < 32:
+            raise ValueError("--top_k must be >= 1 and --image_size >= 32")
+        net = load_model(args.checkpoint)
+    except (CheckpointError, ValueError) as exc:
+        print(f"predict: {exc}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    if net.num_classes != len(classes):
+        print(f"predict: {args.checkpoint}: model has {net.num_classes} classes but the class list has {len(classes)}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+
+    files, errors = collect_images(args.images)
+    predictions, read_errors = predict_files(net, files, classes, image_size, min(args.top_k, len(classes)))
+    errors += read_errors
+    if args.json:
+        print(json.dumps({"checkpoint": args.checkpoint, "predictions": predictions, "errors": errors}, ensure_ascii=False, indent=2))
+    elif predictions:
+        print(format_text(predictions))
+    for err in errors:
+        print(f"predict: {err['file']}: {err['error']}", file=sys.stderr)
+    return 0 if predictions else EXIT_INPUT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

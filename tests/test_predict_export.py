@@ -1,0 +1,189 @@
+"""predict and export CLIs on a tiny model trained here (frozen backbone, head trained on cached features)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from transfer_fixtures import CLASS_ROWS, IMAGE_SIZE, trained_tiny_checkpoint, write_class_csv
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    import mindspore as ms
+
+    ms.set_device("CPU")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    root = tmp_path_factory.mktemp("tiny")
+    ckpt, data = trained_tiny_checkpoint(str(root))
+    return {"root": root, "ckpt": ckpt, "data": data, "classes": write_class_csv(str(root / "classes.csv"))}
+
+
+def run_cli(python_exe, repo_root, cli_env, script, *args):
+    return subprocess.run([python_exe, os.path.join("ms_impl", script), *map(str, args)], cwd=repo_root, env=cli_env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_predict_reports_known_classes_names_and_categories(tiny, python_exe, repo_root, cli_env, tmp_path):
+    # the generated training images, one folder per class, plus one corrupt and one empty file
+    train = tiny["data"]["train"]
+    picked = [train[0], train[7], train[13]]  # one image of each class
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    proc = run_cli(python_exe, repo_root, cli_env, "predict.py", "--checkpoint", tiny["ckpt"], "--config", tiny["classes"],
+                   "--image_size", IMAGE_SIZE, "--top_k", 2, "--json", *[p for p, _ in picked], bad, empty)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert [p["file"] for p in out["predictions"]] == [p for p, _ in picked]
+    for item, (_, label) in zip(out["predictions"], picked):
+        index, name_en, name_zh, category_zh, category_en = CLASS_ROWS[label]
+        best = item["top_k"][0]
+        assert (best["index"], best["name_en"], best["name_zh"]) == (index, name_en, name_zh)
+        assert best["probability"] > 0.9
+        assert (item["category_zh"], item["category_en"]) == (category_zh, category_en)
+        assert len(item["top_k"]) == 2 and item["top_k"][0]["probability"] >= item["top_k"][1]["probability"]
+    assert {e["file"]: e["error"] for e in out["errors"]} == {str(bad): "cannot decode image", str(empty): "empty file"}
+    assert f"predict: {bad}: cannot decode image" in proc.stderr
+
+
+def test_predict_text_output(tiny, capsys):
+    from ms_impl import predict
+
+    red = tiny["data"]["train"][0][0]
+    assert predict.main(["--checkpoint", tiny["ckpt"], "--config", tiny["classes"], "--image_size", str(IMAGE_SIZE), red]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{red}: 有害垃圾 (Hazardous waste)"
+    assert lines[1].startswith("  1. Red Thing / 红色物") and lines[1].endswith("[有害垃圾 Hazardous waste]")
+    assert len(lines) == 4  # top_k 5 capped at the 3 classes
+
+
+def test_predict_matches_the_model_and_reads_folders(tiny):
+    import mindspore as ms
+    from mindspore.dataset import transforms
+
+    from ms_impl import predict
+    from ms_impl.classes import load_class_table
+    from ms_impl.model_io import load_model
+    from ms_impl.transforms import eval_transforms
+
+    folder = os.path.dirname(tiny["data"]["val"][0][0])  # val/Red Thing
+    net = load_model(tiny["ckpt"])
+    classes = load_class_table(tiny["classes"])
+    files, errors = predict.collect_images([folder])
+    assert len(files) == 6 and not errors
+    predictions, errors = predict.predict_files(net, files, classes, IMAGE_SIZE, top_k=3)
+    pipeline = transforms.Compose(eval_transforms(IMAGE_SIZE))
+    batch = np.stack([pipeline(np.fromfile(f, np.uint8)) for f in files])
+    expected = predict.softmax(net(ms.Tensor(batch)).asnumpy().astype(np.float64))
+    for item, probs in zip(predictions, expected):
+        got = {e["index"]: e["probability"] for e in item["top_k"]}
+        assert got == pytest.approx({i: probs[i] for i in got}, abs=1e-6)
+        assert sum(got.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_predict_bad_inputs(tiny, python_exe, repo_root, cli_env, tmp_path, capsys):
+    from ms_impl import predict
+
+    image = tiny["data"]["train"][0][0]
+    garbage = tmp_path / "model.ckpt"
+    garbage.write_bytes(b"this is not a checkpoint")
+    proc = run_cli(python_exe, repo_root, cli_env, "predict.py", "--checkpoint", garbage, "--config", tiny["classes"], image)
+    assert proc.returncode == 2
+    assert proc.stdout == "" and str(garbage) in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    # nothing predictable: every input is missing or unreadable
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    code = predict.main(["--checkpoint", tiny["ckpt"], "--config", tiny["classes"], "--image_size", str(IMAGE_SIZE),
+                         str(bad), str(tmp_path / "missing.jpg")])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert f"{bad}: cannot decode image" in captured.err and "missing.jpg: no such file or folder" in captured.err
+
+
+def test_predict_refuses_class_list_of_another_size(tiny, tmp_path):
+    from ms_impl import predict
+
+    other = tmp_path / "classes.csv"
+    other.write_text("index,name_en,name_zh,category_zh,category_en\n0,A,甲,干垃圾,Residual waste\n", encoding="utf-8")
+    assert predict.main(["--checkpoint", tiny["ckpt"], "--config", str(other), tiny["data"]["train"][0][0]]) == 2
+
+
+def test_export_mindir_round_trip_and_onnx_in_onnxruntime(tiny, python_exe, repo_root, cli_env, tmp_path):
+    import mindspore as ms
+    import onnxruntime as ort
+
+    from ms_impl.model_io import load_model
+
+    net = load_model(tiny["ckpt"])
+    x = np.random.default_rng(0).normal(size=(1, 3, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
+    expected = net(ms.Tensor(x)).asnumpy()
+    assert np.abs(expected).max() > 1.0  # a trained head: logits far from zero, so the comparison means something
+
+    mindir = tmp_path / "tiny.mindir"
+    proc = run_cli(python_exe, repo_root, cli_env, "export.py", "--checkpoint", tiny["ckpt"], "--format", "MINDIR",
+                   "--image-size", IMAGE_SIZE, "--output", mindir)
+    assert proc.returncode == 0, proc.stderr
+    graph = ms.nn.GraphCell(ms.load(str(mindir)))
+    np.testing.assert_allclose(graph(ms.Tensor(x)).asnumpy(), expected, rtol=1e-5, atol=1e-5)
+
+    from ms_impl import export
+
+    onnx_path = tmp_path / "tiny.onnx"
+    assert export.main(["--checkpoint", tiny["ckpt"], "--format", "onnx", "--image-size", str(IMAGE_SIZE),
+                        "--output", str(onnx_path)]) == 0
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert sorted(os.listdir(tmp_path)) == ["tiny.mindir", "tiny.onnx"]  # no temp files left
+
+
+def test_export_bad_inputs(tiny, tmp_path):
+    from ms_impl import export
+
+    existing = tmp_path / "net.mindir"
+    existing.write_bytes(b"keep me")
+    base = ["--checkpoint", tiny["ckpt"], "--image-size", str(IMAGE_SIZE)]
+    assert export.main(base + ["--format", "MINDIR", "--output", str(existing)]) == 2
+    assert existing.read_bytes() == b"keep me"  # never overwritten without --force
+    assert export.main(base + ["--format", "AIR", "--output", str(tmp_path / "x.air")]) == 2
+    assert export.main(base + ["--format", "TFLITE", "--output", str(tmp_path / "x.tflite")]) == 2
+    garbage = tmp_path / "bad.ckpt"
+    garbage.write_bytes(b"\x00" * 64)
+    assert export.main(["--checkpoint", str(garbage), "--format", "ONNX", "--output", str(tmp_path / "x.onnx")]) == 2
+    assert sorted(os.listdir(tmp_path)) == ["bad.ckpt", "net.mindir"]
+    assert export.main(base + ["--format", "MINDIR", "--output", str(existing), "--force"]) == 0
+    assert existing.read_bytes() != b"keep me"
+
+
+def test_export_says_why_a_format_is_unsupported(tiny, capsys, tmp_path):
+    from ms_impl import export
+
+    assert export.main(["--checkpoint", tiny["ckpt"], "--format", "AIR", "--output", str(tmp_path / "x.air")]) == 2
+    assert "AIR" in capsys.readouterr().err and "Ascend" in export.UNSUPPORTED["AIR"]
+
+
+def test_predict_reads_classes_and_image_size_from_a_trainer_config(tiny, tmp_path, capsys):
+    import yaml
+
+    from ms_impl import predict
+    from ms_impl.classes import load_class_table
+
+    rows = [{"index": i, "name": en, "name_zh": zh, "category_zh": cz, "category": ce} for i, en, zh, cz, ce in CLASS_ROWS]
+    (tmp_path / "my_classes.yaml").write_text(yaml.safe_dump({"classes": rows}, allow_unicode=True), encoding="utf-8")
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"classes_file": "my_classes.yaml", "image_size": IMAGE_SIZE}), encoding="utf-8")
+    assert load_class_table(str(config)) == load_class_table(tiny["classes"])
+    green = tiny["data"]["train"][7][0]
+    assert predict.main(["--checkpoint", tiny["ckpt"], "--config", str(config), "--json", green]) == 0
+    best = __import__("json").loads(capsys.readouterr().out)["predictions"][0]["top_k"][0]
+    assert (best["name_en"], best["category_en"]) == ("Green Thing", "Kitchen waste")
+    # the shipped default: the trainer's 26 garbage classes, in the reference order
+    table = load_class_table()
+    assert len(table) == 26 and (table[0].name_en, table[0].name_zh) == ("Seashell", "贝壳")
+    assert (table[25].name_en, table[25].category_zh, table[25].category_en) == ("Paint bucket", "有害垃圾", "Hazardous waste")
+    assert {c.category_zh for c in table} == {"干垃圾", "可回收物", "湿垃圾", "有害垃圾"}

@@ -1,0 +1,150 @@
+"""The trainer with --pretrained (every layout), --freeze_backbone (cached features) and backbone_lr_scale."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+WIDTH = 0.35
+TINY = ["--device", "CPU", "--width_mult", str(WIDTH), "--synthetic_image_size", "32", "--batch_size", "16",
+        "--synthetic_train_per_class", "4", "--synthetic_val_per_class", "2", "--num_workers", "2"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A torchvision-layout MobileNetV2 0.35x with a 1000-class head, saved in three layouts / formats."""
+    import torch
+
+    from parity.convert import checkpoint_from_state, convert, write_checkpoint
+    from pt_impl.mobilenetv2 import MobileNetV2 as TorchMobileNetV2
+
+    torch.manual_seed(0)
+    model = TorchMobileNetV2(num_classes=1000, width_mult=WIDTH)
+    folder = tmp_path_factory.mktemp("pretrained")
+    tv = checkpoint_from_state({k: v.numpy() for k, v in model.state_dict().items()}, layout="torchvision")
+    files = {"torchvision.pth": folder / "tv.pth", "mindcv.ckpt": folder / "mindcv.ckpt",
+             "ms-official.safetensors": folder / "official.safetensors"}
+    torch.save(model.state_dict(), files["torchvision.pth"])
+    write_checkpoint(convert(tv, "mindcv"), files["mindcv.ckpt"])
+    write_checkpoint(convert(tv, "ms-official"), files["ms-official.safetensors"])
+    official = convert(tv, "ms-official", drop_head=True).tensors
+    return {"files": files, "backbone": official}
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("synthetic"))
+
+
+def train_cli(args, cli_env, repo_root):
+    return subprocess.run([sys.executable, "ms_impl/train.py", *map(str, args)], cwd=repo_root, env=cli_env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("kind", ["torchvision.pth", "mindcv.ckpt", "ms-official.safetensors"])
+def test_pretrained_of_every_layout_loads_into_the_trainer(kind, pretrained, synthetic, tmp_path, caplog, ms_pynative):
+    import logging
+
+    from ms_impl.train import build_config, build_network
+
+    cfg = build_config(TINY + ["--synthetic_cache_dir", synthetic, "--output_dir", str(tmp_path),
+                               "--pretrained", str(pretrained["files"][kind])])
+    with caplog.at_level(logging.INFO, logger="ms_impl"):
+        network = build_network(cfg)
+    params = {p.name: p.asnumpy() for p in network.get_parameters()}
+    for name, value in pretrained["backbone"].items():
+        np.testing.assert_array_equal(params[name], value)
+    dropped = [r.message for r in caplog.records if "dropped its 1000-class head" in r.message]
+    assert len(dropped) == 1 and "26 classes" in dropped[0]
+    assert os.listdir(tmp_path) == []  # converted in memory
+
+
+def test_bad_pretrained_is_a_one_line_usage_error(pretrained, synthetic, tmp_path, capsys):
+    from ms_impl.train import main
+
+    wrong_width = ["--width_mult", "0.5"]
+    for extra, expected in ((wrong_width + ["--pretrained", str(pretrained["files"]["torchvision.pth"])], "0.35x"),
+                            (["--pretrained", str(tmp_path / "missing.pth")], "no such file")):
+        code = main(TINY + ["--synthetic_cache_dir", synthetic, "--output_dir", str(tmp_path / "out"), "--force", "true"] + extra)
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert code == 2 and len(errors) == 1 and expected in errors[0] and "--pretrained" in errors[0], errors
+
+
+def lr_of(optimizer, param) -> np.ndarray:
+    """Per-step LRs of `param` (a group's Parameter, or the single schedule's cell)."""
+    lr = optimizer.get_lr_parameter(param)
+    return getattr(lr, "learning_rate", lr).asnumpy()
+
+
+def test_backbone_lr_scale_in_full_fine_tuning(pretrained, synthetic, tmp_path, ms_pynative):
+    from ms_impl.train import build_config, build_lr_schedule, build_network, build_optimizer
+
+    base = TINY + ["--synthetic_cache_dir", synthetic, "--output_dir", str(tmp_path)]
+    lr = build_lr_schedule(build_config(base), 4)
+    for extra, scale in (([], 1.0), (["--pretrained", str(pretrained["files"]["torchvision.pth"])], 0.1),
+                         (["--pretrained", str(pretrained["files"]["torchvision.pth"]), "--backbone_lr_scale", "0.5"], 0.5)):
+        cfg = build_config(base + extra)
+        network = build_network(cfg)
+        optimizer = build_optimizer(cfg, network, lr)
+        conv = network.backbone.features[0].features[0].weight
+        np.testing.assert_allclose(lr_of(optimizer, conv), lr * scale, rtol=1e-6)
+        np.testing.assert_allclose(lr_of(optimizer, network.head.dense.weight), lr, rtol=1e-6)
+
+
+def test_frozen_backbone_run_keeps_the_backbone_and_reuses_its_cache(pretrained, synthetic, tmp_path, cli_env, repo_root):
+    from ms_impl.model_io import read_ms_checkpoint
+
+    out = tmp_path / "run"
+    args = TINY + ["--synthetic_cache_dir", synthetic, "--output_dir", out, "--epochs", "3", "--lr_max", "0.05",
+                   "--pretrained", pretrained["files"]["torchvision.pth"], "--freeze_backbone", "true"]
+    first = train_cli(args, cli_env, repo_root)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stderr.count("dropped its 1000-class head") == 1
+    assert "extracting features" in first.stderr  # progress bar
+    assert "train features: 104 x 1280, extracted" in first.stderr
+    weights = read_ms_checkpoint(str(out / "checkpoints" / "mobilenetv2-best.ckpt"))
+    for name, value in pretrained["backbone"].items():  # frozen: bit-identical to the pretrained backbone
+        np.testing.assert_array_equal(weights[name], value)
+    metrics = (out / "metrics.csv").read_text().splitlines()
+    assert len(metrics) == 4
+    assert len([n for n in os.listdir(out / "feature_cache") if n.endswith(".npz")]) == 2
+
+    again = train_cli(args + ["--force", "true"], cli_env, repo_root)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "train features: 104 x 1280, reused" in again.stderr and "val features: 52 x 1280, reused" in again.stderr
+    # the same features and seed give the same head
+    again_weights = read_ms_checkpoint(str(out / "checkpoints" / "mobilenetv2-best.ckpt"))
+    np.testing.assert_array_equal(again_weights["dense.weight"], weights["dense.weight"])
+
+    # two-stage recipe: the frozen run's checkpoint (a training checkpoint) is the next run's --pretrained, head included
+    from ms_impl.train import build_config, build_network
+    from ms_impl.pretrained import load_pretrained
+
+    cfg = build_config(TINY + ["--synthetic_cache_dir", synthetic, "--output_dir", str(tmp_path / "stage2")])
+    network = build_network(cfg)
+    info = load_pretrained(network, str(out / "checkpoints" / "mobilenetv2-best.ckpt"))
+    assert info.head_loaded and info.layout == "ms-official"
+    np.testing.assert_array_equal(network.head.dense.weight.asnumpy(), weights["dense.weight"])
+
+    # the trainer's checkpoint serves predict directly (class names from the trainer's config)
+    image = next(Path(synthetic).rglob("*.jpg"))
+    proc = subprocess.run([sys.executable, "ms_impl/predict.py", "--checkpoint", str(out / "checkpoints" / "mobilenetv2-best.ckpt"),
+                           "--config", "configs/garbage26_cpu.yaml", "--image_size", "32", "--json", str(image)],
+                          cwd=repo_root, env=cli_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    top = json.loads(proc.stdout)["predictions"][0]["top_k"]
+    assert len(top) == 5 and top[0]["category_zh"] in {"干垃圾", "可回收物", "湿垃圾", "有害垃圾"}
+
+
+
+def test_frozen_resume_is_refused(synthetic, tmp_path, capsys):
+    from ms_impl.train import main
+
+    code = main(TINY + ["--synthetic_cache_dir", synthetic, "--output_dir", str(tmp_path), "--freeze_backbone", "true",
+                        "--resume", "auto"])
+    assert code == 2 and "frozen-backbone run is not resumed" in capsys.readouterr().err
