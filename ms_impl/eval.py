@@ -114,7 +114,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         images = dataset.scan_split(data_path, "val", [c.name for c in cfg.classes])
         from ms_impl.mobilenetv2 import MobileNetV2
 
-        network = MobileNetV2(len(cfg.classes), cfg.width_mult, dropout=cfg.dropout)
+        network = MobileNetV2(len(cfg.classes), cfg.width_mult, dropout=cfg.dropout, fast_conv=cfg.fast_conv)
         checkpoint.load_network_weights(known.checkpoint, {p.name: p for p in network.get_parameters()})
         data = dataset.eval_dataset(images, image_size, cfg.batch_size, cfg.num_workers)
         result = evaluate(network, data, len(cfg.classes), cfg.label_smoothing)

@@ -76,7 +76,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"export: {output}: folder does not exist", file=sys.stderr)
         return EXIT_INPUT_ERROR
     try:
-        net = load_model(args.checkpoint)
+        net = load_model(args.checkpoint)  # fast_conv off: the exported graph holds only standard operators
     except CheckpointError as exc:
         print(f"export: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR

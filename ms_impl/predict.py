@@ -163,7 +163,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         image_size = args.image_size or configured_image_size(args.config) or DEFAULT_IMAGE_SIZE
         if args.top_k < 1 or image_size < 32:
             raise ValueError("--top_k must be >= 1 and --image_size >= 32")
-        net = load_model(args.checkpoint)
+        net = load_model(args.checkpoint, fast_conv="auto")  # our CPU kernels where they build
     except (CheckpointError, ValueError) as exc:
         print(f"predict: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR

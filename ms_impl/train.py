@@ -196,7 +196,7 @@ def build_network(cfg, ctx: DistributedContext = dist.SINGLE_PROCESS):
     from ms_impl.train_step import ReplayableDropout
 
     ms.set_seed(cfg.seed)  # weight init: the same on every rank
-    network = MobileNetV2(len(cfg.classes), cfg.width_mult, dropout=cfg.dropout)
+    network = MobileNetV2(len(cfg.classes), cfg.width_mult, dropout=cfg.dropout, fast_conv=cfg.fast_conv)
     if cfg.pretrained:
         from ms_impl.pretrained import PretrainedError, load_pretrained
 
