@@ -26,6 +26,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from parity import convert
 from parity import spec as mbv2_spec
 
 
@@ -42,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=("graph", "pynative"), default="graph", help="MindSpore execution mode")
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--skip-breakdown", action="store_true", help="only the whole-network figures")
+    parser.add_argument("--weights", default="",
+                        help="checkpoint (any layout parity.convert reads) loaded into both twins; "
+                             "default: the PyTorch twin's init with BatchNorm statistics of the batch")
     return parser
 
 
@@ -67,6 +71,26 @@ def _alternate(ms_run: Callable[[], None], pt_run: Callable[[], None], warmup: i
     return statistics.median(ms_times), statistics.median(pt_times)
 
 
+def _set_weights(pt_net, args: argparse.Namespace, images: np.ndarray) -> None:
+    """`--weights` into the PyTorch twin, or its init with BatchNorm running statistics set to
+    the statistics of `images` (as a trained network's would be: eval mode is then well scaled)."""
+    import torch
+
+    if args.weights:
+        ckpt = convert.read_checkpoint(args.weights)
+        tensors = convert.convert(ckpt, "torchvision", drop_head=ckpt.num_classes != args.num_classes).tensors
+        convert.load_into_torch_module(pt_net, tensors, strict=False)
+        return
+    batch_norms = [m for m in pt_net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in batch_norms:
+        bn.momentum = 1.0  # running statistics := this batch's
+    pt_net.train()
+    with torch.no_grad():
+        pt_net(torch.from_numpy(images))
+    for bn in batch_norms:
+        bn.momentum = mbv2_spec.BN_MOMENTUM_TORCH
+
+
 def _whole_network(args: argparse.Namespace) -> List[Tuple[str, float, float]]:
     import mindspore as ms
     import torch
@@ -84,16 +108,36 @@ def _whole_network(args: argparse.Namespace) -> List[Tuple[str, float, float]]:
     labels = rng.integers(0, args.num_classes, size=args.batch)
     lr = np.full(args.warmup * 2 + args.steps * 2 + 8, 0.01, dtype=np.float32)
 
+    # Both twins carry the same, realistic weights: PyTorch's oneDNN kernels run several times
+    # slower on some weight/activation values than on others, so twins with their own random
+    # inits, or weights drifted apart by training, would not be compared on equal terms.
+    pt_net = PtNet(num_classes=args.num_classes, width_mult=args.width)
+    _set_weights(pt_net, args, images)
     ms_net = MsNet(num_classes=args.num_classes, width_mult=args.width, fast_conv=args.fast_conv)
+    source = convert.checkpoint_from_state(convert.state_from_torch_module(pt_net), "torchvision", source="PyTorch twin")
+    convert.load_into_ms_net(ms_net, convert.convert(source, "ms-official").tensors, strict=True)
+    ms_x, ms_y = ms.Tensor(images), ms.Tensor(labels.astype(np.int32))
+    pt_x, pt_y = torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+
+    # Eval first, while the weights are identical.
+    ms_net.set_train(False)
+    pt_net.eval()
+
+    def ms_eval() -> None:
+        ms_net(ms_x).asnumpy()
+
+    def pt_eval() -> None:
+        with torch.inference_mode():
+            pt_net(pt_x).numpy()
+
+    evaluation = _alternate(ms_eval, pt_eval, args.warmup, args.steps)
+
+    ms_net.set_train(True)
     ms_step = ms_nn.TrainOneStepCell(ms_nn.WithLossCell(ms_net, ms_loss(0.1)),
                                      ms_optimizer(ms_net.trainable_params(), lr))
     ms_step.set_train(True)
-    ms_x, ms_y = ms.Tensor(images), ms.Tensor(labels.astype(np.int32))
-
-    pt_net = PtNet(num_classes=args.num_classes, width_mult=args.width)
     pt_opt, _ = pt_optimizer(pt_net.named_parameters(), lr)
     pt_criterion = pt_loss(0.1)
-    pt_x, pt_y = torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
 
     def ms_train() -> None:
         ms_step(ms_x, ms_y).asnumpy()
@@ -107,18 +151,6 @@ def _whole_network(args: argparse.Namespace) -> List[Tuple[str, float, float]]:
 
     pt_net.train()
     train = _alternate(ms_train, pt_train, args.warmup, args.steps)
-
-    ms_net.set_train(False)
-    pt_net.eval()
-
-    def ms_eval() -> None:
-        ms_net(ms_x).asnumpy()
-
-    def pt_eval() -> None:
-        with torch.inference_mode():
-            pt_net(pt_x).numpy()
-
-    evaluation = _alternate(ms_eval, pt_eval, args.warmup, args.steps)
     return [("train step", *train), ("eval forward", *evaluation)]
 
 
