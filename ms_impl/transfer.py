@@ -179,25 +179,19 @@ def train_frozen_backbone(
     cache_dir: str,
     train_settings: "FeatureSettings",
     val_settings: "FeatureSettings",
-    epochs: int,
     batch_size: int,
-    lr_max: float,
-    lr_init: float = 0.0,
-    lr_end: float = 0.0,
-    warmup_epochs: float = 0.0,
-    momentum: float = 0.9,
-    weight_decay: float = 4e-5,
-    label_smoothing: float = 0.1,
     dropout: float = 0.2,
-    seed: int = 0,
     progress: bool = True,
-    on_epoch: Optional[Callable[["EpochReport"], None]] = None,
+    **head_training,
 ) -> FrozenRunResult:
     """Backbone frozen: features from the cache (extracted when needed), then the head trains on them.
 
     The head trains as a plain `MobileNetV2Head` started from `network.head`'s
     dense weights (so the run follows the network's seed); the result is copied
     back into `network.head.dense`. The backbone's weights are never changed.
+    `head_training`: the other keywords of `train_head_on_features` (epochs,
+    lr_max, lr_init, lr_end, warmup_epochs, momentum, weight_decay,
+    label_smoothing, seed, on_epoch).
     """
     import mindspore as ms
 
@@ -211,11 +205,8 @@ def train_frozen_backbone(
     head = MobileNetV2Head(network.num_features, network.num_classes, dropout=0.0)  # dropout: on the host
     head.dense.weight.set_data(network.head.dense.weight.value().copy())
     head.dense.bias.set_data(network.head.dense.bias.value().copy())
-    history = train_head_on_features(
-        head, train.features, train.labels, epochs=epochs, batch_size=batch_size, lr_max=lr_max, lr_init=lr_init,
-        lr_end=lr_end, warmup_epochs=warmup_epochs, momentum=momentum, weight_decay=weight_decay,
-        label_smoothing=label_smoothing, dropout=dropout, seed=seed, val=(val.features, val.labels), on_epoch=on_epoch,
-    )
+    history = train_head_on_features(head, train.features, train.labels, batch_size=batch_size, dropout=dropout,
+                                     val=(val.features, val.labels), **head_training)
     network.head.dense.weight.set_data(ms.Tensor(head.dense.weight.asnumpy()))
     network.head.dense.bias.set_data(ms.Tensor(head.dense.bias.asnumpy()))
     return FrozenRunResult(head_logits(head, val.features), np.asarray(val.labels), history, train, val)
