@@ -73,10 +73,12 @@ class Case:
     mode: str = "graph"  # MindSpore execution mode: graph or pynative
     steps: int = 5
     seed: int = 0
+    fast_conv: str = "off"  # the MindSpore twin's own CPU 3x3 kernels (ms_impl/fast_conv.py)
 
     @property
     def label(self) -> str:
-        return f"{self.width}x/{self.image_size}px/{self.num_classes}cls/b{self.batch}/{self.mode}"
+        kernels = "" if self.fast_conv == "off" else f"/fast_conv={self.fast_conv}"
+        return f"{self.width}x/{self.image_size}px/{self.num_classes}cls/b{self.batch}/{self.mode}{kernels}"
 
 
 @dataclass
@@ -100,7 +102,7 @@ class CheckResult:
 # input size (96, 160, 224), class count (26, 1000), batch (1, 4) and MindSpore
 # mode (graph, pynative) appears at least once, 224 px only where it matters.
 COVERING_CASES: Tuple[Case, ...] = (
-    Case(width=0.35, image_size=224, num_classes=26, batch=1, mode="graph"),
+    Case(width=0.35, image_size=224, num_classes=26, batch=1, mode="graph", fast_conv="on"),
     Case(width=0.75, image_size=160, num_classes=1000, batch=4, mode="pynative"),
     Case(width=1.4, image_size=96, num_classes=1000, batch=1, mode="graph"),
     Case(width=1.0, image_size=96, num_classes=26, batch=4, mode="pynative"),
@@ -270,7 +272,7 @@ def build_twins(case: Case) -> Twins:
     torch.manual_seed(case.seed)
     pt_net = PtMobileNetV2(num_classes=case.num_classes, width_mult=case.width, dropout=0.0)
     _randomize_torch(pt_net, np.random.default_rng(case.seed), case.image_size)
-    ms_net = MsMobileNetV2(num_classes=case.num_classes, width_mult=case.width, dropout=0.0)
+    ms_net = MsMobileNetV2(num_classes=case.num_classes, width_mult=case.width, dropout=0.0, fast_conv=case.fast_conv)
     # The MindSpore twin gets its weights the way users' checkpoints travel: through the converter.
     from parity import convert
 
@@ -651,6 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=("graph", "pynative"), default="graph", help="MindSpore mode (default graph)")
     parser.add_argument("--steps", type=_positive_int, default=5, help="optimizer steps compared (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--fast-conv", choices=("off", "auto", "on"), default="off",
+                        help="MindSpore twin's own CPU 3x3 kernels (default off: MindSpore's nn.Conv2d)")
     parser.add_argument("--all", action="store_true", help="run the covering set of cases of tests/parity instead")
     return parser
 
@@ -661,7 +665,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"python -m parity check: --image-size must be at least 32, got {args.image_size}", file=sys.stderr)
         return 2
     cases = COVERING_CASES if args.all else (Case(args.width, args.image_size, args.num_classes, args.batch,
-                                                  args.mode, args.steps, args.seed),)
+                                                  args.mode, args.steps, args.seed, args.fast_conv),)
     all_passed = True
     for index, case in enumerate(cases):
         start = time.perf_counter()

@@ -49,6 +49,7 @@ def test_covering_cases_cover_the_issue_matrix():
     assert {c.num_classes for c in cases} >= {26, 1000}
     assert {c.batch for c in cases} >= {1, 4}
     assert {c.mode for c in cases} == {"graph", "pynative"}
+    assert {c.fast_conv for c in cases} == {"off", "on"}  # MindSpore's own convolutions and ours
 
 
 @pytest.mark.parametrize("num_classes,batch", [(26, 4), (1000, 1)])
