@@ -34,7 +34,7 @@ import hashlib
 import os
 import socket
 from dataclasses import dataclass
-from typing import Dict, Iterable, Mapping, Optional, Sequence
+from typing import Dict, Iterable, Mapping, Optional
 
 import numpy as np
 

@@ -18,18 +18,19 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn
 
-MASK_PARAM = "trainer.dropout_keep_mask"  # trainer-only state, never written to checkpoints (train.network_params)
-
 
 class ReplayableDropout(nn.Cell):
-    """Multiply by a keep mask set from the host before each training step; identity in eval."""
+    """Multiply by a keep mask set from the host before each training step; identity in eval.
+
+    The mask is trainer state, not model state: `train.network_params` leaves it out of checkpoints.
+    """
 
     def __init__(self, p: float, batch_size: int, num_features: int, num_shards: int = 1, shard_id: int = 0) -> None:
         super().__init__()
         self.p = p
         self.num_shards = num_shards
         self.shard_id = shard_id
-        self.keep_mask = Parameter(Tensor(np.ones((batch_size, num_features), np.float32)), name=MASK_PARAM, requires_grad=False)
+        self.keep_mask = Parameter(Tensor(np.ones((batch_size, num_features), np.float32)), name="keep_mask", requires_grad=False)
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         if not self.training:

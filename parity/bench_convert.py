@@ -79,7 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         size_mb = tv.stat().st_size / 1e6
 
     print(f"MobileNetV2 {args.width}x, 1000 classes ({size_mb:.1f} MB .pth); median of {args.runs} runs")
-    print(f"| direction | median s | min s | max s | first run s (with imports) |"
+    print("| direction | median s | min s | max s | first run s (with imports) |"
           + (" CLI process s |" if cli else ""))
     print("|---|---|---|---|---|" + ("---|" if cli else ""))
     worst = 0.0
