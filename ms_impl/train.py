@@ -395,6 +395,9 @@ def train(cfg, data: Data, network, optimizer, lr: np.ndarray, state: TrainState
                      stats["train_img_per_s"], " (best)" if improved else "")
             # all ranks decide together: a signal may have reached some ranks only
             if dist.any_rank(bool(stop.signum), ctx):  # the signal came during evaluation: the epoch is saved, stop here
+                if ctx.is_main_process:
+                    log.info("saved resumable checkpoint %s (epoch %d, step 0)", checkpoint_dir(cfg) / checkpoint.LAST,
+                             state.epoch + 1)
                 raise Interrupted(stop.signum or signal.SIGTERM)
     if result is None:  # resumed a finished run: evaluate once for the report
         result = evaluate_all_ranks()
