@@ -1,0 +1,15 @@
+"""MobileNetV2 in MindSpore: the twin of `pt_impl`, file for file, plus the trainer and its command-line tools.
+
+The twin (mirrors `pt_impl/`):
+    mobilenetv2   MobileNetV2Backbone, MobileNetV2Head, MobileNetV2 (official MindSpore parameter names)
+    loss          label-smoothed cross entropy
+    optim         Momentum with weight decay on conv/dense weights only
+    transforms    train/eval preprocessing (mindspore.dataset ops)
+    weights       the one way to load a name->array dict into a Cell, and the weight digest
+    fast_conv     our CPU 3x3 convolution kernels (kernels/conv3x3.cc), built on first use
+
+Command-line tools (run as `python ms_impl/<tool>.py` or `python -m ms_impl.<tool>`):
+    train, eval, predict, export, datatools, bench_distributed
+
+The engine behind them is the `ms_impl.trainer` subpackage.
+"""

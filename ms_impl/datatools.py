@@ -10,12 +10,6 @@ every corrupt file with the reason).
 """
 from __future__ import annotations
 
-if not __package__:  # run as `python ms_impl/datatools.py`: put the repo root on the import path
-    import os as _os
-    import sys as _sys
-
-    _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
-
 import argparse
 import json
 import os
@@ -27,7 +21,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+from ms_impl.trainer.images import IMAGE_EXTENSIONS, read_rgb
+
 SPLIT_NAMES = ("train", "val", "test", "eval")
 EXIT_INPUT_ERROR = 2
 
@@ -85,14 +80,7 @@ def find_images(root: str) -> List[Tuple[str, str, str]]:
 
 def read_image(path: str):
     """The image as an RGB PIL image; raises ValueError with the reason when it cannot be decoded."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image.load()  # decodes every pixel: catches truncated files that `verify` lets through
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-        raise ValueError(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__) from None
+    return read_rgb(path)
 
 
 def scan_dataset(root: str) -> DatasetScan:

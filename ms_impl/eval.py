@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
@@ -21,75 +20,11 @@ if __package__ in (None, ""):  # run as a script: put the repository root on the
 
 import numpy as np
 
-from ms_impl import report
-from ms_impl.errors import UsageError
+from ms_impl.trainer import report
+from ms_impl.trainer.metrics import evaluate
+from ms_impl.trainer.errors import UsageError
 
 log = logging.getLogger("ms_impl.eval")
-
-
-@dataclass
-class EvalResult:
-    top1: float
-    top5: float
-    loss: float
-    confusion: np.ndarray
-    num_images: int
-
-
-def evaluate(network, dataset, num_classes: int, label_smoothing: float = 0.0, ctx=None) -> EvalResult:
-    """Run `network` in eval mode over `dataset` (batches of image, label); restores training mode after.
-
-    In data parallel (`ctx` a distributed.DistributedContext) each rank passes
-    its shard of the val set; the counts (confusion matrix, top-5 hits, loss
-    sum, images) are summed over the ranks, so every rank returns the
-    accuracy of the whole set.
-    """
-    from ms_impl.distributed import SINGLE_PROCESS, all_reduce_sum
-    from parity.loss import smoothed_cross_entropy
-
-    ctx = ctx or SINGLE_PROCESS
-    was_training = network.training
-    network.set_train(False)
-    labels_all: List[np.ndarray] = [np.zeros(0, np.int64)]  # a rank may get no val image at all
-    logits_all: List[np.ndarray] = [np.zeros((0, num_classes))]
-    for images, labels in dataset.create_tuple_iterator(num_epochs=1):
-        logits_all.append(network(images).asnumpy().astype(np.float64))
-        labels_all.append(labels.asnumpy())
-    network.set_train(was_training)
-
-    logits = np.concatenate(logits_all)
-    labels = np.concatenate(labels_all).astype(np.int64)
-    top5 = np.argsort(-logits, axis=1)[:, : min(5, num_classes)]
-    confusion = report.confusion_matrix(labels, top5[:, 0], num_classes)
-    top5_hits = int((top5 == labels[:, None]).any(axis=1).sum())
-    loss_sum = float(smoothed_cross_entropy(logits, labels, label_smoothing)) * len(labels) if len(labels) else 0.0
-    if ctx.distributed:
-        confusion = all_reduce_sum(confusion, ctx)
-        top5_hits = int(all_reduce_sum(np.array([top5_hits]), ctx)[0])
-        loss_sum = float(all_reduce_sum(np.array([loss_sum]), ctx)[0])
-    num_images = int(confusion.sum())
-    return EvalResult(
-        top1=float(np.trace(confusion) / max(num_images, 1)),
-        top5=top5_hits / max(num_images, 1),
-        loss=loss_sum / max(num_images, 1),
-        confusion=confusion,
-        num_images=num_images,
-    )
-
-def result_from_logits(logits: np.ndarray, labels: np.ndarray, num_classes: int, label_smoothing: float = 0.0) -> EvalResult:
-    """Top-1/top-5, loss and confusion matrix of `logits` (N, C) against integer `labels` (one process)."""
-    from parity.loss import smoothed_cross_entropy
-
-    logits = np.asarray(logits, dtype=np.float64)
-    labels = np.asarray(labels).astype(np.int64)
-    top5 = np.argsort(-logits, axis=1)[:, : min(5, num_classes)]
-    return EvalResult(
-        top1=float(np.mean(top5[:, 0] == labels)),
-        top5=float(np.mean((top5 == labels[:, None]).any(axis=1))),
-        loss=float(smoothed_cross_entropy(logits, labels, label_smoothing)),
-        confusion=report.confusion_matrix(labels, top5[:, 0], num_classes),
-        num_images=len(labels),
-    )
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -104,9 +39,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as e:  # argparse already printed the message
         return int(e.code or 0)
     try:
-        from ms_impl import checkpoint, dataset
-        from ms_impl.config import load_config
-        from ms_impl.device import set_device
+        from ms_impl.trainer import checkpoint, dataset
+        from ms_impl.trainer.config import load_config
+        from ms_impl.trainer.device import set_device
 
         cfg = load_config(rest, description="Evaluate a checkpoint")
         set_device(cfg.device, cfg.mode)

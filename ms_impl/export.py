@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ms_impl.model_io import CheckpointError, load_model
+from ms_impl.trainer.model_io import CheckpointError, load_model
 
 SUFFIX = {"MINDIR": ".mindir", "ONNX": ".onnx"}
 UNSUPPORTED = {"AIR": "AIR export needs the Ascend backend; MindSpore on CPU/GPU exports MINDIR or ONNX only"}

@@ -1,6 +1,6 @@
 """Training loss of the MindSpore twin: cross entropy with label smoothing.
 
-The formula is stated once in `parity/loss.py` (PyTorch's form: s / C on every
+The formula is stated once in `parity/core/loss.py` (PyTorch's form: s / C on every
 class). MindSpore 2.x's `nn.CrossEntropyLoss(label_smoothing=s)` implements it.
 """
 from __future__ import annotations

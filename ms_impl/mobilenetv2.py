@@ -7,7 +7,7 @@ The official network (`official/cv/MobileNet/mobilenetv2`) names its tensors
 262 tensors for the 1.0x, 1000-class net. The combined net is built with
 `auto_prefix=False`, so a full-net checkpoint loads into the backbone alone.
 
-Layer shapes come from `parity.spec`, shared with the PyTorch twin
+Layer shapes come from `parity.core.spec`, shared with the PyTorch twin
 (`pt_impl/mobilenetv2.py`, which mirrors this file class for class).
 
 Weight init: the same distributions as torchvision (He normal, fan_out, for
@@ -29,7 +29,7 @@ from mindspore import nn, ops
 from mindspore.common.initializer import HeNormal, Normal
 
 from ms_impl import fast_conv as fast_conv_kernels
-from parity import spec as mbv2_spec
+from parity.core import spec as mbv2_spec
 
 __all__ = ["ConvBNReLU", "InvertedResidual", "MobileNetV2Backbone", "MobileNetV2Head", "MobileNetV2"]
 
@@ -44,7 +44,7 @@ def _conv2d(
     )
 
 
-def _batch_norm(num_features: int) -> nn.BatchNorm2d:
+def batch_norm(num_features: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(num_features, eps=mbv2_spec.BN_EPS, momentum=mbv2_spec.BN_MOMENTUM_MINDSPORE)
 
 
@@ -55,7 +55,7 @@ class ConvBNReLU(nn.Cell):
         super().__init__()
         self.features = nn.SequentialCell([
             _conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.groups, fast_conv),
-            _batch_norm(layer.out_channels),
+            batch_norm(layer.out_channels),
             nn.ReLU6(),
         ])
 
@@ -72,7 +72,7 @@ class InvertedResidual(nn.Cell):
         layers += [
             ConvBNReLU(block.depthwise, fast_conv),
             _conv2d(block.hidden_channels, block.out_channels, 1, 1, 1),
-            _batch_norm(block.out_channels),
+            batch_norm(block.out_channels),
         ]
         self.conv = nn.SequentialCell(layers)
         self.use_residual = block.use_residual

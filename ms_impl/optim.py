@@ -1,6 +1,6 @@
 """Optimizer of the MindSpore twin: Momentum, weight decay on conv/dense weights only.
 
-The decay rule lives in `parity/param_groups.py`; `pt_impl/optim.py` builds the
+The decay rule lives in `parity/core/param_groups.py`; `pt_impl/optim.py` builds the
 same optimizer in PyTorch (SGD with momentum, dampening 0, same groups), so a
 step updates the two twins identically:
     v <- momentum * v + (grad + wd * w);  w <- w - lr * v
@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 from mindspore import Tensor, nn
 
-from parity.param_groups import takes_weight_decay
+from parity.core.param_groups import takes_weight_decay
 
 
 def build_optimizer(

@@ -23,10 +23,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ms_impl.classes import ClassInfo, configured_image_size, load_class_table
-from ms_impl.model_io import CheckpointError, load_model
+from ms_impl.trainer.classes import ClassInfo, configured_image_size, load_class_table
+from ms_impl.trainer.images import IMAGE_EXTENSIONS, unreadable_reason
+from ms_impl.trainer.model_io import CheckpointError, load_model
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 EXIT_INPUT_ERROR = 2
 DEFAULT_IMAGE_SIZE = 224
 
@@ -51,17 +51,6 @@ def collect_images(inputs: Sequence[str]) -> Tuple[List[str], List[Dict[str, str
         else:
             errors.append({"file": item, "error": "no such file or folder"})
     return files, errors
-
-
-def _decodable(path: str) -> bool:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return False
-    return True
 
 
 def load_images(files: Sequence[str], image_size: int) -> Tuple[List[str], List[np.ndarray], List[Dict[str, str]]]:

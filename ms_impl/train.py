@@ -13,7 +13,7 @@ img/s), evaluate on val, append metrics.csv, save checkpoints. At the end:
 per-class table, confusion matrix, curves and summary.json in output_dir.
 SIGINT/SIGTERM saves a resumable checkpoint before exiting.
 
-Under msrun (see ms_impl/distributed.py) every worker runs this script:
+Under msrun (see ms_impl/trainer/distributed.py) every worker runs this script:
 batch_size is per worker, each rank reads its shard of every epoch,
 gradients are averaged by MindSpore, evaluation counts are summed over the
 ranks, and only rank 0 writes files.
@@ -41,12 +41,13 @@ os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ log: errors only (read w
 import numpy as np
 import yaml
 
-from ms_impl import checkpoint, dataset, report
-from ms_impl import distributed as dist
-from ms_impl.checkpoint import TrainState
-from ms_impl.config import load_config
-from ms_impl.distributed import DistributedContext
-from ms_impl.errors import UsageError
+from ms_impl.trainer import checkpoint, dataset, report
+from ms_impl.trainer import distributed as dist
+from ms_impl.trainer.checkpoint import TrainState
+from ms_impl.trainer.config import load_config
+from ms_impl.trainer.distributed import DistributedContext
+from ms_impl.trainer.errors import UsageError
+from parity.core.files import atomic_write_text
 
 log = logging.getLogger("ms_impl.train")
 
@@ -193,12 +194,12 @@ def build_network(cfg, ctx: DistributedContext = dist.SINGLE_PROCESS):
     from mindspore import nn
 
     from ms_impl.mobilenetv2 import MobileNetV2
-    from ms_impl.train_step import ReplayableDropout
+    from ms_impl.trainer.train_step import ReplayableDropout
 
     ms.set_seed(cfg.seed)  # weight init: the same on every rank
     network = MobileNetV2(len(cfg.classes), cfg.width_mult, dropout=cfg.dropout, fast_conv=cfg.fast_conv)
     if cfg.pretrained:
-        from ms_impl.pretrained import PretrainedError, load_pretrained
+        from ms_impl.trainer.pretrained import PretrainedError, load_pretrained
 
         try:
             load_pretrained(network, cfg.pretrained, log)
@@ -216,7 +217,7 @@ def build_network(cfg, ctx: DistributedContext = dist.SINGLE_PROCESS):
 
 def network_params(network) -> Dict[str, object]:
     """The parameters a checkpoint holds, by their official names (Parameter.name, not the attribute path)."""
-    from ms_impl.train_step import ReplayableDropout
+    from ms_impl.trainer.train_step import ReplayableDropout
 
     # The dropout mask is trainer state, not model state (MindSpore renames it on assignment, so match by identity).
     masks = {id(cell.keep_mask) for _, cell in network.cells_and_names() if isinstance(cell, ReplayableDropout)}
@@ -224,7 +225,7 @@ def network_params(network) -> Dict[str, object]:
 
 
 def build_lr_schedule(cfg, steps_per_epoch: int, ctx: DistributedContext = dist.SINGLE_PROCESS) -> np.ndarray:
-    from parity.schedule import warmup_cosine_lr
+    from parity.core.schedule import warmup_cosine_lr
 
     scale = ctx.world_size if cfg.scale_lr else 1  # linear rule: the global batch grew by world_size
     return warmup_cosine_lr(lr_init=cfg.lr_init * scale, lr_max=cfg.lr_max * scale, lr_end=cfg.lr_end * scale,
@@ -235,7 +236,7 @@ def build_optimizer(cfg, network, lr_per_step: np.ndarray):
     from ms_impl.optim import build_optimizer as momentum_optimizer
 
     if cfg.pretrained and cfg.backbone_lr_scale != 1.0 and not cfg.freeze_backbone:
-        from ms_impl.transfer import build_transfer_optimizer
+        from ms_impl.trainer.transfer import build_transfer_optimizer
 
         log.info("fine-tuning: backbone LR = %g x head LR", cfg.backbone_lr_scale)
         return build_transfer_optimizer(network, lr_per_step, cfg.backbone_lr_scale, cfg.momentum, cfg.weight_decay)
@@ -348,9 +349,9 @@ def save_epoch_checkpoints(cfg, network, optimizer, state: TrainState, improved:
 
 def train(cfg, data: Data, network, optimizer, lr: np.ndarray, state: TrainState, out: Path, ctx: DistributedContext = dist.SINGLE_PROCESS):
     """The epoch loop; returns the last evaluation. Only rank 0 writes files."""
-    from ms_impl.eval import evaluate
+    from ms_impl.trainer.metrics import evaluate
     from ms_impl.loss import smoothed_cross_entropy
-    from ms_impl.train_step import build_train_step
+    from ms_impl.trainer.train_step import build_train_step
 
     step_fn = build_train_step(network, smoothed_cross_entropy(cfg.label_smoothing), optimizer)
     val_batches = dataset.eval_dataset(data.val, data.image_size, cfg.batch_size, cfg.num_workers, ctx.num_shards, ctx.shard_id)
@@ -406,9 +407,9 @@ def train(cfg, data: Data, network, optimizer, lr: np.ndarray, state: TrainState
 
 def train_frozen(cfg, data: Data, network, optimizer, state: TrainState, out: Path):
     """--freeze_backbone: the head trains on cached backbone features; metrics and checkpoints as in a full run."""
-    from ms_impl.eval import result_from_logits
-    from ms_impl.feature_cache import FeatureSettings
-    from ms_impl.transfer import EpochReport, train_frozen_backbone
+    from ms_impl.trainer.metrics import result_from_logits
+    from ms_impl.trainer.feature_cache import FeatureSettings
+    from ms_impl.trainer.transfer import EpochReport, train_frozen_backbone
 
     cache_dir = cfg.feature_cache_dir or str(out / "feature_cache")
     train_settings = FeatureSettings(data.image_size, feature_views=cfg.feature_views, seed=cfg.seed,
@@ -450,7 +451,7 @@ def write_final_report(cfg, data: Data, result, rows: List[dict], state: TrainSt
                        ctx: DistributedContext = dist.SINGLE_PROCESS) -> None:
     table = report.per_class_table(result.confusion, cfg.classes)
     log.info("per-class report on val (last epoch):\n%s", table)
-    report.atomic_write_text(out / "per_class.txt", table + "\n")
+    atomic_write_text(out / "per_class.txt", table + "\n")
     report.write_per_class_csv(out / "per_class.csv", result.confusion, cfg.classes)
     report.plot_confusion_matrix(out / "confusion_matrix.png", result.confusion, cfg.classes,
                                  f"val, epoch {state.epoch}: top-1 {result.top1:.3f}")
@@ -475,7 +476,7 @@ def write_final_report(cfg, data: Data, result, rows: List[dict], state: TrainSt
 def save_run_config(cfg, out: Path, lr: np.ndarray) -> None:
     """The resolved config and the per-step LR array, next to the checkpoints."""
     plain = {k: v for k, v in cfg.items() if k != "classes"}
-    report.atomic_write_text(out / "config.yaml", yaml.safe_dump(plain, sort_keys=False, allow_unicode=True))
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(plain, sort_keys=False, allow_unicode=True))
     np.save(out / "lr_schedule.npy", lr)
 
 
@@ -487,7 +488,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     started = time.perf_counter()
     try:
         cfg = build_config(argv)
-        from ms_impl.device import set_device
+        from ms_impl.trainer.device import set_device
 
         # Under msrun: join the job before any tensor exists (Ascend's HCCL requires it); the
         # scheduler process never returns from here. Single process: returns at once.

@@ -1,6 +1,6 @@
 """Image transforms of the MindSpore twin (mindspore.dataset.vision), train and eval.
 
-Constants (mean/std, eval resize rule) come from `parity/preprocess.py`, shared
+Constants (mean/std, eval resize rule) come from `parity/core/preprocess.py`, shared
 with `pt_impl/transforms.py`, so both twins see the same tensors at eval time.
 Input: encoded image bytes; output: float32 CHW, ImageNet-normalised.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import List
 
-from parity import preprocess
+from parity.core import preprocess
 
 
 def eval_transforms(image_size: int) -> List:

@@ -5,8 +5,8 @@ import sys
 from typing import List, Optional
 
 COMMANDS = {
-    "check": ("parity.compare", "compare the twins: forward, gradients, BN stats, optimizer steps, loss, LR, preprocessing"),
-    "bench": ("parity.bench", "time the MindSpore twin against the PyTorch twin, side by side"),
+    "check": ("parity.harness.compare", "compare the twins: forward, gradients, BN stats, optimizer steps, loss, LR, preprocessing"),
+    "bench": ("parity.harness.bench", "time the MindSpore twin against the PyTorch twin, side by side"),
 }
 
 

@@ -6,7 +6,7 @@ conv), `features.0.1.*` (stem BN, with `num_batches_tracked`),
 1x1) and `classifier.1.weight` / `classifier.1.bias` (head): 314 keys for the
 1.0x, 1000-class net, so a torchvision file loads with `strict=True`.
 
-Layer shapes come from `parity.spec`, shared with the MindSpore twin
+Layer shapes come from `parity.core.spec`, shared with the MindSpore twin
 (`ms_impl/mobilenetv2.py`, which this file mirrors class for class).
 
 Weight init: torchvision's (kaiming normal, fan_out, for convolutions;
@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from parity import spec as mbv2_spec
+from parity.core import spec as mbv2_spec
 
 __all__ = ["ConvBNReLU", "InvertedResidual", "MobileNetV2Backbone", "MobileNetV2Head", "MobileNetV2"]
 
@@ -33,7 +33,7 @@ def _conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int, 
     return conv
 
 
-def _batch_norm(num_features: int) -> nn.BatchNorm2d:
+def batch_norm(num_features: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(num_features, eps=mbv2_spec.BN_EPS, momentum=mbv2_spec.BN_MOMENTUM_TORCH)
 
 
@@ -43,7 +43,7 @@ class ConvBNReLU(nn.Sequential):
     def __init__(self, layer: mbv2_spec.ConvBNAct) -> None:
         super().__init__(
             _conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.groups),
-            _batch_norm(layer.out_channels),
+            batch_norm(layer.out_channels),
             nn.ReLU6(inplace=True),
         )
 
@@ -57,7 +57,7 @@ class InvertedResidual(nn.Module):
         layers += [
             ConvBNReLU(block.depthwise),
             _conv2d(block.hidden_channels, block.out_channels, 1, 1, 1),
-            _batch_norm(block.out_channels),
+            batch_norm(block.out_channels),
         ]
         self.conv = nn.Sequential(*layers)
         self.use_residual = block.use_residual

@@ -1,6 +1,6 @@
 """Optimizer of the PyTorch twin: SGD with momentum, weight decay on conv/dense weights only.
 
-Mirrors `ms_impl/optim.py`: the decay rule lives in `parity/param_groups.py`,
+Mirrors `ms_impl/optim.py`: the decay rule lives in `parity/core/param_groups.py`,
 and the per-step learning rates come from the same array through a LambdaLR,
 so a step updates the two twins identically:
     v <- momentum * v + (grad + wd * w);  w <- w - lr * v
@@ -12,7 +12,7 @@ from typing import Iterable, Tuple
 import numpy as np
 import torch
 
-from parity.param_groups import takes_weight_decay
+from parity.core.param_groups import takes_weight_decay
 
 
 def build_optimizer(

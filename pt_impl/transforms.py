@@ -1,7 +1,7 @@
 """Image transforms of the PyTorch twin (PIL + numpy + torch), train and eval.
 
 Mirrors `ms_impl/transforms.py` op for op, with the constants of
-`parity/preprocess.py`, so that both twins see the same tensors at eval time:
+`parity/core/preprocess.py`, so that both twins see the same tensors at eval time:
 
 - Decode: PIL, converted to RGB (libjpeg, the same pixels as mindspore.dataset's Decode).
 - Resize: shorter side to `eval_resize_size(image_size)`, longer side
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
-from parity import preprocess
+from parity.core import preprocess
 
 
 class Decode:

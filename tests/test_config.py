@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ms_impl.config import CONFIG_DIR, DEFAULT_CONFIG, load_classes, load_config
-from ms_impl.errors import UsageError
+from ms_impl.trainer.config import CONFIG_DIR, DEFAULT_CONFIG, load_classes, load_config
+from ms_impl.trainer.errors import UsageError
 
 CATEGORIES = {"干垃圾": "Residual waste", "可回收物": "Recyclable", "湿垃圾": "Kitchen waste", "有害垃圾": "Hazardous waste"}
 

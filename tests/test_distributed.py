@@ -1,4 +1,4 @@
-"""Data-parallel training launched by msrun (ms_impl/distributed.py, wired into ms_impl/train.py).
+"""Data-parallel training launched by msrun (ms_impl/trainer/distributed.py, wired into ms_impl/train.py).
 
 The msrun tests start real jobs: msrun's scheduler plus 2 CPU worker
 processes on this machine, MindSpore's own collectives (mccl) in between.
@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ms_impl import distributed as dist
-from ms_impl.errors import UsageError
+from ms_impl import weights as ms_weights
+from ms_impl.trainer import distributed as dist
+from ms_impl.trainer import sharding
+from ms_impl.trainer.errors import UsageError
 
 JOBS = Path(__file__).resolve().parent / "msrun_jobs"
 CLUSTER_TIME_OUT_S = 10
@@ -81,17 +83,17 @@ def final_digests(log_dir: Path) -> list:
 def test_train_shards_of_a_step_form_the_single_process_batch():
     order = np.random.default_rng(0).permutation(23)
     per_worker, world = 3, 4
-    shards = [dist.shard_train_order(order, world, r) for r in range(world)]
+    shards = [sharding.shard_train_order(order, world, r) for r in range(world)]
     assert len({len(s) for s in shards}) == 1, "every rank must run the same number of steps"
     for step in range(len(shards[0]) // per_worker):
         together = np.concatenate([s[step * per_worker:(step + 1) * per_worker] for s in shards])
         assert sorted(together) == sorted(order[step * per_worker * world:(step + 1) * per_worker * world])
-    assert np.array_equal(dist.shard_train_order(order), order)
+    assert np.array_equal(sharding.shard_train_order(order), order)
 
 
 @pytest.mark.parametrize("num_samples,world", [(13, 2), (260, 3), (5, 8)])
 def test_eval_shards_cover_every_sample_exactly_once(num_samples, world):
-    shards = [dist.shard_eval_indices(num_samples, world, r) for r in range(world)]
+    shards = [sharding.shard_eval_indices(num_samples, world, r) for r in range(world)]
     assert sorted(np.concatenate(shards).tolist()) == list(range(num_samples))
 
 
@@ -106,10 +108,10 @@ def test_single_process_without_msrun_or_when_switched_off():
 
 def test_digest_sees_a_single_changed_value():
     state = {"a": np.zeros((2, 3), np.float32), "b": np.ones(4, np.float32)}
-    before = dist.parameters_digest(state.items())
-    assert dist.parameters_digest(reversed(list(state.items()))) == before  # listing order does not matter
+    before = ms_weights.digest(state.items())
+    assert ms_weights.digest(reversed(list(state.items()))) == before  # listing order does not matter
     state["b"][2] = np.nextafter(np.float32(1), np.float32(2))
-    assert dist.parameters_digest(state.items()) != before
+    assert ms_weights.digest(state.items()) != before
 
 
 def test_scale_lr_applies_the_linear_rule_to_the_whole_schedule():

@@ -255,7 +255,7 @@ def test_training_step_graph_and_pynative(fast_conv):
 
 
 def test_bench_reports_both_twins_and_rejects_bad_options(ms_pynative, capsys):
-    from parity import bench
+    from parity.harness import bench
 
     assert bench.main(["--batch", "0"]) == 2
     assert "--batch >= 1" in capsys.readouterr().err

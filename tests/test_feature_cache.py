@@ -25,7 +25,7 @@ def setup(tmp_path_factory):
 @pytest.fixture()
 def counted(monkeypatch):
     """Counts real extractions (the function still runs)."""
-    from ms_impl import feature_cache
+    from ms_impl.trainer import feature_cache
 
     calls = []
     real = feature_cache.extract_features
@@ -39,7 +39,7 @@ def counted(monkeypatch):
 
 
 def load(setup, cache_dir, files=None, settings=None, backbone=None):
-    from ms_impl.feature_cache import FeatureSettings, load_or_extract
+    from ms_impl.trainer.feature_cache import FeatureSettings, load_or_extract
 
     return load_or_extract(str(cache_dir), backbone or setup["net"].backbone, files or setup["files"], setup["labels"],
                            settings or FeatureSettings(IMAGE_SIZE), batch_size=4, progress=False)
@@ -80,7 +80,7 @@ def test_rebuilt_when_a_file_changes_size_or_mtime(setup, counted, tmp_path):
 
 
 def test_rebuilt_when_files_or_labels_change(setup, tmp_path):
-    from ms_impl.feature_cache import FeatureSettings, cache_key, weights_hash
+    from ms_impl.trainer.feature_cache import FeatureSettings, cache_key, weights_hash
 
     h = weights_hash(setup["net"].backbone)
     files, labels, settings = setup["files"], setup["labels"], FeatureSettings(IMAGE_SIZE)
@@ -92,7 +92,7 @@ def test_rebuilt_when_files_or_labels_change(setup, tmp_path):
 
 
 def test_rebuilt_when_image_size_or_views_change(setup, counted, tmp_path):
-    from ms_impl.feature_cache import FeatureSettings
+    from ms_impl.trainer.feature_cache import FeatureSettings
 
     a = load(setup, tmp_path, settings=FeatureSettings(IMAGE_SIZE))
     b = load(setup, tmp_path, settings=FeatureSettings(IMAGE_SIZE + 8))
@@ -110,7 +110,7 @@ def test_rebuilt_when_image_size_or_views_change(setup, counted, tmp_path):
 
 
 def test_augmented_views_differ_and_are_reproducible(setup, tmp_path):
-    from ms_impl.feature_cache import FeatureSettings
+    from ms_impl.trainer.feature_cache import FeatureSettings
 
     settings = FeatureSettings(IMAGE_SIZE, feature_views=2, seed=7)
     n = len(setup["files"])
@@ -159,7 +159,7 @@ def test_a_stale_or_broken_cache_file_is_never_used(setup, counted, tmp_path):
 
 
 def test_bad_image_is_named(setup, tmp_path):
-    from ms_impl.feature_cache import FeatureSettings
+    from ms_impl.trainer.feature_cache import FeatureSettings
 
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from parity import spec as mbv2_spec
+from parity.core import spec as mbv2_spec
 
 WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.4)
 

@@ -67,8 +67,8 @@ def test_predict_matches_the_model_and_reads_folders(tiny):
     from mindspore.dataset import transforms
 
     from ms_impl import predict
-    from ms_impl.classes import load_class_table
-    from ms_impl.model_io import load_model
+    from ms_impl.trainer.classes import load_class_table
+    from ms_impl.trainer.model_io import load_model
     from ms_impl.transforms import eval_transforms
 
     folder = os.path.dirname(tiny["data"]["val"][0][0])  # val/Red Thing
@@ -117,7 +117,7 @@ def test_export_mindir_round_trip_and_onnx_in_onnxruntime(tiny, python_exe, repo
     import mindspore as ms
     import onnxruntime as ort
 
-    from ms_impl.model_io import load_model
+    from ms_impl.trainer.model_io import load_model
 
     net = load_model(tiny["ckpt"])
     x = np.random.default_rng(0).normal(size=(1, 3, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
@@ -171,7 +171,7 @@ def test_predict_reads_classes_and_image_size_from_a_trainer_config(tiny, tmp_pa
     import yaml
 
     from ms_impl import predict
-    from ms_impl.classes import load_class_table
+    from ms_impl.trainer.classes import load_class_table
 
     rows = [{"index": i, "name": en, "name_zh": zh, "category_zh": cz, "category": ce} for i, en, zh, cz, ce in CLASS_ROWS]
     (tmp_path / "my_classes.yaml").write_text(yaml.safe_dump({"classes": rows}, allow_unicode=True), encoding="utf-8")

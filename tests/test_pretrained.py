@@ -15,7 +15,7 @@ def source(tmp_path_factory):
     """A randomly initialised torchvision-layout MobileNetV2 (1000-class head) saved in every layout and format."""
     import torch
 
-    from parity.convert import checkpoint_from_state, convert, write_checkpoint
+    from parity.core.converter import checkpoint_from_state, convert, write_checkpoint
     from pt_impl.mobilenetv2 import MobileNetV2 as TorchMobileNetV2
 
     torch.manual_seed(0)
@@ -63,12 +63,12 @@ def ms_net(num_classes: int, width: float = WIDTH):
 def test_every_layout_loads_and_computes_the_same_features(source, kind, ms_pynative, caplog):
     import mindspore as ms
 
-    from ms_impl.pretrained import load_pretrained
+    from ms_impl.trainer.pretrained import load_pretrained
 
     net = ms_net(26)
     head_before = net.head.dense.weight.asnumpy().copy()
     listing = sorted(os.listdir(source["folder"]))
-    with caplog.at_level(logging.INFO, logger="ms_impl.pretrained"):
+    with caplog.at_level(logging.INFO, logger="ms_impl.trainer.pretrained"):
         info = load_pretrained(net, str(source["files"][kind]))
     assert sorted(os.listdir(source["folder"])) == listing  # converted in memory: no file written
     assert info.width_mult == WIDTH and not info.head_loaded
@@ -90,7 +90,7 @@ def test_every_layout_loads_and_computes_the_same_features(source, kind, ms_pyna
 def test_a_head_of_the_same_class_count_is_loaded(source, ms_pynative):
     import mindspore as ms
 
-    from ms_impl.pretrained import load_pretrained
+    from ms_impl.trainer.pretrained import load_pretrained
 
     net = ms_net(1000)
     info = load_pretrained(net, str(source["files"]["mindcv.ckpt"]))
@@ -108,7 +108,7 @@ def test_a_head_of_the_same_class_count_is_loaded(source, ms_pynative):
 def test_bad_pretrained_files_fail_with_one_line(source, tmp_path, ms_pynative):
     import torch
 
-    from ms_impl.pretrained import PretrainedError, load_pretrained
+    from ms_impl.trainer.pretrained import PretrainedError, load_pretrained
 
     cases = {}
     cases["width"] = (source["files"]["torchvision.pth"], ms_net(26, width=0.5), "0.35x")

@@ -146,8 +146,8 @@ def test_absent_device_exits_2_before_any_data_work(device, tmp_path, cli_env, r
 
 
 def _make_folder_dataset(root: Path, per_class: int = 2) -> Path:
-    from ms_impl.config import load_config
-    from ms_impl.synthetic import ensure_synthetic_dataset
+    from ms_impl.trainer.config import load_config
+    from ms_impl.trainer.synthetic import ensure_synthetic_dataset
 
     names = [c.name for c in load_config([]).classes]
     return ensure_synthetic_dataset(names, 32, per_class, 1, cache_dir=root)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ms_impl import dataset
-from ms_impl.errors import UsageError
-from ms_impl.synthetic import ensure_synthetic_dataset
+from ms_impl.trainer import dataset
+from ms_impl.trainer.errors import UsageError
+from ms_impl.trainer.synthetic import ensure_synthetic_dataset
 
 CLASSES = ["Zebra Crossing", "apple", "Old Mirror"]  # index order != sorted folder order
 
@@ -42,7 +42,7 @@ def test_unreadable_files_are_skipped_with_one_warning_each_and_counted(tmp_path
     truncated.write_bytes(good[: len(good) // 2])
     notes = tmp_path / "train" / "Old Mirror" / "notes.txt"
     notes.write_text("not an image")
-    with caplog.at_level(logging.WARNING, logger="ms_impl.dataset"):
+    with caplog.at_level(logging.WARNING, logger="ms_impl.trainer.dataset"):
         images = dataset.scan_split(tmp_path, "train", CLASSES)
     assert len(images) == 6
     assert {p for p, _ in images.skipped} == {truncated, notes}
@@ -106,7 +106,7 @@ def test_synthetic_set_is_deterministic_cached_and_class_dependent(tmp_path):
 
 
 def test_lr_schedule_follows_the_official_formula():
-    from ms_impl.config import load_config
+    from ms_impl.trainer.config import load_config
     from ms_impl.train import build_lr_schedule
 
     cfg = load_config(["--epochs", "4", "--warmup_epochs", "1", "--lr_init", "0.01", "--lr_max", "0.1", "--lr_end", "0.001"])
@@ -120,7 +120,7 @@ def test_lr_schedule_follows_the_official_formula():
 
 def test_weight_decay_only_on_conv_and_dense_weights(ms_pynative):
     """One step with zero gradients moves exactly the decayed tensors: w <- w - lr * wd * w."""
-    from ms_impl.config import load_config
+    from ms_impl.trainer.config import load_config
     from ms_impl.train import build_network, build_optimizer
 
     ms = ms_pynative

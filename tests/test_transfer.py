@@ -14,7 +14,8 @@ def test_head_learns_from_features():
     import mindspore as ms
 
     from ms_impl.mobilenetv2 import MobileNetV2Head
-    from ms_impl.transfer import head_logits, top1, train_head_on_features
+    from ms_impl.trainer.metrics import top1
+    from ms_impl.trainer.transfer import head_logits, train_head_on_features
 
     rng = np.random.default_rng(0)
     centres = rng.normal(0, 1, (4, 64)).astype(np.float32)
@@ -35,7 +36,7 @@ def test_head_learns_from_features():
 
 def test_backbone_lr_is_scaled_and_weight_decay_rule_kept():
     from ms_impl.mobilenetv2 import MobileNetV2
-    from ms_impl.transfer import build_transfer_optimizer
+    from ms_impl.trainer.transfer import build_transfer_optimizer
 
     net = MobileNetV2(num_classes=5, width_mult=0.35)
     lr = np.linspace(0.1, 0.0, 7, dtype=np.float32)
@@ -56,8 +57,8 @@ def test_backbone_lr_is_scaled_and_weight_decay_rule_kept():
 
 
 def test_frozen_backbone_run_trains_only_the_head_and_reuses_the_cache(tmp_path):
-    from ms_impl.feature_cache import FeatureSettings
-    from ms_impl.transfer import train_frozen_backbone
+    from ms_impl.trainer.feature_cache import FeatureSettings
+    from ms_impl.trainer.transfer import train_frozen_backbone
     from transfer_fixtures import IMAGE_SIZE, calibrated_backbone_net, write_dataset
 
     data = write_dataset(str(tmp_path / "data"), per_class=4, splits=("train",))

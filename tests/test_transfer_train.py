@@ -20,7 +20,7 @@ def pretrained(tmp_path_factory):
     """A torchvision-layout MobileNetV2 0.35x with a 1000-class head, saved in three layouts / formats."""
     import torch
 
-    from parity.convert import checkpoint_from_state, convert, write_checkpoint
+    from parity.core.converter import checkpoint_from_state, convert, write_checkpoint
     from pt_impl.mobilenetv2 import MobileNetV2 as TorchMobileNetV2
 
     torch.manual_seed(0)
@@ -97,7 +97,7 @@ def test_backbone_lr_scale_in_full_fine_tuning(pretrained, synthetic, tmp_path, 
 
 
 def test_frozen_backbone_run_keeps_the_backbone_and_reuses_its_cache(pretrained, synthetic, tmp_path, cli_env, repo_root):
-    from ms_impl.model_io import read_ms_checkpoint
+    from ms_impl.trainer.model_io import read_ms_checkpoint
 
     out = tmp_path / "run"
     args = TINY + ["--synthetic_cache_dir", synthetic, "--output_dir", out, "--epochs", "3", "--lr_max", "0.05",
@@ -123,7 +123,7 @@ def test_frozen_backbone_run_keeps_the_backbone_and_reuses_its_cache(pretrained,
 
     # two-stage recipe: the frozen run's checkpoint (a training checkpoint) is the next run's --pretrained, head included
     from ms_impl.train import build_config, build_network
-    from ms_impl.pretrained import load_pretrained
+    from ms_impl.trainer.pretrained import load_pretrained
 
     cfg = build_config(TINY + ["--synthetic_cache_dir", synthetic, "--output_dir", str(tmp_path / "stage2")])
     network = build_network(cfg)

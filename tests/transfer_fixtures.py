@@ -65,7 +65,7 @@ def calibrated_backbone_net(files: List[str], num_classes: int = 3, width: float
 
     from ms_impl.mobilenetv2 import MobileNetV2
     from ms_impl.transforms import eval_transforms
-    from parity import spec
+    from parity.core import spec
 
     ms.set_seed(0)
     net = MobileNetV2(num_classes=num_classes, width_mult=width, dropout=0.0)
@@ -87,8 +87,8 @@ def trained_tiny_checkpoint(root: str) -> Tuple[str, Dict[str, List[Tuple[str, i
     """A 3-class tiny model trained on the colour images; returns (ckpt path, dataset)."""
     import mindspore as ms
 
-    from ms_impl.feature_cache import FeatureSettings, extract_features
-    from ms_impl.transfer import train_head_on_features
+    from ms_impl.trainer.feature_cache import FeatureSettings, extract_features
+    from ms_impl.trainer.transfer import train_head_on_features
 
     data = write_dataset(os.path.join(root, "data"))
     files = [p for p, _ in data["train"]]

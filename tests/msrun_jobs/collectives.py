@@ -1,4 +1,4 @@
-"""The collective helpers of ms_impl/distributed.py under a real msrun job (tests/test_distributed.py).
+"""The collective helpers of ms_impl/trainer/distributed.py under a real msrun job (tests/test_distributed.py).
 
     msrun --worker_num=2 ... collectives.py OUT_DIR
 
@@ -22,8 +22,9 @@ def main() -> int:
     out_dir = Path(sys.argv[1])
     import mindspore as ms
 
-    from ms_impl import distributed as dist
-    from ms_impl.errors import UsageError
+    from ms_impl.trainer import distributed as dist
+    from ms_impl.trainer import sharding
+    from ms_impl.trainer.errors import UsageError
 
     ctx = dist.init_distributed("on", device="CPU")  # the scheduler process ends in here
     ms.set_context(mode=ms.PYNATIVE_MODE)
@@ -33,7 +34,7 @@ def main() -> int:
     seen["int_sum"] = dist.all_reduce_sum(np.array([2**33 + 12345 * ctx.rank, 1]), ctx).tolist()
     seen["float_sum"] = float(dist.all_reduce_sum(np.array([0.25 + ctx.rank]), ctx)[0])
     # eval shards: every sample counted once
-    mine = dist.shard_eval_indices(NUM_VAL, ctx.num_shards, ctx.shard_id)
+    mine = sharding.shard_eval_indices(NUM_VAL, ctx.num_shards, ctx.shard_id)
     seen["eval_images_this_rank"] = len(mine)
     seen["eval_images_total"] = int(dist.all_reduce_sum(np.array([len(mine)]), ctx)[0])
     seen["eval_index_sum"] = int(dist.all_reduce_sum(np.array([int(mine.sum())]), ctx)[0])

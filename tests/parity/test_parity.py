@@ -1,6 +1,6 @@
 """The parity suite (issue 5): the twins compute the same thing, in inference and in training.
 
-Each case of `parity.compare.COVERING_CASES` runs every check once (module-scoped
+Each case of `parity.harness.compare.COVERING_CASES` runs every check once (module-scoped
 fixture, so MindSpore compiles each graph once); each check is its own test.
 Together the cases cover widths 0.35/0.75/1.0/1.4, inputs 96/160/224, 26 and
 1000 classes, batch 1 and 4, MindSpore GRAPH and PYNATIVE modes.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from parity import compare
+from parity.harness import compare
 
 CHECKS = {
     "eval_logits": "eval logits",

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from parity import compare, preprocess
+from parity.harness import compare
+from parity.core import preprocess
 
 
 def _resized_shape_ms(height: int, width: int, size: int):

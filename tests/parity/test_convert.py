@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from parity import convert as cv
-from parity import tolerances
-from parity.layouts import FRAMEWORK_OF_LAYOUT, LAYOUTS, tensor_table
-from parity.spec import build_spec
+from parity.core import converter as cv
+from parity.core import tolerances
+from parity.core.layouts import FRAMEWORK_OF_LAYOUT, LAYOUTS, tensor_table
+from parity.core.spec import build_spec
+from parity.harness import convert_cli
+from parity.harness.verify import verify_conversion
 from pt_impl import mobilenetv2 as pt_model
+from pt_impl import weights as pt_weights
 
 SMALL = 0.35  # width for tests that run a network: fast on 2 cores
 
@@ -54,7 +57,7 @@ def torch_state(net) -> Dict[str, np.ndarray]:
 
 
 def official_from_torchvision(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """ms-official names from torchvision ones, rewritten here independently of parity.layouts (the oracle)."""
+    """ms-official names from torchvision ones, rewritten here independently of parity.core.layouts (the oracle)."""
     bn = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
     out = {}
     for name, value in state.items():
@@ -131,6 +134,7 @@ def files_in(folder: Path) -> list:
 @pytest.mark.parametrize("width", [SMALL, 1.0])
 def test_layout_names_are_the_twins_names(width, ms_pynative):
     from ms_impl import mobilenetv2 as ms_model
+    from ms_impl import weights as ms_weights
 
     slots = tensor_table(build_spec(width), 1000)
     tv = {k: tuple(v.shape) for k, v in pt_model.MobileNetV2(1000, width).state_dict().items()
@@ -180,13 +184,13 @@ def test_round_trip_ms_official_torchvision_ms_official_skips_training_state(tmp
                "epoch_num": np.array(4, np.int32)}
     save_ms(original, tmp_path / "src.ckpt", extra={**moments, **scalars})
 
-    assert cv.main([str(tmp_path / "src.ckpt"), str(tmp_path / "mid.pth")]) == 0
+    assert convert_cli.main([str(tmp_path / "src.ckpt"), str(tmp_path / "mid.pth")]) == 0
     out = capsys.readouterr().out
     summary = [line for line in out.splitlines() if "skipped" in line]
     assert len(summary) == 1 and "skipped 265 non-model entries" in summary[0]
     assert "moments.* (262)" in summary[0] and "learning_rate" in summary[0] and "global_step" in summary[0]
 
-    assert cv.main([str(tmp_path / "mid.pth"), str(tmp_path / "back.ckpt")]) == 0
+    assert convert_cli.main([str(tmp_path / "mid.pth"), str(tmp_path / "back.ckpt")]) == 0
     assert_bit_exact(load_ms(tmp_path / "back.ckpt"), original)
 
 
@@ -209,24 +213,24 @@ def test_round_trip_through_safetensors_both_ways(tmp_path):
     torch.save(net.state_dict(), tmp_path / "src.pth")
 
     # torchvision -> safetensors (ms-official) -> torchvision
-    assert cv.main([str(tmp_path / "src.pth"), str(tmp_path / "ms.safetensors")]) == 0
+    assert convert_cli.main([str(tmp_path / "src.pth"), str(tmp_path / "ms.safetensors")]) == 0
     from safetensors import safe_open
 
     with safe_open(str(tmp_path / "ms.safetensors"), framework="np") as handle:
         assert handle.metadata()["layout"] == "ms-official"
         assert "dense.weight" in set(handle.keys())
-    assert cv.main([str(tmp_path / "ms.safetensors"), str(tmp_path / "back.pth")]) == 0
+    assert convert_cli.main([str(tmp_path / "ms.safetensors"), str(tmp_path / "back.pth")]) == 0
     back = {k: v.numpy() for k, v in torch.load(tmp_path / "back.pth", weights_only=True).items()}
     assert_bit_exact(back, original_tv)  # the counter (11) travels in the safetensors metadata
 
     # ms-official .ckpt -> safetensors (torchvision) -> .ckpt
     official = official_from_torchvision(original_tv)
     save_ms(official, tmp_path / "src.ckpt")
-    assert cv.main([str(tmp_path / "src.ckpt"), str(tmp_path / "tv.safetensors")]) == 0
+    assert convert_cli.main([str(tmp_path / "src.ckpt"), str(tmp_path / "tv.safetensors")]) == 0
     with safe_open(str(tmp_path / "tv.safetensors"), framework="np") as handle:
         assert handle.metadata()["layout"] == "torchvision"
         assert "features.0.1.num_batches_tracked" in set(handle.keys())
-    assert cv.main([str(tmp_path / "tv.safetensors"), str(tmp_path / "back.ckpt")]) == 0
+    assert convert_cli.main([str(tmp_path / "tv.safetensors"), str(tmp_path / "back.ckpt")]) == 0
     assert_bit_exact(load_ms(tmp_path / "back.ckpt"), official)
 
 
@@ -241,7 +245,7 @@ def test_wrapped_pth_is_read(tmp_path, wrapper):
 
 def test_in_memory_round_trip_keeps_num_batches_tracked(tmp_path):
     net = randomized_torch_net(SMALL, 26, batches_tracked=42)
-    ckpt = cv.checkpoint_from_state(cv.state_from_torch_module(net))
+    ckpt = cv.checkpoint_from_state(pt_weights.state_of(net))
     back = cv.convert(cv.convert(ckpt, "mindcv"), "torchvision")
     cv.write_checkpoint(back, tmp_path / "back.pth")
     assert_bit_exact({k: v.numpy() for k, v in torch.load(tmp_path / "back.pth", weights_only=True).items()},
@@ -252,12 +256,13 @@ def test_in_memory_round_trip_keeps_num_batches_tracked(tmp_path):
 
 def test_converted_checkpoint_gives_same_logits_in_mindspore(ms_pynative):
     from ms_impl import mobilenetv2 as ms_model
+    from ms_impl import weights as ms_weights
 
     net = randomized_torch_net(SMALL, 26, seed=11)
     assert not np.allclose(net.features[3].conv[0][1].running_var.numpy(), 1.0)  # not the identity init
-    result = cv.convert(cv.checkpoint_from_state(cv.state_from_torch_module(net)), "ms-official")
+    result = cv.convert(cv.checkpoint_from_state(pt_weights.state_of(net)), "ms-official")
     ms_net = ms_model.MobileNetV2(26, SMALL)
-    cv.load_into_ms_net(ms_net, result.tensors, strict=True)
+    ms_weights.load_into(ms_net, result.tensors, strict=True)
     ms_net.set_train(False)
     rng = np.random.default_rng(0)
     batch = (rng.standard_normal((2, 3, 64, 64)) + rng.uniform(-1, 1, (2, 3, 1, 1))).astype(np.float32)
@@ -267,7 +272,7 @@ def test_converted_checkpoint_gives_same_logits_in_mindspore(ms_pynative):
     # the comparison is meaningful: logits are O(1) and depend on the image
     assert np.abs(expected).max() > 0.1 and np.abs(expected[0] - expected[1]).max() > 100 * tolerances.EVAL_LOGITS_ABS
     np.testing.assert_allclose(found, expected, rtol=0, atol=tolerances.EVAL_LOGITS_ABS)
-    assert_bit_exact(cv.state_from_ms_net(ms_net), result.tensors)
+    assert_bit_exact(ms_weights.state_of(ms_net), result.tensors)
 
 
 @pytest.mark.parametrize("source_layout", ["mindcv", "ms-official"])
@@ -275,7 +280,7 @@ def test_verify_mindspore_source_against_torch_twin(ms_pynative, source_layout):
     tv = cv.checkpoint_from_state(torch_state(randomized_torch_net(SMALL, 26, seed=13)))
     source = cv.convert(tv, source_layout)
     result = cv.convert(source, "torchvision" if source_layout == "mindcv" else "mindcv")
-    report = cv.verify_conversion(source, result, image_size=64)
+    report = verify_conversion(source, result, image_size=64)
     assert report.compared == "logits"
     assert report.reference.startswith("mindspore") and report.candidate.startswith("torch")
     assert report.ok and report.max_abs <= tolerances.EVAL_LOGITS_ABS
@@ -283,13 +288,14 @@ def test_verify_mindspore_source_against_torch_twin(ms_pynative, source_layout):
     broken = cv.Checkpoint(dict(result.tensors), result.layout, result.width_mult, result.num_classes)
     name = [n for n in broken.tensors if n.endswith(("running_var", "moving_variance"))][-1]  # last BN
     broken.tensors[name] = broken.tensors[name] * 4.0
-    assert not cv.verify_conversion(source, broken, image_size=64).ok
+    assert not verify_conversion(source, broken, image_size=64).ok
 
 
 # ---------------------------------------------------------------------------- head handling
 
 def test_num_classes_mismatch_needs_drop_head_and_backbone_loads_into_ms_twin(tmp_path, ms_pynative):
     from ms_impl import mobilenetv2 as ms_model
+    from ms_impl import weights as ms_weights
 
     ckpt = cv.checkpoint_from_state(torch_state(randomized_torch_net(SMALL, 1000)), source="imagenet.pth")
     with pytest.raises(cv.ConversionError, match=r"imagenet\.pth: has 1000 classes, not 26; pass --drop-head"):
@@ -297,12 +303,12 @@ def test_num_classes_mismatch_needs_drop_head_and_backbone_loads_into_ms_twin(tm
     backbone = cv.convert(ckpt, "ms-official", num_classes=26, drop_head=True)
     assert backbone.num_classes is None and not any(n.startswith("dense") for n in backbone.tensors)
 
-    cv.load_into_ms_net(ms_model.MobileNetV2Backbone(SMALL), backbone.tensors, strict=True)
+    ms_weights.load_into(ms_model.MobileNetV2Backbone(SMALL), backbone.tensors, strict=True)
     full = ms_model.MobileNetV2(26, SMALL)
-    loaded = cv.load_into_ms_net(full, backbone.tensors, strict=False)
+    loaded = ms_weights.load_into(full, backbone.tensors, strict=False)
     assert sorted(loaded.missing) == ["dense.bias", "dense.weight"] and loaded.unexpected == []
     with pytest.raises(cv.ConversionError, match="missing dense"):
-        cv.load_into_ms_net(ms_model.MobileNetV2(26, SMALL), backbone.tensors, strict=True)
+        ms_weights.load_into(ms_model.MobileNetV2(26, SMALL), backbone.tensors, strict=True)
 
     # through files: the backbone-only .ckpt is read back as backbone only
     cv.write_checkpoint(backbone, tmp_path / "backbone.ckpt")
@@ -325,7 +331,7 @@ def test_cli_drop_head_with_verify_writes_backbone(tmp_path, python_exe, repo_ro
 
 def _bad(tmp_path: Path, capsys, argv, pattern: str, code: int = 2) -> str:
     before = files_in(tmp_path)
-    assert cv.main([str(a) for a in argv]) == code
+    assert convert_cli.main([str(a) for a in argv]) == code
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert re.search(pattern, err), err
@@ -410,7 +416,7 @@ def test_existing_destination_needs_force(tmp_path, capsys, small_pth):
     (tmp_path / "out.ckpt").write_bytes(b"keep me")
     _bad(tmp_path, capsys, [small_pth, tmp_path / "out.ckpt"], r"out\.ckpt: already exists; pass --force")
     assert (tmp_path / "out.ckpt").read_bytes() == b"keep me"
-    assert cv.main([str(small_pth), str(tmp_path / "out.ckpt"), "--force"]) == 0
+    assert convert_cli.main([str(small_pth), str(tmp_path / "out.ckpt"), "--force"]) == 0
     assert cv.read_checkpoint(tmp_path / "out.ckpt").layout == "ms-official"
 
 
@@ -433,7 +439,7 @@ def test_layout_that_the_format_cannot_hold(tmp_path, capsys, small_pth):
 def test_failed_verification_writes_nothing(tmp_path, capsys, small_pth, monkeypatch, ms_pynative):
     monkeypatch.setattr(tolerances, "EVAL_LOGITS_ABS", -1.0)  # any difference, even 0, now fails
     before = files_in(tmp_path)
-    assert cv.main([str(small_pth), str(tmp_path / "out.ckpt"), "--verify", "--verify-image-size", "64"]) == 1
+    assert convert_cli.main([str(small_pth), str(tmp_path / "out.ckpt"), "--verify", "--verify-image-size", "64"]) == 1
     err = capsys.readouterr().err
     assert "above -1; nothing written" in err and len(err.strip().splitlines()) == 1
     assert files_in(tmp_path) == before
@@ -449,8 +455,8 @@ def test_cli_process_exit_code_for_bad_input(tmp_path, python_exe, repo_root, cl
     assert files_in(tmp_path) == ["bad.pth"]
 
 
-def test_importing_parity_convert_loads_no_framework(python_exe, repo_root, cli_env):
-    code = "import sys, parity.convert, parity.layouts; print(sorted({'torch', 'mindspore', 'safetensors'} & set(sys.modules)))"
+def test_importing_the_converter_loads_no_framework(python_exe, repo_root, cli_env):
+    code = "import sys, parity.convert, parity.core.converter; print(sorted({'torch', 'mindspore', 'safetensors'} & set(sys.modules)))"
     done = subprocess.run([python_exe, "-c", code], cwd=repo_root, env=cli_env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List
 
-from ms_impl.errors import UsageError
+from ms_impl.trainer.errors import UsageError
+from parity.core.files import atomic_path, one_line
 
 PREFIX = "mobilenetv2"
 LAST = f"{PREFIX}-last.ckpt"
@@ -54,14 +55,8 @@ def epoch_checkpoint_name(epoch: int, steps_per_epoch: int) -> str:
 def _atomic_save(entries: List[dict], path: Path, state: TrainState) -> None:
     import mindspore as ms
 
-    # save_checkpoint appends ".ckpt" to names without it, so the temporary name keeps the suffix.
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.ckpt")
-    try:
-        ms.save_checkpoint(entries, str(tmp), append_dict={STATE_KEY: json.dumps(asdict(state))})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as temp:
+        ms.save_checkpoint(entries, str(temp), append_dict={STATE_KEY: json.dumps(asdict(state))})
 
 
 def _entries(network_params: Dict[str, object], optimizer) -> List[dict]:
@@ -92,7 +87,7 @@ def read_checkpoint(path: Path) -> Dict[str, object]:
     try:
         return ms.load_checkpoint(str(path))
     except (ValueError, RuntimeError, OSError) as e:
-        raise UsageError(f"{path}: not a readable MindSpore checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise UsageError(f"{path}: not a readable MindSpore checkpoint ({one_line(e)})") from None
 
 
 def load_network_weights(path: Path, network_params: Dict[str, object]) -> Dict[str, object]:

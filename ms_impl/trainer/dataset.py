@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import List, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
 
-from ms_impl.errors import UsageError
+from ms_impl.trainer.errors import UsageError
+from ms_impl.trainer.images import unreadable_reason
 from ms_impl.transforms import eval_transforms, train_transforms
 
 log = logging.getLogger(__name__)
@@ -35,16 +35,6 @@ class ImageList:
 
     def __len__(self) -> int:
         return len(self.files)
-
-
-def unreadable_reason(path: Path) -> str:
-    """Why PIL cannot decode `path` completely ('' when it can)."""
-    try:
-        with Image.open(path) as image:
-            image.load()  # a full decode: catches truncated JPEGs, which open() alone accepts
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        return str(e) or type(e).__name__
-    return ""
 
 
 def scan_split(data_path: Path, split: str, class_names: Sequence[str]) -> ImageList:
@@ -110,11 +100,11 @@ def train_dataset(images: ImageList, cfg, image_size: int, epoch: int, num_shard
     """Batches of epoch `epoch`: shuffled, augmented, normalised; the last partial batch is dropped.
 
     With `num_shards` > 1 (data parallel), this shard reads every num_shards-th
-    sample of the epoch's order (`distributed.shard_train_order`).
+    sample of the epoch's order (`sharding.shard_train_order`).
     """
     import mindspore.dataset as ds
 
-    from ms_impl.distributed import shard_train_order
+    from ms_impl.trainer.sharding import shard_train_order
 
     # Seeds the random crop/flip/jitter of this epoch (and shard: ranks draw
     # their own augmentations); with the map's ordered output the augmented
@@ -139,11 +129,11 @@ def eval_dataset(images: ImageList, image_size: int, batch_size: int, num_worker
     """Batches of `images` in file order: resize, center crop, normalise; every image is used.
 
     With `num_shards` > 1, this shard's images only; the shards together hold
-    every image exactly once (`distributed.shard_eval_indices`).
+    every image exactly once (`sharding.shard_eval_indices`).
     """
     import mindspore.dataset as ds
 
-    from ms_impl.distributed import shard_eval_indices
+    from ms_impl.trainer.sharding import shard_eval_indices
 
     source = _EncodedImages(images, shard_eval_indices(len(images), num_shards, shard_id))
     data = ds.GeneratorDataset(source, ["image", "label"], shuffle=False)
@@ -162,7 +152,7 @@ def resolve_data(cfg) -> Tuple[Path, int, bool]:
         if not path.is_dir():
             raise UsageError(f"{path}: data_path not found (expected a folder with train/ and val/)")
         return path, int(cfg.image_size), False
-    from ms_impl.synthetic import ensure_synthetic_dataset
+    from ms_impl.trainer.synthetic import ensure_synthetic_dataset
 
     path = ensure_synthetic_dataset(
         [c.name for c in cfg.classes],

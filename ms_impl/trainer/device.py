@@ -9,7 +9,8 @@ import contextlib
 import logging
 from typing import Iterator
 
-from ms_impl.errors import UsageError
+from ms_impl.trainer.errors import UsageError
+from parity.core.files import one_line
 
 MODES = {"graph": "GRAPH_MODE", "pynative": "PYNATIVE_MODE"}
 
@@ -26,11 +27,6 @@ def _mindspore_logger_quiet() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
-
-
-def _reason(error: Exception) -> str:
-    first_line = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-    return first_line.split(" For details")[0]
 
 
 def set_device(device: str, mode: str = "graph", device_id: int | None = None, selected_already: bool = False) -> None:
@@ -52,4 +48,4 @@ def set_device(device: str, mode: str = "graph", device_id: int | None = None, s
             # set_device only records the choice; a first small op loads the backend for real.
             (ms.Tensor(np.ones(2, np.float32)) + 1).asnumpy()
     except (RuntimeError, ValueError, TypeError) as e:
-        raise UsageError(f"device {device} is not usable: {_reason(e)}") from None
+        raise UsageError(f"device {device} is not usable: {one_line(e, with_type=False)}") from None

@@ -1,6 +1,6 @@
 """Benchmark: wall time of converting a 1.0x, 1000-class MobileNetV2 checkpoint both ways.
 
-`python -m parity.bench_convert [--runs N] [--width W] [--cli]`
+`python -m parity.harness.bench_convert [--runs N] [--width W] [--cli]`
 
 Times `read_checkpoint` + `convert` + `write_checkpoint` (the whole job of
 `mbv2-convert` minus interpreter start) for torchvision .pth -> ms-official
@@ -21,9 +21,6 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-if not __package__:  # run as a file (`python parity/x.py`): make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 TARGET_S = 2.0
 
 
@@ -38,7 +35,7 @@ def _make_source(folder: Path, width: float) -> Path:
 
 
 def _convert_once(src: Path, dst: Path, to_layout: str) -> float:
-    from parity import convert as cv
+    from parity.core import converter as cv
 
     start = time.perf_counter()
     cv.write_checkpoint(cv.convert(cv.read_checkpoint(src), to_layout), dst, force=True)
@@ -47,7 +44,7 @@ def _convert_once(src: Path, dst: Path, to_layout: str) -> float:
 
 def _cli_once(src: Path, dst: Path) -> float:
     env = dict(os.environ, GLOG_v="3")
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "parity.convert", str(src), str(dst), "--force"], env=env, cwd=root,
@@ -56,7 +53,7 @@ def _cli_once(src: Path, dst: Path) -> float:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m parity.bench_convert", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m parity.harness.bench_convert", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7, help="timed runs per direction (median reported)")
     parser.add_argument("--width", type=float, default=1.0, help="width multiplier of the checkpoint")
     parser.add_argument("--cli", action="store_true", help="also time one CLI process per direction")

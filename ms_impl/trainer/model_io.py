@@ -2,7 +2,7 @@
 
 Reading, layout detection (ms-official, mindcv, torchvision; .ckpt, .pth,
 .safetensors) and width/class-count detection are the converter's
-(`parity.convert`), so a user needs no config to run a model, and a training
+(`parity.core.converter`), so a user needs no config to run a model, and a training
 checkpoint's optimizer state and train-state entries are skipped there.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ class CheckpointError(ValueError):
 
 
 def _read_official(path: str):
-    from parity.convert import ConversionError, convert, read_checkpoint
+    from parity.core.converter import ConversionError, convert, read_checkpoint
 
     try:
         return convert(read_checkpoint(path), TARGET_LAYOUT)
@@ -34,7 +34,7 @@ def read_ms_checkpoint(path: str) -> Dict[str, np.ndarray]:
 
 def load_model(path: str, fast_conv: str = "off"):
     """A `MobileNetV2` in eval mode with the checkpoint's weights; raises CheckpointError."""
-    from parity.convert import load_into_ms_net
+    from ms_impl.weights import load_into
 
     from ms_impl.mobilenetv2 import MobileNetV2
 
@@ -42,6 +42,6 @@ def load_model(path: str, fast_conv: str = "off"):
     if ckpt.num_classes is None:
         raise CheckpointError(f"{path}: backbone-only checkpoint (no classifier): train a head on it first")
     net = MobileNetV2(num_classes=ckpt.num_classes, width_mult=ckpt.width_mult, fast_conv=fast_conv)
-    load_into_ms_net(net, ckpt.tensors, strict=True)
+    load_into(net, ckpt.tensors, strict=True)
     net.set_train(False)
     return net

@@ -5,6 +5,7 @@ numpy and matplotlib (Agg) only, so train.py and eval.py share them.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -12,33 +13,10 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from ms_impl.trainer.metrics import per_class_metrics
+from parity.core.files import atomic_path, atomic_write_text
+
 METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr_last", "train_img_per_s", "epoch_seconds")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
-    """counts[true, predicted]."""
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (labels, predictions), 1)
-    return matrix
-
-
-def per_class_metrics(matrix: np.ndarray) -> Dict[str, np.ndarray]:
-    """Precision, recall, F1 and support per class (0 where undefined)."""
-    true_positive = np.diag(matrix).astype(np.float64)
-    predicted = matrix.sum(axis=0)
-    support = matrix.sum(axis=1)
-    precision = np.divide(true_positive, predicted, out=np.zeros_like(true_positive), where=predicted > 0)
-    recall = np.divide(true_positive, support, out=np.zeros_like(true_positive), where=support > 0)
-    denominator = precision + recall
-    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(true_positive), where=denominator > 0)
-    return {"precision": precision, "recall": recall, "f1": f1, "support": support}
 
 
 def per_class_table(matrix: np.ndarray, classes: Sequence) -> str:
@@ -55,11 +33,14 @@ def per_class_table(matrix: np.ndarray, classes: Sequence) -> str:
 
 def write_per_class_csv(path: Path, matrix: np.ndarray, classes: Sequence) -> None:
     m = per_class_metrics(matrix)
-    rows = ["index,name,name_zh,category,category_zh,precision,recall,f1,support"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["index", "name", "name_zh", "category", "category_zh", "precision", "recall", "f1", "support"])
     for c in classes:
         i = c.index
-        rows.append(f'{i},"{c.name}",{c.name_zh},{c.category},{c.category_zh},{m["precision"][i]:.6f},{m["recall"][i]:.6f},{m["f1"][i]:.6f},{m["support"][i]}')
-    atomic_write_text(path, "\n".join(rows) + "\n")
+        writer.writerow([i, c.name, c.name_zh, c.category, c.category_zh, f"{m['precision'][i]:.6f}",
+                         f"{m['recall'][i]:.6f}", f"{m['f1'][i]:.6f}", int(m["support"][i])])
+    atomic_write_text(path, buffer.getvalue())
 
 
 def plot_confusion_matrix(path: Path, matrix: np.ndarray, classes: Sequence, title: str) -> None:
@@ -111,9 +92,8 @@ def plot_curves(path: Path, rows: List[dict]) -> None:
 
 
 def _save_figure(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with atomic_path(path) as temp:
+        fig.savefig(temp, dpi=110)
 
 
 def read_metrics(path: Path) -> List[dict]:
@@ -124,8 +104,11 @@ def read_metrics(path: Path) -> List[dict]:
 
 
 def write_metrics(path: Path, rows: List[dict]) -> None:
-    lines = [",".join(METRIC_FIELDS)] + [",".join(str(row[k]) for k in METRIC_FIELDS) for row in rows]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -19,9 +19,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 from easydict import EasyDict
 
-from ms_impl.errors import UsageError
+from ms_impl.trainer.errors import UsageError
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEVICES = ("CPU", "GPU", "Ascend")
 DEFAULT_CONFIG = {device: CONFIG_DIR / f"garbage26_{device.lower()}.yaml" for device in DEVICES}
 

@@ -86,13 +86,10 @@ def file_fingerprint(files: Sequence[str], labels: Sequence[int]) -> List[List[o
 
 
 def weights_hash(backbone) -> str:
-    """SHA-256 of the backbone's tensors (names, dtypes, shapes, values), in name order."""
-    digest = hashlib.sha256()
-    for name, param in sorted(backbone.parameters_and_names(), key=lambda item: item[0]):
-        array = np.ascontiguousarray(param.asnumpy())
-        digest.update(f"{name}|{array.dtype.str}|{array.shape}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
+    """SHA-256 of the backbone's tensors (names, dtypes, shapes, values), in name order (`ms_impl.weights.digest`)."""
+    from ms_impl.weights import digest
+
+    return digest(backbone.parameters_and_names())
 
 
 def cache_key(files: Sequence[str], labels: Sequence[int], settings: FeatureSettings, backbone_hash: str) -> str:

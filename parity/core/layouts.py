@@ -1,7 +1,7 @@
 """Checkpoint layouts of MobileNetV2: tensor names in torchvision, ms-official and mindcv.
 
 Nothing here is a hand-written table. `tensor_table()` walks the layers of
-`parity.spec.build_spec(...)` and, for each layer, asks each layout how it
+`parity.core.spec.build_spec(...)` and, for each layer, asks each layout how it
 names that layer's module (`_LayerNames`) and its tensors (`_BN_SUFFIXES`):
 
 | layer | torchvision | ms-official | mindcv |
@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from parity import spec as mbv2_spec
+from parity.core import spec as mbv2_spec
 
 LAYOUTS: Tuple[str, ...] = ("torchvision", "ms-official", "mindcv")
 FRAMEWORK_OF_LAYOUT: Dict[str, str] = {"torchvision": "torch", "ms-official": "mindspore", "mindcv": "mindspore"}

@@ -1,9 +1,9 @@
 """Pretrained weights for the MindSpore trainer, from any checkpoint layout, converted in memory.
 
 `load_pretrained(network, path)` reads `.ckpt` (ms-official or mindcv),
-`.pth` (torchvision) or `.safetensors` through `parity.convert.read_checkpoint`,
+`.pth` (torchvision) or `.safetensors` through `parity.core.converter.read_checkpoint`,
 renames the tensors to the network's own ms-official names with
-`parity.convert.convert` (no temporary files) and copies them in.
+`parity.core.converter.convert` (no temporary files) and copies them in.
 
 - A head for another class count (e.g. the 1000-class ImageNet head for a
   26-class run) is dropped, with one log line; the head then keeps its fresh init.
@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from typing import Optional
 
-LOG = logging.getLogger("ms_impl.pretrained")
+LOG = logging.getLogger("ms_impl.trainer.pretrained")
 TARGET_LAYOUT = "ms-official"  # the MindSpore twin's own parameter names
 
 
@@ -37,7 +37,8 @@ class PretrainedInfo:
 
 def load_pretrained(network, path: str, log: logging.Logger = LOG) -> PretrainedInfo:
     """Copy the weights of `path` into `network` (a `MobileNetV2`); returns what was loaded."""
-    from parity.convert import ConversionError, convert, load_into_ms_net, read_checkpoint
+    from ms_impl.weights import load_into
+    from parity.core.converter import ConversionError, convert, read_checkpoint
 
     try:
         ckpt = read_checkpoint(path)
@@ -53,7 +54,7 @@ def load_pretrained(network, path: str, log: logging.Logger = LOG) -> Pretrained
                  path, ckpt.num_classes, network.num_classes)
     try:
         official = convert(ckpt, TARGET_LAYOUT, drop_head=not head_loaded)
-        result = load_into_ms_net(network, official.tensors, strict=False)
+        result = load_into(network, official.tensors, strict=False)
     except ConversionError as exc:
         raise PretrainedError(f"--pretrained {path}: {exc}") from None
     own_names = {p.name for p in network.get_parameters()}

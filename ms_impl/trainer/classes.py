@@ -50,7 +50,8 @@ def table_from_records(records: List[dict], source: str) -> List[ClassInfo]:
     return table
 
 
-DEFAULT_CLASS_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "garbage26_classes.yaml")
+DEFAULT_CLASS_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs",
+                                  "garbage26_classes.yaml")
 
 
 def _read_yaml(path: str) -> dict:

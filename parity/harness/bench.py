@@ -26,8 +26,10 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from parity import convert
-from parity import spec as mbv2_spec
+from ms_impl import weights as ms_weights
+from parity.core import converter as convert
+from pt_impl import weights as pt_weights
+from parity.core import spec as mbv2_spec
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--skip-breakdown", action="store_true", help="only the whole-network figures")
     parser.add_argument("--weights", default="",
-                        help="checkpoint (any layout parity.convert reads) loaded into both twins; "
+                        help="checkpoint (any layout parity.core.converter reads) loaded into both twins; "
                              "default: the PyTorch twin's init with BatchNorm statistics of the batch")
     return parser
 
@@ -79,7 +81,7 @@ def _set_weights(pt_net, args: argparse.Namespace, images: np.ndarray) -> None:
     if args.weights:
         ckpt = convert.read_checkpoint(args.weights)
         tensors = convert.convert(ckpt, "torchvision", drop_head=ckpt.num_classes != args.num_classes).tensors
-        convert.load_into_torch_module(pt_net, tensors, strict=False)
+        pt_weights.load_into(pt_net, tensors, strict=False)
         return
     batch_norms = [m for m in pt_net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for bn in batch_norms:
@@ -114,8 +116,8 @@ def _whole_network(args: argparse.Namespace) -> List[Tuple[str, float, float]]:
     pt_net = PtNet(num_classes=args.num_classes, width_mult=args.width)
     _set_weights(pt_net, args, images)
     ms_net = MsNet(num_classes=args.num_classes, width_mult=args.width, fast_conv=args.fast_conv)
-    source = convert.checkpoint_from_state(convert.state_from_torch_module(pt_net), "torchvision", source="PyTorch twin")
-    convert.load_into_ms_net(ms_net, convert.convert(source, "ms-official").tensors, strict=True)
+    source = convert.checkpoint_from_state(pt_weights.state_of(pt_net), "torchvision", source="PyTorch twin")
+    ms_weights.load_into(ms_net, convert.convert(source, "ms-official").tensors, strict=True)
     ms_x, ms_y = ms.Tensor(images), ms.Tensor(labels.astype(np.int32))
     pt_x, pt_y = torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
 
@@ -184,12 +186,12 @@ def _ms_layer(case: dict, fast_conv: str):
     from mindspore import nn
 
     from ms_impl.fast_conv import conv2d
-    from ms_impl.mobilenetv2 import _batch_norm
+    from ms_impl.mobilenetv2 import batch_norm
 
     if case["kind"] == "conv":
         return conv2d(case["cin"], case["cout"], case["k"], case["stride"], case["groups"], "HeNormal", fast_conv)
     if case["kind"] == "bn":
-        return _batch_norm(case["cin"])
+        return batch_norm(case["cin"])
     return nn.ReLU6()
 
 

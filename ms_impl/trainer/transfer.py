@@ -5,7 +5,7 @@
   the head's global pooling is the identity. Seconds instead of hours on CPU.
 - `build_transfer_optimizer`: full fine-tuning with the backbone's learning
   rate scaled by `backbone_lr_scale` (e.g. 0.1) relative to the head's;
-  weight decay follows the shared rule (`parity.param_groups`).
+  weight decay follows the shared rule (`parity.core.param_groups`).
 """
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
 
 import numpy as np
 
-from parity.param_groups import takes_weight_decay
-from parity.schedule import warmup_cosine_lr
+from ms_impl.trainer.metrics import top1
+from parity.core.param_groups import takes_weight_decay
+from parity.core.schedule import warmup_cosine_lr
 
 if TYPE_CHECKING:
-    from ms_impl.feature_cache import CachedFeatures, FeatureSettings
+    from ms_impl.trainer.feature_cache import CachedFeatures, FeatureSettings
 
 
 @dataclass
@@ -64,10 +65,6 @@ def build_transfer_optimizer(
             if chunk:
                 groups.append({"params": chunk, "weight_decay": wd, "lr": Tensor(lr.astype(np.float32))})
     return nn.Momentum(groups, learning_rate=Tensor(head_lr), momentum=momentum)
-
-
-def top1(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float((logits.argmax(axis=1) == labels).mean()) if len(labels) else 0.0
 
 
 def head_logits(head, features: np.ndarray, batch_size: int = 512) -> np.ndarray:
@@ -195,7 +192,7 @@ def train_frozen_backbone(
     """
     import mindspore as ms
 
-    from ms_impl.feature_cache import load_or_extract
+    from ms_impl.trainer.feature_cache import load_or_extract
     from ms_impl.mobilenetv2 import MobileNetV2Head
 
     train = load_or_extract(cache_dir, network.backbone, train_files, train_labels, train_settings,

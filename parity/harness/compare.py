@@ -11,11 +11,11 @@ and returns one `CheckResult` per check:
 - BatchNorm running statistics after that one training forward
   (PyTorch momentum 0.1 vs MindSpore 0.9);
 - all weights and BN statistics after K optimizer steps (Momentum 0.9, the
-  weight-decay rule of `parity.param_groups`, per-step warmup + cosine LR) on
+  weight-decay rule of `parity.core.param_groups`, per-step warmup + cosine LR) on
   the same batches;
 - the loss with label smoothing 0.1 of each framework against the float64
-  reference `parity.loss.smoothed_cross_entropy`;
-- the LR schedule: `parity.schedule.warmup_cosine_lr` as consumed by
+  reference `parity.core.loss.smoothed_cross_entropy`;
+- the LR schedule: `parity.core.schedule.warmup_cosine_lr` as consumed by
   MindSpore's `nn.Momentum` vs PyTorch's LambdaLR, every step;
 - preprocessing: the MindSpore eval pipeline (mindspore.dataset) vs the
   PIL pipeline of `pt_impl.transforms` on generated JPEGs of odd sizes and
@@ -23,7 +23,7 @@ and returns one `CheckResult` per check:
 
 `python -m parity check [--width W] [--image-size S] [--num-classes C]
 [--batch B] [--mode graph|pynative] [--all]` prints the table and exits 1 on
-any FAIL. Tolerances come from `parity.tolerances`. Frameworks are imported
+any FAIL. Tolerances come from `parity.core.tolerances`. Frameworks are imported
 lazily, inside the functions that need them.
 """
 from __future__ import annotations
@@ -37,9 +37,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from parity import loss as parity_loss
-from parity import schedule, tolerances
-from parity import spec as mbv2_spec
+from parity.core import loss as parity_loss
+from parity.core import schedule, tolerances
+from parity.core import spec as mbv2_spec
 
 LABEL_SMOOTHING = 0.1
 MOMENTUM = 0.9
@@ -154,10 +154,10 @@ def _compare_tensor_dicts(
 def _to_ms_names(torch_tensors: Dict[str, np.ndarray], case: "Case") -> Dict[str, np.ndarray]:
     """torchvision-layout tensors (any subset) -> the MindSpore twin's (ms-official) names.
 
-    The names come from `parity.layouts`, the converter's own table, so the
+    The names come from `parity.core.layouts`, the converter's own table, so the
     harness checks the same mapping that users' checkpoints go through.
     """
-    from parity.layouts import TORCH_BN_COUNTER, name_map
+    from parity.core.layouts import TORCH_BN_COUNTER, name_map
 
     names = name_map("torchvision", "ms-official", case.width, case.num_classes)
     return {names[key]: value for key, value in torch_tensors.items() if not key.endswith(TORCH_BN_COUNTER)}
@@ -171,18 +171,6 @@ def _torch_state(pt_net, case: "Case") -> Dict[str, np.ndarray]:
 
 def _ms_state(ms_net) -> Dict[str, np.ndarray]:
     return {p.name: p.asnumpy().copy() for p in ms_net.get_parameters()}
-
-
-def _load_ms_state(ms_net, tensors: Dict[str, np.ndarray]) -> None:
-    import mindspore as ms
-
-    params = {p.name: p for p in ms_net.get_parameters()}
-    if set(params) != set(tensors):
-        raise ValueError(f"name maps disagree: {sorted(set(params) ^ set(tensors))[:5]}")
-    for name, value in tensors.items():
-        if tuple(params[name].shape) != value.shape:
-            raise ValueError(f"{name}: shape {tuple(params[name].shape)} vs {value.shape}")
-        params[name].set_data(ms.Tensor(value))
 
 
 def _randomize_torch(pt_net, rng: np.random.Generator, image_size: int) -> None:
@@ -274,10 +262,12 @@ def build_twins(case: Case) -> Twins:
     _randomize_torch(pt_net, np.random.default_rng(case.seed), case.image_size)
     ms_net = MsMobileNetV2(num_classes=case.num_classes, width_mult=case.width, dropout=0.0, fast_conv=case.fast_conv)
     # The MindSpore twin gets its weights the way users' checkpoints travel: through the converter.
-    from parity import convert
+    from ms_impl import weights as ms_weights
+    from parity.core import converter as convert
+    from pt_impl import weights as pt_weights
 
-    source = convert.checkpoint_from_state(convert.state_from_torch_module(pt_net), "torchvision", source="PyTorch twin")
-    convert.load_into_ms_net(ms_net, convert.convert(source, "ms-official").tensors, strict=True)
+    source = convert.checkpoint_from_state(pt_weights.state_of(pt_net), "torchvision", source="PyTorch twin")
+    ms_weights.load_into(ms_net, convert.convert(source, "ms-official").tensors, strict=True)
     return Twins(case, ms_net, pt_net)
 
 
@@ -446,11 +436,12 @@ def check_optimizer_rule(twins: Twins, rng: np.random.Generator) -> CheckResult:
     import torch
 
     from ms_impl import optim as ms_optim
+    from ms_impl import weights as ms_weights
     from pt_impl import optim as pt_optim
 
     case = twins.case
     # Start from identical weights: the end-to-end steps before this check leave them a little apart.
-    _load_ms_state(twins.ms_net, _torch_state(twins.pt_net, twins.case))
+    ms_weights.load_into(twins.ms_net, _torch_state(twins.pt_net, twins.case))
     lr = schedule.warmup_cosine_lr(total_epochs=case.steps, **RULE_LR)
     ms_optimizer = ms_optim.build_optimizer(twins.ms_net.trainable_params(), lr, MOMENTUM, RULE_WEIGHT_DECAY)
     pt_optimizer, pt_scheduler = pt_optim.build_optimizer(twins.pt_net.named_parameters(), lr, MOMENTUM,

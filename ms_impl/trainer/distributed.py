@@ -19,18 +19,16 @@ Gradient exchange is MindSpore's: with `ParallelMode.DATA_PARALLEL` and
 that all-reduces and averages the gradients, so every rank applies the same
 update. What this module adds around it:
 - `init_distributed`: detect msrun, init, set data-parallel mode, or fail in one line;
-- `shard_train_order` / `shard_eval_indices`: which samples a rank reads;
 - `all_reduce_sum`: global eval counts (exact for integers);
 - `average_batchnorm_statistics`: BatchNorm moving statistics are per rank
   (batch statistics of its own shard); averaging them makes replicas identical;
-- `parameters_digest` / `check_replicas_identical`: prove that ranks hold the same weights.
+- `check_replicas_identical`: prove that ranks hold the same weights (`ms_impl.weights.digest`).
 
 On CPU MindSpore's collective library (mccl) all-reduces float32 and float16 only.
 """
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import socket
 from dataclasses import dataclass
@@ -38,11 +36,13 @@ from typing import Dict, Iterable, Mapping, Optional
 
 import numpy as np
 
-from ms_impl.errors import UsageError
+from ms_impl.trainer.errors import UsageError
+from ms_impl.weights import digest as parameters_digest
+from parity.core.files import one_line
 
 __all__ = [
-    "DistributedContext", "MSRUN_ENV", "launched_by_msrun", "init_distributed", "shard_train_order",
-    "shard_eval_indices", "all_reduce_sum", "average_batchnorm_statistics", "parameters_digest",
+    "DistributedContext", "MSRUN_ENV", "launched_by_msrun", "init_distributed",
+    "all_reduce_sum", "average_batchnorm_statistics",
     "check_replicas_identical", "raise_if_any_rank_failed", "any_rank", "replicated_state", "global_batch_size",
     "SINGLE_PROCESS",
 ]
@@ -98,13 +98,6 @@ def launched_by_msrun(environ: Mapping[str, str] = os.environ) -> bool:
 def _topo_timeout(environ: Mapping[str, str]) -> str:
     value = environ.get("MS_TOPO_TIMEOUT")
     return f"{value} s" if value else f"{DEFAULT_TOPO_TIMEOUT_S} s (msrun default)"
-
-
-def _first_sentence(error: BaseException) -> str:
-    """MindSpore's own reason, first sentence of its first line (its messages run over many lines)."""
-    text = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-    head, dot, _ = text.partition(". ")
-    return head + (dot.strip() if dot else "")
 
 
 def _port_taken(host: str, port: int) -> bool:
@@ -164,7 +157,7 @@ def init_distributed(mode: str = "auto", device: Optional[str] = None,
         try:
             ms.set_device(device)
         except (RuntimeError, ValueError) as e:
-            raise UsageError(f"device {device} is not usable: {_first_sentence(e)}") from None
+            raise UsageError(f"device {device} is not usable: {one_line(e, with_type=False)}") from None
     role = environ.get("MS_ROLE", ROLE_WORKER)
     host, port = environ.get("MS_SCHED_HOST", "?"), int(environ.get("MS_SCHED_PORT", "0") or 0)
     try:
@@ -172,33 +165,10 @@ def init_distributed(mode: str = "auto", device: Optional[str] = None,
     except RuntimeError as e:
         where = f"{'scheduler' if role == ROLE_SCHEDULER else 'worker'}, master {host}:{port}, cluster_time_out {_topo_timeout(environ)}"
         cause = _diagnose(role, host, port) if port else "no master address"
-        raise UsageError(f"distributed launch failed ({where}): {cause}. MindSpore RuntimeError: {_first_sentence(e)}") from None
+        raise UsageError(f"distributed launch failed ({where}): {cause}. MindSpore RuntimeError: {one_line(e, with_type=False)}") from None
 
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
     return DistributedContext(rank=int(get_rank()), world_size=int(get_group_size()), distributed=True)
-
-
-def shard_train_order(order: np.ndarray, num_shards: int = 1, shard_id: int = 0) -> np.ndarray:
-    """Shard `shard_id`'s part of an epoch's sample order: positions shard_id, shard_id + W, ... (W = num_shards).
-
-    The order is first cut to a multiple of W so every rank runs the same
-    number of steps (collectives would wait forever otherwise). Batch i of
-    rank r then holds samples i*B*W + r + k*W (k < B): the W per-rank batches
-    of a step together are exactly batch i of a single process with batch B*W.
-    """
-    if num_shards == 1:
-        return order
-    usable = len(order) - len(order) % num_shards
-    return order[:usable][shard_id::num_shards]
-
-
-def shard_eval_indices(num_samples: int, num_shards: int = 1, shard_id: int = 0) -> np.ndarray:
-    """Sample indices shard `shard_id` evaluates: disjoint across shards, together every sample exactly once.
-
-    (mindspore.dataset's own `num_shards` pads shards to equal length by
-    repeating samples, which would count some images twice in the accuracy.)
-    """
-    return np.arange(shard_id, num_samples, num_shards)
 
 
 _ALL_REDUCE = None
@@ -295,20 +265,6 @@ def raise_if_any_rank_failed(error: Optional[UsageError], ctx: DistributedContex
         raise error
     if failed:
         raise UsageError(f"{what} failed on {failed} other rank(s); see their worker logs")
-
-
-def parameters_digest(named_params: Iterable) -> str:
-    """SHA-256 over (name, dtype, shape, bytes) of parameters in name order: equal digests = identical weights.
-
-    `named_params`: (name, parameter) pairs, e.g. `network.parameters_and_names()`;
-    values may be MindSpore Parameters/Tensors or numpy arrays.
-    """
-    digest = hashlib.sha256()
-    for name, value in sorted(((n, v) for n, v in named_params), key=lambda item: item[0]):
-        array = np.ascontiguousarray(value.asnumpy() if hasattr(value, "asnumpy") else np.asarray(value))
-        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
 
 
 def check_replicas_identical(named_params: Dict[str, object], ctx: DistributedContext, what: str) -> str:

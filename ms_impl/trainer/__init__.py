@@ -1,0 +1,20 @@
+"""The MindSpore trainer's engine: everything the command-line tools share, nothing they parse.
+
+    config         the typed option schema, YAML + command-line overrides
+    classes        the class table (English/Chinese names, the 4 garbage categories)
+    dataset        image lists and mindspore.dataset pipelines
+    images         the one "can the pipeline decode this file" check
+    synthetic      the embedded default data set (no download)
+    sharding       which samples a data-parallel rank reads
+    distributed    msrun detection, collectives, replica checks
+    device         selecting CPU/GPU/Ascend with a one-line error
+    train_step     the compiled training step and the replayable dropout
+    checkpoint     training checkpoints: save, rotate, resume
+    pretrained     loading a pretrained backbone for transfer learning
+    model_io       loading any converter-readable checkpoint for inference
+    transfer       frozen-backbone training on cached features
+    feature_cache  extracting and caching pooled backbone features
+    metrics        top-1/top-5, loss, confusion matrix, per-class P/R/F1
+    report         run files: metrics.csv, per-class table, figures, summary
+    errors         UsageError: bad input, reported as one line with exit 2
+"""

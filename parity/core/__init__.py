@@ -1,0 +1,12 @@
+"""The framework-neutral core: imports no twin and no harness module.
+
+    spec          the MobileNetV2 architecture as data (t, c, n, s), width rules
+    layouts       each tensor's name in torchvision, ms-official and mindcv layouts
+    converter     read / detect / rename / write checkpoints (.pth, .ckpt, .safetensors)
+    files         the one atomic-write helper, and one-line error text
+    schedule      the warmup + cosine learning-rate schedule (the official get_lr)
+    loss          reference label-smoothed cross entropy (numpy)
+    param_groups  which parameters take weight decay
+    preprocess    preprocessing constants both twins use
+    tolerances    every parity tolerance, with its reason
+"""

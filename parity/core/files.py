@@ -1,0 +1,125 @@
+"""Writing files so that a reader never sees half of one: the project's one atomic-write helper.
+
+Every writer in the project (checkpoints, reports, caches, exports, the
+kernel build) goes through `atomic_path`: the content is written to a
+temporary name in the destination folder (so `os.replace` is atomic), given
+the usual umask mode, and renamed over the destination only when complete.
+On any error the temporary file is removed, and an `OSError` becomes a
+`WriteError` whose text is one line naming the destination (disk full,
+read-only file system, a folder in the way).
+
+Also here: `one_line(exc)`, the one-line form of any exception, used
+wherever a framework's multi-line error is shown to a user.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+__all__ = ["WriteError", "atomic_path", "atomic_write_bytes", "atomic_write_text", "one_line",
+           "default_file_mode", "TEMP_MARKER"]
+
+TEMP_MARKER = ".tmp-"  # every temporary file's name starts with "." and holds this marker
+
+
+class WriteError(Exception):
+    """A destination could not be written. `str(e)` is one line naming the path; nothing was left behind."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
+def one_line(exc: BaseException, limit: int = 200, with_type: bool = True) -> str:
+    """The first line of an error's message, at most `limit` characters, prefixed with its type.
+
+    MindSpore's errors run over dozens of lines (a C++ call stack, "For
+    details..." links); the first line is the reason a user can act on.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = " ".join(lines[0].split(" For details")[0].split()) if lines else ""
+    text = text[:limit] or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if with_type else text
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "no space left on device"
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS,):
+        return "read-only file system"
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return one_line(exc)
+
+
+def default_file_mode() -> int:
+    """0666 less the process umask, read without changing the umask (other threads may be creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o644
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, *, suffix: Optional[str] = None, mode: Optional[int] = None,
+                before_replace: Optional[Callable[[Path], None]] = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path`, on any error it is removed.
+
+    `suffix` defaults to `path`'s own (MindSpore appends `.ckpt`, numpy `.npz`
+    when a name lacks them). `before_replace(temp)` may inspect the finished
+    file and raise to abandon it. Raises `WriteError` for OS-level failures.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise WriteError(f"{path}: is a folder, not a file")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise WriteError(f"{path}: folder {folder} does not exist")
+    try:
+        handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}",
+                                             suffix=path.suffix if suffix is None else suffix, dir=str(folder))
+    except OSError as exc:
+        raise WriteError(f"{path}: cannot write ({_reason(exc)})") from exc
+    os.close(handle)
+    temp = Path(temp_name)
+    try:
+        try:
+            yield temp
+        except OSError as exc:
+            raise WriteError(f"{path}: cannot write ({_reason(exc)})") from exc
+        if before_replace is not None:
+            before_replace(temp)
+        try:
+            os.chmod(temp, default_file_mode() if mode is None else mode)  # mkstemp makes 0600 files
+            os.replace(temp, path)
+        except OSError as exc:
+            raise WriteError(f"{path}: cannot write ({_reason(exc)})") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            if temp.exists():
+                temp.unlink()
+
+
+def atomic_write_bytes(path: PathLike, data: bytes, **kwargs) -> None:
+    with atomic_path(path, **kwargs) as temp:
+        temp.write_bytes(data)
+
+
+def atomic_write_text(path: PathLike, text: str, **kwargs) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), **kwargs)
+
+
+def stale_temporaries(folder: PathLike):
+    """Temporary files `atomic_path` left in `folder` when its process was killed mid-write."""
+    return sorted(p for p in Path(folder).glob(f".*{TEMP_MARKER}*") if p.is_file())

@@ -1,0 +1,8 @@
+"""The harness: code that builds both twins and compares them.
+
+    compare        `python -m parity check`: forward, gradients, BN statistics, steps, loss, LR, preprocessing
+    bench          `python -m parity bench`: the MindSpore twin against its peers, side by side
+    bench_convert  timing of the converter CLI
+    verify         run a checkpoint and its conversion in the two twins (`--verify`)
+    convert_cli    the converter's command line
+"""

@@ -1,0 +1,109 @@
+"""The package layering, checked on the source: every import, lazy ones inside functions included.
+
+Rules (see parity/__init__.py and docs/design.md):
+- `parity.core` imports no twin (`ms_impl`, `pt_impl`) and no harness module;
+- a twin never imports the other twin, nor the harness;
+- the MindSpore twin's model files never import the trainer or a command-line tool;
+- the trainer engine never imports a command-line tool;
+- no module imports another module's private (underscore) name.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("ms_impl", "pt_impl", "parity")
+MS_TWIN = {f"ms_impl.{m}" for m in ("mobilenetv2", "loss", "optim", "transforms", "weights", "fast_conv")}
+MS_TOOLS = {f"ms_impl.{m}" for m in ("train", "eval", "predict", "export", "datatools", "bench_distributed")}
+HARNESS = ("parity.harness", "parity.convert", "parity.__main__")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def all_modules() -> Dict[str, Path]:
+    return {module_name(p): p for pkg in PACKAGES for p in sorted((REPO / pkg).rglob("*.py"))}
+
+
+def imports_of(path: Path) -> List[Tuple[str, List[str], int]]:
+    """(imported module, names imported from it, line) for every import statement anywhere in the file."""
+    found = []
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, [], node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            found.append((base, [alias.name for alias in node.names], node.lineno))
+    return found
+
+
+def within(name: str, prefixes) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def edges():
+    """(importer, imported module or submodule, line) with `from pkg import module` resolved to the module."""
+    modules = all_modules()
+    for importer, path in modules.items():
+        for target, names, line in imports_of(path):
+            if not within(target, PACKAGES):
+                continue
+            yield importer, target, names, line
+            for name in names:
+                if f"{target}.{name}" in modules:
+                    yield importer, f"{target}.{name}", [], line
+
+
+def violations(rule) -> List[str]:
+    return sorted({f"{importer}:{line} imports {target}" for importer, target, _, line in edges()
+                   if rule(importer, target)})
+
+
+def test_the_walk_sees_lazy_imports():
+    # parity.harness.compare imports the twins only inside functions: the walk must find them.
+    targets = {t for i, t, _, _ in edges() if i == "parity.harness.compare"}
+    assert "ms_impl.mobilenetv2" in targets and "pt_impl.mobilenetv2" in targets
+
+
+def test_parity_core_imports_no_twin_and_no_harness():
+    assert violations(lambda i, t: within(i, ["parity.core"]) and within(t, ["ms_impl", "pt_impl", *HARNESS])) == []
+
+
+def test_twins_import_neither_each_other_nor_the_harness():
+    assert violations(lambda i, t: within(i, ["ms_impl"]) and within(t, ["pt_impl", *HARNESS])) == []
+    assert violations(lambda i, t: within(i, ["pt_impl"]) and within(t, ["ms_impl", *HARNESS])) == []
+
+
+def test_model_files_import_no_trainer_and_no_tool():
+    assert violations(lambda i, t: i in MS_TWIN and within(t, ["ms_impl.trainer", *MS_TOOLS])) == []
+
+
+def test_trainer_engine_imports_no_command_line_tool():
+    assert violations(lambda i, t: within(i, ["ms_impl.trainer"]) and t in MS_TOOLS) == []
+
+
+def test_no_module_imports_a_private_name_of_another():
+    found = sorted(f"{i}:{line} imports {t}.{n}" for i, t, names, line in edges() for n in names
+                   if n.startswith("_") and not n.startswith("__"))
+    assert found == []
+
+
+@pytest.mark.parametrize("package", ["ms_impl", "ms_impl.trainer", "pt_impl", "parity", "parity.core",
+                                     "parity.harness"])
+def test_every_package_docstring_maps_its_modules(package):
+    folder = REPO / package.replace(".", "/")
+    doc = ast.get_docstring(ast.parse((folder / "__init__.py").read_text(encoding="utf-8"))) or ""
+    modules = [p.stem for p in folder.glob("*.py") if p.stem != "__init__"]
+    assert modules and [m for m in modules if m not in doc] == []
