@@ -42,6 +42,7 @@ import numpy as np
 import yaml
 
 from ms_impl.trainer import checkpoint, dataset, report
+from ms_impl.trainer.balance import CLASS_BALANCE_MODES, describe, inverse_frequency_weights
 from ms_impl.trainer import distributed as dist
 from ms_impl.trainer.checkpoint import TrainState
 from ms_impl.trainer.config import load_config
@@ -76,6 +77,7 @@ class Data:
     synthetic: bool
     steps_per_epoch: int
     global_batch: int  # batch_size x workers
+    class_weights: Optional[np.ndarray] = None  # loss weight per class with class_balance: weights
 
 
 # ---------------------------------------------------------------- config, output folder
@@ -109,6 +111,8 @@ def build_config(argv: Optional[List[str]]):
     for key, ok in checks.items():
         if not ok:
             raise UsageError(f"--{key}: value {cfg[key]} out of range")
+    if cfg.class_balance not in CLASS_BALANCE_MODES:
+        raise UsageError(f"--class_balance: expected one of {', '.join(CLASS_BALANCE_MODES)}, got {cfg.class_balance!r}")
     if cfg.freeze_backbone and cfg.resume:
         raise UsageError("--resume: a frozen-backbone run is not resumed; run it again (its features are cached)")
     return cfg
@@ -185,7 +189,10 @@ def build_datasets(cfg, ctx: DistributedContext = dist.SINGLE_PROCESS) -> Data:
         per_worker = f" ({cfg.batch_size} per worker x {ctx.world_size} workers)" if ctx.distributed else ""
         raise UsageError(f"--batch_size {global_batch}{per_worker} is larger than the training set ({len(train)} images in {data_path / 'train'})")
     log.info("train: %d images, val: %d images, %d classes", len(train), len(val), len(class_names))
-    return Data(train, val, image_size, synthetic, steps_per_epoch=len(train) // global_batch, global_batch=global_batch)
+    weights = inverse_frequency_weights(train.labels, len(class_names)) if cfg.class_balance == "weights" else None
+    log.info("%s", describe(cfg.class_balance, train.labels, class_names, weights))
+    return Data(train, val, image_size, synthetic, steps_per_epoch=len(train) // global_batch, global_batch=global_batch,
+                class_weights=weights)
 
 
 def build_network(cfg, ctx: DistributedContext = dist.SINGLE_PROCESS):
@@ -353,7 +360,7 @@ def train(cfg, data: Data, network, optimizer, lr: np.ndarray, state: TrainState
     from ms_impl.loss import smoothed_cross_entropy
     from ms_impl.trainer.train_step import build_train_step
 
-    step_fn = build_train_step(network, smoothed_cross_entropy(cfg.label_smoothing), optimizer)
+    step_fn = build_train_step(network, smoothed_cross_entropy(cfg.label_smoothing, data.class_weights), optimizer)
     val_batches = dataset.eval_dataset(data.val, data.image_size, cfg.batch_size, cfg.num_workers, ctx.num_shards, ctx.shard_id)
     metrics_file = out / "metrics.csv"
     rows = [r for r in report.read_metrics(metrics_file) if int(r["epoch"]) <= state.epoch]
@@ -432,7 +439,8 @@ def train_frozen(cfg, data: Data, network, optimizer, state: TrainState, out: Pa
         cache_dir=cache_dir, train_settings=train_settings, val_settings=FeatureSettings(data.image_size),
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr_max=cfg.lr_max, lr_init=cfg.lr_init, lr_end=cfg.lr_end,
         warmup_epochs=cfg.warmup_epochs, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-        label_smoothing=cfg.label_smoothing, dropout=cfg.dropout, seed=cfg.seed, on_epoch=on_epoch)
+        label_smoothing=cfg.label_smoothing, dropout=cfg.dropout, seed=cfg.seed, on_epoch=on_epoch,
+        class_weights=data.class_weights, balanced_sampling=cfg.class_balance == "sampler")
     for name, cached in (("train", run.train_features), ("val", run.val_features)):
         how = "reused" if cached.reused else f"extracted at {cached.images_per_second:.1f} img/s"
         log.info("%s features: %d x %d, %s (%s)", name, *cached.features.shape, how, cached.path)
@@ -462,6 +470,8 @@ def write_final_report(cfg, data: Data, result, rows: List[dict], state: TrainSt
         "epochs": state.epoch, "global_step": state.global_step, "steps_per_epoch": data.steps_per_epoch,
         "workers": ctx.world_size, "batch_size_per_worker": cfg.batch_size, "global_batch": data.global_batch,
         "train_images": len(data.train), "val_images": len(data.val),
+        "class_balance": cfg.class_balance,
+        "class_weights": None if data.class_weights is None else [round(float(w), 6) for w in data.class_weights],
         "skipped_files": [str(p) for p, _ in data.train.skipped + data.val.skipped],
         "final": {"val_top1": result.top1, "val_top5": result.top5, "val_loss": result.loss,
                   "val_images_evaluated": result.num_images},

@@ -4,7 +4,9 @@ Class indices come from the configured class list (folder name = class `name`),
 never from folder sort order. Every file is opened once up front with PIL:
 corrupt, truncated or non-image files are skipped, each with one warning naming
 it, and counted. Shuffling and augmentation of epoch `e` derive from
-(seed, e) only, so an epoch can be replayed exactly after a resume.
+(seed, e) only, so an epoch can be replayed exactly after a resume; with
+`class_balance: sampler` the epoch's samples are a balanced draw
+(`balance.balanced_order`) from the same (seed, e) generator.
 """
 from __future__ import annotations
 
@@ -96,6 +98,15 @@ def epoch_order(num_images: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_images)
 
 
+def train_order(labels: np.ndarray, seed: int, epoch: int, class_balance: str = "none") -> np.ndarray:
+    """The sample order of 0-based `epoch`: a shuffle of every image, or a class-balanced draw (`sampler`)."""
+    if class_balance == "sampler":
+        from ms_impl.trainer.balance import balanced_order
+
+        return balanced_order(labels, np.random.default_rng([seed, epoch]))
+    return epoch_order(len(labels), seed, epoch)
+
+
 def train_dataset(images: ImageList, cfg, image_size: int, epoch: int, num_shards: int = 1, shard_id: int = 0):
     """Batches of epoch `epoch`: shuffled, augmented, normalised; the last partial batch is dropped.
 
@@ -111,7 +122,8 @@ def train_dataset(images: ImageList, cfg, image_size: int, epoch: int, num_shard
     # batches are the same on every run.
     seed_key = [cfg.seed, epoch, 1] + ([shard_id, num_shards] if num_shards > 1 else [])
     ds.config.set_seed(int(np.random.default_rng(seed_key).integers(2**31 - 1)))
-    order = shard_train_order(epoch_order(len(images), cfg.seed, epoch), num_shards, shard_id)
+    order = train_order(images.labels, cfg.seed, epoch, getattr(cfg, "class_balance", "none"))
+    order = shard_train_order(order, num_shards, shard_id)
     source = _EncodedImages(images, order)
     data = ds.GeneratorDataset(source, ["image", "label"], shuffle=False)
     transforms = (train_transforms(image_size, scale=(cfg.crop_scale_min, 1.0), color_jitter=cfg.color_jitter, hflip_prob=cfg.hflip_prob)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
 
 import numpy as np
 
+from ms_impl.trainer.balance import balanced_order
 from ms_impl.trainer.metrics import top1
 from parity.core.param_groups import takes_weight_decay
 from parity.core.schedule import warmup_cosine_lr
@@ -98,8 +99,14 @@ def train_head_on_features(
     seed: int = 0,
     val: Optional[tuple] = None,
     on_epoch: Optional[Callable[["EpochReport"], None]] = None,
+    class_weights: Optional[Sequence[float]] = None,
+    balanced_sampling: bool = False,
 ) -> HeadTrainingResult:
     """Train `head` in place on cached features; shuffles with `seed` each epoch.
+
+    `class_weights` weigh the loss per class; `balanced_sampling` draws each
+    epoch's samples class-balanced (`balance.balanced_order`) instead of a
+    shuffle of all of them (the trainer's `class_balance: weights | sampler`).
 
     `dropout` is applied here, on the host, to the pooled features (keep masks
     drawn from `seed`, scaled by 1 / (1 - p)): the same place and distribution as
@@ -121,7 +128,8 @@ def train_head_on_features(
     lr = warmup_cosine_lr(lr_init=lr_init, lr_max=lr_max, lr_end=lr_end, warmup_epochs=warmup_epochs,
                           total_epochs=epochs, steps_per_epoch=steps_per_epoch)
     optimizer = build_optimizer(head.trainable_params(), lr, momentum=momentum, weight_decay=weight_decay)
-    step = nn.TrainOneStepCell(nn.WithLossCell(head, smoothed_cross_entropy(label_smoothing)), optimizer)
+    criterion = smoothed_cross_entropy(label_smoothing, class_weights)
+    step = nn.TrainOneStepCell(nn.WithLossCell(head, criterion), optimizer)
     step.set_train(True)
     if ms.get_context("mode") == ms.PYNATIVE_MODE:
         # a step on cached features is tiny: compiled it runs ~20x faster than op by op
@@ -133,7 +141,7 @@ def train_head_on_features(
     start = time.perf_counter()
     for epoch in range(epochs):
         epoch_start = time.perf_counter()
-        order = rng.permutation(len(features))
+        order = balanced_order(labels, rng) if balanced_sampling else rng.permutation(len(features))
         losses = []
         for s in range(steps_per_epoch):
             idx = order[s * batch_size:(s + 1) * batch_size]
@@ -188,7 +196,7 @@ def train_frozen_backbone(
     back into `network.head.dense`. The backbone's weights are never changed.
     `head_training`: the other keywords of `train_head_on_features` (epochs,
     lr_max, lr_init, lr_end, warmup_epochs, momentum, weight_decay,
-    label_smoothing, seed, on_epoch).
+    label_smoothing, seed, on_epoch, class_weights, balanced_sampling).
     """
     import mindspore as ms
 
