@@ -153,7 +153,7 @@ def check_text(photo_set: PhotoSet, groups: Sequence[DuplicateGroup], summary: D
              f"{summary['files']} files)",
              f"unreadable files (the trainer would skip them): {len(summary['unreadable'])}"]
     lines += [f"  {u['file']}: {u['reason']}" for u in summary["unreadable"]]
-    lines.append(f"exact duplicates (same SHA-256): {counts['exact_duplicate_sets']} sets, "
+    lines.append(f"exact duplicates (same SHA-256): {counts['exact_duplicate_sets']} set(s), "
                  f"{counts['exact_duplicate_files']} files")
     lines.append(f"duplicate groups (exact or perceptual distance <= {summary['threshold_bits']} of {HASH_BITS} bits): "
                  f"{counts['groups']}, of which within a class {counts['within_class']}, "
