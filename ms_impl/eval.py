@@ -18,7 +18,6 @@ from typing import List, Optional
 if __package__ in (None, ""):  # run as a script: put the repository root on the import path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
 
 from ms_impl.trainer import report
 from ms_impl.trainer.metrics import evaluate

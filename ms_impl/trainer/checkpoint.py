@@ -17,7 +17,6 @@ Files in `<output_dir>/checkpoints/`: `mobilenetv2-<epoch>_<steps>.ckpt` per epo
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path

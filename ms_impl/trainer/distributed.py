@@ -32,7 +32,7 @@ import errno
 import os
 import socket
 from dataclasses import dataclass
-from typing import Dict, Iterable, Mapping, Optional
+from typing import Dict, Mapping, Optional
 
 import numpy as np
 

@@ -134,7 +134,6 @@ def files_in(folder: Path) -> list:
 @pytest.mark.parametrize("width", [SMALL, 1.0])
 def test_layout_names_are_the_twins_names(width, ms_pynative):
     from ms_impl import mobilenetv2 as ms_model
-    from ms_impl import weights as ms_weights
 
     slots = tensor_table(build_spec(width), 1000)
     tv = {k: tuple(v.shape) for k, v in pt_model.MobileNetV2(1000, width).state_dict().items()
