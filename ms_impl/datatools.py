@@ -356,11 +356,11 @@ def report_figure(photo_set: PhotoSet, groups: Sequence[DuplicateGroup]):
 
     counts = photo_set.counts()
     shown = list(groups[:THUMBNAIL_ROWS])
-    fig = plt.figure(figsize=(16, 6 + 1.7 * len(shown)))
-    grid = fig.add_gridspec(1 + len(shown), 2 * THUMBNAILS_PER_ROW,
-                            height_ratios=[6] + [1.7] * len(shown), hspace=0.45)
-    bars = fig.add_subplot(grid[0, :THUMBNAILS_PER_ROW + 2])
-    scatter = fig.add_subplot(grid[0, THUMBNAILS_PER_ROW + 3:])
+    fig = plt.figure(figsize=(16, 6 + 2.2 * len(shown)))
+    outer = fig.add_gridspec(1 + bool(shown), 1, height_ratios=[6] + ([2.2 * len(shown)] if shown else []), hspace=0.3)
+    charts = outer[0].subgridspec(1, 2, width_ratios=[2, 1], wspace=0.15)
+    bars = fig.add_subplot(charts[0])
+    scatter = fig.add_subplot(charts[1])
     x = np.arange(len(photo_set.classes))
     bottom = np.zeros(len(photo_set.classes))
     for split in photo_set.splits:
@@ -378,10 +378,11 @@ def report_figure(photo_set: PhotoSet, groups: Sequence[DuplicateGroup]):
     scatter.set_ylabel("height (px)")
     scatter.set_title("image resolution")
     readable = photo_set.readable
+    thumbnails = outer[1].subgridspec(len(shown), THUMBNAILS_PER_ROW, hspace=0.7) if shown else None
     for row, group in enumerate(shown, 1):
         for column, index in enumerate(group.members[:THUMBNAILS_PER_ROW]):
             photo = readable[index]
-            axis = fig.add_subplot(grid[row, 2 * column:2 * column + 2])
+            axis = fig.add_subplot(thumbnails[row - 1, column])
             thumbnail = read_rgb(photo.path)
             thumbnail.thumbnail((160, 160))
             axis.imshow(np.asarray(thumbnail))

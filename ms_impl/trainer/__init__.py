@@ -4,6 +4,8 @@
     classes        the class table (English/Chinese names, the 4 garbage categories)
     dataset        image lists and mindspore.dataset pipelines
     images         the one "can the pipeline decode this file" check
+    photos         a folder of photos: hashes, duplicate groups, train/val split planning (datatools check/split)
+    balance        class_balance: inverse-frequency loss weights, the balanced epoch draw
     synthetic      the embedded default data set (no download)
     sharding       which samples a data-parallel rank reads
     distributed    msrun detection, collectives, replica checks
