@@ -63,3 +63,21 @@ ROUND_TRIP_ABS = 0.0
 # crops on every generated JPEG; the one gap measured is a 1-level difference
 # on ~20% of the pixels of an extreme 900x61 JPEG resized to 37 px (32 px crop).
 PREPROCESS_ABS = 1.0 / (0.224 * 255) + 1e-6
+
+# `python -m parity diff`, row by row: max |candidate - reference| <= rtol x max |reference| of that
+# stage (or op). Measured on identical weights, random-statistics nets at 0.35x and 1.0x, 64 and 96 px,
+# every conv/BN/ReLU6 (`--per-op`), seeds 0-2, and the ImageNet backbone at 224 px (README "Finding
+# where two models differ").
+# Cross-framework, eval: the worst row was 5.4e-6 (a deep block's output); the gap grows with depth,
+# from ~2e-7 at the stem. 1e-4 leaves a 20x margin, and a 1% change of one block's weights moves that
+# block's output by ~1e-2.
+STAGE_EVAL_REL = 1e-4
+# Cross-framework, training-mode forward (batch statistics): deep stages see 4-16 values per BN channel
+# at 64 px, batch 2, and dividing by their batch std amplifies the rounding gap; the worst row was 2.1e-4
+# (1.0x, 64 px, features.17), 1e-4 to 2e-4 in most runs.
+STAGE_TRAIN_REL = 2e-3
+# The same twin on both sides, identical weights: the same kernels on the same input, bit-exact in
+# every run (0.0); the bound only allows for a thread-count dependent reduction order.
+STAGE_SAME_FRAMEWORK_REL = 1e-6
+# Gradients in `diff --mode train` are compared per stage on identical stage inputs and upstream
+# gradients, like the layer-by-layer row of `check`, with GRAD_REL and GRAD_FLOOR (worst measured 3.2e-5).
