@@ -79,5 +79,10 @@ STAGE_TRAIN_REL = 2e-3
 # The same twin on both sides, identical weights: the same kernels on the same input, bit-exact in
 # every run (0.0); the bound only allows for a thread-count dependent reduction order.
 STAGE_SAME_FRAMEWORK_REL = 1e-6
-# Gradients in `diff --mode train` are compared per stage on identical stage inputs and upstream
-# gradients, like the layer-by-layer row of `check`, with GRAD_REL and GRAD_FLOOR (worst measured 3.2e-5).
+# Cross-framework parameter gradients in `diff --mode train`, per stage on identical stage inputs and
+# upstream gradients (like the layer-by-layer row of `check`), relative to each tensor's largest
+# gradient floored at GRAD_FLOOR x the net's largest. Random-statistics nets: at most 3.2e-5. The
+# ImageNet backbone at 224 px: 2.4e-3 (BN gamma of block 1, whose 25088 values per channel include
+# pre-activations within rounding of a ReLU6 kink: clipped on one side only, each such element adds
+# or drops its share of that channel's gradient). GRAD_REL (1e-3) would flag that as a divergence.
+STAGE_GRAD_REL = 1e-2

@@ -92,8 +92,9 @@ def stage_gradient_row(name: str, stage: str, rows: Sequence[Row], reference: Se
                        np.concatenate([np.ravel(g) for g in candidate]))
     figures = Difference(max(r.figures.max_abs for r in rows), max(r.figures.max_rel for r in rows),
                          whole.cosine, whole.within, max(r.figures.scale for r in rows))
+    worst_tensor = worst.name[:-len(" (grad)")] if worst.name.endswith(" (grad)") else worst.name
     return Row(name, stage, "gradient", (sum(int(np.prod(r.shape)) for r in rows),), figures, worst.atol,
-               worst.rtol, all(r.passed for r in rows), f"{len(rows)} tensors, worst {worst.name}")
+               worst.rtol, all(r.passed for r in rows), f"{len(rows)} tensors, worst {worst_tensor}")
 
 
 @dataclass
@@ -351,7 +352,7 @@ def twin_stages(side: Side):
 def default_tolerance(kind: str, mode: str, cross_framework: bool) -> Tuple[float, float]:
     """(atol, rtol) of parity.core.tolerances for one kind of row."""
     if kind == "gradient":
-        return 0.0, tolerances.GRAD_REL if cross_framework else tolerances.STAGE_SAME_FRAMEWORK_REL
+        return 0.0, tolerances.STAGE_GRAD_REL if cross_framework else tolerances.STAGE_SAME_FRAMEWORK_REL
     if not cross_framework:
         return 0.0, tolerances.STAGE_SAME_FRAMEWORK_REL
     return 0.0, tolerances.STAGE_TRAIN_REL if mode == "train" else tolerances.STAGE_EVAL_REL
@@ -391,8 +392,7 @@ def diff_checkpoints(reference: Side, candidate: Side, batch: Tuple[np.ndarray, 
             break
         cand_value = cand_outputs[name]
         if ref_value.shape != cand_value.shape:
-            report.stopped = (f"{name}: shapes {tuple(ref_value.shape)} and {tuple(cand_value.shape)} differ "
-                              f"({_model_text(reference.ckpt)} vs {_model_text(candidate.ckpt)})")
+            report.stopped = f"{name}: shapes {tuple(ref_value.shape)} and {tuple(cand_value.shape)} differ"
             break
         report.rows.append(compare_row(name, _stage_of(name), "output", ref_value, cand_value, atol, rtol))
     else:
@@ -404,13 +404,14 @@ def diff_checkpoints(reference: Side, candidate: Side, batch: Tuple[np.ndarray, 
         if report.stopped is not None and not report.stopped.startswith("logits"):
             report.notes.append("gradients not compared: the backbones' shapes differ")
         else:
-            _compare_gradients(report, ref_twin, cand_twin, dict(ref_outputs), ref_input, options,
+            _compare_gradients(report, ref_twin, cand_twin, dict(ref_outputs), cand_outputs, ref_input, options,
                                tolerance("gradient"))
     return report
 
 
 def _compare_gradients(report: DiffReport, ref_twin, cand_twin, ref_outputs: Dict[str, np.ndarray],
-                       ref_input: np.ndarray, options: Options, tolerance: Tuple[float, float]) -> None:
+                       cand_outputs: Dict[str, np.ndarray], ref_input: np.ndarray, options: Options,
+                       tolerance: Tuple[float, float]) -> None:
     """Stage by stage from the loss down, each side fed the reference's stage input and upstream gradient."""
     rng = np.random.default_rng(options.seed + 1)
     features = ref_outputs[f"features.{len(ref_twin.stages) - 1}"]
@@ -425,7 +426,9 @@ def _compare_gradients(report: DiffReport, ref_twin, cand_twin, ref_outputs: Dic
                    and ref_twin.ckpt.num_classes == cand_twin.ckpt.num_classes)
     cand_grads: Dict[str, np.ndarray] = {}
     if heads_match or (ref_twin.head is None and cand_twin.head is None):
-        _, cand_grads, cand_loss = cand_twin.head_backward(features, target)
+        _, cand_grads, _ = cand_twin.head_backward(features, target)
+        # The loss row is each side's own forward, like the other output rows.
+        cand_loss = cand_twin.head_backward(cand_outputs[f"features.{len(cand_twin.stages) - 1}"], target)[2]
         report.rows.append(compare_row("loss", "loss", "output", np.float64(ref_loss), np.float64(cand_loss),
                                        0.0, tolerances.LOSS_REL if options.rtol is None else options.rtol))
     else:
@@ -444,8 +447,10 @@ def _compare_gradients(report: DiffReport, ref_twin, cand_twin, ref_outputs: Dic
     for stage, ref_stage_grads, cand_stage_grads in reversed(stage_grads):  # network order: input to output
         if not cand_stage_grads:
             continue
-        rows = [compare_row(f"{name} (grad)", stage, "gradient", ref_stage_grads[name], cand_stage_grads[name],
+        rows = [compare_row(name, stage, "gradient", ref_stage_grads[name], cand_stage_grads[name],
                             atol, rtol, floor) for name in ref_stage_grads]
+        for row in rows:
+            row.name += " (grad)"
         grad_rows += rows if options.per_op else [stage_gradient_row(
             f"{stage} (grad)", stage, rows, list(ref_stage_grads.values()),
             [cand_stage_grads[name] for name in ref_stage_grads])]
@@ -489,23 +494,24 @@ def format_report(report: DiffReport) -> str:
         if row.detail and not row.passed:
             lines.append(f"{row.name}: {row.detail}")
     lines += [f"note: {note}" for note in report.notes]
-    if report.stopped:
-        lines.append(f"stopped at {report.stopped}")
     lines.append(conclusion(report))
     return "\n".join(lines)
 
 
 def conclusion(report: DiffReport) -> str:
     """The last line of the report: the first divergent row, or that all agree."""
-    compared = f"{len(report.rows)} rows" + (f", up to where shapes stopped agreeing" if report.stopped else "")
+    if report.first_divergent is None and report.stopped:
+        return f"no divergence in the {len(report.rows)} rows compared; stopped at {report.stopped}"
     if report.first_divergent is None:
-        return f"all stages agree: {compared} within tolerance"
+        return f"all stages agree: {len(report.rows)} rows within tolerance"
     row = next(r for r in report.rows if r.name == report.first_divergent)
     text = (f"first divergence: {row.name} (max rel diff {row.figures.max_rel:.3e}, cosine {row.figures.cosine:.6f}, "
             f"tolerance rel {row.rtol:g})")
     if report.first_divergent_gradient and report.first_divergent_gradient != row.name:
         gradient = next(r for r in report.rows if r.name == report.first_divergent_gradient)
         text += f"; first failing gradient: {gradient.stage} ({gradient.detail or gradient.name})"
+    if report.stopped:
+        text += f"; stopped at {report.stopped}"
     return text
 
 
@@ -570,8 +576,17 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Usage errors as one line, `error: --option: problem`, exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        text = message[len("argument "):] if message.startswith("argument ") else message
+        print(f"error: {text}", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="python -m parity diff",
         description="Run two MobileNetV2 checkpoints (or one checkpoint in both frameworks) on the same input and "
                     "name the first stage where their outputs part ways. Exit 0 if every row is within "
@@ -585,10 +600,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="eval: inference forward; train: training-mode forward and per-stage gradients "
                              "(default eval)")
     parser.add_argument("--per-op", action="store_true", help="also compare every conv, BatchNorm and ReLU6")
-    parser.add_argument("--image", type=Path, help="an image, preprocessed by each twin's own eval pipeline "
+    parser.add_argument("--image", type=Path, metavar="PATH", help="an image, preprocessed by each twin's own eval pipeline "
                                                    "(default: a random batch)")
-    parser.add_argument("--batch", type=_positive_int, default=2, help="random batch size (default 2)")
-    parser.add_argument("--image-size", type=_positive_int, default=224, help="input side in pixels (default 224)")
+    parser.add_argument("--batch", type=_positive_int, default=2, metavar="N", help="random batch size (default 2)")
+    parser.add_argument("--image-size", type=_positive_int, default=224, metavar="PX", help="input side in pixels (default 224)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random batch and labels (default 0)")
     parser.add_argument("--atol", type=_non_negative_float,
                         help="absolute tolerance of every row (default: parity/core/tolerances.py, 0)")
@@ -680,9 +695,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if report.stopped is not None:
         # Nothing failed where the shapes agree, but the two are not the same model.
-        print(f"error: {args.candidate}: {_model_text(candidate.ckpt)} against {_model_text(reference.ckpt)}: "
-              f"compared up to {report.rows[-1].name if report.rows else 'nothing'}, stopped at {report.stopped}",
-              file=sys.stderr)
+        compared = f"compared up to {report.rows[-1].name}" if report.rows else "nothing compared"
+        print(f"error: {args.candidate}: a {_model_text(candidate.ckpt)} model, the reference a "
+              f"{_model_text(reference.ckpt)} one: {compared}, stopped at {report.stopped}", file=sys.stderr)
         return 2
     return 0
 
