@@ -221,6 +221,20 @@ def test_mismatched_widths_are_compared_up_to_where_shapes_agree(tmp_path, capsy
     assert err.startswith("error: ") and "compared up to features.1" in err and len(err.strip().splitlines()) == 1
 
 
+def test_other_class_count_compares_the_backbone_and_stops_at_logits(tmp_path, capsys, base):
+    pth = save(base, tmp_path / "26.pth")
+    tensors = dict(base.tensors)
+    tensors["classifier.1.weight"], tensors["classifier.1.bias"] = tensors["classifier.1.weight"][:10], tensors[
+        "classifier.1.bias"][:10]
+    ten = save(cv.checkpoint_from_state(tensors, "torchvision", source="generated"), tmp_path / "10.pth")
+    code, out, err = run_diff(capsys, pth, ten, *SIZE, "--json", tmp_path / "r.json")
+    assert code == 2, out
+    report = report_of(tmp_path / "r.json")
+    assert [row["name"] for row in report["rows"]] == STAGES[:-1] and all(row["pass"] for row in report["rows"])
+    assert report["stopped"] == "logits: shapes (2, 26) and (2, 10) differ"
+    assert "compared up to pool, stopped at logits" in err
+
+
 def test_existing_json_is_kept_without_force(tmp_path, capsys, base):
     pth = save(base, tmp_path / "net.pth")
     (tmp_path / "r.json").write_text("mine")
