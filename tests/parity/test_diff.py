@@ -141,6 +141,7 @@ def test_running_variance_changed_in_one_stage_is_named_in_eval_mode(tmp_path, c
     assert report_of(tmp_path / "r.json")["first_divergent"] == "features.11"
 
 
+@pytest.mark.slow  # a forward and 20 per-stage backward passes in each framework
 def test_train_mode_names_the_first_failing_gradient(tmp_path, capsys, base):
     rng = np.random.default_rng(0)
     reference = save(base, tmp_path / "ref.pth")
@@ -159,6 +160,7 @@ def test_train_mode_names_the_first_failing_gradient(tmp_path, capsys, base):
     assert "first failing gradient: features.9" in out.rstrip().splitlines()[-1]
 
 
+@pytest.mark.slow  # a forward and 20 per-stage backward passes in each framework
 def test_train_mode_on_identical_weights_across_frameworks_passes(tmp_path, capsys, base):
     pth = save(base, tmp_path / "net.pth")
     code, out, _ = run_diff(capsys, pth, pth, *SIZE, "--mode", "train", "--json", tmp_path / "r.json")
