@@ -5,8 +5,9 @@
 converter's file readers and writers. `parity.harness` builds both twins and
 compares them. `tests/test_layering.py` enforces this, lazy imports included.
 
-    core/     spec, layouts, converter, files, schedule, loss, param_groups, preprocess, tolerances
-    harness/  compare (`python -m parity check`), bench, bench_convert, verify, convert_cli
+    core/     spec, layouts, converter, files, schedule, loss, param_groups, preprocess, difference, tolerances
+    harness/  compare (`python -m parity check`), diff (`python -m parity diff`), bench, bench_convert, verify,
+              convert_cli
     convert   entry point: `python -m parity.convert SRC DST` (mbv2-convert)
-    __main__  entry point: `python -m parity {check,bench}` (mbv2-parity)
+    __main__  entry point: `python -m parity {check,bench,diff}` (mbv2-parity)
 """

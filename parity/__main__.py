@@ -1,4 +1,4 @@
-"""`python -m parity {check,bench} ...`: the parity suite and the side-by-side benchmark."""
+"""`python -m parity {check,bench,diff} ...`: the parity suite, the side-by-side benchmark, the stage-by-stage diff."""
 from __future__ import annotations
 
 import sys
@@ -7,13 +7,14 @@ from typing import List, Optional
 COMMANDS = {
     "check": ("parity.harness.compare", "compare the twins: forward, gradients, BN stats, optimizer steps, loss, LR, preprocessing"),
     "bench": ("parity.harness.bench", "time the MindSpore twin against the PyTorch twin, side by side"),
+    "diff": ("parity.harness.diff", "name the first stage where two checkpoints (or two frameworks) part ways"),
 }
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
-        print("usage: python -m parity {check,bench} [options]", file=sys.stderr)
+        print("usage: python -m parity {check,bench,diff} [options]", file=sys.stderr)
         for name, (_, help_text) in COMMANDS.items():
             print(f"  {name:6s} {help_text}", file=sys.stderr)
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2

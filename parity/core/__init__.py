@@ -8,5 +8,6 @@
     loss          reference label-smoothed cross entropy (numpy)
     param_groups  which parameters take weight decay
     preprocess    preprocessing constants both twins use
+    difference    max abs / max rel difference, cosine similarity, share within 1e-3: one table's figures
     tolerances    every parity tolerance, with its reason
 """

@@ -63,3 +63,29 @@ ROUND_TRIP_ABS = 0.0
 # crops on every generated JPEG; the one gap measured is a 1-level difference
 # on ~20% of the pixels of an extreme 900x61 JPEG resized to 37 px (32 px crop).
 PREPROCESS_ABS = 1.0 / (0.224 * 255) + 1e-6
+
+# `python -m parity diff`, row by row: max |candidate - reference| <= rtol x max |reference| of that
+# stage (or op). Measured on identical weights, random-statistics nets at 0.35x and 1.0x, 64 and 96 px,
+# every conv/BN/ReLU6, seeds 0-2, and the ImageNet backbone at 160 and 224 px: the worst row of
+# `python -m parity diff F F --per-op [--mode train] --seed S --image-size PX --json r.json` (one file
+# twice: its own framework's twin against the other).
+# Cross-framework, eval: the worst row was 8.0e-6 (ImageNet backbone, 224 px, a ReLU6 output of block
+# 2; 5.4e-6 on the random nets); the gap grows with depth, from ~4e-7 at the stem. 1e-4 leaves a 12x
+# margin, and a 1% change of one block's weights moves that block's output by ~3e-2.
+STAGE_EVAL_REL = 1e-4
+# Cross-framework, training-mode forward (batch statistics): deep stages see 4-16 values per BN channel
+# at 64 px, batch 2, and dividing by their batch std amplifies the rounding gap; the worst row was 2.1e-4
+# (1.0x, 64 px, features.17), 1e-4 to 2e-4 in most runs; 3.9e-5 to 4.4e-5 on the ImageNet backbone
+# at 160 and 224 px.
+STAGE_TRAIN_REL = 2e-3
+# The same twin on both sides, identical weights: the same kernels on the same input, bit-exact in
+# every run (0.0); the bound only allows for a thread-count dependent reduction order.
+STAGE_SAME_FRAMEWORK_REL = 1e-6
+# Cross-framework parameter gradients in `diff --mode train`, per stage on identical stage inputs and
+# upstream gradients (like the layer-by-layer row of `check`), relative to each tensor's largest
+# gradient floored at GRAD_FLOOR x the net's largest. Random-statistics nets: at most 3.2e-5. The
+# ImageNet backbone at 224 px: 2.4e-3 (BN gamma of block 1's depthwise layer: on the same stage input,
+# 2 of its 802816 pre-activations fall on different sides of ReLU6's kink at 0 in the two frameworks,
+# so one side passes their gradient and the other drops it); 2e-5 to 1e-4 with seeds 1-2 and at 160 px.
+# GRAD_REL (1e-3) would call such a flip a divergence.
+STAGE_GRAD_REL = 1e-2

@@ -40,6 +40,7 @@ import numpy as np
 from parity.core import loss as parity_loss
 from parity.core import schedule, tolerances
 from parity.core import spec as mbv2_spec
+from parity.core.difference import difference
 
 LABEL_SMOOTHING = 0.1
 MOMENTUM = 0.9
@@ -91,6 +92,7 @@ class CheckResult:
     tolerance: float
     kind: str  # "abs", "rel" or "count": which column the tolerance bounds
     detail: str = ""
+    cosine: Optional[float] = None  # of the compared arrays as one vector each; None for scalars
 
     @property
     def passed(self) -> bool:
@@ -122,6 +124,14 @@ def _abs_rel(actual: np.ndarray, reference: np.ndarray) -> Tuple[float, float]:
     return diff, (diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf")))
 
 
+def _cosine(actual, reference) -> float:
+    """Cosine similarity of two arrays, or of several (a list) concatenated into one vector each."""
+    if isinstance(actual, (list, tuple)):
+        actual = np.concatenate([np.ravel(a) for a in actual])
+        reference = np.concatenate([np.ravel(r) for r in reference])
+    return difference(reference, actual).cosine
+
+
 def _compare_tensor_dicts(
     name: str, ms_tensors: Dict[str, np.ndarray], pt_tensors: Dict[str, np.ndarray], tolerance: float, kind: str,
     floor_fraction: float = 0.0,
@@ -146,7 +156,10 @@ def _compare_tensor_dicts(
         worst_abs = max(worst_abs, diff)
         if rel >= worst_rel:
             worst_rel, worst_name = rel, key
-    return CheckResult(name, worst_abs, worst_rel, tolerance, kind, f"{len(ms_tensors)} tensors, worst {worst_name}")
+    keys = sorted(ms_tensors)
+    cosine = _cosine([ms_tensors[k] for k in keys], [pt_tensors[k] for k in keys])
+    return CheckResult(name, worst_abs, worst_rel, tolerance, kind, f"{len(ms_tensors)} tensors, worst {worst_name}",
+                       cosine)
 
 
 # --------------------------------------------------------------- the weights
@@ -283,7 +296,7 @@ def check_eval_logits(twins: Twins, x: np.ndarray) -> CheckResult:
     ms_logits, pt_logits = twins.ms_eval_logits(x), twins.pt_eval_logits(x)
     diff, rel = _abs_rel(ms_logits, pt_logits)
     return CheckResult("eval logits", diff, rel, tolerances.EVAL_LOGITS_ABS, "abs",
-                       f"max |logit| {np.abs(pt_logits).max():.3g}")
+                       f"max |logit| {np.abs(pt_logits).max():.3g}", _cosine(ms_logits, pt_logits))
 
 
 class _TrainSteppers:
@@ -363,7 +376,7 @@ def check_training(twins: Twins, rng: np.random.Generator) -> List[CheckResult]:
         if step == 0:
             diff, rel = _abs_rel(ms_logits, pt_logits)
             results.append(CheckResult("train-mode forward", diff, rel, tolerances.TRAIN_FORWARD_ABS, "abs",
-                                       f"max |logit| {np.abs(pt_logits).max():.3g}"))
+                                       f"max |logit| {np.abs(pt_logits).max():.3g}", _cosine(ms_logits, pt_logits)))
             diff, rel = _abs_rel(np.float64(ms_loss), np.float64(pt_loss))
             results.append(CheckResult("train loss (MS vs PT)", diff, rel, tolerances.LOSS_REL, "rel",
                                        f"loss {pt_loss:.6f}"))
@@ -515,7 +528,7 @@ def check_lr_schedule() -> CheckResult:
         pt_scheduler.step()
     diff, rel = _abs_rel(np.asarray(ms_values), np.asarray(pt_values))
     return CheckResult("LR schedule (every step)", diff, rel, tolerances.LR_ABS, "abs",
-                       f"{len(lr)} steps, warmup 14 + cosine")
+                       f"{len(lr)} steps, warmup 14 + cosine", _cosine(np.asarray(ms_values), np.asarray(pt_values)))
 
 
 def make_jpeg(height: int, width: int, rng: np.random.Generator, quality: int = 90) -> bytes:
@@ -564,7 +577,8 @@ def check_preprocessing(twins: Twins, rng: np.random.Generator,
         worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, rel)
         unequal += int(diff > 0)
     results = [CheckResult(f"preprocessing ({len(images)} JPEGs)", worst_abs, worst_rel,
-                           tolerances.PREPROCESS_ABS, "abs", f"{unequal} of {len(images)} not bit-exact")]
+                           tolerances.PREPROCESS_ABS, "abs", f"{unequal} of {len(images)} not bit-exact",
+                           _cosine(list(ms_tensors), list(pt_tensors)))]
 
     # Batches of the case's batch size, so a compiled graph is reused (last one padded).
     batch = twins.case.batch
@@ -578,7 +592,8 @@ def check_preprocessing(twins: Twins, rng: np.random.Generator,
     disagree = int(np.sum(ms_logits.argmax(1) != pt_logits.argmax(1)))
     diff, rel = _abs_rel(ms_logits, pt_logits)
     results.append(CheckResult("top-1 on those JPEGs", float(disagree), rel, 0, "count",
-                               f"{len(images) - disagree}/{len(images)} agree, logits max abs {diff:.2e}"))
+                               f"{len(images) - disagree}/{len(images)} agree, logits max abs {diff:.2e}",
+                               _cosine(ms_logits, pt_logits)))
     return results
 
 
@@ -602,9 +617,9 @@ def run_case(case: Case, include_case_free: bool = True, include_preprocessing: 
 # ---------------------------------------------------------------------- CLI
 
 def format_table(results: Sequence[CheckResult], title: str = "") -> str:
-    header = ("check", "max abs diff", "max rel diff", "tolerance", "result", "detail")
+    header = ("check", "max abs diff", "max rel diff", "cosine", "tolerance", "result", "detail")
     rows = [header] + [
-        (r.name, f"{r.max_abs:.3e}", f"{r.max_rel:.3e}",
+        (r.name, f"{r.max_abs:.3e}", f"{r.max_rel:.3e}", "-" if r.cosine is None else f"{r.cosine:.8f}",
          f"{r.kind} {r.tolerance:g}" if r.kind != "count" else "all agree",
          "PASS" if r.passed else "FAIL", r.detail)
         for r in results

@@ -2,7 +2,8 @@
 
 Exit 0 on success, 2 on bad input or usage (one-line message, nothing
 written), 1 when `--verify` finds the twins disagree (nothing written).
-Harness layer: `--verify` runs both twins (`parity.harness.verify`).
+Harness layer: `--verify` runs both twins (`parity.harness.verify`); when they disagree it prints
+the first diverging stage (`parity.harness.diff`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import List, Optional, Sequence
 from parity.core import tolerances
 from parity.core.converter import (FRAMEWORK_OF_LAYOUT, LAYOUTS, Checkpoint, ConversionError, format_of,
                                    group_skipped, convert, read_checkpoint, write_checkpoint)
+from parity.harness.diff import first_divergence_line
 from parity.harness.verify import VerifyReport, verify_conversion
 
 __all__ = ["main"]
@@ -82,6 +84,9 @@ def _run(args: argparse.Namespace) -> int:
               f"(tolerance {tolerances.EVAL_LOGITS_ABS:g} abs)")
         if not report.ok:
             failed.append(report)
+            # Where the two twins part ways, stage by stage (`python -m parity diff`'s machinery).
+            written = read_checkpoint(temp, layout=result.layout)
+            print(f"verify: {first_divergence_line(source, written, args.verify_image_size)}")
             raise ConversionError(f"{dst}: verification failed, nothing written")
 
     if args.verify:

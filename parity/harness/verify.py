@@ -11,7 +11,7 @@ import numpy as np
 from parity.core import tolerances
 from parity.core.converter import FRAMEWORK_OF_LAYOUT, Checkpoint, ConversionError, convert
 
-__all__ = ["VerifyReport", "verify_conversion", "run_twin"]
+__all__ = ["VerifyReport", "verify_conversion", "run_twin", "build_twin", "random_batch"]
 
 
 @dataclass
@@ -27,33 +27,51 @@ class VerifyReport:
         return self.max_abs <= tolerances.EVAL_LOGITS_ABS
 
 
-def run_twin(framework: str, ckpt: Checkpoint, batch: np.ndarray) -> np.ndarray:
-    """Eval-mode output of the `framework` twin loaded with `ckpt` (renamed to that twin's layout)."""
+def build_twin(framework: str, ckpt: Checkpoint, dropout: float = 0.0):
+    """The `framework` twin ("torch" or "mindspore") loaded with `ckpt` (renamed to that twin's layout), eval mode.
+
+    A backbone-only checkpoint gives the backbone alone; `dropout` is the head's."""
     layout = "torchvision" if framework == "torch" else "ms-official"
     tensors = convert(ckpt, layout).tensors
     if framework == "torch":
-        import torch
         from pt_impl import mobilenetv2 as pt_model
         from pt_impl import weights as pt_weights
 
         net = (pt_model.MobileNetV2Backbone(ckpt.width_mult) if ckpt.num_classes is None
-               else pt_model.MobileNetV2(ckpt.num_classes, ckpt.width_mult))
+               else pt_model.MobileNetV2(ckpt.num_classes, ckpt.width_mult, dropout=dropout))
         pt_weights.load_into(net, tensors, strict=True)
-        net.eval()
-        with torch.no_grad():
-            output = net(torch.from_numpy(batch)).numpy()
-        return output if ckpt.num_classes is not None else output.mean(axis=(2, 3))
-    import mindspore as ms
+        return net.eval()
     from ms_impl import mobilenetv2 as ms_model
     from ms_impl import weights as ms_weights
 
     net = (ms_model.MobileNetV2Backbone(ckpt.width_mult) if ckpt.num_classes is None
-           else ms_model.MobileNetV2(ckpt.num_classes, ckpt.width_mult))
+           else ms_model.MobileNetV2(ckpt.num_classes, ckpt.width_mult, dropout=dropout))
     ms_weights.load_into(net, tensors, strict=True)
     net.set_train(False)
-    output = net(ms.Tensor(batch)).asnumpy()
+    return net
+
+
+def run_twin(framework: str, ckpt: Checkpoint, batch: np.ndarray) -> np.ndarray:
+    """Eval-mode output of the `framework` twin loaded with `ckpt` (renamed to that twin's layout)."""
+    net = build_twin(framework, ckpt)
+    if framework == "torch":
+        import torch
+
+        with torch.no_grad():
+            output = net(torch.from_numpy(batch)).numpy()
+    else:
+        import mindspore as ms
+
+        output = net(ms.Tensor(batch)).asnumpy()
     # Backbone only: compare what a head would see, the globally pooled features.
     return output if ckpt.num_classes is not None else output.mean(axis=(2, 3))
+
+
+def random_batch(batch_size: int, image_size: int, seed: int = 0) -> np.ndarray:
+    """Noise plus a per-image colour offset: pure noise images pool to nearly the same features."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((batch_size, 3, image_size, image_size))
+            + rng.uniform(-1.0, 1.0, (batch_size, 3, 1, 1))).astype(np.float32)
 
 
 def verify_conversion(source: Checkpoint, result: Checkpoint, *, batch_size: int = 2, image_size: int = 224,
@@ -67,10 +85,7 @@ def verify_conversion(source: Checkpoint, result: Checkpoint, *, batch_size: int
         source = convert(source, source.layout, drop_head=True)  # a backbone-only result: compare features
     source_framework = FRAMEWORK_OF_LAYOUT[source.layout]
     other = "mindspore" if source_framework == "torch" else "torch"
-    rng = np.random.default_rng(seed)
-    # Noise plus a per-image colour offset: pure noise images pool to nearly the same features.
-    batch = (rng.standard_normal((batch_size, 3, image_size, image_size))
-             + rng.uniform(-1.0, 1.0, (batch_size, 3, 1, 1))).astype(np.float32)
+    batch = random_batch(batch_size, image_size, seed)
     expected = run_twin(source_framework, source, batch)
     found = run_twin(other, result, batch)
     if expected.shape != found.shape:
