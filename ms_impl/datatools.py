@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -22,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ms_impl.trainer.images import IMAGE_EXTENSIONS, read_rgb
+from parity.core.files import WriteError, atomic_path, atomic_write_text
 
 SPLIT_NAMES = ("train", "val", "test", "eval")
 EXIT_INPUT_ERROR = 2
@@ -55,8 +55,15 @@ class DatasetScan:
         return per_split
 
 
+def _listdir(path: str) -> List[str]:
+    try:
+        return os.listdir(path)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot list the folder ({exc.strerror or exc})") from None
+
+
 def _subdirs(path: str) -> List[str]:
-    return sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)) and not d.startswith("."))
+    return sorted(d for d in _listdir(path) if os.path.isdir(os.path.join(path, d)) and not d.startswith("."))
 
 
 def find_images(root: str) -> List[Tuple[str, str, str]]:
@@ -70,7 +77,7 @@ def find_images(root: str) -> List[Tuple[str, str, str]]:
     for split, split_dir in layout:
         for class_name in _subdirs(split_dir):
             class_dir = os.path.join(split_dir, class_name)
-            for name in sorted(os.listdir(class_dir)):
+            for name in sorted(_listdir(class_dir)):
                 if name.lower().endswith(IMAGE_EXTENSIONS):
                     found.append((split, class_name, os.path.join(class_dir, name)))
     if not found:
@@ -149,36 +156,21 @@ def report_figure(scan: DatasetScan):
     return fig
 
 
-def _write_atomic(path: str, write) -> None:
-    """`write(tmp_path)` then rename into place, so no half-written file is ever left at `path`."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_report(scan: DatasetScan, output_dir: str) -> Tuple[str, str]:
     import matplotlib.pyplot as plt
 
-    os.makedirs(output_dir, exist_ok=True)
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(f"{output_dir}: cannot create the report folder ({exc.strerror or exc})") from None
     png, txt = os.path.join(output_dir, "report.png"), os.path.join(output_dir, "report.txt")
     fig = report_figure(scan)
     try:
-        _write_atomic(png, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+        with atomic_path(png) as temp:
+            fig.savefig(temp, dpi=100, format="png")
     finally:
         plt.close(fig)
-    text = report_text(scan)
-
-    def write_text(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-
-    _write_atomic(txt, write_text)
+    atomic_write_text(txt, report_text(scan))
     return png, txt
 
 
@@ -231,25 +223,34 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "report":
-            existing = [p for p in ("report.png", "report.txt") if os.path.exists(os.path.join(args.output, p))]
-            if existing and not args.force:
-                print(f"datatools: {os.path.join(args.output, existing[0])}: already exists (use --force to overwrite)", file=sys.stderr)
-                return EXIT_INPUT_ERROR
-            scan = scan_dataset(args.data_dir)
-            png, txt = write_report(scan, args.output)
-            print(report_text(scan), end="")
-            print(f"wrote {png} and {txt}")
-            return 0
-        found = find_images(args.data_dir)
-        paths = [p for split, _, p in found if args.split is None or split == args.split]
-        if not paths:
-            print(f"datatools: {args.data_dir}: no images in split {args.split!r}", file=sys.stderr)
-            return EXIT_INPUT_ERROR
-        result = channel_stats(paths, args.image_size)
-    except ValueError as exc:
-        print(f"datatools: {exc}", file=sys.stderr)
+        return _run(args)
+    except (ValueError, WriteError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted (SIGINT); no partial file was left", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "stats" and args.image_size is not None and not 1 <= args.image_size <= 4096:
+        raise ValueError(f"--image-size: must be in [1, 4096], got {args.image_size}")
+    if args.command == "report":
+        existing = [p for p in ("report.png", "report.txt") if os.path.exists(os.path.join(args.output, p))]
+        if existing and not args.force:
+            print(f"error: {os.path.join(args.output, existing[0])}: already exists (use --force to overwrite)", file=sys.stderr)
+            return EXIT_INPUT_ERROR
+        scan = scan_dataset(args.data_dir)
+        png, txt = write_report(scan, args.output)
+        print(report_text(scan), end="")
+        print(f"wrote {png} and {txt}")
+        return 0
+    found = find_images(args.data_dir)
+    paths = [p for split, _, p in found if args.split is None or split == args.split]
+    if not paths:
+        print(f"error: {args.data_dir}: no images in split {args.split!r}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    result = channel_stats(paths, args.image_size)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
