@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ms_impl.trainer.images import IMAGE_EXTENSIONS, read_rgb
-from parity.core.files import WriteError, atomic_path, atomic_write_text
+from parity.core.files import WriteError, atomic_path, atomic_write_text, check_writable_folder
 
 SPLIT_NAMES = ("train", "val", "test", "eval")
 EXIT_INPUT_ERROR = 2
@@ -240,6 +240,7 @@ def _run(args: argparse.Namespace) -> int:
         if existing and not args.force:
             print(f"error: {os.path.join(args.output, existing[0])}: already exists (use --force to overwrite)", file=sys.stderr)
             return EXIT_INPUT_ERROR
+        check_writable_folder(args.output, "--output")
         scan = scan_dataset(args.data_dir)
         png, txt = write_report(scan, args.output)
         print(report_text(scan), end="")

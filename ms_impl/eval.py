@@ -23,7 +23,7 @@ import numpy as np
 from ms_impl.trainer import report
 from ms_impl.trainer.metrics import evaluate
 from ms_impl.trainer.errors import UsageError
-from parity.core.files import WriteError
+from parity.core.files import WriteError, check_writable_folder
 
 log = logging.getLogger("ms_impl.eval")
 
@@ -51,8 +51,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _evaluate(known: argparse.Namespace, rest: List[str]) -> int:
     if known.report_dir is not None:  # checked before the (long) evaluation
-        if known.report_dir.exists() and not known.report_dir.is_dir():
-            raise UsageError(f"{known.report_dir}: --report_dir is a file, not a folder")
+        check_writable_folder(known.report_dir, "--report_dir")
     from ms_impl.trainer import checkpoint, dataset
     from ms_impl.trainer.config import load_config
     from ms_impl.trainer.device import set_device

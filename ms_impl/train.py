@@ -184,6 +184,14 @@ class RunLogHandler(logging.FileHandler):
                   "console only from now on", file=sys.stderr)
 
 
+def close_run_log() -> None:
+    """Detach the train.log of an earlier run in this process (tests run the trainer in-process)."""
+    root = logging.getLogger("ms_impl")
+    for handler in [h for h in root.handlers if isinstance(h, RunLogHandler)]:
+        root.removeHandler(handler)
+        handler.close()
+
+
 def buffer_setup_log() -> logging.handlers.MemoryHandler:
     """Hold the setup's log lines until train.log may be created (after every input was validated)."""
     buffer = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
@@ -191,12 +199,24 @@ def buffer_setup_log() -> logging.handlers.MemoryHandler:
     return buffer
 
 
+class ConsoleHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time of each record (it may be replaced after setup)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(log_file: Optional[Path] = None, console_prefix: str = "") -> None:
     root = logging.getLogger("ms_impl")
     root.setLevel(logging.INFO)
     root.propagate = False
     if not root.handlers:
-        root.addHandler(logging.StreamHandler(sys.stderr))
+        root.addHandler(ConsoleHandler())
     if console_prefix:  # msrun tails every worker's log to one console
         root.handlers[0].setFormatter(logging.Formatter(console_prefix + "%(message)s"))
     elif not root.handlers[0].formatter:
@@ -207,6 +227,7 @@ def setup_logging(log_file: Optional[Path] = None, console_prefix: str = "") -> 
         except OSError as e:
             raise WriteError(f"{log_file}: cannot write ({e.strerror or e})") from None
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        close_run_log()
         for buffer in [h for h in root.handlers if isinstance(h, logging.handlers.MemoryHandler)]:
             buffer.setTarget(handler)  # the setup's lines first
             buffer.flush()
@@ -546,6 +567,7 @@ def save_run_config(cfg, out: Path, lr: np.ndarray) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     setup_logging()
+    close_run_log()
     started = time.perf_counter()
     cfg = None
     lock: Optional[RunLock] = None

@@ -23,7 +23,7 @@ from typing import Callable, Iterator, List, Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["WriteError", "atomic_path", "atomic_folder", "atomic_write_bytes", "atomic_write_text", "one_line",
+__all__ = ["WriteError", "atomic_path", "atomic_folder", "check_writable_folder", "atomic_write_bytes", "atomic_write_text", "one_line",
            "default_file_mode", "TEMP_MARKER", "stale_temporaries", "remove_stale_temporaries", "is_disk_full"]
 
 TEMP_MARKER = ".tmp-"  # every temporary file's name starts with "." and holds this marker
@@ -156,6 +156,25 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_writable_folder(folder: PathLike, what: str = "") -> None:
+    """WriteError unless `folder` (or, when it does not exist yet, its nearest existing parent) can be written.
+
+    For tools that write their output after a long computation: fail first.
+    `os.access` also sees a read-only file system, for root too.
+    """
+    folder = Path(folder)
+    label = f"{what} {folder}".strip()
+    if folder.exists() and not folder.is_dir():
+        raise WriteError(f"{label}: is a file, not a folder")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise WriteError(f"{label}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise WriteError(f"{label}: cannot write ({existing} is read-only)")
 
 
 def atomic_write_bytes(path: PathLike, data: bytes, **kwargs) -> None:
