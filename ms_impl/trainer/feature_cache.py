@@ -191,7 +191,7 @@ def extract_features(backbone, files: Sequence[str], settings: FeatureSettings, 
         try:
             encoded.append(pipeline_bytes(path))  # WebP, GIF, ... converted for MindSpore's Decode
         except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
+            raise ValueError(f"{path}: cannot decode image ({exc})") from None
     if settings.feature_views > 1:
         _check_decodable(encoded, files)
         batches = _augmented_batches(encoded, settings, batch_size)
