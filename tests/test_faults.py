@@ -552,11 +552,13 @@ def test_convert_on_a_full_disk_is_one_line_and_leaves_nothing(torch_checkpoint,
 
 
 @pytest.mark.slow
-def test_training_on_a_full_disk_is_one_line_and_leaves_no_partial_file(small_fs, train):
+def test_training_on_a_full_disk_is_one_line_and_leaves_no_partial_file(small_fs, tmp_path_factory, cli_env, repo_root):
     out = small_fs / "run"
-    code, err = train("--output_dir", str(out), "--epochs", "2")
-    assert code == 2, err[-3000:]
-    one_error_line(err, str(out), "no space left on device")
+    args = TINY + ["--synthetic_cache_dir", synthetic_cache(tmp_path_factory), "--output_dir", str(out), "--epochs", "2"]
+    result = subprocess.run([sys.executable, "ms_impl/train.py", *args], cwd=repo_root, env=cli_env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    one_error_line(result.stderr, str(out), "no space left on device")
     assert no_temporaries(small_fs)
 
 
