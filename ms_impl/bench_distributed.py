@@ -22,6 +22,11 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+if __package__ in (None, ""):  # run as a script: put the repository root on the import path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from parity.core.files import atomic_write_text  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN = REPO_ROOT / "ms_impl" / "train.py"
 
@@ -79,7 +84,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     speedup = results[f"workers_{args.workers}"] / results["workers_1"]
     print(f"  speed-up with {args.workers} workers: x{speedup:.2f}")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps({
+    atomic_write_text(out / "bench.json", json.dumps({
         "global_batch": args.global_batch, "epochs": args.epochs, "extra_args": extra, "cpu_cores": os.cpu_count(),
         "img_per_s": results, "speedup": speedup,
     }, indent=2))

@@ -44,7 +44,7 @@ import numpy as np
 from ms_impl.trainer.images import read_rgb
 from ms_impl.trainer.photos import (DEFAULT_THRESHOLD, HASH_BITS, DuplicateGroup, Photo, PhotoSet,
                                     duplicate_groups, find_photos, plan_split, scan_photos)
-from parity.core.files import WriteError, atomic_path, atomic_write_text, one_line
+from parity.core.files import WriteError, atomic_path, atomic_write_text, check_writable_folder, one_line
 
 EXIT_CLEAN = 0
 EXIT_FOUND_PROBLEMS = 1
@@ -400,7 +400,10 @@ def write_report(photo_set: PhotoSet, groups: Sequence[DuplicateGroup], threshol
                  output_dir: str) -> Tuple[str, str]:
     import matplotlib.pyplot as plt
 
-    os.makedirs(output_dir, exist_ok=True)
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(f"{output_dir}: cannot create the report folder ({exc.strerror or exc})") from None
     png, txt = os.path.join(output_dir, "report.png"), os.path.join(output_dir, "report.txt")
     fig = report_figure(photo_set, groups)
     try:
@@ -418,6 +421,7 @@ def run_report(args) -> int:
     existing = [p for p in ("report.png", "report.txt") if os.path.exists(os.path.join(args.output, p))]
     if existing and not args.force:
         raise InputError(f"{os.path.join(args.output, existing[0])}: already exists (use --force to overwrite)")
+    check_writable_folder(args.output, "--output")  # fail before the long scan, not after it
     photo_set, groups = scan(args.data_dir, args.threshold)
     png, txt = write_report(photo_set, groups, args.threshold, args.output)
     print(report_text(photo_set, groups, args.threshold), end="")
@@ -460,6 +464,8 @@ def channel_stats(paths: Sequence[str], image_size: Optional[int] = None) -> Dic
 
 
 def run_stats(args) -> int:
+    if args.image_size is not None and not 1 <= args.image_size <= 4096:
+        raise InputError(f"--image-size: must be in [1, 4096], got {args.image_size}")
     try:
         found = find_photos(args.data_dir)
     except ValueError as exc:
@@ -544,6 +550,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (InputError, WriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted (SIGINT); no partial file was left", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ if __package__ in (None, ""):  # run as a script: put the repository root on the
 from ms_impl.trainer import report
 from ms_impl.trainer.metrics import evaluate
 from ms_impl.trainer.errors import UsageError
+from parity.core.files import WriteError, check_writable_folder
 
 log = logging.getLogger("ms_impl.eval")
 
@@ -38,23 +39,32 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as e:  # argparse already printed the message
         return int(e.code or 0)
     try:
-        from ms_impl.trainer import checkpoint, dataset
-        from ms_impl.trainer.config import load_config
-        from ms_impl.trainer.device import set_device
-
-        cfg = load_config(rest, description="Evaluate a checkpoint")
-        set_device(cfg.device, cfg.mode)
-        data_path, image_size, synthetic = dataset.resolve_data(cfg)
-        images = dataset.scan_split(data_path, "val", [c.name for c in cfg.classes])
-        from ms_impl.mobilenetv2 import MobileNetV2
-
-        network = MobileNetV2(len(cfg.classes), cfg.width_mult, dropout=cfg.dropout, fast_conv=cfg.fast_conv)
-        checkpoint.load_network_weights(known.checkpoint, {p.name: p for p in network.get_parameters()})
-        data = dataset.eval_dataset(images, image_size, cfg.batch_size, cfg.num_workers)
-        result = evaluate(network, data, len(cfg.classes), cfg.label_smoothing)
-    except UsageError as e:
+        return _evaluate(known, rest)
+    except (UsageError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted (SIGINT); no partial file was left", file=sys.stderr)
+        return 130
+
+
+def _evaluate(known: argparse.Namespace, rest: List[str]) -> int:
+    if known.report_dir is not None:  # checked before the (long) evaluation
+        check_writable_folder(known.report_dir, "--report_dir")
+    from ms_impl.trainer import checkpoint, dataset
+    from ms_impl.trainer.config import load_config
+    from ms_impl.trainer.device import set_device
+
+    cfg = load_config(rest, description="Evaluate a checkpoint")
+    set_device(cfg.device, cfg.mode)
+    data_path, image_size, synthetic = dataset.resolve_data(cfg)
+    images = dataset.scan_split(data_path, "val", [c.name for c in cfg.classes])
+    from ms_impl.mobilenetv2 import MobileNetV2
+
+    network = MobileNetV2(len(cfg.classes), cfg.width_mult, dropout=cfg.dropout, fast_conv=cfg.fast_conv)
+    checkpoint.load_network_weights(known.checkpoint, {p.name: p for p in network.get_parameters()})
+    data = dataset.eval_dataset(images, image_size, cfg.batch_size, cfg.num_workers)
+    result = evaluate(network, data, len(cfg.classes), cfg.label_smoothing)
 
     source = "synthetic set" if synthetic else str(data_path)
     log.info("%s on %s val (%d images): top-1 %.4f  top-5 %.4f  loss %.4f",
@@ -62,7 +72,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     log.info("%s", report.per_class_table(result.confusion, cfg.classes))
     log.info("confusion matrix (rows: true class index, columns: predicted):\n%s", result.confusion)
     if known.report_dir:
-        known.report_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            known.report_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WriteError(f"{known.report_dir}: --report_dir cannot be created ({e.strerror or e})") from None
         report.write_per_class_csv(known.report_dir / "per_class.csv", result.confusion, cfg.classes)
         report.plot_confusion_matrix(known.report_dir / "confusion_matrix.png", result.confusion, cfg.classes, f"{known.checkpoint.name}: top-1 {result.top1:.3f}")
         report.write_json(known.report_dir / "eval.json", {

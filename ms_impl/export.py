@@ -18,12 +18,12 @@ if not __package__:  # run as `python ms_impl/export.py`: put the repo root on t
 import argparse
 import os
 import sys
-import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
 
 from ms_impl.trainer.model_io import CheckpointError, load_model
+from parity.core.files import WriteError, atomic_path, is_disk_full, one_line
 
 SUFFIX = {"MINDIR": ".mindir", "ONNX": ".onnx"}
 UNSUPPORTED = {"AIR": "AIR export needs the Ascend backend; MindSpore on CPU/GPU exports MINDIR or ONNX only"}
@@ -31,18 +31,20 @@ EXIT_INPUT_ERROR = 2
 
 
 def export_model(net, output: str, file_format: str, image_size: int, batch_size: int = 1) -> str:
-    """Write `net` to `output` atomically (export into a temp folder beside it, then rename)."""
+    """Write `net` to `output` atomically (`parity.core.files.atomic_path`); WriteError names `output`."""
     import mindspore as ms
 
     dummy = ms.Tensor(np.zeros((batch_size, 3, image_size, image_size), dtype=np.float32))
-    folder = os.path.dirname(os.path.abspath(output))
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".export-") as tmp:
-        stem = os.path.join(tmp, "model")
-        ms.export(net, dummy, file_name=stem, file_format=file_format)
-        written = stem + SUFFIX[file_format]
-        if not os.path.isfile(written):
-            raise RuntimeError(f"mindspore.export wrote no {file_format} file")
-        os.replace(written, output)
+    with atomic_path(output, suffix=SUFFIX[file_format]) as temp:
+        stem = str(temp)[: -len(SUFFIX[file_format])]  # mindspore.export appends the format's suffix
+        try:
+            ms.export(net, dummy, file_name=stem, file_format=file_format)
+        except (RuntimeError, ValueError) as exc:  # MindSpore's I/O errors; a full disk becomes its own line
+            if is_disk_full(exc):
+                raise
+            raise WriteError(f"{output}: cannot write ({one_line(exc)})") from exc
+        if not temp.is_file() or temp.stat().st_size == 0:
+            raise WriteError(f"{output}: mindspore.export wrote no {file_format} file")
     return output
 
 
@@ -59,26 +61,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _export(args)
+    except WriteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted (SIGINT); no partial file was left", file=sys.stderr)
+        return 130
+
+
+def _export(args: argparse.Namespace) -> int:
     if args.format in UNSUPPORTED:
-        print(f"export: format {args.format} is not supported here: {UNSUPPORTED[args.format]}", file=sys.stderr)
+        print(f"error: format {args.format} is not supported here: {UNSUPPORTED[args.format]}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     if args.format not in SUFFIX:
-        print(f"export: unknown format {args.format!r}; choose MINDIR or ONNX", file=sys.stderr)
+        print(f"error: unknown format {args.format!r}; choose MINDIR or ONNX", file=sys.stderr)
         return EXIT_INPUT_ERROR
     if args.image_size < 32 or args.batch_size < 1:
-        print("export: --image-size must be >= 32 and --batch-size >= 1", file=sys.stderr)
+        print("error: --image-size must be >= 32 and --batch-size >= 1", file=sys.stderr)
         return EXIT_INPUT_ERROR
     output = args.output or os.path.splitext(args.checkpoint)[0] + SUFFIX[args.format]
+    other = {suffix: name for name, suffix in SUFFIX.items() if name != args.format}
+    if os.path.splitext(output)[1].lower() in other:
+        print(f"error: --output {output}: a {other[os.path.splitext(output)[1].lower()]} name for a {args.format} "
+              f"model; name it *{SUFFIX[args.format]} or pass --format {other[os.path.splitext(output)[1].lower()]}",
+              file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    if os.path.isdir(output):
+        print(f"error: --output {output}: is a folder; name the output file", file=sys.stderr)
+        return EXIT_INPUT_ERROR
     if os.path.exists(output) and not args.force:
-        print(f"export: {output}: already exists (use --force to overwrite)", file=sys.stderr)
+        print(f"error: {output}: already exists (use --force to overwrite)", file=sys.stderr)
         return EXIT_INPUT_ERROR
     if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
-        print(f"export: {output}: folder does not exist", file=sys.stderr)
+        print(f"error: {output}: folder does not exist", file=sys.stderr)
         return EXIT_INPUT_ERROR
     try:
         net = load_model(args.checkpoint)  # fast_conv off: the exported graph holds only standard operators
     except CheckpointError as exc:
-        print(f"export: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     export_model(net, output, args.format, args.image_size, args.batch_size)
     print(f"export: wrote {output} ({args.format}, input {args.batch_size}x3x{args.image_size}x{args.image_size} float32, "

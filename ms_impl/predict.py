@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ms_impl.trainer.classes import ClassInfo, configured_image_size, load_class_table
-from ms_impl.trainer.images import IMAGE_EXTENSIONS, unreadable_reason
+from ms_impl.trainer.images import IMAGE_EXTENSIONS, pipeline_bytes, unreadable_reason
 from ms_impl.trainer.model_io import CheckpointError, load_model
 
 EXIT_INPUT_ERROR = 2
@@ -62,15 +62,14 @@ def load_images(files: Sequence[str], image_size: int) -> Tuple[List[str], List[
     pipeline = transforms.Compose(eval_transforms(image_size))
     good, arrays, errors = [], [], []
     for path in files:
+        # PIL decides first (the trainer's check); only formats MindSpore's Decode reads reach it, so a
+        # failed decode never dumps ./unsupported_image.* or ./abnormal_image.* into the current folder
         try:
-            encoded = np.fromfile(path, dtype=np.uint8)
-        except OSError as exc:
-            errors.append({"file": path, "error": f"cannot read file ({exc.strerror or exc})"})
+            encoded = pipeline_bytes(path)  # "empty file", "cannot read file (...)"
+        except ValueError as exc:
+            errors.append({"file": path, "error": str(exc) if str(exc) == "empty file" or str(exc).startswith("cannot read")
+                           else "cannot decode image"})
             continue
-        if encoded.size == 0:
-            errors.append({"file": path, "error": "empty file"})
-            continue
-        # PIL first: MindSpore's Decode, on failure, also dumps the bytes to ./abnormal_image.jpg
         if unreadable_reason(path):
             errors.append({"file": path, "error": "cannot decode image"})
             continue
@@ -148,16 +147,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        return _predict(args)
+    except KeyboardInterrupt:
+        print("error: interrupted (SIGINT)", file=sys.stderr)
+        return 130
+
+
+def _predict(args: argparse.Namespace) -> int:
+    try:
         classes = load_class_table(args.config)
         image_size = args.image_size or configured_image_size(args.config) or DEFAULT_IMAGE_SIZE
         if args.top_k < 1 or image_size < 32:
             raise ValueError("--top_k must be >= 1 and --image_size >= 32")
         net = load_model(args.checkpoint, fast_conv="auto")  # our CPU kernels where they build
     except (CheckpointError, ValueError) as exc:
-        print(f"predict: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     if net.num_classes != len(classes):
-        print(f"predict: {args.checkpoint}: model has {net.num_classes} classes but the class list has {len(classes)}", file=sys.stderr)
+        print(f"error: {args.checkpoint}: model has {net.num_classes} classes but the class list has {len(classes)}", file=sys.stderr)
         return EXIT_INPUT_ERROR
 
     files, errors = collect_images(args.images)

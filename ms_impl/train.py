@@ -18,14 +18,15 @@ batch_size is per worker, each rank reads its shard of every epoch,
 gradients are averaged by MindSpore, evaluation counts are summed over the
 ranks, and only rank 0 writes files.
 
-Exit status: 0 done, 1 training diverged (non-finite loss), 2 bad input,
-130/143 interrupted by SIGINT/SIGTERM (resumable with --resume auto).
+Exit status: 0 done, 1 training diverged (non-finite loss or weights), 2 bad
+input (or an unwritable/full output folder), 130/143 interrupted by
+SIGINT/SIGTERM (resumable with --resume auto). One `error:` line each.
 """
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
-import shutil
 import signal
 import sys
 import time
@@ -48,13 +49,17 @@ from ms_impl.trainer.checkpoint import TrainState
 from ms_impl.trainer.config import load_config
 from ms_impl.trainer.distributed import DistributedContext
 from ms_impl.trainer.errors import UsageError
-from parity.core.files import atomic_write_text
+from ms_impl.trainer.run_folder import RunLock, holds_run, move_aside
+from parity.core.files import WriteError, atomic_path, atomic_write_text, one_line
 
 log = logging.getLogger("ms_impl.train")
 
 EXIT_DIVERGED = 1
 EXIT_USAGE = 2
-RUN_FILES = ("metrics.csv", "summary.json", checkpoint.LAST)
+EXIT_SIGINT = 128 + signal.SIGINT
+MAX_EPOCHS = 100_000
+MAX_SCHEDULE_STEPS = 10_000_000  # the per-step LR array is materialised: 40 MB at most
+MAX_SEED = 2**31 - 1
 
 
 class TrainingDiverged(Exception):
@@ -91,6 +96,15 @@ def build_config(argv: Optional[List[str]]):
     for key in positive:
         if cfg[key] <= 0:
             raise UsageError(f"--{key} must be positive, got {cfg[key]}")
+    upper = {"epochs": MAX_EPOCHS, "image_size": 4096, "synthetic_image_size": 1024, "batch_size": 65536,
+             "num_workers": 1024, "synthetic_train_per_class": 100_000, "synthetic_val_per_class": 100_000}
+    for key, limit in upper.items():
+        if cfg[key] > limit:
+            raise UsageError(f"--{key} {cfg[key]}: at most {limit}")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise UsageError(f"--seed {cfg.seed}: must be in [0, {MAX_SEED}]")
+    if not str(cfg.output_dir).strip():
+        raise UsageError("--output_dir: empty; name the run's folder (it is never the current folder by default)")
     if not 0 <= cfg.warmup_epochs <= cfg.epochs:
         raise UsageError(f"--warmup_epochs {cfg.warmup_epochs} must be in [0, epochs={cfg.epochs}]")
     checks = {
@@ -126,33 +140,79 @@ def resume_path(cfg) -> Optional[Path]:
     """The checkpoint to resume from, or None for a fresh run."""
     if not cfg.resume:
         return None
-    if cfg.resume == "auto":
-        last = checkpoint_dir(cfg) / checkpoint.LAST
-        return last if last.is_file() else None
+    if cfg.resume == "auto":  # the newest intact checkpoint: a crash may have cut `last` short
+        return checkpoint.newest_resumable(checkpoint_dir(cfg), log)
     path = Path(cfg.resume)
     if not path.is_file():
         raise UsageError(f"{path}: --resume checkpoint not found")
     return path
 
 
-def prepare_output_dir(cfg, resuming: bool) -> Path:
-    """Create output_dir/checkpoints, check it is writable; refuse to clobber another run without --force."""
+def check_output_dir(cfg, starting_over: bool) -> None:
+    """Refuse to touch another run without --force (or --resume auto); check the folder is writable. Changes nothing."""
     out = Path(cfg.output_dir)
-    holds_run = any((out / name).exists() for name in RUN_FILES[:2]) or (checkpoint_dir(cfg) / checkpoint.LAST).exists()
-    if holds_run and not resuming:
-        if not cfg.force:
-            raise UsageError(f"{out}: already holds a run; pass --resume auto to continue it or --force true to start over")
-        shutil.rmtree(checkpoint_dir(cfg), ignore_errors=True)
-        for name in ("metrics.csv", "summary.json"):
-            (out / name).unlink(missing_ok=True)
+    if starting_over and not cfg.force and cfg.resume != "auto":
+        raise UsageError(f"{out}: already holds a run; pass --resume auto to continue it or --force true to start over "
+                         "(the old run is moved aside, never deleted)")
     try:
-        checkpoint_dir(cfg).mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
         raise UsageError(f"{out}: output_dir is not writable ({e.strerror or e})") from None
+
+
+def prepare_output_dir(cfg, starting_over: bool) -> Path:
+    """After every input was validated: move an old run aside (never delete it), create checkpoints/."""
+    out = Path(cfg.output_dir)
+    if starting_over:
+        moved = move_aside(out)
+        if moved is not None:
+            log.info("%s: the old run was moved to %s (nothing deleted)", out, moved)
+    try:
+        checkpoint_dir(cfg).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{checkpoint_dir(cfg)}: cannot create ({e.strerror or e})") from None
     return out
+
+
+class RunLogHandler(logging.FileHandler):
+    """train.log; when it cannot be written (disk full) one warning, then the console only: never a traceback per line."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            self.failed = True
+            print(f"warning: {self.baseFilename}: cannot write the log ({one_line(sys.exc_info()[1])}); "
+                  "console only from now on", file=sys.stderr)
+
+
+def close_run_log() -> None:
+    """Detach the train.log of an earlier run in this process (tests run the trainer in-process)."""
+    root = logging.getLogger("ms_impl")
+    for handler in [h for h in root.handlers if isinstance(h, RunLogHandler)]:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def buffer_setup_log() -> logging.handlers.MemoryHandler:
+    """Hold the setup's log lines until train.log may be created (after every input was validated)."""
+    buffer = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
+    logging.getLogger("ms_impl").addHandler(buffer)
+    return buffer
+
+
+class ConsoleHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time of each record (it may be replaced after setup)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
 
 def setup_logging(log_file: Optional[Path] = None, console_prefix: str = "") -> None:
@@ -160,14 +220,22 @@ def setup_logging(log_file: Optional[Path] = None, console_prefix: str = "") -> 
     root.setLevel(logging.INFO)
     root.propagate = False
     if not root.handlers:
-        root.addHandler(logging.StreamHandler(sys.stderr))
+        root.addHandler(ConsoleHandler())
     if console_prefix:  # msrun tails every worker's log to one console
         root.handlers[0].setFormatter(logging.Formatter(console_prefix + "%(message)s"))
     elif not root.handlers[0].formatter:
         root.handlers[0].setFormatter(logging.Formatter("%(message)s"))
     if log_file is not None:
-        handler = logging.FileHandler(log_file, encoding="utf-8")
+        try:
+            handler = RunLogHandler(log_file, encoding="utf-8")
+        except OSError as e:
+            raise WriteError(f"{log_file}: cannot write ({e.strerror or e})") from None
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        close_run_log()
+        for buffer in [h for h in root.handlers if isinstance(h, logging.handlers.MemoryHandler)]:
+            buffer.setTarget(handler)  # the setup's lines first
+            buffer.flush()
+            root.removeHandler(buffer)
         root.addHandler(handler)
 
 
@@ -235,6 +303,9 @@ def build_lr_schedule(cfg, steps_per_epoch: int, ctx: DistributedContext = dist.
     from parity.core.schedule import warmup_cosine_lr
 
     scale = ctx.world_size if cfg.scale_lr else 1  # linear rule: the global batch grew by world_size
+    if cfg.epochs * steps_per_epoch > MAX_SCHEDULE_STEPS:
+        raise UsageError(f"--epochs {cfg.epochs}: {cfg.epochs} x {steps_per_epoch} steps per epoch exceeds "
+                         f"{MAX_SCHEDULE_STEPS} steps")
     return warmup_cosine_lr(lr_init=cfg.lr_init * scale, lr_max=cfg.lr_max * scale, lr_end=cfg.lr_end * scale,
                             warmup_epochs=cfg.warmup_epochs, total_epochs=cfg.epochs, steps_per_epoch=steps_per_epoch)
 
@@ -287,7 +358,8 @@ class StopRequest:
             signal.signal(signum, handler)
 
     def _handle(self, signum, frame) -> None:
-        self.signum = signum
+        if not self.signum:  # the first one names the interruption (MindSpore may follow a SIGINT with a SIGTERM)
+            self.signum = signum
 
 
 def train_one_epoch(cfg, data: Data, step_fn, network, optimizer, lr: np.ndarray, state: TrainState,
@@ -359,6 +431,7 @@ def train(cfg, data: Data, network, optimizer, lr: np.ndarray, state: TrainState
     from ms_impl.trainer.metrics import evaluate
     from ms_impl.loss import smoothed_cross_entropy
     from ms_impl.trainer.train_step import build_train_step
+    from ms_impl.weights import nonfinite_parameter
 
     step_fn = build_train_step(network, smoothed_cross_entropy(cfg.label_smoothing, data.class_weights), optimizer)
     val_batches = dataset.eval_dataset(data.val, data.image_size, cfg.batch_size, cfg.num_workers, ctx.num_shards, ctx.shard_id)
@@ -386,6 +459,9 @@ def train(cfg, data: Data, network, optimizer, lr: np.ndarray, state: TrainState
             stop.arm()
             if not np.isfinite(result.loss):
                 raise TrainingDiverged(f"val loss is {result.loss} after epoch {state.epoch + 1}; stopped without saving")
+            bad = nonfinite_parameter(network)  # one pass over the weights: cheap next to an epoch
+            if bad:
+                raise TrainingDiverged(f"weight {bad} is not finite after epoch {state.epoch + 1}; stopped without saving")
             state.epoch += 1
             state.step_in_epoch = 0
             improved = result.top1 > state.best_top1
@@ -448,6 +524,11 @@ def train_frozen(cfg, data: Data, network, optimizer, state: TrainState, out: Pa
     result = result_from_logits(run.val_logits, data.val.labels, len(cfg.classes), cfg.label_smoothing)
     state.epoch, state.best_top1, state.best_epoch = cfg.epochs, result.top1, cfg.epochs
     state.global_step = cfg.epochs * max(1, len(run.train_features.features) // cfg.batch_size)  # head steps
+    from ms_impl.weights import nonfinite_parameter
+
+    bad = nonfinite_parameter(network)
+    if bad:
+        raise TrainingDiverged(f"weight {bad} is not finite after head training; stopped without saving")
     report.write_metrics(out / "metrics.csv", rows)
     # the head's final weights are the run's result: `last` and `best` both hold them
     for name in (checkpoint.LAST, checkpoint.BEST):
@@ -487,7 +568,8 @@ def save_run_config(cfg, out: Path, lr: np.ndarray) -> None:
     """The resolved config and the per-step LR array, next to the checkpoints."""
     plain = {k: v for k, v in cfg.items() if k != "classes"}
     atomic_write_text(out / "config.yaml", yaml.safe_dump(plain, sort_keys=False, allow_unicode=True))
-    np.save(out / "lr_schedule.npy", lr)
+    with atomic_path(out / "lr_schedule.npy") as temp:
+        np.save(temp, lr)
 
 
 # ---------------------------------------------------------------- entry point
@@ -495,7 +577,11 @@ def save_run_config(cfg, out: Path, lr: np.ndarray) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     setup_logging()
+    close_run_log()
     started = time.perf_counter()
+    cfg = None
+    lock: Optional[RunLock] = None
+    setup_done = False
     try:
         cfg = build_config(argv)
         from ms_impl.trainer.device import set_device
@@ -509,13 +595,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             log.info("%s (rank 0 writes all files)", ctx.describe())
         out = Path(cfg.output_dir)
         setup_error = None
+        buffer = buffer_setup_log() if ctx.is_main_process else None
         try:  # a step may fail on some ranks only (rank 0's output folder, a host without the data)
             if cfg.freeze_backbone and ctx.distributed:
                 raise UsageError("--freeze_backbone runs in one process (the head trains in seconds); launch it without msrun")
-            resume_from = resume_path(cfg)
             if ctx.is_main_process:
-                out = prepare_output_dir(cfg, resuming=resume_from is not None)
-                setup_logging(out / "train.log")
+                lock = RunLock(out).acquire()  # refused at once when another trainer holds the folder
+                lock.remove_stale_temporaries()
+            resume_from = resume_path(cfg)
+            starting_over = ctx.is_main_process and resume_from is None and holds_run(out)
+            if ctx.is_main_process:
+                check_output_dir(cfg, starting_over)
+            # every input is validated before anything in output_dir changes
             data = build_datasets(cfg, ctx)
             network = build_network(cfg, ctx)
             lr = build_lr_schedule(cfg, data.steps_per_epoch, ctx)
@@ -524,10 +615,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             if resume_from is not None:
                 state = restore(cfg, resume_from, network, optimizer, data.steps_per_epoch)
             elif cfg.resume == "auto":
-                log.info("--resume auto: no checkpoint in %s, starting a new run", checkpoint_dir(cfg))
+                log.info("--resume auto: no intact checkpoint in %s, starting a new run", checkpoint_dir(cfg))
+            if ctx.is_main_process:
+                out = prepare_output_dir(cfg, starting_over)
+                setup_logging(out / "train.log")
         except UsageError as e:
             setup_error = e
+        finally:
+            if buffer is not None:
+                logging.getLogger("ms_impl").removeHandler(buffer)
         dist.raise_if_any_rank_failed(setup_error, ctx, "setup")
+        setup_done = True
         dist.check_replicas_identical(dist.replicated_state(network), ctx, "weights at the start")
         if ctx.is_main_process:
             save_run_config(cfg, out, lr)
@@ -546,7 +644,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             log.info("final weights identical on all %d ranks: sha256 %s", ctx.world_size, digest)
         if ctx.is_main_process:
             write_final_report(cfg, data, result, rows, state, out, time.perf_counter() - started, ctx)
-    except UsageError as e:
+    except (UsageError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except TrainingDiverged as e:
@@ -557,6 +655,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Interrupted as e:
         print(f"interrupted by {e}: continue with --resume auto --output_dir {cfg.output_dir}", file=sys.stderr)
         return 128 + e.signum
+    except KeyboardInterrupt:  # Ctrl+C before the training loop took over the signals
+        where = "during setup; nothing in the output folder was changed" if not setup_done else "before any step was saved"
+        print(f"error: interrupted (SIGINT) {where}", file=sys.stderr)
+        return EXIT_SIGINT
+    finally:
+        if lock is not None:
+            lock.release(remove_created=not setup_done)  # a failed setup leaves no empty run folder behind
     return 0
 
 

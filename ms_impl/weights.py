@@ -6,13 +6,13 @@ names; `parity.core.converter` renames any other layout to them first.
 from __future__ import annotations
 
 import hashlib
-from typing import Dict, Iterable, Mapping
+from typing import Dict, Iterable, Mapping, Optional
 
 import numpy as np
 
-from parity.core.converter import ConversionError, LoadResult, listing
+from parity.core.converter import ConversionError, LoadResult, first_nonfinite, listing
 
-__all__ = ["state_of", "load_into", "digest"]
+__all__ = ["state_of", "load_into", "digest", "nonfinite_parameter"]
 
 
 def state_of(net) -> Dict[str, np.ndarray]:
@@ -57,3 +57,8 @@ def digest(named_params: Iterable) -> str:
         sha.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
         sha.update(array.tobytes())
     return sha.hexdigest()
+
+
+def nonfinite_parameter(net) -> Optional[str]:
+    """`name (k NaN, m Inf of n values)` of the Cell's first parameter holding NaN or Inf, else None."""
+    return first_nonfinite((param.name, param.asnumpy()) for param in net.get_parameters())

@@ -5,14 +5,14 @@ names; `parity.core.converter` renames any other layout to them first.
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional
 
 import numpy as np
 
-from parity.core.converter import ConversionError, LoadResult, listing
+from parity.core.converter import ConversionError, LoadResult, first_nonfinite, listing
 from parity.core.layouts import TORCH_BN_COUNTER
 
-__all__ = ["state_of", "load_into"]
+__all__ = ["state_of", "load_into", "nonfinite_parameter"]
 
 
 def state_of(model) -> Dict[str, np.ndarray]:
@@ -45,3 +45,8 @@ def load_into(model, tensors: Mapping[str, np.ndarray], strict: bool = True) -> 
         state[name] = torch.tensor(value).to(current.dtype)
     model.load_state_dict(state, strict=False)
     return LoadResult(missing, unexpected)
+
+
+def nonfinite_parameter(model) -> Optional[str]:
+    """`name (k NaN, m Inf of n values)` of the Module's first state entry holding NaN or Inf, else None."""
+    return first_nonfinite((name, value.detach().cpu().numpy()) for name, value in model.state_dict().items())

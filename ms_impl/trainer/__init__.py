@@ -11,7 +11,8 @@
     distributed    msrun detection, collectives, replica checks
     device         selecting CPU/GPU/Ascend with a one-line error
     train_step     the compiled training step and the replayable dropout
-    checkpoint     training checkpoints: save, rotate, resume
+    checkpoint     training checkpoints: save, rotate, resume (from the newest intact one)
+    run_folder     the run folder: one trainer at a time (lock), old runs moved aside, never deleted
     pretrained     loading a pretrained backbone for transfer learning
     model_io       loading any converter-readable checkpoint for inference
     transfer       frozen-backbone training on cached features

@@ -20,10 +20,11 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 from ms_impl.trainer.errors import UsageError
-from parity.core.files import atomic_path, one_line
+from parity.core.converter import first_nonfinite
+from parity.core.files import WriteError, atomic_path, is_disk_full, one_line
 
 PREFIX = "mobilenetv2"
 LAST = f"{PREFIX}-last.ckpt"
@@ -55,7 +56,12 @@ def _atomic_save(entries: List[dict], path: Path, state: TrainState) -> None:
     import mindspore as ms
 
     with atomic_path(path) as temp:
-        ms.save_checkpoint(entries, str(temp), append_dict={STATE_KEY: json.dumps(asdict(state))})
+        try:
+            ms.save_checkpoint(entries, str(temp), append_dict={STATE_KEY: json.dumps(asdict(state))})
+        except RuntimeError as exc:  # MindSpore reports I/O failures as RuntimeError
+            if is_disk_full(exc):
+                raise
+            raise WriteError(f"{path}: cannot write ({one_line(exc)})") from exc
 
 
 def _entries(network_params: Dict[str, object], optimizer) -> List[dict]:
@@ -77,6 +83,42 @@ def rotate_epoch_checkpoints(folder: Path, keep: int) -> None:
         path.unlink()
 
 
+def train_state_of(path: Path) -> TrainState:
+    """The training position saved in checkpoint `path`; UsageError when it is damaged or has none."""
+    entries = read_checkpoint(path)
+    if STATE_KEY not in entries:
+        raise UsageError(f"{path}: has no training state")
+    try:
+        return TrainState(**json.loads(str(entries[STATE_KEY])))
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{path}: damaged training state ({one_line(exc)})") from None
+
+
+def newest_resumable(folder: Path, log=None) -> Optional[Path]:
+    """The intact checkpoint in `folder` that is furthest into the run (`last` or a per-epoch one), or None.
+
+    A checkpoint whose write was cut short (process killed, disk full) does not
+    load and is passed over with a warning; so a crash while `last` is being
+    replaced resumes from the newest per-epoch checkpoint.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    candidates = [p for p in folder.iterdir() if p.name in (LAST, BEST) or _EPOCH_FILE.match(p.name)]
+    best: Optional[Tuple[Tuple[int, int, int], Path]] = None
+    for path in candidates:
+        try:
+            state = train_state_of(path)
+        except UsageError as exc:
+            if log is not None:
+                log.warning("passing over %s: %s", path.name, exc)
+            continue
+        rank = (state.global_step, state.epoch, int(path.name == LAST))  # `last` wins a tie: it is the latest write
+        if best is None or rank > best[0]:
+            best = (rank, path)
+    return None if best is None else best[1]
+
+
 def read_checkpoint(path: Path) -> Dict[str, object]:
     """All entries of a .ckpt file; UsageError naming the file when it cannot be read."""
     import mindspore as ms
@@ -85,7 +127,7 @@ def read_checkpoint(path: Path) -> Dict[str, object]:
         raise UsageError(f"{path}: checkpoint not found")
     try:
         return ms.load_checkpoint(str(path))
-    except (ValueError, RuntimeError, OSError) as e:
+    except (ValueError, RuntimeError, OSError, TypeError) as e:
         raise UsageError(f"{path}: not a readable MindSpore checkpoint ({one_line(e)})") from None
 
 
@@ -99,6 +141,11 @@ def load_network_weights(path: Path, network_params: Dict[str, object]) -> Dict[
         value = entries[name]
         if tuple(value.shape) != tuple(param.shape):
             raise UsageError(f"{path}: {name} has shape {tuple(value.shape)}, the network expects {tuple(param.shape)}")
+    bad = first_nonfinite((name, entries[name].asnumpy()) for name in network_params)
+    if bad:
+        raise UsageError(f"{path}: tensor {bad} holds NaN or Inf values; use an earlier checkpoint")
+    for name, param in network_params.items():
+        value = entries[name]
         param.set_data(value.value() if hasattr(value, "value") else value)
     return entries
 

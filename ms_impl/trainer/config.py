@@ -131,6 +131,11 @@ def load_config(argv: Optional[Sequence[str]] = None, description: str = "") -> 
 
     path = known.config or DEFAULT_CONFIG[known.device or "CPU"]
     defaults = _read_yaml(path)
+    if known.config is not None:  # a user's file: every key the tools read must be there
+        lacking = [key for key in _read_yaml(DEFAULT_CONFIG["CPU"]) if key not in defaults]
+        if lacking:
+            raise UsageError(f"{path}: --config file lacks key(s) {', '.join(lacking)} "
+                             f"(see {DEFAULT_CONFIG['CPU'].name} for every key)")
     overrides = _split_overrides(rest)
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:

@@ -3,9 +3,12 @@
 Class indices come from the configured class list (folder name = class `name`),
 never from folder sort order. Every file is opened once up front with PIL:
 corrupt, truncated or non-image files are skipped, each with one warning naming
-it, and counted. Shuffling and augmentation of epoch `e` derive from
-(seed, e) only, so an epoch can be replayed exactly after a resume; with
-`class_balance: sampler` the epoch's samples are a balanced draw
+it, and counted. Formats MindSpore's decoder does not read (WebP, GIF, ...) are
+converted on the fly (`images.pipeline_bytes`). A file that vanishes or turns
+unreadable during the run is replaced, in that batch, by the next usable image
+of the epoch's order, with one warning naming it. Shuffling and augmentation of
+epoch `e` derive from (seed, e) only, so an epoch can be replayed exactly after
+a resume; with `class_balance: sampler` the epoch's samples are a balanced draw
 (`balance.balanced_order`) from the same (seed, e) generator.
 """
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 
 from ms_impl.trainer.errors import UsageError
-from ms_impl.trainer.images import unreadable_reason
+from ms_impl.trainer.images import file_stamp, pipeline_bytes, unreadable_reason
 from ms_impl.transforms import eval_transforms, train_transforms
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,7 @@ class ImageList:
     files: List[Path]
     labels: np.ndarray
     skipped: List[Tuple[Path, str]] = field(default_factory=list)
+    stamps: List[Tuple[int, int]] = field(default_factory=list)  # (size, mtime_ns) when checked; see images.file_stamp
 
     def __len__(self) -> int:
         return len(self.files)
@@ -44,7 +48,10 @@ def scan_split(data_path: Path, split: str, class_names: Sequence[str]) -> Image
     split_dir = Path(data_path) / split
     if not split_dir.is_dir():
         raise UsageError(f"{split_dir}: missing (expected {split}/<class name>/ folders under data_path)")
-    present = {p.name for p in split_dir.iterdir() if p.is_dir()}
+    try:
+        present = {p.name for p in split_dir.iterdir() if p.is_dir()}
+    except OSError as exc:
+        raise UsageError(f"{split_dir}: cannot list the folder ({exc.strerror or exc})") from None
     missing = [name for name in class_names if name not in present]
     if missing:
         raise UsageError(f"{split_dir}: missing class folder(s) {', '.join(repr(m) for m in missing)}")
@@ -54,10 +61,16 @@ def scan_split(data_path: Path, split: str, class_names: Sequence[str]) -> Image
     files: List[Path] = []
     labels: List[int] = []
     skipped: List[Tuple[Path, str]] = []
+    stamps: List[Tuple[int, int]] = []
     for index, name in enumerate(class_names):
         class_dir = split_dir / name
         readable = 0
-        for path in sorted(p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
+        try:
+            entries = sorted(p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+        except OSError as exc:
+            raise UsageError(f"{class_dir}: cannot list the class folder ({exc.strerror or exc})") from None
+        for path in entries:
+            stamp = file_stamp(path)
             reason = unreadable_reason(path)
             if reason:
                 log.warning("skipping %s: not a readable image (%s)", path, reason)
@@ -65,12 +78,13 @@ def scan_split(data_path: Path, split: str, class_names: Sequence[str]) -> Image
                 continue
             files.append(path)
             labels.append(index)
+            stamps.append(stamp)
             readable += 1
         if readable == 0:
             raise UsageError(f"{class_dir}: class folder has no readable images")
     if skipped:
         log.warning("%s: skipped %d unreadable file(s)", split_dir, len(skipped))
-    return ImageList(split, files, np.asarray(labels, dtype=np.int32), skipped)
+    return ImageList(split, files, np.asarray(labels, dtype=np.int32), skipped, stamps)
 
 
 def worker_count(requested: int) -> int:
@@ -79,7 +93,11 @@ def worker_count(requested: int) -> int:
 
 
 class _EncodedImages:
-    """Random-access source of (encoded bytes, label) in a given order; decoding happens in the map."""
+    """Random-access source of (encoded bytes, label) in a given order; decoding happens in the map.
+
+    A file changed since the up-front check is checked again; when it is gone
+    or unreadable, the next usable image in the order stands in (one warning).
+    """
 
     def __init__(self, images: ImageList, order: np.ndarray) -> None:
         self.images = images
@@ -88,9 +106,26 @@ class _EncodedImages:
     def __len__(self) -> int:
         return len(self.order)
 
+    def _usable(self, j: int) -> Tuple[np.ndarray, str]:
+        path = self.images.files[j]
+        known = self.images.stamps[j] if j < len(self.images.stamps) else None
+        if known is not None and file_stamp(path) != known:
+            reason = unreadable_reason(path)
+            if reason:
+                return np.zeros(0, np.uint8), reason
+        try:
+            return pipeline_bytes(path), ""
+        except ValueError as exc:
+            return np.zeros(0, np.uint8), str(exc)
+
     def __getitem__(self, i: int) -> Tuple[np.ndarray, np.ndarray]:
-        j = int(self.order[i])
-        return np.fromfile(self.images.files[j], dtype=np.uint8), self.images.labels[j]
+        for offset in range(len(self.order)):
+            j = int(self.order[(i + offset) % len(self.order)])
+            data, reason = self._usable(j)
+            if not reason:
+                return data, self.images.labels[j]
+            log.warning("%s: changed during the run and is no longer readable (%s); skipped", self.images.files[j], reason)
+        raise UsageError(f"{self.images.files[0].parent.parent}: no image of the split is readable any more")
 
 
 def epoch_order(num_images: int, seed: int, epoch: int) -> np.ndarray:

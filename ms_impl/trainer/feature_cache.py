@@ -25,12 +25,14 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from ms_impl.trainer.images import pipeline_bytes
+from parity.core.files import atomic_path
 
 CACHE_FORMAT_VERSION = 1
 LOG = logging.getLogger(__name__)
@@ -186,10 +188,10 @@ def extract_features(backbone, files: Sequence[str], settings: FeatureSettings, 
 
     encoded = []
     for path in files:
-        data = np.fromfile(path, dtype=np.uint8)
-        if data.size == 0:
-            raise ValueError(f"{path}: empty image file")
-        encoded.append(data)
+        try:
+            encoded.append(pipeline_bytes(path))  # WebP, GIF, ... converted for MindSpore's Decode
+        except ValueError as exc:
+            raise ValueError(f"{path}: cannot decode image ({exc})") from None
     if settings.feature_views > 1:
         _check_decodable(encoded, files)
         batches = _augmented_batches(encoded, settings, batch_size)
@@ -216,24 +218,10 @@ def extract_features(backbone, files: Sequence[str], settings: FeatureSettings, 
     return np.concatenate(rows, axis=0) if rows else np.zeros((0, backbone.num_features), np.float32)
 
 
-def _write_atomic(path: str, features: np.ndarray, labels: np.ndarray, key: str) -> None:
-    folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".features-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
+def _write_cache(path: str, features: np.ndarray, labels: np.ndarray, key: str) -> None:
+    with atomic_path(path) as temp:
+        with open(temp, "wb") as handle:
             np.savez(handle, features=features, labels=labels, key=np.asarray(key))
-        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the cache normal file permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _read_if_valid(path: str, key: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
@@ -277,7 +265,7 @@ def load_or_extract(
     features = extract_features(backbone, files, settings, batch_size=batch_size, progress=progress)
     seconds = time.perf_counter() - start
     view_labels = np.tile(np.asarray(labels, dtype=np.int32), settings.feature_views)
-    _write_atomic(path, features, view_labels, key)
+    _write_cache(path, features, view_labels, key)
     rate = len(features) / seconds if seconds > 0 else None
     LOG.info("extracted %d feature rows in %.1f s -> %s", len(features), seconds, path)
     return CachedFeatures(features, view_labels, path, key, reused=False, images_per_second=rate)

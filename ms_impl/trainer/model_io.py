@@ -19,10 +19,12 @@ class CheckpointError(ValueError):
 
 
 def _read_official(path: str):
-    from parity.core.converter import ConversionError, convert, read_checkpoint
+    from parity.core.converter import ConversionError, check_finite, convert, read_checkpoint
 
     try:
-        return convert(read_checkpoint(path), TARGET_LAYOUT)
+        ckpt = read_checkpoint(path)
+        check_finite(ckpt)  # a diverged run's weights predict the same for every image
+        return convert(ckpt, TARGET_LAYOUT)
     except ConversionError as exc:
         raise CheckpointError(str(exc)) from None
 

@@ -97,8 +97,15 @@ class PhotoSet:
         return per_split
 
 
+def _entries(path: Path) -> List[Path]:
+    try:
+        return list(path.iterdir())
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot list the folder ({exc.strerror or exc})") from None
+
+
 def _subfolders(path: Path) -> List[str]:
-    return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p.name for p in _entries(path) if p.is_dir() and not p.name.startswith("."))
 
 
 def _split_rank(name: str) -> Tuple[int, str]:
@@ -118,7 +125,7 @@ def find_photos(root) -> PhotoSet:
     for split, split_dir in layout:
         for class_name in _subfolders(split_dir):
             class_dir = split_dir / class_name
-            for path in sorted(p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
+            for path in sorted(p for p in _entries(class_dir) if p.is_file() and not p.name.startswith(".")):
                 photos.append(Photo(split, class_name, path))
     if not photos:
         raise ValueError(f"{root}: no files found (expected {root}/<class>/*.jpg or {root}/train/<class>/*.jpg)")

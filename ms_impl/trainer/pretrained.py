@@ -38,10 +38,11 @@ class PretrainedInfo:
 def load_pretrained(network, path: str, log: logging.Logger = LOG) -> PretrainedInfo:
     """Copy the weights of `path` into `network` (a `MobileNetV2`); returns what was loaded."""
     from ms_impl.weights import load_into
-    from parity.core.converter import ConversionError, convert, read_checkpoint
+    from parity.core.converter import ConversionError, check_finite, convert, read_checkpoint
 
     try:
         ckpt = read_checkpoint(path)
+        check_finite(ckpt)
     except ConversionError as exc:
         raise PretrainedError(f"--pretrained {exc}") from None
     width = network.spec.width_mult

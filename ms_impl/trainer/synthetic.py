@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import colorsys
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from parity.core.files import atomic_folder
 
 FORMAT_VERSION = 1  # bump when the drawing changes, so stale caches are not reused
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "bar")
@@ -87,9 +87,7 @@ def ensure_synthetic_dataset(
     if (target / "train").is_dir() and (target / "val").is_dir():
         return target
 
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-    try:
+    with atomic_folder(target) as staging:  # a half-written set is never picked up
         for split_index, (split, count) in enumerate((("train", train_per_class), ("val", val_per_class))):
             for class_index, class_name in enumerate(class_names):
                 folder = staging / split / class_name
@@ -97,9 +95,4 @@ def ensure_synthetic_dataset(
                 for i in range(count):
                     rng = np.random.default_rng([seed, split_index, class_index, i])
                     _draw_image(class_index, len(class_names), image_size, rng).save(folder / f"{i:04d}.jpg", quality=92)
-        os.replace(staging, target)  # atomic: a half-written set is never picked up
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not (target / "train").is_dir():  # another process may have won the race
-            raise
     return target

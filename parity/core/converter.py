@@ -33,7 +33,7 @@ from parity.core.layouts import (FRAMEWORK_OF_LAYOUT, LAYOUTS, TORCH_BN_COUNTER,
 __all__ = [
     "LAYOUTS", "FRAMEWORK_OF_LAYOUT", "ConversionError", "Checkpoint", "LoadResult",
     "read_checkpoint", "checkpoint_from_state", "convert", "write_checkpoint", "listing", "format_of",
-    "group_skipped",
+    "group_skipped", "first_nonfinite", "check_finite", "HALF_DTYPES",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -75,6 +75,9 @@ class Checkpoint:
     num_classes: Optional[int]  # None = backbone only (no head)
     metadata: Dict[str, str] = field(default_factory=dict)  # e.g. num_batches_tracked, source
     skipped: List[str] = field(default_factory=list)  # non-model entries dropped on read
+    # The file's dtype of tensors stored in half precision ("float16", "bfloat16"); numpy has no
+    # bfloat16, so those arrays hold the (exact) float32 values. Written back only with keep_dtype.
+    dtypes: Dict[str, str] = field(default_factory=dict)
 
 
 class LoadResult(NamedTuple):
@@ -111,7 +114,33 @@ def group_skipped(names: Sequence[str]) -> str:
     return ", ".join(f"{key} ({count})" if key.endswith(".*") else key for key, count in groups.items())
 
 
+def first_nonfinite(named_arrays: Union[Mapping[str, np.ndarray], Iterable[Tuple[str, np.ndarray]]]) -> Optional[str]:
+    """`name (k NaN, m Inf of n values)` for the first array holding NaN or Inf, else None.
+
+    One vectorised pass per array (np.isfinite), so it is cheap enough to run on
+    every load and after every training epoch.
+    """
+    items = named_arrays.items() if isinstance(named_arrays, Mapping) else named_arrays
+    for name, value in items:
+        array = np.asarray(value)
+        if not np.issubdtype(array.dtype, np.floating) or np.isfinite(array).all():
+            continue
+        nan = int(np.isnan(array).sum())
+        return f"{name} ({nan} NaN, {int(array.size - nan - np.isfinite(array).sum())} Inf of {array.size} values)"
+    return None
+
+
+def check_finite(ckpt: "Checkpoint") -> None:
+    """ConversionError naming the first tensor of `ckpt` that holds NaN or Inf."""
+    bad = first_nonfinite(ckpt.tensors)
+    if bad:
+        raise ConversionError(f"{ckpt.metadata.get('source', 'checkpoint')}: tensor {bad}: the weights are not finite "
+                              "(a diverged run?)")
+
+
 # ---------------------------------------------------------------------------- reading
+
+HALF_DTYPES = ("float16", "bfloat16")
 
 def _read_torch(path: Path) -> Tuple[Dict[str, np.ndarray], Dict[str, str], List[str]]:
     import torch
@@ -128,14 +157,24 @@ def _read_torch(path: Path) -> Tuple[Dict[str, np.ndarray], Dict[str, str], List
         raise ConversionError(f"{path}: not a state_dict (found {type(obj).__name__})")
     tensors: Dict[str, np.ndarray] = {}
     skipped: List[str] = []
+    dtypes: Dict[str, str] = {}
     for name, value in obj.items():
         if not isinstance(value, torch.Tensor):
             skipped.append(str(name))
             continue
-        if value.dtype == torch.bfloat16:
-            raise ConversionError(f"{path}: tensor {name} is bfloat16, which numpy cannot hold; cast it first")
-        tensors[str(name)] = value.detach().cpu().numpy()
-    return tensors, {}, skipped
+        value = value.detach().cpu()
+        if value.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds every bfloat16 value exactly
+            dtypes[str(name)] = "bfloat16"
+            value = value.float()
+        elif value.dtype == torch.float16:
+            dtypes[str(name)] = "float16"
+        tensors[str(name)] = value.numpy()
+    return tensors, _dtype_metadata(dtypes), skipped
+
+
+def _dtype_metadata(dtypes: Mapping[str, str]) -> Dict[str, str]:
+    # carried to checkpoint_from_state through the file metadata, under names no layout uses
+    return {f"dtype:{name}": dtype for name, dtype in dtypes.items()}
 
 
 def _read_mindspore(path: Path) -> Tuple[Dict[str, np.ndarray], Dict[str, str], List[str]]:
@@ -146,20 +185,44 @@ def _read_mindspore(path: Path) -> Tuple[Dict[str, np.ndarray], Dict[str, str], 
     except Exception as exc:  # ValueError/RuntimeError for truncated or foreign files
         raise ConversionError(f"{path}: cannot read as a MindSpore checkpoint ({one_line(exc)})") from exc
     # A training checkpoint also holds non-tensor entries (the trainer's JSON train state): skipped, listed.
-    tensors = {name: param.asnumpy() for name, param in params.items() if hasattr(param, "asnumpy")}
-    return tensors, {}, [name for name in params if name not in tensors]
+    tensors: Dict[str, np.ndarray] = {}
+    dtypes: Dict[str, str] = {}
+    for name, param in params.items():
+        if not hasattr(param, "asnumpy"):
+            continue
+        if param.dtype == ms.bfloat16:
+            dtypes[name] = "bfloat16"
+            param = param.astype(ms.float32)
+        elif param.dtype == ms.float16:
+            dtypes[name] = "float16"
+        tensors[name] = param.asnumpy()
+    return tensors, _dtype_metadata(dtypes), [name for name in params if name not in tensors]
 
 
 def _read_safetensors(path: Path) -> Tuple[Dict[str, np.ndarray], Dict[str, str], List[str]]:
     from safetensors import safe_open
 
+    dtypes: Dict[str, str] = {}
     try:
         with safe_open(str(path), framework="np") as handle:
             metadata = dict(handle.metadata() or {})
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            tensors = {}
+            for name in handle.keys():
+                kind = handle.get_slice(name).get_dtype()
+                if kind == "BF16":  # numpy cannot hold it: read those through torch
+                    dtypes[name] = "bfloat16"
+                    continue
+                if kind == "F16":
+                    dtypes[name] = "float16"
+                tensors[name] = handle.get_tensor(name)
+        if any(kind == "bfloat16" for kind in dtypes.values()):
+            with safe_open(str(path), framework="pt") as handle:
+                for name, kind in dtypes.items():
+                    if kind == "bfloat16":
+                        tensors[name] = handle.get_tensor(name).float().numpy()
     except Exception as exc:  # SafetensorError and friends
         raise ConversionError(f"{path}: cannot read as a safetensors file ({one_line(exc)})") from exc
-    return tensors, metadata, []
+    return tensors, {**metadata, **_dtype_metadata(dtypes)}, []
 
 
 _READERS: Dict[str, Callable[[Path], Tuple[Dict[str, np.ndarray], Dict[str, str], List[str]]]] = {
@@ -185,7 +248,20 @@ def read_checkpoint(path: PathLike, layout: Optional[str] = None) -> Checkpoint:
     ckpt = checkpoint_from_state(tensors, layout=layout, source=str(path), candidates=candidates)
     ckpt.metadata = {**metadata, **ckpt.metadata}
     ckpt.skipped = skipped + ckpt.skipped
+    file_dtypes = {key[len("dtype:"):]: value for key, value in file_metadata.items() if key.startswith("dtype:")}
+    ckpt.dtypes = _model_dtypes(file_dtypes, ckpt)
     return ckpt
+
+
+def _model_dtypes(file_dtypes: Mapping[str, str], ckpt: "Checkpoint") -> Dict[str, str]:
+    """The half-precision dtypes of the model tensors, under their names after wrapper prefixes were stripped."""
+    found: Dict[str, str] = {}
+    for name in ckpt.tensors:
+        for file_name, dtype in file_dtypes.items():
+            if dtype in HALF_DTYPES and (file_name == name or file_name.endswith("." + name)):
+                found[name] = dtype
+                break
+    return found
 
 
 # Prefixes that wrappers put before every key: DataParallel/DDP (`module.`), torch.compile
@@ -321,14 +397,17 @@ def convert(ckpt: Checkpoint, to_layout: str, *, num_classes: Optional[int] = No
     kept_classes = None if drop_head else ckpt.num_classes
     slots = tensor_table(mbv2_spec.build_spec(ckpt.width_mult), kept_classes)
     tensors: Dict[str, np.ndarray] = {}
+    dtypes: Dict[str, str] = {}
     for slot in slots:
         name = slot.names[ckpt.layout]
         if name not in ckpt.tensors:
             raise ConversionError(f"{ckpt.metadata.get('source', 'checkpoint')}: tensor {name} is missing")
         tensors[slot.names[to_layout]] = ckpt.tensors[name]
+        if name in ckpt.dtypes:
+            dtypes[slot.names[to_layout]] = ckpt.dtypes[name]
     metadata = dict(ckpt.metadata)
     metadata["converted_from"] = ckpt.layout
-    return Checkpoint(tensors, to_layout, ckpt.width_mult, kept_classes, metadata, list(ckpt.skipped))
+    return Checkpoint(tensors, to_layout, ckpt.width_mult, kept_classes, metadata, list(ckpt.skipped), dtypes)
 
 
 # ---------------------------------------------------------------------------- writing
@@ -347,13 +426,26 @@ def _torch_state(ckpt: Checkpoint) -> Dict[str, np.ndarray]:
 def _write_torch(ckpt: Checkpoint, path: Path) -> None:
     import torch
 
-    torch.save({name: torch.tensor(value) for name, value in _torch_state(ckpt).items()}, str(path))
+    torch.save(_torch_tensors(ckpt, _torch_state(ckpt)), str(path))
+
+
+def _torch_tensors(ckpt: Checkpoint, state: Mapping[str, np.ndarray]) -> Dict[str, object]:
+    import torch
+
+    tensors = {name: torch.tensor(value) for name, value in state.items()}
+    for name, dtype in ckpt.dtypes.items():
+        if dtype == "bfloat16":
+            tensors[name] = tensors[name].to(torch.bfloat16)
+    return tensors
 
 
 def _write_mindspore(ckpt: Checkpoint, path: Path) -> None:
     import mindspore as ms
 
-    ms.save_checkpoint([{"name": name, "data": ms.Tensor(value)} for name, value in ckpt.tensors.items()], str(path))
+    def tensor(name: str, value: np.ndarray):
+        return ms.Tensor(value, dtype=ms.bfloat16) if ckpt.dtypes.get(name) == "bfloat16" else ms.Tensor(value)
+
+    ms.save_checkpoint([{"name": name, "data": tensor(name, value)} for name, value in ckpt.tensors.items()], str(path))
 
 
 def _write_safetensors(ckpt: Checkpoint, path: Path) -> None:
@@ -364,6 +456,12 @@ def _write_safetensors(ckpt: Checkpoint, path: Path) -> None:
                 "num_classes": "none" if ckpt.num_classes is None else str(ckpt.num_classes)}
     if TORCH_BN_COUNTER in ckpt.metadata:
         metadata[TORCH_BN_COUNTER] = ckpt.metadata[TORCH_BN_COUNTER]
+    if "bfloat16" in ckpt.dtypes.values():  # numpy cannot hold bfloat16: write through torch
+        from safetensors.torch import save_file as save_torch_file
+
+        save_torch_file({name: value.contiguous() for name, value in _torch_tensors(ckpt, tensors).items()}, str(path),
+                        metadata=metadata)
+        return
     save_file({name: np.ascontiguousarray(value) for name, value in tensors.items()}, str(path), metadata=metadata)
 
 
@@ -372,15 +470,27 @@ _WRITERS: Dict[str, Callable[[Checkpoint, Path], None]] = {
 }
 
 
-def write_checkpoint(ckpt: Checkpoint, path: PathLike, *, force: bool = False,
+def _with_dtypes(ckpt: Checkpoint, keep_dtype: bool) -> Checkpoint:
+    """`ckpt` as it is written: half-precision tensors as float32 unless `keep_dtype`."""
+    if keep_dtype:
+        return ckpt
+    tensors = {name: value.astype(np.float32) if value.dtype == np.float16 else value
+               for name, value in ckpt.tensors.items()}
+    return Checkpoint(tensors, ckpt.layout, ckpt.width_mult, ckpt.num_classes, dict(ckpt.metadata), list(ckpt.skipped))
+
+
+def write_checkpoint(ckpt: Checkpoint, path: PathLike, *, force: bool = False, keep_dtype: bool = False,
                      before_replace: Optional[Callable[[Path], None]] = None) -> None:
     """Write `ckpt` in the format of `path`'s extension, atomically (`parity.core.files.atomic_path`).
 
     The file is written to a temporary name in the destination folder and
     renamed over `path` only when complete (and when `before_replace(temp)`,
     if given, returns without raising); on any failure nothing is left behind.
+    Half-precision tensors (float16, bfloat16) are written as float32 unless
+    `keep_dtype` (every supported format holds both).
     """
     path = Path(path)
+    ckpt = _with_dtypes(ckpt, keep_dtype)
     fmt = format_of(path)
     _check_layout(ckpt.layout)
     if ckpt.layout not in LAYOUTS_OF_FORMAT[fmt]:

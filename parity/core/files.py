@@ -16,14 +16,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Union
+from typing import Callable, Iterator, List, Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["WriteError", "atomic_path", "atomic_write_bytes", "atomic_write_text", "one_line",
-           "default_file_mode", "TEMP_MARKER"]
+__all__ = ["WriteError", "atomic_path", "atomic_folder", "check_writable_folder", "atomic_write_bytes", "atomic_write_text", "one_line",
+           "default_file_mode", "TEMP_MARKER", "stale_temporaries", "remove_stale_temporaries", "is_disk_full"]
 
 TEMP_MARKER = ".tmp-"  # every temporary file's name starts with "." and holds this marker
 
@@ -47,8 +48,16 @@ def one_line(exc: BaseException, limit: int = 200, with_type: bool = True) -> st
     return f"{type(exc).__name__}: {text}" if with_type else text
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """True for ENOSPC/EDQUOT, also when a framework reports it as text (MindSpore: a RuntimeError)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc).lower()
+    return "no space left on device" in text or "disk quota exceeded" in text or "errno 28" in text
+
+
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+    if is_disk_full(exc):
         return "no space left on device"
     if isinstance(exc, OSError) and exc.errno in (errno.EROFS,):
         return "read-only file system"
@@ -59,16 +68,21 @@ def _reason(exc: BaseException) -> str:
     return one_line(exc)
 
 
-def default_file_mode() -> int:
-    """0666 less the process umask, read without changing the umask (other threads may be creating files)."""
+def _process_umask() -> int:
+    """The process umask, read without changing it (other threads may be creating files)."""
     try:
         with open("/proc/self/status", encoding="ascii") as status:
             for line in status:
                 if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
+                    return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):
         pass
-    return 0o644
+    return 0o022
+
+
+def default_file_mode() -> int:
+    """0666 less the process umask."""
+    return 0o666 & ~_process_umask()
 
 
 @contextlib.contextmanager
@@ -98,6 +112,10 @@ def atomic_path(path: PathLike, *, suffix: Optional[str] = None, mode: Optional[
             yield temp
         except OSError as exc:
             raise WriteError(f"{path}: cannot write ({_reason(exc)})") from exc
+        except Exception as exc:  # frameworks report a full disk in their own error types
+            if is_disk_full(exc):
+                raise WriteError(f"{path}: cannot write (no space left on device)") from exc
+            raise
         if before_replace is not None:
             before_replace(temp)
         try:
@@ -106,9 +124,57 @@ def atomic_path(path: PathLike, *, suffix: Optional[str] = None, mode: Optional[
         except OSError as exc:
             raise WriteError(f"{path}: cannot write ({_reason(exc)})") from exc
     finally:
-        with contextlib.suppress(OSError):
-            if temp.exists():
-                temp.unlink()
+        for leftover in (temp, temp.with_suffix(".tmp")):  # MindSpore writes `<name>.tmp`, then renames
+            with contextlib.suppress(OSError):
+                if leftover.exists():
+                    leftover.unlink()
+
+
+@contextlib.contextmanager
+def atomic_folder(path: PathLike) -> Iterator[Path]:
+    """Like `atomic_path`, for a folder: fill the yielded staging folder; it becomes `path` when complete.
+
+    When `path` appeared meanwhile (another process built the same folder), the
+    staging copy is dropped and `path` kept. On any error the staging folder is
+    removed; OS errors become a one-line `WriteError`.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}{TEMP_MARKER}", dir=str(path.parent)))
+    except OSError as exc:
+        raise WriteError(f"{path}: cannot write ({_reason(exc)})") from exc
+    try:
+        try:
+            yield staging
+            os.chmod(staging, 0o777 & ~_process_umask())  # mkdtemp makes 0700 folders
+            os.replace(staging, path)
+        except OSError as exc:
+            if path.is_dir() and any(path.iterdir()):  # another process won the race: its copy is as good
+                return
+            raise WriteError(f"{path}: cannot write ({_reason(exc)})") from exc
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_writable_folder(folder: PathLike, what: str = "") -> None:
+    """WriteError unless `folder` (or, when it does not exist yet, its nearest existing parent) can be written.
+
+    For tools that write their output after a long computation: fail first.
+    `os.access` also sees a read-only file system, for root too.
+    """
+    folder = Path(folder)
+    label = f"{what} {folder}".strip()
+    if folder.exists() and not folder.is_dir():
+        raise WriteError(f"{label}: is a file, not a folder")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise WriteError(f"{label}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise WriteError(f"{label}: cannot write ({existing} is read-only)")
 
 
 def atomic_write_bytes(path: PathLike, data: bytes, **kwargs) -> None:
@@ -120,6 +186,23 @@ def atomic_write_text(path: PathLike, text: str, **kwargs) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), **kwargs)
 
 
-def stale_temporaries(folder: PathLike):
+def stale_temporaries(folder: PathLike) -> List[Path]:
     """Temporary files `atomic_path` left in `folder` when its process was killed mid-write."""
-    return sorted(p for p in Path(folder).glob(f".*{TEMP_MARKER}*") if p.is_file())
+    return sorted(p for p in Path(folder).glob(f".*{TEMP_MARKER}*") if p.is_file() or p.is_dir())
+
+
+def remove_stale_temporaries(folder: PathLike) -> List[Path]:
+    """Delete `stale_temporaries(folder)`; returns what was removed.
+
+    Only call it while no other process can be writing into `folder` (the
+    trainer holds the run folder's lock): a live writer's temporary looks the same.
+    """
+    removed = []
+    for path in stale_temporaries(folder):
+        with contextlib.suppress(OSError):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path)
+    return removed

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from parity.core import tolerances
-from parity.core.converter import (FRAMEWORK_OF_LAYOUT, LAYOUTS, Checkpoint, ConversionError, format_of,
-                                   group_skipped, convert, read_checkpoint, write_checkpoint)
+from parity.core.converter import (FRAMEWORK_OF_LAYOUT, LAYOUTS, Checkpoint, ConversionError, check_finite,
+                                   format_of, group_skipped, convert, read_checkpoint, write_checkpoint)
 from parity.harness.diff import first_divergence_line
 from parity.harness.verify import VerifyReport, verify_conversion
 
@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-classes", type=int, help="expected class count; a different one needs --drop-head")
     parser.add_argument("--drop-head", action="store_true", help="write the backbone only (no classifier)")
     parser.add_argument("--force", action="store_true", help="overwrite DST (and allow DST == SRC)")
+    parser.add_argument("--keep-dtype", action="store_true",
+                        help="keep float16/bfloat16 tensors in half precision (default: write them as float32)")
+    parser.add_argument("--allow-nonfinite", action="store_true",
+                        help="convert even when a tensor holds NaN or Inf (default: refuse, naming the tensor)")
     parser.add_argument("--verify", action="store_true",
                         help="compare the source twin's and the destination twin's eval outputs on a random batch; "
                              f"fail above {tolerances.EVAL_LOGITS_ABS:g} max abs difference")
@@ -62,6 +66,8 @@ def _run(args: argparse.Namespace) -> int:
     src, dst = args.src, args.dst
     format_of(src)
     format_of(dst)
+    if dst.is_dir():
+        raise ConversionError(f"{dst}: is a folder; name the destination file")
     if dst.exists() and not args.force:
         same = src.exists() and os.path.samefile(src, dst)
         raise ConversionError(f"{dst}: {'is the source file' if same else 'already exists'}; "
@@ -71,6 +77,12 @@ def _run(args: argparse.Namespace) -> int:
     if source.skipped:
         line += f"; skipped {len(source.skipped)} non-model entries: {group_skipped(source.skipped)}"
     print(line)
+    if not args.allow_nonfinite:
+        check_finite(source)
+    half = sorted(set(source.dtypes.values()))
+    if half:
+        kept = "kept" if args.keep_dtype else "written as float32 (--keep-dtype keeps them)"
+        print(f"{len(source.dtypes)} tensors in {'/'.join(half)}: {kept}")
     to_layout = args.to_layout or _default_to_layout(dst, source.layout)
     result = convert(source, to_layout, num_classes=args.num_classes, drop_head=args.drop_head)
     failed: List[VerifyReport] = []
@@ -93,7 +105,8 @@ def _run(args: argparse.Namespace) -> int:
         os.environ.setdefault("GLOG_v", "3")
         _use_cpu_pynative()
     try:
-        write_checkpoint(result, dst, force=args.force, before_replace=verify_written if args.verify else None)
+        write_checkpoint(result, dst, force=args.force, keep_dtype=args.keep_dtype,
+                         before_replace=verify_written if args.verify else None)
     except ConversionError:
         if failed:
             print(f"error: {dst}: max abs diff {failed[0].max_abs:.3e} above {tolerances.EVAL_LOGITS_ABS:g}; "
@@ -123,3 +136,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConversionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted (SIGINT); no partial file was left", file=sys.stderr)
+        return 130

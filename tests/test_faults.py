@@ -1,0 +1,613 @@
+"""Nothing lost under faults (issue 14): one test (at least) per failure class.
+
+Every case asserts the exit status, the single `error:` line naming the file
+or option, that no traceback was printed, and that nothing the user had was
+removed or left half-written. Read-only and full file systems are small tmpfs
+mounts when the tests run as root (root ignores permission bits), a folder
+made read-only otherwise; a full file system needs root (skipped otherwise).
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import pytest
+
+from parity.core.files import TEMP_MARKER, WriteError, atomic_write_bytes, stale_temporaries
+
+TINY = ["--device", "CPU", "--width_mult", "0.35", "--synthetic_image_size", "32", "--batch_size", "16",
+        "--synthetic_train_per_class", "2", "--synthetic_val_per_class", "1", "--num_workers", "2"]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def one_error_line(stderr: str, *needles: str) -> str:
+    """The only `error:` line of `stderr`; asserts no traceback and that it names every needle."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def snapshot(folder: Path) -> Dict[str, str]:
+    """relative path -> sha256 of every file under `folder` (what the user had; the trainer's lock file aside)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".train.lock")}
+
+
+def no_temporaries(folder: Path) -> bool:
+    return not [p for p in folder.rglob(f"*{TEMP_MARKER}*")] and not list(folder.rglob("*.tmp"))
+
+
+def _mount_tmpfs(where: Path, options: str) -> bool:
+    where.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
+    return result.returncode == 0
+
+
+def _unmount(where: Path) -> None:
+    subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.fixture()
+def readonly_dir(tmp_path):
+    """An empty folder nothing can be written into (a read-only tmpfs as root, mode 0555 otherwise)."""
+    folder = tmp_path / "readonly"
+    if os.geteuid() == 0:
+        if not _mount_tmpfs(folder, "size=1m") or subprocess.run(
+                ["mount", "-o", "remount,ro", str(folder)], capture_output=True).returncode != 0:
+            _unmount(folder)
+            pytest.skip("running as root without permission to mount a read-only tmpfs: no read-only folder possible")
+        yield folder
+        _unmount(folder)
+    else:
+        folder.mkdir()
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+
+
+@pytest.fixture()
+def small_fs(tmp_path):
+    """A 1.5 MB file system (tmpfs): writing more than that fails with ENOSPC."""
+    folder = tmp_path / "small"
+    if os.geteuid() != 0 or not _mount_tmpfs(folder, "size=1536k"):
+        pytest.skip("a full file system needs a small tmpfs, which only root can mount here")
+    yield folder
+    _unmount(folder)
+
+
+@pytest.fixture(scope="module")
+def torch_checkpoint(tmp_path_factory) -> Path:
+    """A 0.35x, 26-class MobileNetV2 in torchvision layout (random weights)."""
+    import torch
+
+    from pt_impl.mobilenetv2 import MobileNetV2
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "net.pth"
+    torch.save(MobileNetV2(26, 0.35).state_dict(), path)
+    return path
+
+
+def nan_checkpoint(source: Path, target: Path) -> str:
+    """`source` with a NaN in one tensor, written to `target` (.pth); returns the tensor's name."""
+    import torch
+
+    state = torch.load(source, weights_only=True)
+    name = "features.3.conv.1.0.weight"
+    state[name][0, 0, 0, 0] = float("nan")
+    torch.save(state, target)
+    return name
+
+
+def synthetic_cache(tmp_path_factory) -> str:
+    return str(tmp_path_factory.getbasetemp() / "synthetic-faults")
+
+
+@pytest.fixture()
+def train(tmp_path_factory, capsys):
+    """The trainer in this process: (exit status, stderr)."""
+    from ms_impl.train import main as train_main
+
+    cache = synthetic_cache(tmp_path_factory)
+
+    def run(*args: str):
+        code = train_main(TINY + ["--synthetic_cache_dir", cache, *args])
+        return code, capsys.readouterr().err
+
+    return run
+
+
+def fake_run(out: Path) -> Dict[str, str]:
+    """A folder holding a previous run's files; returns its snapshot."""
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "metrics.csv").write_text("epoch,train_loss\n1,0.5\n")
+    (out / "summary.json").write_text('{"final": {"val_top1": 0.9}}\n')
+    (out / "checkpoints" / "mobilenetv2-last.ckpt").write_bytes(os.urandom(4096))
+    (out / "checkpoints" / "mobilenetv2-1_3.ckpt").write_bytes(os.urandom(4096))
+    return snapshot(out)
+
+
+# ---------------------------------------------------------------- 1. --force never destroys the old run
+
+
+def test_force_with_a_bad_input_leaves_the_old_run_untouched(tmp_path, train):
+    out = tmp_path / "run"
+    before = fake_run(out)
+    code, err = train("--output_dir", str(out), "--force", "true", "--data_path", str(tmp_path / "typo"))
+    assert code == 2
+    one_error_line(err, "typo", "data_path not found")
+    assert snapshot(out) == before
+    assert not list(tmp_path.glob("run.old-*"))
+
+
+@pytest.mark.slow
+def test_force_moves_the_old_run_aside_and_starts_over(tmp_path, train):
+    out = tmp_path / "run"
+    before = fake_run(out)
+    code, err = train("--output_dir", str(out), "--force", "true", "--epochs", "1")
+    assert code == 0, err
+    moved = list(tmp_path.glob("run.old-*"))
+    assert len(moved) == 1 and snapshot(moved[0]) == before  # every old file kept, byte for byte
+    assert "was moved to" in err and str(moved[0]) in err
+    assert len((out / "metrics.csv").read_text().splitlines()) == 2 and (out / "checkpoints" / "mobilenetv2-last.ckpt").is_file()
+
+
+# ---------------------------------------------------------------- 2. crash while a checkpoint is written
+
+BLOCKING_SAVE = r"""
+import os, sys, time, runpy
+from pathlib import Path
+import mindspore as ms
+
+real_save = ms.save_checkpoint
+target, marker = os.environ["BLOCK_SAVE_OF"], os.environ["BLOCK_SAVE_MARKER"]
+
+def save_checkpoint(save_obj, ckpt_file_name, *args, **kwargs):
+    # the trainer writes `.<name>.tmp-XXXX.ckpt`, then renames it: block on the one for `target`
+    if Path(ckpt_file_name).name.startswith("." + target):
+        with open(ckpt_file_name, "wb") as handle:
+            handle.write(b"half a checkpoint")
+        Path(marker).write_text("blocked")
+        time.sleep(600)
+    return real_save(save_obj, ckpt_file_name, *args, **kwargs)
+
+ms.save_checkpoint = save_checkpoint
+sys.argv = ["ms_impl/train.py"] + sys.argv[1:]
+runpy.run_path("ms_impl/train.py", run_name="__main__")
+"""
+
+
+def _kill_while_saving(name: str, args, tmp_path, cli_env, repo_root) -> None:
+    marker = tmp_path / f"blocked-{name}"
+    env = dict(cli_env, BLOCK_SAVE_OF=name, BLOCK_SAVE_MARKER=str(marker))
+    process = subprocess.Popen([sys.executable, "-c", BLOCKING_SAVE, *args], cwd=repo_root, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 280
+    while not marker.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), process.communicate(timeout=30)[1][-3000:]
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("blocked, resumes_from", [("mobilenetv2-last.ckpt", "mobilenetv2-1_3.ckpt"),
+                                                    ("mobilenetv2-1_3.ckpt", None)])
+def test_kill_during_the_first_checkpoint_write_then_resume_auto(blocked, resumes_from, tmp_path, tmp_path_factory,
+                                                                 cli_env, repo_root):
+    out = tmp_path / "run"
+    args = TINY + ["--synthetic_cache_dir", synthetic_cache(tmp_path_factory), "--output_dir", str(out), "--epochs", "2"]
+    _kill_while_saving(blocked, args, tmp_path, cli_env, repo_root)
+    assert stale_temporaries(out / "checkpoints")  # the killed write left its temporary file
+
+    resumed = subprocess.run([sys.executable, "ms_impl/train.py", *args, "--resume", "auto"], cwd=repo_root, env=cli_env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Traceback" not in resumed.stderr and "half-written by a run that was killed" in resumed.stderr
+    if resumes_from:
+        assert f"resumed from {out / 'checkpoints' / resumes_from}: epoch 1, step 0" in resumed.stderr
+    else:
+        assert "no intact checkpoint" in resumed.stderr and "was moved to" in resumed.stderr
+    assert no_temporaries(out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 2 and len((out / "metrics.csv").read_text().splitlines()) == 3
+
+
+# ---------------------------------------------------------------- 3. one trainer per run folder
+
+HOLD_LOCK = """
+import sys, time
+from ms_impl.trainer.run_folder import RunLock
+lock = RunLock(sys.argv[1]).acquire()  # held while this object lives
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_second_trainer_on_the_same_folder_is_refused_naming_the_holder(tmp_path, train, cli_env, repo_root):
+    import socket
+
+    from ms_impl.trainer.run_folder import RunLock
+
+    out = tmp_path / "run"
+    before = fake_run(out)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], cwd=repo_root, env=cli_env,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, err = train("--output_dir", str(out), "--resume", "auto")
+        assert code == 2
+        one_error_line(err, str(out), "in use by another training run", f"pid {holder.pid} on host {socket.gethostname()}")
+        assert snapshot(out) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died without releasing: its lock is stale, taken over, and said so
+    lock = RunLock(out).acquire()
+    lock.release()
+    assert snapshot(out) == before
+
+
+# ---------------------------------------------------------------- 4. non-finite weights
+
+
+def test_convert_refuses_nonfinite_weights_unless_allowed(torch_checkpoint, tmp_path, capsys):
+    from parity.harness import convert_cli
+
+    bad = tmp_path / "nan.pth"
+    name = nan_checkpoint(torch_checkpoint, bad)
+    dst = tmp_path / "out.ckpt"
+    assert convert_cli.main([str(bad), str(dst)]) == 2
+    one_error_line(capsys.readouterr().err, str(bad), name, "1 NaN")
+    assert not dst.exists() and no_temporaries(tmp_path)
+    assert convert_cli.main([str(bad), str(dst), "--allow-nonfinite"]) == 0
+    assert dst.is_file()
+
+
+def test_predict_and_pretrained_refuse_nonfinite_weights(torch_checkpoint, tmp_path, train, capsys):
+    from ms_impl import predict
+    from PIL import Image
+
+    bad = tmp_path / "nan.pth"
+    name = nan_checkpoint(torch_checkpoint, bad)
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(image)
+    assert predict.main(["--checkpoint", str(bad), str(image)]) == 2
+    one_error_line(capsys.readouterr().err, str(bad), name)
+
+    out = tmp_path / "run"
+    code, err = train("--output_dir", str(out), "--pretrained", str(bad))
+    assert code == 2
+    one_error_line(err, "--pretrained", str(bad), name)
+    assert not out.exists()  # a setup error leaves no run folder behind
+
+
+def test_nonfinite_parameter_names_the_first_bad_weight(ms_pynative):
+    import mindspore as ms
+
+    from ms_impl.mobilenetv2 import MobileNetV2
+    from ms_impl.weights import nonfinite_parameter
+
+    net = MobileNetV2(4, 0.35)
+    assert nonfinite_parameter(net) is None
+    param = dict((p.name, p) for p in net.get_parameters())["dense.bias"]
+    values = param.asnumpy()
+    values[1] = np.inf
+    param.set_data(ms.Tensor(values))
+    assert nonfinite_parameter(net) == "dense.bias (0 NaN, 1 Inf of 4 values)"
+
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_naming_the_bad_weight_or_loss(tmp_path, train):
+    out = tmp_path / "run"
+    code, err = train("--output_dir", str(out), "--epochs", "3", "--lr_max", "1e6", "--warmup_epochs", "0")
+    assert code == 1, err
+    line = one_error_line(err, "training diverged")
+    assert "not finite" in line or "loss is" in line
+    for ckpt in (out / "checkpoints").glob("*.ckpt"):  # whatever was saved is finite
+        from parity.core.converter import check_finite, read_checkpoint
+
+        check_finite(read_checkpoint(ckpt))
+
+
+# ---------------------------------------------------------------- 5. images PIL reads but MindSpore's Decode does not
+
+
+def _image_zoo(folder: Path) -> Dict[str, Path]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    picture = Image.new("RGB", (36, 36), (30, 190, 40))
+    files = {"webp_as_jpg": folder / "a.jpg", "gif": folder / "b.gif", "tiff": folder / "c.tif"}
+    picture.save(files["webp_as_jpg"], format="WEBP")
+    picture.save(files["gif"], format="GIF")
+    picture.save(files["tiff"], format="TIFF")
+    return files
+
+
+def test_webp_and_gif_reach_the_pipeline_as_images_it_decodes(tmp_path, monkeypatch):
+    import mindspore.dataset.vision as vision
+
+    from ms_impl.trainer.images import native_format, pipeline_bytes
+
+    monkeypatch.chdir(tmp_path)
+    for kind, path in _image_zoo(tmp_path / "zoo").items():
+        encoded = pipeline_bytes(path)
+        assert native_format(encoded[:8].tobytes()), kind
+        decoded = vision.Decode()(encoded)
+        assert decoded.shape == (36, 36, 3) and abs(int(decoded[..., 1].mean()) - 190) <= 3, kind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["zoo"]  # no ./unsupported_image.* dropped
+
+
+@pytest.mark.slow
+def test_training_and_predict_read_webp_and_gif_files_and_drop_nothing_in_the_cwd(tmp_path, tmp_path_factory,
+                                                                                   train, monkeypatch, capsys):
+    from ms_impl import predict
+    from ms_impl.trainer.config import load_config
+    from ms_impl.trainer.synthetic import ensure_synthetic_dataset
+
+    names = [c.name for c in load_config([]).classes]
+    data = tmp_path / "data"
+    source = ensure_synthetic_dataset(names, 32, 2, 1, cache_dir=tmp_path_factory.getbasetemp() / "synthetic-faults")
+    subprocess.run(["cp", "-r", str(source), str(data)], check=True)
+    zoo = _image_zoo(data / "train" / "Seashell")
+    _image_zoo(data / "val" / "Lighter")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    out = tmp_path / "run"
+    code, err = train("--output_dir", str(out), "--data_path", str(data), "--image_size", "32", "--epochs", "1")
+    assert code == 0, err[-3000:]
+    assert "Traceback" not in err and json.loads((out / "summary.json").read_text())["train_images"] == 52 + 3
+    assert predict.main(["--checkpoint", str(out / "checkpoints" / "mobilenetv2-last.ckpt"), "--image_size", "32",
+                         *map(str, zoo.values())]) == 0
+    assert len([line for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")]) == 3
+    assert list(cwd.iterdir()) == []
+
+
+def test_a_file_that_vanishes_or_breaks_mid_run_is_skipped_with_a_warning(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    from ms_impl.trainer import dataset
+    from ms_impl.trainer.config import load_config
+    from ms_impl.trainer.synthetic import ensure_synthetic_dataset
+
+    names = [c.name for c in load_config([]).classes][:2]
+    data = ensure_synthetic_dataset(names, 32, 3, 1, cache_dir=tmp_path)
+    images = dataset.scan_split(data, "train", names)
+    images.files[0].unlink()  # vanished
+    images.files[4].write_bytes(b"not an image any more")  # rewritten
+    cfg = SimpleNamespace(seed=0, crop_scale_min=0.5, color_jitter=0.0, hflip_prob=0.5, train_augment=True,
+                          num_workers=1, batch_size=2)
+    batches = list(dataset.train_dataset(images, cfg, 32, epoch=0).create_tuple_iterator(output_numpy=True, num_epochs=1))
+    assert len(batches) == 3 and all(b[0].shape == (2, 3, 32, 32) for b in batches)
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    assert str(images.files[0]) in warned and str(images.files[4]) in warned
+
+
+# ---------------------------------------------------------------- 6. one line instead of a traceback
+
+
+def test_unwritable_destinations_are_one_line(torch_checkpoint, readonly_dir, tmp_path, capsys):
+    from ms_impl import datatools
+    from parity.harness import convert_cli
+
+    assert convert_cli.main([str(torch_checkpoint), str(readonly_dir / "x.ckpt")]) == 2
+    one_error_line(capsys.readouterr().err, str(readonly_dir / "x.ckpt"))
+    folder = tmp_path / "a_folder.ckpt"
+    folder.mkdir()
+    assert convert_cli.main([str(torch_checkpoint), str(folder)]) == 2
+    one_error_line(capsys.readouterr().err, str(folder), "is a folder")
+
+    data = tmp_path / "data" / "Seashell"
+    data.mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (20, 20)).save(data / "a.png")
+    assert datatools.main(["report", str(tmp_path / "data"), "--output", str(readonly_dir / "report")]) == 2
+    one_error_line(capsys.readouterr().err, str(readonly_dir / "report"))
+    assert list(readonly_dir.iterdir()) == []
+
+
+def test_eval_and_export_refuse_unwritable_outputs_before_working(torch_checkpoint, readonly_dir, tmp_path, capsys):
+    from ms_impl import eval as eval_cli
+    from ms_impl import export
+
+    assert eval_cli.main(["--checkpoint", str(tmp_path / "none.ckpt"), "--report_dir", str(readonly_dir / "r")]) == 2
+    one_error_line(capsys.readouterr().err, str(readonly_dir / "r"))
+    assert export.main(["--checkpoint", str(torch_checkpoint), "--format", "MINDIR",
+                        "--output", str(readonly_dir / "net.mindir")]) == 2
+    one_error_line(capsys.readouterr().err, str(readonly_dir / "net.mindir"))
+    assert export.main(["--checkpoint", str(torch_checkpoint), "--format", "MINDIR", "--output", str(tmp_path)]) == 2
+    one_error_line(capsys.readouterr().err, str(tmp_path), "is a folder")
+    assert list(readonly_dir.iterdir()) == []
+
+
+def test_decompression_bomb_and_unreadable_folder_in_datatools(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from ms_impl import datatools
+
+    data = tmp_path / "data"
+    (data / "Seashell").mkdir(parents=True)
+    Image.new("RGB", (20, 20), (1, 2, 3)).save(data / "Seashell" / "ok.png")
+    Image.new("1", (20000, 20000)).save(data / "Seashell" / "bomb.png")  # 400 Mpx: above PIL's bomb limit
+    assert datatools.main(["stats", str(data), "--json"]) == 0
+    captured = capsys.readouterr()
+    stats = json.loads(captured.out)
+    assert "Traceback" not in captured.err and stats["images"] == 1
+    assert [Path(item["file"]).name for item in stats["skipped"]] == ["bomb.png"]
+
+    locked = data / "Lighter"
+    locked.mkdir()
+    real_listdir = os.listdir
+
+    def listdir(path="."):  # an unreadable folder, whatever user the tests run as
+        if Path(path) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    assert datatools.main(["stats", str(data)]) == 2
+    one_error_line(capsys.readouterr().err, str(locked), "Permission denied")
+
+
+def test_trainer_setup_errors_are_one_line(tmp_path, train, monkeypatch):
+    from ms_impl import train as train_module
+
+    out = tmp_path / "run"
+    cases = [
+        (["--seed", "-1"], ["--seed -1"]),
+        (["--epochs", "1000000000000"], ["--epochs"]),
+        (["--output_dir", ""], ["--output_dir"]),
+    ]
+    for args, needles in cases:
+        code, err = train("--output_dir", str(out), *args)
+        assert code == 2, (args, err)
+        one_error_line(err, *needles)
+    config = tmp_path / "partial.yaml"
+    config.write_text("device: CPU\nepochs: 3\n")
+    code, err = train("--output_dir", str(out), "--config", str(config))
+    assert code == 2
+    one_error_line(err, str(config), "lacks key(s)", "classes_file")
+
+    # an unreadable class folder
+    data = tmp_path / "data"
+    from ms_impl.trainer.config import load_config
+    from ms_impl.trainer.synthetic import ensure_synthetic_dataset
+
+    ensure_synthetic_dataset([c.name for c in load_config([]).classes], 32, 1, 1, cache_dir=tmp_path / "s")
+    source = next((tmp_path / "s").iterdir())
+    locked = source / "train" / "Broom"
+    real_iterdir = Path.iterdir
+
+    def iterdir(self):
+        if self == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    code, err = train("--output_dir", str(out), "--data_path", str(source), "--image_size", "32")
+    monkeypatch.undo()
+    assert code == 2
+    one_error_line(err, str(locked), "Permission denied")
+
+    # Ctrl+C during setup: 130, one line, no run folder left behind
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "build_network", interrupted)
+    code, err = train("--output_dir", str(out))
+    assert code == 130
+    one_error_line(err, "interrupted (SIGINT) during setup")
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- 7. full disk: one line, no partial file
+
+
+def test_atomic_writes_remove_their_temporary_on_any_error(tmp_path):
+    target = tmp_path / "x.bin"
+    target.write_bytes(b"old")
+
+    class Boom(Exception):
+        pass
+
+    from parity.core.files import atomic_path
+
+    for error in (OSError(errno.ENOSPC, "No space left on device"), RuntimeError("write failed: No space left on device"),
+                  Boom("writer bug")):
+        with pytest.raises((WriteError, Boom)) as raised:
+            with atomic_path(target) as temp:
+                temp.write_bytes(b"half")
+                raise error
+        if not isinstance(error, Boom):
+            assert str(raised.value) == f"{target}: cannot write (no space left on device)"
+        assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]
+
+
+@pytest.mark.slow
+def test_convert_on_a_full_disk_is_one_line_and_leaves_nothing(torch_checkpoint, small_fs, cli_env, repo_root):
+    atomic_write_bytes(small_fs / "filler", os.urandom(700 * 1024))  # the 1.7 MB checkpoint no longer fits
+    dst = small_fs / "net.ckpt"
+    result = subprocess.run([sys.executable, "-m", "parity.convert", str(torch_checkpoint), str(dst)], cwd=repo_root,
+                            env=cli_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    one_error_line(result.stderr, str(dst), "no space left on device")
+    assert sorted(p.name for p in small_fs.iterdir()) == ["filler"]
+
+
+@pytest.mark.slow
+def test_training_on_a_full_disk_is_one_line_and_leaves_no_partial_file(small_fs, tmp_path_factory, cli_env, repo_root):
+    out = small_fs / "run"
+    args = TINY + ["--synthetic_cache_dir", synthetic_cache(tmp_path_factory), "--output_dir", str(out), "--epochs", "2"]
+    result = subprocess.run([sys.executable, "ms_impl/train.py", *args], cwd=repo_root, env=cli_env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    one_error_line(result.stderr, str(out), "no space left on device")
+    assert no_temporaries(small_fs)
+
+
+# ---------------------------------------------------------------- 8. surprising option values
+
+
+def test_export_refuses_a_name_of_the_other_format(torch_checkpoint, tmp_path, capsys):
+    from ms_impl import export
+
+    output = tmp_path / "x.onnx"
+    assert export.main(["--checkpoint", str(torch_checkpoint), "--format", "MINDIR", "--output", str(output)]) == 2
+    one_error_line(capsys.readouterr().err, str(output), "--format ONNX")
+    assert not output.exists()
+
+
+def test_a_setup_error_leaves_no_empty_run_folder(tmp_path, train):
+    out = tmp_path / "new" / "run"
+    code, err = train("--output_dir", str(out), "--data_path", str(tmp_path / "typo"))
+    assert code == 2
+    one_error_line(err, "typo")
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- 9. half-precision checkpoints
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_checkpoints_convert_to_float32_or_keep_their_dtype(dtype, torch_checkpoint, tmp_path, capsys):
+    import torch
+    from safetensors import safe_open
+
+    from parity.core.converter import read_checkpoint
+    from parity.harness import convert_cli
+
+    state = torch.load(torch_checkpoint, weights_only=True)
+    half = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in state.items()}
+    src = tmp_path / f"{dtype}.pth"
+    torch.save(half, src)
+    expected = {k: v.float().numpy() for k, v in half.items() if v.is_floating_point()}
+
+    assert convert_cli.main([str(src), str(tmp_path / "fp32.ckpt")]) == 0, capsys.readouterr().err
+    converted = read_checkpoint(tmp_path / "fp32.ckpt")
+    assert not converted.dtypes and all(v.dtype == np.float32 for v in converted.tensors.values())
+
+    assert convert_cli.main([str(src), str(tmp_path / "kept.safetensors"), "--to-layout", "torchvision",
+                             "--keep-dtype"]) == 0, capsys.readouterr().err
+    with safe_open(str(tmp_path / "kept.safetensors"), framework="pt") as handle:
+        kinds = {str(handle.get_tensor(k).dtype) for k in handle.keys() if not k.endswith("num_batches_tracked")}
+    assert kinds == {f"torch.{dtype}"}
+    kept = read_checkpoint(tmp_path / "kept.safetensors")
+    for name, value in expected.items():
+        np.testing.assert_array_equal(kept.tensors[name].astype(np.float32), value, err_msg=name)
