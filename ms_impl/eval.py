@@ -4,7 +4,7 @@
         --data_path /path/to/garbage26 [--report_dir DIR] [--device CPU] [--key value ...]
 
 Model and data keys (width_mult, image_size, classes...) come from the same
-configs as training. With `--report_dir`, writes per_class.csv,
+configs as training (`--help` lists them; `--config runs/X/config.yaml` takes a run's own). With `--report_dir`, writes per_class.csv,
 confusion_matrix.png and eval.json there.
 """
 from __future__ import annotations
@@ -29,21 +29,15 @@ log = logging.getLogger("ms_impl.eval")
 
 def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        epilog="Also --config FILE, --device CPU|GPU|Ascend and --key value for any key of configs/*.yaml.")
+    parser = argparse.ArgumentParser(add_help=False)  # --help: config.parse_config lists these and every config key
     parser.add_argument("--checkpoint", type=Path, required=True, help="a .ckpt written by ms_impl/train.py")
     parser.add_argument("--report_dir", type=Path, help="write per_class.csv, confusion_matrix.png, eval.json here")
     try:
-        known, rest = parser.parse_known_args(argv)
-    except SystemExit as e:  # argparse already printed the message
-        return int(e.code or 0)
-    try:
         from ms_impl.trainer import checkpoint, dataset
-        from ms_impl.trainer.config import load_config
+        from ms_impl.trainer.config import parse_config
         from ms_impl.trainer.device import set_device
 
-        cfg = load_config(rest, description="Evaluate a checkpoint")
+        cfg, known = parse_config(argv, description=__doc__.split("\n\n")[0], parents=[parser])
         set_device(cfg.device, cfg.mode)
         data_path, image_size, synthetic = dataset.resolve_data(cfg)
         images = dataset.scan_split(data_path, "val", [c.name for c in cfg.classes])
