@@ -73,7 +73,7 @@ def load_images(files: Sequence[str], image_size: int) -> Tuple[List[str], List[
             errors.append({"file": path, "error": "empty file"})
             continue
         # PIL first: MindSpore's Decode, on failure, also dumps the bytes to ./abnormal_image.jpg
-        if not _decodable(path):
+        if unreadable_reason(path):
             errors.append({"file": path, "error": "cannot decode image"})
             continue
         try:

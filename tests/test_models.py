@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from parity.core import spec as mbv2_spec
+from tests.helpers import official_ms_names
 
 WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.4)
 
@@ -51,24 +52,6 @@ def torchvision_reference(width: float, num_classes: int = 1000) -> dict:
     shapes["classifier.1.weight"] = (num_classes, last)
     shapes["classifier.1.bias"] = (num_classes,)
     return shapes
-
-
-def official_ms_names(num_blocks: int = 17) -> list:
-    """Parameter names of the official MindSpore MobileNetV2 (mindspore-ai/models), derived from its structure."""
-    bn = ("moving_mean", "moving_variance", "gamma", "beta")
-
-    def conv_bn(prefix: str) -> list:
-        return [f"{prefix}.features.0.weight"] + [f"{prefix}.features.1.{n}" for n in bn]
-
-    names = conv_bn("features.0")
-    for i in range(1, num_blocks + 1):
-        subs = ["conv.0"] if i == 1 else ["conv.0", "conv.1"]  # block 1 has t=1: no expansion
-        for sub in subs:
-            names += conv_bn(f"features.{i}.{sub}")
-        project = len(subs)
-        names += [f"features.{i}.conv.{project}.weight"] + [f"features.{i}.conv.{project + 1}.{n}" for n in bn]
-    names += conv_bn(f"features.{num_blocks + 1}")
-    return names + ["dense.weight", "dense.bias"]
 
 
 def test_spec_channel_rules():

@@ -69,7 +69,7 @@ def test_backbone_lr_is_scaled_and_weight_decay_rule_kept():
 def test_frozen_backbone_run_trains_only_the_head_and_reuses_the_cache(tmp_path):
     from ms_impl.trainer.feature_cache import FeatureSettings
     from ms_impl.trainer.transfer import train_frozen_backbone
-    from transfer_fixtures import IMAGE_SIZE, calibrated_backbone_net, write_dataset
+    from tests.helpers import IMAGE_SIZE, calibrated_backbone_net, write_dataset
 
     data = write_dataset(str(tmp_path / "data"), per_class=4, splits=("train",))
     files = [p for p, _ in data["train"]]

@@ -101,7 +101,7 @@ KEY_RULES: Dict[str, Any] = {
 def check_relations(cfg: EasyDict, source: Callable[[str], str]) -> None:
     """Rules between keys; `source(key)` names where the value came from."""
     if cfg.warmup_epochs > cfg.epochs:
-        raise UsageError(f"{source('warmup_epochs')}: {cfg.warmup_epochs} is more than epochs ({cfg.epochs})")
+        raise UsageError(f"{source('warmup_epochs')}: {cfg.warmup_epochs} is more than epochs ({cfg.epochs}, from {source('epochs')})")
     if cfg.freeze_backbone and cfg.resume:
         raise UsageError(f"{source('resume')}: a frozen-backbone run is not resumed; run it again (its features are cached)")
 
@@ -246,7 +246,8 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _front_parser(add_help: bool, description: str = "", parents: Sequence[argparse.ArgumentParser] = ()) -> _Parser:
+def _front_parser(add_help: bool, description: str = "", parents: Sequence[argparse.ArgumentParser] = (),
+                  device_help: str = "") -> _Parser:
     parser = _Parser(description=description, add_help=add_help, allow_abbrev=False, parents=list(parents),
                      formatter_class=argparse.RawDescriptionHelpFormatter,
                      epilog="Config: configs/garbage26_base.yaml holds every key (this list); "
@@ -254,7 +255,8 @@ def _front_parser(add_help: bool, description: str = "", parents: Sequence[argpa
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help="YAML config: any subset of the keys below, or a run's saved config.yaml "
                              "(default: configs/garbage26_<device>.yaml)")
-    parser.add_argument("--device", choices=DEVICES, help="CPU, GPU or Ascend; also picks the default config (default CPU)")
+    parser.add_argument("--device", choices=DEVICES,
+                        help=f"{device_help} (picks configs/garbage26_<device>.yaml; default CPU)".strip())
     return parser
 
 
@@ -299,7 +301,8 @@ def parse_config(argv: Optional[Sequence[str]] = None, description: str = "",
                 value = str((file_path.parent / value).resolve())
             values[key], origin[key] = value, str(file_path)
 
-    parser = _front_parser(add_help=True, description=description, parents=parents)
+    parser = _front_parser(add_help=True, description=description, parents=parents,
+                           device_help=schema["device"].help if "device" in schema else "")
     _add_options(parser, schema, values)
     args, rest = parser.parse_known_args(argv)
     if rest:
