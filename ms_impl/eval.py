@@ -4,8 +4,9 @@
         --data_path /path/to/garbage26 [--report_dir DIR] [--device CPU] [--key value ...]
 
 Model and data keys (width_mult, image_size, classes...) come from the same
-configs as training (`--help` lists them; `--config runs/X/config.yaml` takes a run's own). With `--report_dir`, writes per_class.csv,
-confusion_matrix.png and eval.json there.
+configs as training (`--help` lists them; `--config runs/X/config.yaml` takes
+a run's own). With `--report_dir`, writes per_class.csv, confusion_matrix.png
+and eval.json there.
 """
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 - No test module imports another test module: shared helpers live in tests/helpers.py,
   shared fixtures in tests/conftest.py.
+- Every `docs/design.md section N` cited in the code names a section of that file.
 - Every test that starts a process (subprocess, msrun, a CLI run) is marked `slow`, directly
   or through a fixture or helper of its module, so `python -m pytest -m "not slow"` is the
   fast lane.
@@ -9,6 +10,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 from typing import Dict, List
 
@@ -71,3 +73,13 @@ def test_the_checks_see_a_process_started_through_a_fixture():
     defs = functions(ast.parse(source))
     assert starts_a_process("test_a", source, defs) and not is_slow(defs["test_a"], source)
     assert is_slow(defs["test_b"], source) and not starts_a_process("test_c", source, defs)
+
+
+def test_design_sections_cited_in_the_code_exist():
+    repo = TESTS.parent
+    sections = set(re.findall(r"(?m)^## (\d+)\. ", (repo / "docs" / "design.md").read_text(encoding="utf-8")))
+    cited = {}
+    for path in [*repo.glob("*_impl/**/*.py"), *repo.glob("parity/**/*.py"), *repo.glob("ms_impl/kernels/*.cc")]:
+        for number in re.findall(r"docs/design\.md section (\d+)", path.read_text(encoding="utf-8")):
+            cited.setdefault(number, []).append(path.name)
+    assert cited and not {n: files for n, files in cited.items() if n not in sections}

@@ -201,3 +201,32 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     saved_epoch = json.loads(ms.load_checkpoint(str(last))["train_state"])["epoch"]
     epochs_logged = len((out / "metrics.csv").read_text().splitlines()) - 1
     assert 1 <= saved_epoch == epochs_logged < 3  # stopped early; nothing after the last good epoch saved
+
+
+def test_in_process_runs_write_only_their_own_train_log(tmp_path, capsys, synthetic_cache):
+    """Each run stops at a usage error after opening its train.log; the second must not write into the first's."""
+    logs = {}
+    for name in ("first", "second"):
+        out = tmp_path / name
+        code, err = _run_in_process(TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(out),
+                                            "--batch_size", "4096"], capsys)
+        assert code == 2 and "--batch_size 4096 is larger than the training set" in err
+        logs[name] = (out / "train.log").read_text(encoding="utf-8")
+        assert logs[name].count("data: SYNTHETIC") == 1
+    assert (tmp_path / "first" / "train.log").read_text(encoding="utf-8") == logs["first"]
+
+
+@pytest.mark.slow
+def test_saved_config_reproduces_the_run_config(tmp_path, capsys, synthetic_cache, monkeypatch):
+    from ms_impl.train import build_config
+
+    out = tmp_path / "run"
+    args = TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(out), "--epochs", "1",
+                   "--mode", "pynative", "--freeze_bn", "--dropout", "0.1", "--lr_max", "0.01"]
+    code, err = _run_in_process(args, capsys)
+    assert code == 0, err
+    saved = out / "config.yaml"
+    monkeypatch.chdir(tmp_path)  # another working directory: the saved class file is absolute
+    again = build_config(["--config", str(saved)])
+    original = build_config(args)
+    assert {k: v for k, v in again.items() if k != "config_path"} == {k: v for k, v in original.items() if k != "config_path"}
