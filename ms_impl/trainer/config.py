@@ -178,7 +178,7 @@ class Option:
         """The command-line string as this option's type (argparse `type=`)."""
         try:
             value = _parse_as(self.type, text)
-        except ValueError:
+        except (ValueError, yaml.YAMLError):
             raise argparse.ArgumentTypeError(f"expected {self.type.__name__}, got {text!r}") from None
         if isinstance(self.rule, tuple) and value not in self.rule:
             raise argparse.ArgumentTypeError(f"expected one of {', '.join(self.rule)}, got {text!r}")
