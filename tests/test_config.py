@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from ms_impl.trainer.classes import load_classes
-from ms_impl.trainer.config import BASE_CONFIG, CONFIG_DIR, DEFAULT_CONFIG, dump_config, load_config
+from ms_impl.trainer.config import BASE_CONFIG, DEFAULT_CONFIG, dump_config, load_config
 from ms_impl.trainer.errors import UsageError
 
 CATEGORIES = {"干垃圾": "Residual waste", "可回收物": "Recyclable", "湿垃圾": "Kitchen waste", "有害垃圾": "Hazardous waste"}
