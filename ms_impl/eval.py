@@ -29,17 +29,11 @@ log = logging.getLogger("ms_impl.eval")
 
 def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        epilog="Also --config FILE, --device CPU|GPU|Ascend and --key value for any key of configs/*.yaml.")
+    parser = argparse.ArgumentParser(add_help=False)  # --help: config.parse_config lists these and every config key
     parser.add_argument("--checkpoint", type=Path, required=True, help="a .ckpt written by ms_impl/train.py")
     parser.add_argument("--report_dir", type=Path, help="write per_class.csv, confusion_matrix.png, eval.json here")
     try:
-        known, rest = parser.parse_known_args(argv)
-    except SystemExit as e:  # argparse already printed the message
-        return int(e.code or 0)
-    try:
-        return _evaluate(known, rest)
+        return _evaluate(argv, parser)
     except (UsageError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -48,14 +42,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
 
 
-def _evaluate(known: argparse.Namespace, rest: List[str]) -> int:
-    if known.report_dir is not None:  # checked before the (long) evaluation
-        check_writable_folder(known.report_dir, "--report_dir")
+def _evaluate(argv: Optional[List[str]], parser: argparse.ArgumentParser) -> int:
     from ms_impl.trainer import checkpoint, dataset
-    from ms_impl.trainer.config import load_config
+    from ms_impl.trainer.config import parse_config
     from ms_impl.trainer.device import set_device
 
-    cfg = load_config(rest, description="Evaluate a checkpoint")
+    cfg, known = parse_config(argv, description=__doc__.split("\n\n")[0], parents=[parser])
+    if known.report_dir is not None:  # checked before the (long) evaluation
+        check_writable_folder(known.report_dir, "--report_dir")
     set_device(cfg.device, cfg.mode)
     data_path, image_size, synthetic = dataset.resolve_data(cfg)
     images = dataset.scan_split(data_path, "val", [c.name for c in cfg.classes])

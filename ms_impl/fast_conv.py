@@ -1,7 +1,7 @@
 """Fast 3x3 convolutions for the MindSpore twin on CPU (depthwise and the stem).
 
 MindSpore 2.10's CPU Conv2D runs oneDNN's reference kernel on these layers
-(NCHW layouts), 14-27x slower than PyTorch (DESIGN.md section 7). This module
+(NCHW layouts), 14-27x slower than PyTorch (docs/design.md section 7). This module
 builds `ms_impl/kernels/conv3x3.cc` with the system C++ compiler on first use
 and registers its functions through `ops.Custom(func_type="aot")`, each with
 a backward (`bprop`), so the layers train in GRAPH and PYNATIVE mode.

@@ -31,7 +31,7 @@ from mindspore.common.initializer import HeNormal, Normal
 from ms_impl import fast_conv as fast_conv_kernels
 from parity.core import spec as mbv2_spec
 
-__all__ = ["ConvBNReLU", "InvertedResidual", "MobileNetV2Backbone", "MobileNetV2Head", "MobileNetV2"]
+__all__ = ["ConvBNReLU", "InvertedResidual", "MobileNetV2Backbone", "MobileNetV2Head", "MobileNetV2", "global_average_pool"]
 
 
 def _conv2d(
@@ -106,6 +106,11 @@ class MobileNetV2Backbone(nn.Cell):
         return self.features(x)
 
 
+def global_average_pool(x: ms.Tensor) -> ms.Tensor:
+    """The head's pooling: feature map (N, C, H, W) -> (N, C)."""
+    return ops.mean(x, (2, 3))
+
+
 class MobileNetV2Head(nn.Cell):
     """Global average pool -> dropout -> dense: feature map -> logits."""
 
@@ -113,12 +118,12 @@ class MobileNetV2Head(nn.Cell):
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        # p = 0: Identity in both twins (no dropout op in the graph)
         self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
         self.dense = nn.Dense(in_channels, num_classes, weight_init=Normal(0.01), bias_init="zeros")
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
-        x = ops.mean(x, (2, 3))
-        return self.dense(self.dropout(x))
+        return self.dense(self.dropout(global_average_pool(x)))
 
 
 class MobileNetV2(nn.Cell):
@@ -133,6 +138,17 @@ class MobileNetV2(nn.Cell):
         inverted_residual_setting: Optional[Sequence[Sequence[int]]] = None,
         fast_conv: str = "off",
     ) -> None:
+        """
+        Args:
+            num_classes: outputs of the dense layer (1000 for ImageNet, 26 for the garbage set).
+            width_mult: channel multiplier (0.35 ... 1.4); channels are rounded to `round_nearest`.
+            round_nearest: every layer's channel count is a multiple of this.
+            dropout: probability of the head's dropout before the dense layer; 0 = none (Identity).
+            inverted_residual_setting: the `(t, c, n, s)` rows of the blocks (default: the paper's table,
+                `parity.core.spec.INVERTED_RESIDUAL_SETTING`).
+            fast_conv: "off", "auto" or "on": our CPU kernels for the stem and depthwise 3x3 convolutions
+                (MindSpore only; "auto" falls back to nn.Conv2d where they cannot be used).
+        """
         # auto_prefix=False: parameters keep the parts' own names (`features.*`, `dense.*`).
         super().__init__(auto_prefix=False)
         self.backbone = MobileNetV2Backbone(width_mult, round_nearest, inverted_residual_setting, fast_conv)

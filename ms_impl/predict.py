@@ -19,11 +19,13 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ms_impl.trainer.classes import ClassInfo, configured_image_size, load_class_table
+from ms_impl.trainer.classes import ClassInfo, load_classes
+from ms_impl.trainer.errors import UsageError
 from ms_impl.trainer.images import IMAGE_EXTENSIONS, pipeline_bytes, unreadable_reason
 from ms_impl.trainer.model_io import CheckpointError, load_model
 
@@ -94,11 +96,11 @@ def top_k_records(probs: np.ndarray, classes: Sequence[ClassInfo], top_k: int) -
         {
             "rank": rank + 1,
             "index": int(i),
-            "name_en": classes[i].name_en,
+            "name": classes[i].name,
             "name_zh": classes[i].name_zh,
             "probability": float(probs[i]),
             "category_zh": classes[i].category_zh,
-            "category_en": classes[i].category_en,
+            "category": classes[i].category,
         }
         for rank, i in enumerate(order)
     ]
@@ -115,20 +117,31 @@ def predict_files(net, files: Sequence[str], classes: Sequence[ClassInfo], image
         probs = softmax(net(ms.Tensor(batch)).asnumpy().astype(np.float64))
         for path, row in zip(good[start:start + batch_size], probs):
             top = top_k_records(row, classes, top_k)
-            predictions.append({"file": path, "category_zh": top[0]["category_zh"], "category_en": top[0]["category_en"], "top_k": top})
+            predictions.append({"file": path, "category_zh": top[0]["category_zh"], "category": top[0]["category"], "top_k": top})
     return predictions, errors
 
 
 def format_text(predictions: Sequence[dict]) -> str:
     lines = []
     for item in predictions:
-        lines.append(f"{item['file']}: {item['category_zh']} ({item['category_en']})")
+        lines.append(f"{item['file']}: {item['category_zh']} ({item['category']})")
         for entry in item["top_k"]:
             lines.append(
-                f"  {entry['rank']}. {entry['name_en']} / {entry['name_zh']}  {100 * entry['probability']:6.2f}%"
-                f"  [{entry['category_zh']} {entry['category_en']}]"
+                f"  {entry['rank']}. {entry['name']} / {entry['name_zh']}  {100 * entry['probability']:6.2f}%"
+                f"  [{entry['category_zh']} {entry['category']}]"
             )
     return "\n".join(lines)
+
+
+def configured_image_size(config_path: Optional[str]) -> Optional[int]:
+    """`image_size` of a trainer config (None for a classes file or CSV)."""
+    if not config_path or config_path.lower().endswith(".csv"):
+        return None
+    from ms_impl.trainer.config import load_config, read_yaml
+
+    if "classes" in read_yaml(Path(config_path)):
+        return None
+    return load_config(["--config", config_path]).image_size
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,12 +168,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     try:
-        classes = load_class_table(args.config)
+        classes = load_classes(args.config)
         image_size = args.image_size or configured_image_size(args.config) or DEFAULT_IMAGE_SIZE
         if args.top_k < 1 or image_size < 32:
             raise ValueError("--top_k must be >= 1 and --image_size >= 32")
         net = load_model(args.checkpoint, fast_conv="auto")  # our CPU kernels where they build
-    except (CheckpointError, ValueError) as exc:
+    except (CheckpointError, UsageError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     if net.num_classes != len(classes):

@@ -7,8 +7,9 @@
           --cluster_time_out=60 --log_dir=runs/dp2/msrun_logs \
           ms_impl/train.py --device CPU --output_dir runs/dp2   # data parallel, 2 workers
 
-Config: configs/garbage26_<device>.yaml (or --config FILE); every key can be
-overridden with --key value. Per epoch: train (progress bar with loss, lr,
+Config: configs/garbage26_<device>.yaml over configs/garbage26_base.yaml (or
+--config FILE, e.g. a run's saved config.yaml); every key can be overridden
+with --key value, booleans also as bare flags (--force); --help lists them all. Per epoch: train (progress bar with loss, lr,
 img/s), evaluate on val, append metrics.csv, save checkpoints. At the end:
 per-class table, confusion matrix, curves and summary.json in output_dir.
 SIGINT/SIGTERM saves a resumable checkpoint before exiting.
@@ -40,13 +41,12 @@ if __package__ in (None, ""):  # run as a script: put the repository root on the
 os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ log: errors only (read when mindspore is imported)
 
 import numpy as np
-import yaml
 
 from ms_impl.trainer import checkpoint, dataset, report
-from ms_impl.trainer.balance import CLASS_BALANCE_MODES, describe, inverse_frequency_weights
+from ms_impl.trainer.balance import describe, inverse_frequency_weights
 from ms_impl.trainer import distributed as dist
 from ms_impl.trainer.checkpoint import TrainState
-from ms_impl.trainer.config import load_config
+from ms_impl.trainer.config import dump_config, load_config
 from ms_impl.trainer.distributed import DistributedContext
 from ms_impl.trainer.errors import UsageError
 from ms_impl.trainer.run_folder import RunLock, holds_run, move_aside
@@ -57,9 +57,7 @@ log = logging.getLogger("ms_impl.train")
 EXIT_DIVERGED = 1
 EXIT_USAGE = 2
 EXIT_SIGINT = 128 + signal.SIGINT
-MAX_EPOCHS = 100_000
 MAX_SCHEDULE_STEPS = 10_000_000  # the per-step LR array is materialised: 40 MB at most
-MAX_SEED = 2**31 - 1
 
 
 class TrainingDiverged(Exception):
@@ -89,47 +87,8 @@ class Data:
 
 
 def build_config(argv: Optional[List[str]]):
-    """The run's EasyDict config, with every value range checked."""
-    cfg = load_config(argv, description=__doc__.splitlines()[0])
-    positive = ("image_size", "batch_size", "epochs", "num_workers", "keep_checkpoint_max",
-                "synthetic_image_size", "synthetic_train_per_class", "synthetic_val_per_class")
-    for key in positive:
-        if cfg[key] <= 0:
-            raise UsageError(f"--{key} must be positive, got {cfg[key]}")
-    upper = {"epochs": MAX_EPOCHS, "image_size": 4096, "synthetic_image_size": 1024, "batch_size": 65536,
-             "num_workers": 1024, "synthetic_train_per_class": 100_000, "synthetic_val_per_class": 100_000}
-    for key, limit in upper.items():
-        if cfg[key] > limit:
-            raise UsageError(f"--{key} {cfg[key]}: at most {limit}")
-    if not 0 <= cfg.seed <= MAX_SEED:
-        raise UsageError(f"--seed {cfg.seed}: must be in [0, {MAX_SEED}]")
-    if not str(cfg.output_dir).strip():
-        raise UsageError("--output_dir: empty; name the run's folder (it is never the current folder by default)")
-    if not 0 <= cfg.warmup_epochs <= cfg.epochs:
-        raise UsageError(f"--warmup_epochs {cfg.warmup_epochs} must be in [0, epochs={cfg.epochs}]")
-    checks = {
-        "lr_max": cfg.lr_max > 0,
-        "lr_init": cfg.lr_init >= 0,
-        "lr_end": cfg.lr_end >= 0,
-        "momentum": 0 <= cfg.momentum < 1,
-        "weight_decay": cfg.weight_decay >= 0,
-        "label_smoothing": 0 <= cfg.label_smoothing < 1,
-        "dropout": 0 <= cfg.dropout < 1,
-        "width_mult": cfg.width_mult > 0,
-        "crop_scale_min": 0 < cfg.crop_scale_min <= 1,
-        "hflip_prob": 0 <= cfg.hflip_prob <= 1,
-        "color_jitter": cfg.color_jitter >= 0,
-        "feature_views": cfg.feature_views >= 1,
-        "backbone_lr_scale": 0 < cfg.backbone_lr_scale <= 1,
-    }
-    for key, ok in checks.items():
-        if not ok:
-            raise UsageError(f"--{key}: value {cfg[key]} out of range")
-    if cfg.class_balance not in CLASS_BALANCE_MODES:
-        raise UsageError(f"--class_balance: expected one of {', '.join(CLASS_BALANCE_MODES)}, got {cfg.class_balance!r}")
-    if cfg.freeze_backbone and cfg.resume:
-        raise UsageError("--resume: a frozen-backbone run is not resumed; run it again (its features are cached)")
-    return cfg
+    """The run's EasyDict config; types, choices and ranges are checked by the schema (trainer/config.py)."""
+    return load_config(argv, description=__doc__.split("\n\n")[0])
 
 
 def checkpoint_dir(cfg) -> Path:
@@ -216,15 +175,18 @@ class ConsoleHandler(logging.StreamHandler):
 
 
 def setup_logging(log_file: Optional[Path] = None, console_prefix: str = "") -> None:
+    """Console handler (once), and `log_file` as the one file handler: a previous run's file is closed."""
     root = logging.getLogger("ms_impl")
     root.setLevel(logging.INFO)
     root.propagate = False
-    if not root.handlers:
-        root.addHandler(ConsoleHandler())
+    console = next((h for h in root.handlers if isinstance(h, ConsoleHandler)), None)
+    if console is None:
+        console = ConsoleHandler()
+        root.addHandler(console)
     if console_prefix:  # msrun tails every worker's log to one console
-        root.handlers[0].setFormatter(logging.Formatter(console_prefix + "%(message)s"))
-    elif not root.handlers[0].formatter:
-        root.handlers[0].setFormatter(logging.Formatter("%(message)s"))
+        console.setFormatter(logging.Formatter(console_prefix + "%(message)s"))
+    elif not console.formatter:
+        console.setFormatter(logging.Formatter("%(message)s"))
     if log_file is not None:
         try:
             handler = RunLogHandler(log_file, encoding="utf-8")
@@ -313,12 +275,13 @@ def build_lr_schedule(cfg, steps_per_epoch: int, ctx: DistributedContext = dist.
 def build_optimizer(cfg, network, lr_per_step: np.ndarray):
     from ms_impl.optim import build_optimizer as momentum_optimizer
 
+    lr_scale = None
     if cfg.pretrained and cfg.backbone_lr_scale != 1.0 and not cfg.freeze_backbone:
-        from ms_impl.trainer.transfer import build_transfer_optimizer
+        from ms_impl.trainer.transfer import backbone_lr_scale
 
         log.info("fine-tuning: backbone LR = %g x head LR", cfg.backbone_lr_scale)
-        return build_transfer_optimizer(network, lr_per_step, cfg.backbone_lr_scale, cfg.momentum, cfg.weight_decay)
-    return momentum_optimizer(network.trainable_params(), lr_per_step, cfg.momentum, cfg.weight_decay)
+        lr_scale = backbone_lr_scale(network, cfg.backbone_lr_scale)
+    return momentum_optimizer(network.trainable_params(), lr_per_step, cfg.momentum, cfg.weight_decay, lr_scale)
 
 
 def restore(cfg, path: Path, network, optimizer, steps_per_epoch: int) -> TrainState:
@@ -566,8 +529,7 @@ def write_final_report(cfg, data: Data, result, rows: List[dict], state: TrainSt
 
 def save_run_config(cfg, out: Path, lr: np.ndarray) -> None:
     """The resolved config and the per-step LR array, next to the checkpoints."""
-    plain = {k: v for k, v in cfg.items() if k != "classes"}
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(plain, sort_keys=False, allow_unicode=True))
+    atomic_write_text(out / "config.yaml", dump_config(cfg))  # self-contained: --config reads it back
     with atomic_path(out / "lr_schedule.npy") as temp:
         np.save(temp, lr)
 
@@ -576,6 +538,13 @@ def save_run_config(cfg, out: Path, lr: np.ndarray) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    try:
+        return run_training(argv)
+    finally:
+        close_run_log()  # a later run in this process must not write into this run's train.log
+
+
+def run_training(argv: Optional[List[str]] = None) -> int:
     setup_logging()
     close_run_log()
     started = time.perf_counter()

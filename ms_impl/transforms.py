@@ -1,6 +1,6 @@
 """Image transforms of the MindSpore twin (mindspore.dataset.vision), train and eval.
 
-Constants (mean/std, eval resize rule) come from `parity/core/preprocess.py`, shared
+Constants (mean/std, eval resize rule, crop ratio) come from `parity/core/preprocess.py`, shared
 with `pt_impl/transforms.py`, so both twins see the same tensors at eval time.
 Input: encoded image bytes; output: float32 CHW, ImageNet-normalised.
 """
@@ -34,7 +34,7 @@ def train_transforms(
     from mindspore.dataset import vision
 
     ops = [
-        vision.RandomCropDecodeResize(image_size, scale=tuple(scale), ratio=(0.75, 1.333), interpolation=vision.Inter.BILINEAR),
+        vision.RandomCropDecodeResize(image_size, scale=tuple(scale), ratio=preprocess.RANDOM_CROP_RATIO, interpolation=vision.Inter.BILINEAR),
         vision.RandomHorizontalFlip(prob=hflip_prob),
     ]
     if color_jitter > 0:

@@ -21,7 +21,7 @@ from torch import nn
 
 from parity.core import spec as mbv2_spec
 
-__all__ = ["ConvBNReLU", "InvertedResidual", "MobileNetV2Backbone", "MobileNetV2Head", "MobileNetV2"]
+__all__ = ["ConvBNReLU", "InvertedResidual", "MobileNetV2Backbone", "MobileNetV2Head", "MobileNetV2", "global_average_pool"]
 
 
 def _conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int) -> nn.Conv2d:
@@ -90,6 +90,11 @@ class MobileNetV2Backbone(nn.Module):
         return self.features(x)
 
 
+def global_average_pool(x: torch.Tensor) -> torch.Tensor:
+    """The head's pooling: feature map (N, C, H, W) -> (N, C)."""
+    return torch.mean(x, (2, 3))
+
+
 class MobileNetV2Head(nn.Module):
     """Global average pool -> dropout -> linear: feature map -> logits."""
 
@@ -98,13 +103,14 @@ class MobileNetV2Head(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         # torchvision keys: classifier.0 (dropout, no tensors), classifier.1 (linear).
-        self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(in_channels, num_classes))
+        # p = 0: Identity in both twins (no dropout op in the graph)
+        dropout_layer = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
+        self.classifier = nn.Sequential(dropout_layer, nn.Linear(in_channels, num_classes))
         nn.init.normal_(self.classifier[1].weight, 0, 0.01)
         nn.init.zeros_(self.classifier[1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.mean(x, (2, 3))
-        return self.classifier(x)
+        return self.classifier(global_average_pool(x))
 
 
 class MobileNetV2(nn.Module):
@@ -118,6 +124,15 @@ class MobileNetV2(nn.Module):
         dropout: float = mbv2_spec.DEFAULT_DROPOUT,
         inverted_residual_setting: Optional[Sequence[Sequence[int]]] = None,
     ) -> None:
+        """
+        Args:
+            num_classes: outputs of the linear layer (1000 for ImageNet, 26 for the garbage set).
+            width_mult: channel multiplier (0.35 ... 1.4); channels are rounded to `round_nearest`.
+            round_nearest: every layer's channel count is a multiple of this.
+            dropout: probability of the head's dropout before the linear layer; 0 = none (Identity).
+            inverted_residual_setting: the `(t, c, n, s)` rows of the blocks (default: the paper's table,
+                `parity.core.spec.INVERTED_RESIDUAL_SETTING`).
+        """
         super().__init__()
         backbone = MobileNetV2Backbone(width_mult, round_nearest, inverted_residual_setting)
         head = MobileNetV2Head(backbone.num_features, num_classes, dropout)
@@ -125,6 +140,9 @@ class MobileNetV2(nn.Module):
         # keys carry no part prefix (`features.*`, `classifier.*`, torchvision's).
         self.features = backbone.features
         self.classifier = head.classifier
+        # The head object itself is kept unregistered (its only module, `classifier`, is registered
+        # above), so forward_head runs the head's own code without adding `head.*` keys.
+        object.__setattr__(self, "head", head)
         self.spec = backbone.spec
         self.num_features = backbone.num_features
         self.num_classes = num_classes
@@ -134,8 +152,7 @@ class MobileNetV2(nn.Module):
         return self.features(x)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.mean(x, (2, 3))
-        return self.classifier(x)
+        return self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

@@ -4,10 +4,11 @@ Mirrors `ms_impl/optim.py`: the decay rule lives in `parity/core/param_groups.py
 and the per-step learning rates come from the same array through a LambdaLR,
 so a step updates the two twins identically:
     v <- momentum * v + (grad + wd * w);  w <- w - lr * v
+`lr_scale` gives parameters their own multiple of the step's learning rate.
 """
 from __future__ import annotations
 
-from typing import Iterable, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -20,16 +21,22 @@ def build_optimizer(
     lr_per_step: np.ndarray,
     momentum: float = 0.9,
     weight_decay: float = 4e-5,
+    lr_scale: Optional[Callable[[str], float]] = None,
 ) -> Tuple[torch.optim.SGD, torch.optim.lr_scheduler.LambdaLR]:
-    """SGD over `named_params` (e.g. `model.named_parameters()`) and its per-step scheduler."""
-    named_params = [(n, p) for n, p in named_params if p.requires_grad]
-    decay = [p for n, p in named_params if takes_weight_decay(n, p.ndim)]
-    no_decay = [p for n, p in named_params if not takes_weight_decay(n, p.ndim)]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
+    """SGD over `named_params` (e.g. `model.named_parameters()`) and its per-step scheduler.
+
+    `lr_scale(name)`: the factor on that parameter's learning rate (default 1 for all).
+    """
+    groups: Dict[Tuple[float, bool], List[torch.nn.Parameter]] = {}
+    for name, p in named_params:
+        if p.requires_grad:
+            scale = 1.0 if lr_scale is None else float(lr_scale(name))
+            groups.setdefault((scale, takes_weight_decay(name, p.ndim)), []).append(p)
+    # LambdaLR multiplies each group's base LR (its scale here) by the factor of the current step.
+    param_groups = [{"params": members, "lr": scale, "weight_decay": weight_decay if decays else 0.0}
+                    for (scale, decays), members in groups.items()]
     lr_per_step = np.asarray(lr_per_step, dtype=np.float64)
-    # LambdaLR multiplies the base LR (1.0 here) by the factor of the current step.
-    optimizer = torch.optim.SGD(groups, lr=1.0, momentum=momentum, dampening=0.0, nesterov=False)
+    optimizer = torch.optim.SGD(param_groups, lr=1.0, momentum=momentum, dampening=0.0, nesterov=False)
     last = len(lr_per_step) - 1
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: float(lr_per_step[min(step, last)]))
     return optimizer, scheduler

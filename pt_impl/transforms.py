@@ -164,7 +164,7 @@ def train_transforms(
     """Decode, random resized crop, horizontal flip, colour jitter, normalise, HWC->CHW."""
     rng = np.random.default_rng() if rng is None else rng
     ops: List[Callable] = [
-        RandomCropDecodeResize(image_size, scale=tuple(scale), ratio=(0.75, 1.333), rng=rng),
+        RandomCropDecodeResize(image_size, scale=tuple(scale), ratio=preprocess.RANDOM_CROP_RATIO, rng=rng),
         RandomHorizontalFlip(prob=hflip_prob, rng=rng),
     ]
     if color_jitter > 0:

@@ -1,4 +1,9 @@
-"""Shared fixtures. Every fixture is generated here; nothing is downloaded."""
+"""Shared fixtures. Every fixture is generated here; nothing is downloaded.
+
+Fast lane: `python -m pytest -m "not slow"` skips the tests marked slow (every test that
+starts a subprocess or msrun, or trains for more than a few seconds). Shared helpers
+that are not fixtures live in tests/helpers.py; no test module imports another.
+"""
 from __future__ import annotations
 
 import os
@@ -37,3 +42,9 @@ def ms_pynative():
     ms.set_device("CPU")
     ms.set_context(mode=ms.PYNATIVE_MODE)
     yield ms
+
+
+@pytest.fixture(scope="session")
+def synthetic_cache(tmp_path_factory) -> str:
+    """One cache folder for the embedded synthetic sets of the session (keyed by their parameters)."""
+    return str(tmp_path_factory.mktemp("synthetic"))

@@ -1,12 +1,13 @@
-"""Config loading: per-device files, class list, command-line overrides and their errors."""
+"""Config loading: the schema (base file + per-device overrides), --help, flags, round trip, class list, errors."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
+import yaml
 
-from ms_impl.trainer.config import CONFIG_DIR, DEFAULT_CONFIG, load_classes, load_config
+from ms_impl.trainer.classes import load_classes
+from ms_impl.trainer.config import BASE_CONFIG, DEFAULT_CONFIG, dump_config, load_config
 from ms_impl.trainer.errors import UsageError
 
 CATEGORIES = {"干垃圾": "Residual waste", "可回收物": "Recyclable", "湿垃圾": "Kitchen waste", "有害垃圾": "Hazardous waste"}
@@ -49,6 +50,13 @@ def test_overrides_take_the_file_value_type():
     (["--mode", "eager"], "--mode: expected one of graph, pynative"),
     (["--fast_conv", "fast"], "--fast_conv: expected one of auto, on, off"),
     (["--epochs"], "--epochs: missing value"),
+    (["--epochs", "--lr_max", "0.1"], "--epochs: missing value"),  # a value-less option is named
+    (["--lr_max", "0"], "--lr_max: 0.0 is out of range (0, inf)"),
+    (["--dropout", "1.0"], "--dropout: 1.0 is out of range [0, 1)"),
+    (["--batch_size", "-4"], "--batch_size: -4 is out of range (0, inf)"),
+    (["--epochs", "3", "--warmup_epochs", "4"], "--warmup_epochs: 4 is more than epochs (3, from --epochs)"),
+    (["--device", "GPU", "--epochs", "3"], "garbage26_gpu.yaml: warmup_epochs: 4 is more than epochs (3, from --epochs)"),
+    (["--freeze_backbone", "--resume", "auto"], "--resume: a frozen-backbone run is not resumed"),
     (["stray"], "unexpected argument 'stray'"),
 ])
 def test_bad_overrides_are_rejected_clearly(argv, message):
@@ -58,18 +66,94 @@ def test_bad_overrides_are_rejected_clearly(argv, message):
 
 
 def test_config_flag_picks_a_file_and_device_flag_overrides_its_device(tmp_path):
-    text = (CONFIG_DIR / "garbage26_cpu.yaml").read_text(encoding="utf-8")
-    text = re.sub(r"(?m)^epochs: \d+", "epochs: 5", text).replace("classes_file: garbage26_classes.yaml",
-                                                          f"classes_file: {CONFIG_DIR / 'garbage26_classes.yaml'}")
     custom = tmp_path / "mine.yaml"
-    custom.write_text(text, encoding="utf-8")
+    custom.write_text("epochs: 5\nwarmup_epochs: 0\n", encoding="utf-8")  # any subset of keys, read over the base file
     cfg = load_config(["--config", str(custom), "--device", "GPU"])
-    assert (cfg.epochs, cfg.device, len(cfg.classes)) == (5, "GPU", 26)
+    assert (cfg.epochs, cfg.warmup_epochs, cfg.device, len(cfg.classes)) == (5, 0, "GPU", 26)
+    assert cfg.lr_max == yaml.safe_load(BASE_CONFIG.read_text(encoding="utf-8"))["lr_max"]
+
+
+def test_device_files_hold_only_overrides_of_the_base_file():
+    base = yaml.safe_load(BASE_CONFIG.read_text(encoding="utf-8"))
+    for device, path in DEFAULT_CONFIG.items():
+        own = yaml.safe_load(path.read_text(encoding="utf-8"))
+        assert own.pop("base") == BASE_CONFIG.name and own["device"] == device
+        assert set(own) < set(base) and len(own) <= 10, path.name
+        cfg = load_config(["--device", device])
+        assert all(cfg[k] == v for k, v in own.items())
+        assert all(cfg[k] == v for k, v in base.items() if k not in own and k != "classes_file")
+
+
+def test_help_lists_every_key_with_its_type_default_and_comment(capsys):
+    with pytest.raises(SystemExit) as done:
+        load_config(["--device", "GPU", "--help"], description="Train")
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    comments = {}
+    for line in BASE_CONFIG.read_text(encoding="utf-8").splitlines():
+        if ":" in line and not line.startswith((" ", "#")):
+            key, _, rest = line.partition(":")
+            comments[key] = rest.partition("#")[2].strip()
+    gpu = load_config(["--device", "GPU"])
+    for key, comment in comments.items():
+        assert f"--{key}" in text, key
+        assert comment, f"{key} has no comment in {BASE_CONFIG.name}: it is the key's --help"
+        assert comment.replace(" ", "") in text.replace(" ", ""), key
+        if key != "device":
+            kind = type(gpu[key]).__name__
+            shown = repr(gpu[key]) if kind == "str" else str(gpu[key])
+            # GPU file's values, not the base's (spaces removed: argparse also wraps at hyphens)
+            assert f"({kind};default{shown}".replace(" ", "") in text.replace(" ", ""), key
+    assert "(int; default 64; range (0, inf))" in text  # batch_size on GPU
+
+
+def test_boolean_keys_are_bare_flags_or_take_a_value():
+    cfg = load_config(["--freeze_backbone", "--force", "--scale_lr", "false", "--epochs", "2"])
+    assert (cfg.freeze_backbone, cfg.force, cfg.scale_lr, cfg.epochs) == (True, True, False, 2)
+    cfg = load_config(["--force=false", "--train_augment", "no", "--freeze_bn"])
+    assert (cfg.force, cfg.train_augment, cfg.freeze_bn) == (False, False, True)
+
+
+def test_values_in_files_are_checked_by_the_same_schema(tmp_path):
+    for text, message in (("lr_max: 0.0\n", "lr_max: 0.0 is out of range (0, inf)"),
+                          ("epochs: ten\n", "epochs: expected int, got 'ten'"),
+                          ("mode: eager\n", "mode: expected one of graph, pynative"),
+                          ("learning_rate: 0.1\n", "unknown key(s) learning_rate")):
+        path = tmp_path / "bad.yaml"
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(UsageError) as err:
+            load_config(["--config", str(path)])
+        assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+    (tmp_path / "floats.yaml").write_text("lr_max: 1\n", encoding="utf-8")  # an int where a float is expected is fine
+    assert load_config(["--config", str(tmp_path / "floats.yaml")]).lr_max == 1.0
+
+
+def test_dumped_config_reads_back_to_the_same_config(tmp_path, monkeypatch):
+    cfg = load_config(["--device", "GPU", "--epochs", "5", "--force", "--resume", "auto"])
+    assert Path(cfg.classes_file).is_absolute()
+    saved = tmp_path / "elsewhere" / "config.yaml"  # not next to configs/: the class file must still resolve
+    saved.parent.mkdir()
+    saved.write_text(dump_config(cfg), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    again = load_config(["--config", str(saved)])
+    assert {k: v for k, v in again.items() if k != "config_path"} == {k: v for k, v in cfg.items() if k != "config_path"}
 
 
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(UsageError, match="nope.yaml: config file not found"):
         load_config(["--config", str(tmp_path / "nope.yaml")])
+
+
+def test_one_class_loader_for_yaml_config_and_csv(tmp_path):
+    from ms_impl.trainer.classes import ClassInfo
+
+    table = load_classes()  # configs/garbage26_classes.yaml
+    assert load_classes(DEFAULT_CONFIG["GPU"]) == table == load_config([]).classes
+    assert table[25] == ClassInfo(25, "Paint bucket", "油漆桶", "有害垃圾", "Hazardous waste")
+    csv_file = tmp_path / "classes.csv"  # the reference garbage26/classes.csv columns
+    csv_file.write_text("index,name_en,name_zh,category_zh,category_en\n"
+                        + "".join(f"{c.index},{c.name},{c.name_zh},{c.category_zh},{c.category}\n" for c in table), encoding="utf-8")
+    assert load_classes(csv_file) == table
 
 
 def test_class_file_must_list_classes_in_index_order(tmp_path):

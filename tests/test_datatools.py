@@ -33,6 +33,7 @@ def run(python_exe, repo_root, cli_env, *args):
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_report_writes_png_and_text(dataset, tmp_path, python_exe, repo_root, cli_env):
     out = tmp_path / "report"
     proc = run(python_exe, repo_root, cli_env, "report", dataset, "--output", out)
@@ -60,6 +61,7 @@ def test_report_bad_input(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_stats_per_channel_mean_and_std(dataset, python_exe, repo_root, cli_env):
     proc = run(python_exe, repo_root, cli_env, "stats", dataset, "--split", "train", "--json")
     assert proc.returncode == 0, proc.stderr

@@ -22,6 +22,7 @@ from ms_impl import weights as ms_weights
 from ms_impl.trainer import distributed as dist
 from ms_impl.trainer import sharding
 from ms_impl.trainer.errors import UsageError
+from tests.helpers import TINY_TRAIN
 
 JOBS = Path(__file__).resolve().parent / "msrun_jobs"
 CLUSTER_TIME_OUT_S = 10
@@ -29,9 +30,7 @@ WORKERS = 2
 STEPS = 6  # per epoch: 104 synthetic train images // global batch 16
 # BatchNorm frozen and no random augmentation, so 2 workers x 8 must train like 1 process x 16.
 # Dropout stays on (p 0.2): each rank applies its rows of the global batch's mask.
-TINY = ["--device", "CPU", "--width_mult", "0.35", "--synthetic_image_size", "32", "--synthetic_train_per_class", "4",
-        "--synthetic_val_per_class", "2", "--num_workers", "1", "--epochs", "2", "--lr_max", "0.05",
-        "--freeze_bn", "true", "--train_augment", "false"]
+TINY = TINY_TRAIN + ["--num_workers", "1", "--epochs", "2", "--lr_max", "0.05", "--freeze_bn", "--train_augment", "false"]
 
 
 def free_port() -> int:
@@ -143,11 +142,6 @@ def test_collectives_under_msrun(tmp_path, cli_env):
     assert ranks[0]["digest_after_average"] == ranks[1]["digest_after_average"]
     assert ranks[0]["setup_failure"] == "setup failed on 1 other rank(s); see their worker logs"
     assert ranks[1]["setup_failure"] == "rank 1 cannot read its data"
-
-
-@pytest.fixture(scope="module")
-def synthetic_cache(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("synthetic"))
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_models import official_ms_names
+from tests.helpers import official_ms_names
 
 # (batch, channels, height, width, stride): odd and even sizes, 1x1 planes, C from 1 to 960.
 DEPTHWISE_SHAPES = [

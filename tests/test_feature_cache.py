@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from transfer_fixtures import COLOURS, IMAGE_SIZE, calibrated_backbone_net, write_dataset, write_image
+from tests.helpers import COLOURS, IMAGE_SIZE, calibrated_backbone_net, write_dataset, write_image
 
 
 @pytest.fixture(scope="module")

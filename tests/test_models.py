@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from parity.core import spec as mbv2_spec
+from tests.helpers import official_ms_names
 
 WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.4)
 
@@ -51,24 +52,6 @@ def torchvision_reference(width: float, num_classes: int = 1000) -> dict:
     shapes["classifier.1.weight"] = (num_classes, last)
     shapes["classifier.1.bias"] = (num_classes,)
     return shapes
-
-
-def official_ms_names(num_blocks: int = 17) -> list:
-    """Parameter names of the official MindSpore MobileNetV2 (mindspore-ai/models), derived from its structure."""
-    bn = ("moving_mean", "moving_variance", "gamma", "beta")
-
-    def conv_bn(prefix: str) -> list:
-        return [f"{prefix}.features.0.weight"] + [f"{prefix}.features.1.{n}" for n in bn]
-
-    names = conv_bn("features.0")
-    for i in range(1, num_blocks + 1):
-        subs = ["conv.0"] if i == 1 else ["conv.0", "conv.1"]  # block 1 has t=1: no expansion
-        for sub in subs:
-            names += conv_bn(f"features.{i}.{sub}")
-        project = len(subs)
-        names += [f"features.{i}.conv.{project}.weight"] + [f"features.{i}.conv.{project + 1}.{n}" for n in bn]
-    names += conv_bn(f"features.{num_blocks + 1}")
-    return names + ["dense.weight", "dense.bias"]
 
 
 def test_spec_channel_rules():
@@ -192,7 +175,25 @@ def test_numerics_settings_pt():
     assert all(bn.eps == pytest.approx(1e-5) and bn.momentum == pytest.approx(0.1) for bn in bns)
     assert all(c.padding == ((c.kernel_size[0] - 1) // 2,) * 2 and c.bias is None for c in convs)
     assert isinstance(net.classifier[0], nn.Dropout) and net.classifier[0].p == pytest.approx(0.2)
+    assert isinstance(MobileNetV2(dropout=0.0).classifier[0], nn.Identity)  # as in the MindSpore twin
     assert net.training
+
+
+def test_pt_forward_head_runs_the_head_and_keeps_torchvision_keys(monkeypatch):
+    import torch
+
+    from pt_impl import mobilenetv2 as pt_model
+
+    net = pt_model.MobileNetV2(num_classes=10, width_mult=0.35).eval()
+    assert net.head.classifier is net.classifier  # one set of head weights
+    assert not any(k.startswith("head.") for k in net.state_dict())
+    features = torch.randn(2, net.num_features, 3, 3)
+    expected = net.classifier(features.mean((2, 3)))
+    torch.testing.assert_close(net.forward_head(features), expected)
+    calls = []
+    monkeypatch.setattr(pt_model.MobileNetV2Head, "forward", lambda head, x: calls.append(head) or expected)
+    net.forward_head(features)
+    assert calls == [net.head]  # the head's own code, not a copy of it
 
 
 @pytest.mark.parametrize("dropout", (-0.1, 1.0))

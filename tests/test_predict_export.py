@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from transfer_fixtures import CLASS_ROWS, IMAGE_SIZE, trained_tiny_checkpoint, write_class_csv
+from tests.helpers import CLASS_ROWS, IMAGE_SIZE, trained_tiny_checkpoint, write_class_csv
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +27,7 @@ def run_cli(python_exe, repo_root, cli_env, script, *args):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_predict_reports_known_classes_names_and_categories(tiny, python_exe, repo_root, cli_env, tmp_path):
     # the generated training images, one folder per class, plus one corrupt and one empty file
     train = tiny["data"]["train"]
@@ -41,11 +42,11 @@ def test_predict_reports_known_classes_names_and_categories(tiny, python_exe, re
     out = json.loads(proc.stdout)
     assert [p["file"] for p in out["predictions"]] == [p for p, _ in picked]
     for item, (_, label) in zip(out["predictions"], picked):
-        index, name_en, name_zh, category_zh, category_en = CLASS_ROWS[label]
+        index, name, name_zh, category_zh, category = CLASS_ROWS[label]
         best = item["top_k"][0]
-        assert (best["index"], best["name_en"], best["name_zh"]) == (index, name_en, name_zh)
+        assert (best["index"], best["name"], best["name_zh"]) == (index, name, name_zh)
         assert best["probability"] > 0.9
-        assert (item["category_zh"], item["category_en"]) == (category_zh, category_en)
+        assert (item["category_zh"], item["category"]) == (category_zh, category)
         assert len(item["top_k"]) == 2 and item["top_k"][0]["probability"] >= item["top_k"][1]["probability"]
     assert {e["file"]: e["error"] for e in out["errors"]} == {str(bad): "cannot decode image", str(empty): "empty file"}
     assert f"predict: {bad}: cannot decode image" in proc.stderr
@@ -67,13 +68,13 @@ def test_predict_matches_the_model_and_reads_folders(tiny):
     from mindspore.dataset import transforms
 
     from ms_impl import predict
-    from ms_impl.trainer.classes import load_class_table
+    from ms_impl.trainer.classes import load_classes
     from ms_impl.trainer.model_io import load_model
     from ms_impl.transforms import eval_transforms
 
     folder = os.path.dirname(tiny["data"]["val"][0][0])  # val/Red Thing
     net = load_model(tiny["ckpt"])
-    classes = load_class_table(tiny["classes"])
+    classes = load_classes(tiny["classes"])
     files, errors = predict.collect_images([folder])
     assert len(files) == 6 and not errors
     predictions, errors = predict.predict_files(net, files, classes, IMAGE_SIZE, top_k=3)
@@ -86,6 +87,7 @@ def test_predict_matches_the_model_and_reads_folders(tiny):
         assert sum(got.values()) == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_predict_bad_inputs(tiny, python_exe, repo_root, cli_env, tmp_path, capsys):
     from ms_impl import predict
 
@@ -113,6 +115,7 @@ def test_predict_refuses_class_list_of_another_size(tiny, tmp_path):
     assert predict.main(["--checkpoint", tiny["ckpt"], "--config", str(other), tiny["data"]["train"][0][0]]) == 2
 
 
+@pytest.mark.slow
 def test_export_mindir_round_trip_and_onnx_in_onnxruntime(tiny, python_exe, repo_root, cli_env, tmp_path):
     import mindspore as ms
     import onnxruntime as ort
@@ -171,19 +174,19 @@ def test_predict_reads_classes_and_image_size_from_a_trainer_config(tiny, tmp_pa
     import yaml
 
     from ms_impl import predict
-    from ms_impl.trainer.classes import load_class_table
+    from ms_impl.trainer.classes import load_classes
 
     rows = [{"index": i, "name": en, "name_zh": zh, "category_zh": cz, "category": ce} for i, en, zh, cz, ce in CLASS_ROWS]
     (tmp_path / "my_classes.yaml").write_text(yaml.safe_dump({"classes": rows}, allow_unicode=True), encoding="utf-8")
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"classes_file": "my_classes.yaml", "image_size": IMAGE_SIZE}), encoding="utf-8")
-    assert load_class_table(str(config)) == load_class_table(tiny["classes"])
+    assert load_classes(str(config)) == load_classes(tiny["classes"])
     green = tiny["data"]["train"][7][0]
     assert predict.main(["--checkpoint", tiny["ckpt"], "--config", str(config), "--json", green]) == 0
     best = __import__("json").loads(capsys.readouterr().out)["predictions"][0]["top_k"][0]
-    assert (best["name_en"], best["category_en"]) == ("Green Thing", "Kitchen waste")
+    assert (best["name"], best["category"]) == ("Green Thing", "Kitchen waste")
     # the shipped default: the trainer's 26 garbage classes, in the reference order
-    table = load_class_table()
-    assert len(table) == 26 and (table[0].name_en, table[0].name_zh) == ("Seashell", "贝壳")
-    assert (table[25].name_en, table[25].category_zh, table[25].category_en) == ("Paint bucket", "有害垃圾", "Hazardous waste")
+    table = load_classes()
+    assert len(table) == 26 and (table[0].name, table[0].name_zh) == ("Seashell", "贝壳")
+    assert (table[25].name, table[25].category_zh, table[25].category) == ("Paint bucket", "有害垃圾", "Hazardous waste")
     assert {c.category_zh for c in table} == {"干垃圾", "可回收物", "湿垃圾", "有害垃圾"}

@@ -20,25 +20,9 @@ import numpy as np
 import pytest
 
 from ms_impl.train import main as train_main
+from tests.helpers import TINY_TRAIN, checkpoint_weights, train_cli
 
-TINY = ["--device", "CPU", "--width_mult", "0.35", "--synthetic_image_size", "32", "--batch_size", "16",
-        "--synthetic_train_per_class", "8", "--synthetic_val_per_class", "4", "--num_workers", "2"]
-
-
-@pytest.fixture(scope="module")
-def synthetic_cache(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("synthetic"))
-
-
-def _train_cli(args, cli_env, repo_root, **kwargs):
-    return subprocess.run([sys.executable, "ms_impl/train.py", *args], cwd=repo_root, env=cli_env,
-                          capture_output=True, text=True, timeout=300, **kwargs)
-
-
-def _weights(path: Path) -> dict:
-    import mindspore as ms
-
-    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items() if hasattr(v, "asnumpy")}
+TINY = TINY_TRAIN + ["--synthetic_train_per_class", "8", "--synthetic_val_per_class", "4"]
 
 
 FOUR_CLASSES = """classes:
@@ -58,7 +42,7 @@ def full_run(tmp_path_factory, synthetic_cache, cli_env, repo_root):
     classes.write_text(FOUR_CLASSES, encoding="utf-8")
     args = TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(out), "--epochs", str(EPOCHS),
                    "--lr_max", "0.01", "--synthetic_train_per_class", "32", "--classes_file", str(classes)]
-    result = _train_cli(args, cli_env, repo_root)
+    result = train_cli(args, cli_env)
     assert result.returncode == 0, result.stderr[-3000:]
     return out, args, result
 
@@ -82,7 +66,7 @@ def test_training_learns_and_writes_the_run_files(full_run):
     steps = summary["steps_per_epoch"]
     # keep_checkpoint_max 3: the three newest epochs; last and best always
     assert ckpts == sorted([f"mobilenetv2-{e}_{steps}.ckpt" for e in (8, 9, 10)] + ["mobilenetv2-best.ckpt", "mobilenetv2-last.ckpt"])
-    weights = _weights(out / "checkpoints" / "mobilenetv2-last.ckpt")
+    weights = checkpoint_weights(out / "checkpoints" / "mobilenetv2-last.ckpt")
     assert "features.0.features.0.weight" in weights and "dense.weight" in weights and "moments.dense.weight" in weights
     assert not any("dropout" in k or "keep_mask" in k for k in weights)  # trainer state stays out
     assert "Paint bucket" in (out / "per_class.txt").read_text()
@@ -107,11 +91,11 @@ def test_sigint_saves_a_checkpoint_and_resume_ends_with_the_same_weights(full_ru
     assert "saved resumable checkpoint" in stderr and "--resume auto" in stderr
     assert len((out / "metrics.csv").read_text().splitlines()) < EPOCHS + 1  # it really stopped early
 
-    resumed = _train_cli(args + ["--resume", "auto"], cli_env, repo_root)
+    resumed = train_cli(args + ["--resume", "auto"], cli_env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert re.search(r"resumed from .*mobilenetv2-last\.ckpt: epoch \d+, step \d+", resumed.stderr)
-    reference = _weights(ref_out / "checkpoints" / "mobilenetv2-last.ckpt")
-    final = _weights(out / "checkpoints" / "mobilenetv2-last.ckpt")
+    reference = checkpoint_weights(ref_out / "checkpoints" / "mobilenetv2-last.ckpt")
+    final = checkpoint_weights(out / "checkpoints" / "mobilenetv2-last.ckpt")
     assert reference.keys() == final.keys()
     for name in reference:
         np.testing.assert_allclose(final[name], reference[name], rtol=0, atol=1e-6, err_msg=name)
@@ -131,15 +115,16 @@ def test_eval_cli_reports_the_checkpoint_accuracy(full_run, tmp_path, cli_env, r
     assert "macro avg" in result.stderr and (tmp_path / "report" / "confusion_matrix.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", ["GPU", "Ascend"])
-def test_absent_device_exits_2_before_any_data_work(device, tmp_path, cli_env, repo_root):
+def test_absent_device_exits_2_before_any_data_work(device, tmp_path, cli_env):
     probe = subprocess.run([sys.executable, "-c", f"import mindspore as ms; ms.set_device('{device}'); "
                             "import numpy as np; (ms.Tensor(np.ones(1)) + 1).asnumpy()"],
                            env=cli_env, capture_output=True, text=True, timeout=120)
     if probe.returncode == 0:
         pytest.skip(f"this machine has a working {device}")
-    result = _train_cli(["--device", device, "--data_path", str(tmp_path / "no-such-data"),
-                         "--output_dir", str(tmp_path / "out")], cli_env, repo_root)
+    result = train_cli(["--device", device, "--data_path", str(tmp_path / "no-such-data"),
+                        "--output_dir", str(tmp_path / "out")], cli_env)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: device {device} is not usable: "), result.stderr
@@ -214,9 +199,38 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     assert re.search(r"error: training diverged: (val )?loss is (nan|inf)", err), err
     last = out / "checkpoints" / "mobilenetv2-last.ckpt"
     assert f"last good checkpoint kept: {last}" in err
-    assert all(np.isfinite(v).all() for v in _weights(last).values())
+    assert all(np.isfinite(v).all() for v in checkpoint_weights(last).values())
     import mindspore as ms
 
     saved_epoch = json.loads(ms.load_checkpoint(str(last))["train_state"])["epoch"]
     epochs_logged = len((out / "metrics.csv").read_text().splitlines()) - 1
     assert 1 <= saved_epoch == epochs_logged < 3  # stopped early; nothing after the last good epoch saved
+
+
+def test_in_process_runs_write_only_their_own_train_log(tmp_path, capsys, synthetic_cache):
+    """Each run stops at a usage error after opening its train.log; the second must not write into the first's."""
+    logs = {}
+    for name in ("first", "second"):
+        out = tmp_path / name
+        code, err = _run_in_process(TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(out),
+                                            "--batch_size", "4096"], capsys)
+        assert code == 2 and "--batch_size 4096 is larger than the training set" in err
+        logs[name] = (out / "train.log").read_text(encoding="utf-8")
+        assert logs[name].count("data: SYNTHETIC") == 1
+    assert (tmp_path / "first" / "train.log").read_text(encoding="utf-8") == logs["first"]
+
+
+@pytest.mark.slow
+def test_saved_config_reproduces_the_run_config(tmp_path, capsys, synthetic_cache, monkeypatch):
+    from ms_impl.train import build_config
+
+    out = tmp_path / "run"
+    args = TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(out), "--epochs", "1",
+                   "--mode", "pynative", "--freeze_bn", "--dropout", "0.1", "--lr_max", "0.01"]
+    code, err = _run_in_process(args, capsys)
+    assert code == 0, err
+    saved = out / "config.yaml"
+    monkeypatch.chdir(tmp_path)  # another working directory: the saved class file is absolute
+    again = build_config(["--config", str(saved)])
+    original = build_config(args)
+    assert {k: v for k, v in again.items() if k != "config_path"} == {k: v for k, v in original.items() if k != "config_path"}

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import TINY_TRAIN, train_cli
+
 WIDTH = 0.35
-TINY = ["--device", "CPU", "--width_mult", str(WIDTH), "--synthetic_image_size", "32", "--batch_size", "16",
-        "--synthetic_train_per_class", "4", "--synthetic_val_per_class", "2", "--num_workers", "2"]
+TINY = TINY_TRAIN + ["--width_mult", str(WIDTH)]
 
 
 @pytest.fixture(scope="module")
@@ -36,23 +37,13 @@ def pretrained(tmp_path_factory):
     return {"files": files, "backbone": official}
 
 
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("synthetic"))
-
-
-def train_cli(args, cli_env, repo_root):
-    return subprocess.run([sys.executable, "ms_impl/train.py", *map(str, args)], cwd=repo_root, env=cli_env,
-                          capture_output=True, text=True, timeout=600)
-
-
 @pytest.mark.parametrize("kind", ["torchvision.pth", "mindcv.ckpt", "ms-official.safetensors"])
-def test_pretrained_of_every_layout_loads_into_the_trainer(kind, pretrained, synthetic, tmp_path, caplog, ms_pynative):
+def test_pretrained_of_every_layout_loads_into_the_trainer(kind, pretrained, synthetic_cache, tmp_path, caplog, ms_pynative):
     import logging
 
     from ms_impl.train import build_config, build_network
 
-    cfg = build_config(TINY + ["--synthetic_cache_dir", synthetic, "--output_dir", str(tmp_path),
+    cfg = build_config(TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(tmp_path),
                                "--pretrained", str(pretrained["files"][kind])])
     with caplog.at_level(logging.INFO, logger="ms_impl"):
         network = build_network(cfg)
@@ -64,13 +55,13 @@ def test_pretrained_of_every_layout_loads_into_the_trainer(kind, pretrained, syn
     assert os.listdir(tmp_path) == []  # converted in memory
 
 
-def test_bad_pretrained_is_a_one_line_usage_error(pretrained, synthetic, tmp_path, capsys):
+def test_bad_pretrained_is_a_one_line_usage_error(pretrained, synthetic_cache, tmp_path, capsys):
     from ms_impl.train import main
 
     wrong_width = ["--width_mult", "0.5"]
     for extra, expected in ((wrong_width + ["--pretrained", str(pretrained["files"]["torchvision.pth"])], "0.35x"),
                             (["--pretrained", str(tmp_path / "missing.pth")], "no such file")):
-        code = main(TINY + ["--synthetic_cache_dir", synthetic, "--output_dir", str(tmp_path / "out"), "--force", "true"] + extra)
+        code = main(TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(tmp_path / "out"), "--force", "true"] + extra)
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
         assert code == 2 and len(errors) == 1 and expected in errors[0] and "--pretrained" in errors[0], errors
 
@@ -81,10 +72,10 @@ def lr_of(optimizer, param) -> np.ndarray:
     return getattr(lr, "learning_rate", lr).asnumpy()
 
 
-def test_backbone_lr_scale_in_full_fine_tuning(pretrained, synthetic, tmp_path, ms_pynative):
+def test_backbone_lr_scale_in_full_fine_tuning(pretrained, synthetic_cache, tmp_path, ms_pynative):
     from ms_impl.train import build_config, build_lr_schedule, build_network, build_optimizer
 
-    base = TINY + ["--synthetic_cache_dir", synthetic, "--output_dir", str(tmp_path)]
+    base = TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(tmp_path)]
     lr = build_lr_schedule(build_config(base), 4)
     for extra, scale in (([], 1.0), (["--pretrained", str(pretrained["files"]["torchvision.pth"])], 0.1),
                          (["--pretrained", str(pretrained["files"]["torchvision.pth"]), "--backbone_lr_scale", "0.5"], 0.5)):
@@ -96,13 +87,14 @@ def test_backbone_lr_scale_in_full_fine_tuning(pretrained, synthetic, tmp_path, 
         np.testing.assert_allclose(lr_of(optimizer, network.head.dense.weight), lr, rtol=1e-6)
 
 
-def test_frozen_backbone_run_keeps_the_backbone_and_reuses_its_cache(pretrained, synthetic, tmp_path, cli_env, repo_root):
+@pytest.mark.slow
+def test_frozen_backbone_run_keeps_the_backbone_and_reuses_its_cache(pretrained, synthetic_cache, tmp_path, cli_env, repo_root):
     from ms_impl.trainer.model_io import read_ms_checkpoint
 
     out = tmp_path / "run"
-    args = TINY + ["--synthetic_cache_dir", synthetic, "--output_dir", out, "--epochs", "3", "--lr_max", "0.05",
+    args = TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", out, "--epochs", "3", "--lr_max", "0.05",
                    "--pretrained", pretrained["files"]["torchvision.pth"], "--freeze_backbone", "true"]
-    first = train_cli(args, cli_env, repo_root)
+    first = train_cli(args, cli_env)
     assert first.returncode == 0, first.stderr[-2000:]
     assert first.stderr.count("dropped its 1000-class head") == 1
     assert "extracting features" in first.stderr  # progress bar
@@ -114,7 +106,7 @@ def test_frozen_backbone_run_keeps_the_backbone_and_reuses_its_cache(pretrained,
     assert len(metrics) == 4
     assert len([n for n in os.listdir(out / "feature_cache") if n.endswith(".npz")]) == 2
 
-    again = train_cli(args + ["--force", "true"], cli_env, repo_root)
+    again = train_cli(args + ["--force", "true"], cli_env)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "train features: 104 x 1280, reused" in again.stderr and "val features: 52 x 1280, reused" in again.stderr
     # the same features and seed give the same head
@@ -125,14 +117,14 @@ def test_frozen_backbone_run_keeps_the_backbone_and_reuses_its_cache(pretrained,
     from ms_impl.train import build_config, build_network
     from ms_impl.trainer.pretrained import load_pretrained
 
-    cfg = build_config(TINY + ["--synthetic_cache_dir", synthetic, "--output_dir", str(tmp_path / "stage2")])
+    cfg = build_config(TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(tmp_path / "stage2")])
     network = build_network(cfg)
     info = load_pretrained(network, str(out / "checkpoints" / "mobilenetv2-best.ckpt"))
     assert info.head_loaded and info.layout == "ms-official"
     np.testing.assert_array_equal(network.head.dense.weight.asnumpy(), weights["dense.weight"])
 
     # the trainer's checkpoint serves predict directly (class names from the trainer's config)
-    image = next(Path(synthetic).rglob("*.jpg"))
+    image = next(Path(synthetic_cache).rglob("*.jpg"))
     proc = subprocess.run([sys.executable, "ms_impl/predict.py", "--checkpoint", str(out / "checkpoints" / "mobilenetv2-best.ckpt"),
                            "--config", "configs/garbage26_cpu.yaml", "--image_size", "32", "--json", str(image)],
                           cwd=repo_root, env=cli_env, capture_output=True, text=True, timeout=300)
@@ -142,9 +134,9 @@ def test_frozen_backbone_run_keeps_the_backbone_and_reuses_its_cache(pretrained,
 
 
 
-def test_frozen_resume_is_refused(synthetic, tmp_path, capsys):
+def test_frozen_resume_is_refused(synthetic_cache, tmp_path, capsys):
     from ms_impl.train import main
 
-    code = main(TINY + ["--synthetic_cache_dir", synthetic, "--output_dir", str(tmp_path), "--freeze_backbone", "true",
+    code = main(TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(tmp_path), "--freeze_backbone", "true",
                         "--resume", "auto"])
     assert code == 2 and "frozen-backbone run is not resumed" in capsys.readouterr().err

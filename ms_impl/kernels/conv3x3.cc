@@ -2,7 +2,7 @@
 //
 // MindSpore 2.10 hands oneDNN plain NCHW tensors for these layers and gets its
 // reference (scalar) implementation: a depthwise 3x3 layer of MobileNetV2 runs
-// ~14x slower than PyTorch's, the stem ~27x (DESIGN.md section 7). These
+// ~14x slower than PyTorch's, the stem ~27x (docs/design.md section 7). These
 // kernels are registered through `mindspore.ops.Custom(func_type="aot")` by
 // ms_impl/fast_conv.py, which also builds this file.
 //

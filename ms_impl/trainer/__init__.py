@@ -1,7 +1,7 @@
 """The MindSpore trainer's engine: everything the command-line tools share, nothing they parse.
 
     config         the typed option schema, YAML + command-line overrides
-    classes        the class table (English/Chinese names, the 4 garbage categories)
+    classes        the class list (names, 4 garbage categories): one loader for YAML, config, CSV
     dataset        image lists and mindspore.dataset pipelines
     images         the one "can the pipeline decode this file" check
     photos         a folder of photos: hashes, duplicate groups, train/val split planning (datatools check/split)

@@ -1,91 +1,86 @@
-"""The class table (index, English and Chinese names, garbage category) for predict and reports.
+"""The class list: index, English and Chinese names, garbage category. One loader for every tool.
 
-One small entry point, `load_class_table`, reading the trainer's class file
-(`configs/garbage26_classes.yaml`: index, name, name_zh, category_zh, category),
-a trainer config that names it, or a CSV with the columns of garbage26/classes.csv.
+    classes = load_classes("configs/garbage26_classes.yaml")   # or a trainer config, or a CSV
+
+Sources: a classes YAML (a `classes:` list, like `configs/garbage26_classes.yaml`),
+a trainer config (its resolved `classes_file`), or a CSV with the columns of
+the reference `garbage26/classes.csv` (`index,name_en,name_zh,category_zh,category_en`;
+`name`/`category` headers are read too). Every source gives the same
+`ClassInfo` fields; `name` is the English name and the class folder name.
+Indices must be 0..N-1 in order and names unique: the trainer maps folders to
+indices through this list, never through folder sort order.
 """
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
-from typing import List, Optional
+from pathlib import Path
+from typing import Iterable, List, Mapping, Optional, Union
 
-CSV_COLUMNS = ("index", "name_en", "name_zh", "category_zh", "category_en")
+from ms_impl.trainer.errors import UsageError
+
+CLASS_FIELDS = ("index", "name", "name_zh", "category_zh", "category")
+# Header aliases of the reference CSV (garbage26/classes.csv).
+CSV_ALIASES = {"name_en": "name", "category_en": "category"}
+DEFAULT_CLASSES_FILE = Path(__file__).resolve().parents[2] / "configs" / "garbage26_classes.yaml"
+
+PathLike = Union[str, Path]
 
 
 @dataclass(frozen=True)
 class ClassInfo:
     index: int
-    name_en: str
+    name: str  # English name, also the class folder name
     name_zh: str
-    category_zh: str
-    category_en: str
+    category_zh: str  # 干垃圾 / 可回收物 / 湿垃圾 / 有害垃圾
+    category: str  # Residual waste / Recyclable / Kitchen waste / Hazardous waste
 
 
-def read_class_csv(path: str) -> List[ClassInfo]:
-    """Rows `index,name_en,name_zh,category_zh,category_en`, indices 0..N-1 in order."""
+def classes_from_records(records: Iterable[Mapping], source: PathLike) -> List[ClassInfo]:
+    """Checked class list from mappings with the `CLASS_FIELDS` keys: indices 0..N-1 in order, names unique."""
+    classes: List[ClassInfo] = []
+    for position, record in enumerate(records):
+        if not isinstance(record, Mapping):
+            raise UsageError(f"{source}: class #{position} is not a mapping of {', '.join(CLASS_FIELDS)}")
+        record = {CSV_ALIASES.get(k, k): v for k, v in record.items()}
+        missing = [k for k in CLASS_FIELDS if k not in record]
+        if missing:
+            raise UsageError(f"{source}: class #{position} lacks {', '.join(missing)}")
+        try:
+            index = int(record["index"])
+        except (TypeError, ValueError):
+            raise UsageError(f"{source}: class #{position} has index {record['index']!r}, not an integer") from None
+        if index != position:
+            raise UsageError(f"{source}: class {record['name']!r} has index {index}, expected {position} (list them in index order)")
+        classes.append(ClassInfo(index, *(str(record[k]) for k in CLASS_FIELDS[1:])))
+    if not classes:
+        raise UsageError(f"{source}: the class list is empty")
+    names = [c.name for c in classes]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise UsageError(f"{source}: duplicate class names {duplicates}")
+    return classes
+
+
+def read_class_csv(path: PathLike) -> List[ClassInfo]:
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read class list ({exc})") from None
-    if not rows or any(col not in rows[0] for col in CSV_COLUMNS):
-        raise ValueError(f"{path}: class list needs the columns {', '.join(CSV_COLUMNS)}")
-    table = [ClassInfo(int(r["index"]), r["name_en"], r["name_zh"], r["category_zh"], r["category_en"]) for r in rows]
-    if [c.index for c in table] != list(range(len(table))):
-        raise ValueError(f"{path}: class indices must be 0..{len(table) - 1} in order")
-    return table
+        raise UsageError(f"{path}: cannot read class list ({exc.__class__.__name__})") from None
+    return classes_from_records(rows, path)
 
 
-def table_from_records(records: List[dict], source: str) -> List[ClassInfo]:
-    """Class table from a list of mappings: the CSV columns, or the trainer's `name` / `category` keys."""
-    try:
-        table = [ClassInfo(int(r["index"]), str(r.get("name_en", r.get("name"))), str(r["name_zh"]), str(r["category_zh"]),
-                           str(r.get("category_en", r.get("category")))) for r in records]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{source}: bad class entry ({exc})") from None
-    if [c.index for c in table] != list(range(len(table))):
-        raise ValueError(f"{source}: class indices must be 0..{len(table) - 1} in order")
-    return table
+def load_classes(path: Optional[PathLike] = None) -> List[ClassInfo]:
+    """The class list of a classes YAML, a trainer config or a CSV (default: configs/garbage26_classes.yaml)."""
+    from ms_impl.trainer.config import load_config, read_yaml
 
-
-DEFAULT_CLASS_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs",
-                                  "garbage26_classes.yaml")
-
-
-def _read_yaml(path: str) -> dict:
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as handle:
-            config = yaml.safe_load(handle)
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: cannot read config ({exc.__class__.__name__}: {' '.join(str(exc).split())[:120]})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    return config
-
-
-def load_class_table(config_path: Optional[str] = None) -> List[ClassInfo]:
-    """The class table from a CSV file, a classes YAML (`classes:` list), or a trainer config
-    (`classes_file:` relative to it). Default: the project's configs/garbage26_classes.yaml.
-    """
-    config_path = config_path or DEFAULT_CLASS_FILE
-    if config_path.lower().endswith(".csv"):
-        return read_class_csv(config_path)
-    config = _read_yaml(config_path)
-    if "classes" not in config and isinstance(config.get("classes_file"), str):
-        return load_class_table(os.path.join(os.path.dirname(os.path.abspath(config_path)), config["classes_file"]))
-    records = config.get("classes")
-    if not isinstance(records, list):
-        raise ValueError(f"{config_path}: config has no 'classes' list nor 'classes_file'")
-    return table_from_records(records, config_path)
-
-
-def configured_image_size(config_path: Optional[str]) -> Optional[int]:
-    """`image_size` of a YAML config, when it has one."""
-    if not config_path or config_path.lower().endswith(".csv"):
-        return None
-    value = _read_yaml(config_path).get("image_size")
-    return int(value) if isinstance(value, int) else None
+    path = Path(path or DEFAULT_CLASSES_FILE)
+    if path.suffix.lower() == ".csv":
+        return read_class_csv(path)
+    data = read_yaml(path)
+    if "classes" in data:
+        if not isinstance(data["classes"], list):
+            raise UsageError(f"{path}: `classes` must be a list")
+        return classes_from_records(data["classes"], path)
+    return load_config(["--config", str(path)]).classes  # a trainer config: its classes_file

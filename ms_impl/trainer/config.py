@@ -1,20 +1,31 @@
-"""Training configuration: a YAML file in `configs/` loaded into an EasyDict.
+"""Training configuration: one schema, read from the YAML files, parsed into an EasyDict.
 
-    cfg = load_config(argv)   # --device picks configs/garbage26_<device>.yaml,
-                              # --config picks any file, --key value overrides a key
+    cfg = load_config(argv)   # --device picks configs/garbage26_<device>.yaml, --config any file,
+                              # --key value (or a bare --flag for booleans) overrides a key
 
-Every key of the file can be overridden on the command line with a value of the
-same type as in the file (`--epochs 3`, `--lr_max 0.05`, `--force true`);
-unknown keys are rejected. The class list lives in the file named by
-`classes_file` (relative to the config), so the per-device files share it; it
-is loaded into `cfg.classes`, a list of EasyDicts with `index`, `name` (the
-folder name), `name_zh`, `category_zh` and `category`.
+The schema is `configs/garbage26_base.yaml` plus `KEY_RULES` below:
+  - every key of the base file is an option; its value is the default, its
+    type (bool, int, float, str) is the option's type, and the comment after it
+    is the option's help (`--help` lists them all);
+  - `KEY_RULES` adds the allowed words or the numeric range of a key, checked
+    here and only here, for values from files and from the command line alike.
+A config file may name another as `base:` (the per-device files name the base
+file) and then holds only the keys it changes; a file without `base:` is read
+over the base file, so a run's saved `config.yaml` (every key, `classes_file`
+absolute) reproduces the run with `--config runs/X/config.yaml`.
+
+Adding a key: one line `key: default   # help` in garbage26_base.yaml (a float
+written with a decimal point), plus a `KEY_RULES` entry if it has choices or
+a range. Per-device files change it only where the device needs another value.
 """
 from __future__ import annotations
 
 import argparse
+import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 from easydict import EasyDict
@@ -22,25 +33,95 @@ from easydict import EasyDict
 from ms_impl.trainer.errors import UsageError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+BASE_CONFIG = CONFIG_DIR / "garbage26_base.yaml"
 DEVICES = ("CPU", "GPU", "Ascend")
 DEFAULT_CONFIG = {device: CONFIG_DIR / f"garbage26_{device.lower()}.yaml" for device in DEVICES}
+BASE_KEY = "base"  # names the file a config overrides; not an option
+PATH_KEYS = ("classes_file",)  # resolved against the file that sets them, saved absolute
 
-# Keys whose value must be one of a few words.
-CHOICES: Dict[str, Sequence[str]] = {
+
+@dataclass(frozen=True)
+class Range:
+    """A numeric interval; `None` ends are open to infinity."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            return False
+        return True
+
+    def __str__(self) -> str:
+        low = "-inf" if self.low is None else f"{self.low:g}"
+        high = "inf" if self.high is None else f"{self.high:g}"
+        return f"{'(' if self.low_open or self.low is None else '['}{low}, {high}{')' if self.high_open or self.high is None else ']'}"
+
+
+POSITIVE = Range(0, None, low_open=True)
+NON_NEGATIVE = Range(0, None)
+FRACTION = Range(0, 1)  # [0, 1]
+PROPER_FRACTION = Range(0, 1, high_open=True)  # [0, 1)
+
+# Allowed words (a tuple) or numeric range (a Range) of the keys that have them.
+KEY_RULES: Dict[str, Any] = {
     "device": DEVICES,
     "mode": ("graph", "pynative"),
     "fast_conv": ("auto", "on", "off"),
     "distributed": ("auto", "on", "off"),
+    "seed": Range(0, 2**31 - 1),  # MindSpore's and numpy's seeds are 32-bit
+    "image_size": Range(0, 4096, low_open=True),
+    "batch_size": Range(0, 65536, low_open=True),
+    "num_workers": Range(0, 1024, low_open=True),
+    "epochs": Range(0, 100_000, low_open=True),  # the per-step LR array is materialised up front
+    "warmup_epochs": NON_NEGATIVE,  # and <= epochs: check_relations
+    "keep_checkpoint_max": POSITIVE,
+    "synthetic_image_size": Range(0, 1024, low_open=True),
+    "synthetic_train_per_class": Range(0, 100_000, low_open=True),
+    "synthetic_val_per_class": Range(0, 100_000, low_open=True),
+    "crop_scale_min": Range(0, 1, low_open=True),
+    "color_jitter": NON_NEGATIVE,
+    "hflip_prob": FRACTION,
+    "width_mult": POSITIVE,
+    "dropout": PROPER_FRACTION,
+    "lr_init": NON_NEGATIVE,
+    "lr_max": POSITIVE,
+    "lr_end": NON_NEGATIVE,
+    "momentum": PROPER_FRACTION,
+    "weight_decay": NON_NEGATIVE,
+    "label_smoothing": PROPER_FRACTION,
+    "feature_views": Range(1, None),
+    "backbone_lr_scale": Range(0, 1, low_open=True),
+    "class_balance": ("none", "weights", "sampler"),
 }
-CLASS_FIELDS = ("index", "name", "name_zh", "category_zh", "category")
 
 
-def _read_yaml(path: Path) -> dict:
+def check_relations(cfg: EasyDict, source: Callable[[str], str]) -> None:
+    """Rules between keys; `source(key)` names where the value came from."""
+    if cfg.warmup_epochs > cfg.epochs:
+        raise UsageError(f"{source('warmup_epochs')}: {cfg.warmup_epochs} is more than epochs ({cfg.epochs}, from {source('epochs')})")
+    if not str(cfg.output_dir).strip():
+        raise UsageError(f"{source('output_dir')}: empty; name the run's folder (it is never the current folder)")
+    if cfg.freeze_backbone and cfg.resume:
+        raise UsageError(f"{source('resume')}: a frozen-backbone run is not resumed; run it again (its features are cached)")
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def read_yaml(path: Path) -> dict:
+    """The top-level mapping of a YAML file; a UsageError naming the file otherwise."""
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except FileNotFoundError:
         raise UsageError(f"{path}: config file not found") from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read ({e.strerror or e})") from None
     except yaml.YAMLError as e:
         raise UsageError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
     if not isinstance(data, dict):
@@ -48,107 +129,228 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def load_classes(path: Path) -> List[EasyDict]:
-    """The class list of a classes file, checked: indices 0..N-1 in order, names unique."""
-    entries = _read_yaml(path).get("classes")
-    if not isinstance(entries, list) or not entries:
-        raise UsageError(f"{path}: needs a non-empty list `classes`")
-    classes = []
-    for position, entry in enumerate(entries):
-        missing = [k for k in CLASS_FIELDS if not isinstance(entry, dict) or k not in entry]
-        if missing:
-            raise UsageError(f"{path}: class #{position} lacks {', '.join(missing)}")
-        if entry["index"] != position:
-            raise UsageError(f"{path}: class {entry['name']!r} has index {entry['index']}, expected {position} (list them in index order)")
-        classes.append(EasyDict({k: entry[k] for k in CLASS_FIELDS}))
-    names = [c.name for c in classes]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise UsageError(f"{path}: duplicate class names {duplicates}")
-    return classes
+_COMMENTED_KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*):(.*?)\s+#\s?(.*)$")
 
 
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("true", "yes", "1", "on"):
-        return True
-    if lowered in ("false", "no", "0", "off"):
-        return False
-    raise ValueError(text)
+def read_key_comments(path: Path) -> Dict[str, str]:
+    """`key: value  # comment` lines of a flat YAML file: {key: comment}."""
+    comments = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        match = _COMMENTED_KEY.match(line)
+        if match:
+            comments[match.group(1)] = match.group(3).strip()
+    return comments
 
 
-def _convert(key: str, text: str, default: Any) -> Any:
-    """The command-line string `text` as the type of the file's value for `key`."""
-    kind = type(default)
-    try:
-        if kind is bool:
-            value: Any = _parse_bool(text)
-        elif kind is int:
-            value = int(text)
-        elif kind is float:
-            value = float(text)
-        elif kind is str:
-            value = text
+def _file_chain(path: Path) -> List[Tuple[Path, dict]]:
+    """The file and the files it builds on, base first; a file without `base:` builds on the base file."""
+    chain: List[Tuple[Path, dict]] = []
+    seen = set()
+    current: Optional[Path] = path.resolve()
+    while current is not None:
+        if current in seen:
+            raise UsageError(f"{path}: `base:` files form a loop through {current}")
+        seen.add(current)
+        data = read_yaml(current)
+        chain.insert(0, (current, data))
+        base = data.get(BASE_KEY)
+        if base is not None:
+            if not isinstance(base, str) or not base:
+                raise UsageError(f"{current}: base: expected a file name, got {base!r}")
+            current = (current.parent / base).resolve()
+        elif current != BASE_CONFIG.resolve():
+            current = BASE_CONFIG.resolve()
         else:
-            raise UsageError(f"--{key}: cannot be set on the command line (a {kind.__name__} in the config)")
-    except ValueError:
-        raise UsageError(f"--{key}: expected {kind.__name__}, got {text!r}") from None
-    choices = CHOICES.get(key)
-    if choices is not None and value not in choices:
-        raise UsageError(f"--{key}: expected one of {', '.join(choices)}, got {text!r}")
-    return value
+            current = None
+    return chain
 
 
-def _split_overrides(argv: Sequence[str]) -> Dict[str, str]:
-    """`--key value` and `--key=value` pairs, in order; a later one wins."""
-    overrides: Dict[str, str] = {}
-    items = list(argv)
-    i = 0
-    while i < len(items):
-        item = items[i]
-        if not item.startswith("--") or item == "--":
-            raise UsageError(f"unexpected argument {item!r}: options are --key value")
-        key, sep, value = item[2:].partition("=")
-        if not sep:
-            if i + 1 >= len(items):
-                raise UsageError(f"--{key}: missing value")
-            value = items[i + 1]
-            i += 1
-        overrides[key] = value
-        i += 1
-    return overrides
+# ---------------------------------------------------------------- the schema
+
+
+@dataclass(frozen=True)
+class Option:
+    """One config key: its type, default, help and rule."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    rule: Any = None  # a tuple of words, a Range, or None
+
+    def parse(self, text: str) -> Any:
+        """The command-line string as this option's type (argparse `type=`)."""
+        try:
+            value = _parse_as(self.type, text)
+        except (ValueError, yaml.YAMLError):
+            raise argparse.ArgumentTypeError(f"expected {self.type.__name__}, got {text!r}") from None
+        if isinstance(self.rule, tuple) and value not in self.rule:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(self.rule)}, got {text!r}")
+        return value
+
+    def check(self, value: Any) -> Any:
+        """A value from a file, coerced to the option's type and checked against its rule; ValueError otherwise."""
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
+            raise ValueError(f"expected {self.type.__name__}, got {value!r}")
+        if isinstance(self.rule, tuple) and value not in self.rule:
+            raise ValueError(f"expected one of {', '.join(self.rule)}, got {value!r}")
+        if isinstance(self.rule, Range) and (not math.isfinite(value) or value not in self.rule):
+            raise ValueError(f"{value} is out of range {self.rule}")
+        return value
+
+    def describe(self) -> str:
+        """Help line: the YAML comment, then type, default and rule."""
+        extra = [self.type.__name__, f"default {self.default!r}" if self.type is str else f"default {self.default}"]
+        if isinstance(self.rule, Range):
+            extra.append(f"range {self.rule}")
+        text = f"{self.help} " if self.help else ""
+        return f"{text}({'; '.join(extra)})".replace("%", "%%")
+
+
+def _parse_as(kind: type, text: str) -> Any:
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered in ("true", "yes", "1", "on"):
+            return True
+        if lowered in ("false", "no", "0", "off"):
+            return False
+        raise ValueError(text)
+    if kind in (int, float, str):
+        return kind(text)
+    return yaml.safe_load(text)  # a list or mapping, written as YAML
+
+
+def build_schema(chain: Sequence[Tuple[Path, dict]]) -> Dict[str, Option]:
+    """Options of the base file of `chain`, with its comments and the rules of KEY_RULES."""
+    base_path, base = chain[0]
+    comments = read_key_comments(base_path)
+    for path, _ in chain[1:]:  # a key's comment in the base file wins; others fill gaps
+        for key, text in read_key_comments(path).items():
+            comments.setdefault(key, text)
+    schema = {}
+    for key, value in base.items():
+        if key == BASE_KEY:
+            continue
+        kind = type(value) if value is not None else str
+        schema[key] = Option(key, kind, value, comments.get(key, ""), KEY_RULES.get(key))
+    return schema
+
+
+# ---------------------------------------------------------------- command line
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with errors as UsageError (`--key: problem`) instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        message = message[len("argument "):] if message.startswith("argument ") else message
+        message = message.replace("expected one argument", "missing value")
+        raise UsageError(message)
+
+
+def _front_parser(add_help: bool, description: str = "", parents: Sequence[argparse.ArgumentParser] = (),
+                  device_help: str = "") -> _Parser:
+    parser = _Parser(description=description, add_help=add_help, allow_abbrev=False, parents=list(parents),
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog="Config: configs/garbage26_base.yaml holds every key (this list); "
+                            "configs/garbage26_<device>.yaml the per-device values.")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="YAML config: any subset of the keys below, or a run's saved config.yaml "
+                             "(default: configs/garbage26_<device>.yaml)")
+    parser.add_argument("--device", choices=DEVICES,
+                        help=f"{device_help} (picks configs/garbage26_<device>.yaml; default CPU)".strip())
+    return parser
+
+
+def _add_options(parser: argparse.ArgumentParser, schema: Dict[str, Option], defaults: Dict[str, Any]) -> None:
+    group = parser.add_argument_group("config keys (--key value; defaults from the config file)")
+    for option in schema.values():
+        if option.name == "device":
+            continue  # --device above: it also picks the file
+        shown = Option(option.name, option.type, defaults.get(option.name, option.default), option.help, option.rule)
+        kwargs: Dict[str, Any] = dict(type=option.parse, default=argparse.SUPPRESS, help=shown.describe())
+        if isinstance(option.rule, tuple):
+            kwargs["metavar"] = "{" + ",".join(option.rule) + "}"
+        else:
+            kwargs["metavar"] = option.type.__name__.upper()
+        if option.type is bool:
+            kwargs.update(nargs="?", const=True, metavar="true|false")  # a bare --flag means true
+        group.add_argument(f"--{option.name}", **kwargs)
+
+
+def parse_config(argv: Optional[Sequence[str]] = None, description: str = "",
+                 parents: Sequence[argparse.ArgumentParser] = ()) -> Tuple[EasyDict, argparse.Namespace]:
+    """(config, namespace of the `parents`' own options) from `argv`; `--help` prints every option and exits."""
+    front, _ = _front_parser(add_help=False).parse_known_args(argv)  # which file; the rest is parsed below
+    path = front.config or DEFAULT_CONFIG[front.device or "CPU"]
+    chain = _file_chain(Path(path))
+    schema = build_schema(chain)
+
+    values: Dict[str, Any] = {}
+    origin: Dict[str, str] = {}
+    for file_path, data in chain:
+        unknown = [k for k in data if k != BASE_KEY and k not in schema]
+        if unknown:
+            raise UsageError(f"{file_path}: unknown key(s) {', '.join(unknown)} (the keys are those of {chain[0][0].name})")
+        for key, value in data.items():
+            if key == BASE_KEY:
+                continue
+            try:
+                value = schema[key].check(value)
+            except ValueError as e:
+                raise UsageError(f"{file_path}: {key}: {e}") from None
+            if key in PATH_KEYS and value:
+                value = str((file_path.parent / value).resolve())
+            values[key], origin[key] = value, str(file_path)
+
+    parser = _front_parser(add_help=True, description=description, parents=parents,
+                           device_help=schema["device"].help if "device" in schema else "")
+    _add_options(parser, schema, values)
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        unknown = [item for item in rest if item.startswith("-")]
+        if unknown:
+            raise UsageError(f"unknown option(s) {', '.join(u.split('=')[0] for u in unknown)}; "
+                             f"the keys are those of {chain[0][0].name} (see --help)")
+        raise UsageError(f"unexpected argument {rest[0]!r}: options are --key value")
+    given = vars(args)
+    for key in list(given):
+        if key in schema and key != "device":
+            try:
+                value = schema[key].check(given[key])
+            except ValueError as e:
+                raise UsageError(f"--{key}: {e}") from None
+            if key in PATH_KEYS and value:
+                value = str(Path(value).resolve())
+            values[key], origin[key] = value, f"--{key}"
+    if front.device:
+        values["device"], origin["device"] = front.device, "--device"
+
+    cfg = EasyDict(values)
+    check_relations(cfg, lambda key: origin[key] if origin[key].startswith("--") else f"{origin[key]}: {key}")
+    cfg.config_path = str(Path(path))
+    from ms_impl.trainer.classes import load_classes
+
+    cfg.classes = load_classes(cfg.classes_file)
+    extras = argparse.Namespace(**{k: v for k, v in given.items() if k not in schema and k not in ("config", "device")})
+    return cfg, extras
 
 
 def load_config(argv: Optional[Sequence[str]] = None, description: str = "") -> EasyDict:
-    """Parse `argv` (`--config`, `--device`, `--key value`...) into the run's configuration."""
-    parser = argparse.ArgumentParser(
-        description=description,
-        epilog="Every key of the config file can be overridden: --key value (see configs/*.yaml).",
-    )
-    parser.add_argument("--config", type=Path, help="YAML config (default: configs/garbage26_<device>.yaml)")
-    parser.add_argument("--device", choices=DEVICES, help="CPU, GPU or Ascend; also picks the default config")
-    known, rest = parser.parse_known_args(argv)
+    """Parse `argv` (`--config`, `--device`, `--key value`, bare `--flag`...) into the run's configuration."""
+    return parse_config(argv, description)[0]
 
-    path = known.config or DEFAULT_CONFIG[known.device or "CPU"]
-    defaults = _read_yaml(path)
-    if known.config is not None:  # a user's file: every key the tools read must be there
-        lacking = [key for key in _read_yaml(DEFAULT_CONFIG["CPU"]) if key not in defaults]
-        if lacking:
-            raise UsageError(f"{path}: --config file lacks key(s) {', '.join(lacking)} "
-                             f"(see {DEFAULT_CONFIG['CPU'].name} for every key)")
-    overrides = _split_overrides(rest)
-    unknown = sorted(set(overrides) - set(defaults))
-    if unknown:
-        raise UsageError(f"unknown option(s) {', '.join('--' + k for k in unknown)}; {path.name} has keys: {', '.join(defaults)}")
 
-    cfg = EasyDict(defaults)
-    for key, text in overrides.items():
-        cfg[key] = _convert(key, text, defaults[key])
-    if known.device:
-        cfg.device = known.device
-    for key, choices in CHOICES.items():
-        if key in cfg and cfg[key] not in choices:
-            raise UsageError(f"{path}: {key} must be one of {', '.join(choices)}, got {cfg[key]!r}")
-    cfg.config_path = str(path)
-    cfg.classes = load_classes((Path(path).parent / cfg.classes_file).resolve())
-    return cfg
+def dump_config(cfg: EasyDict) -> str:
+    """The config as self-contained YAML (every key, absolute class file, help as comments): `--config` reads it back."""
+    chain = _file_chain(Path(cfg.config_path))
+    schema = build_schema(chain)
+    lines = [f"# Resolved config of a run (from {cfg.config_path} and the command line).",
+             "# Rerun it: python ms_impl/train.py --config <this file>"]
+    for key, option in schema.items():
+        text = yaml.safe_dump({key: cfg[key]}, default_flow_style=True, allow_unicode=True, width=10**6).strip()
+        text = text[1:-1] if text.startswith("{") else text  # flow style wraps a mapping in braces
+        lines.append(f"{text}  # {option.help}" if option.help else text)
+    return "\n".join(lines) + "\n"

@@ -164,8 +164,10 @@ def _check_decodable(encoded: Sequence[np.ndarray], files: Sequence[str]) -> Non
 
 
 def _pooled_backbone(backbone):
-    """A cell returning global-average-pooled backbone features (N, C)."""
-    from mindspore import nn, ops
+    """A cell returning the backbone's features pooled as the head pools them: (N, C)."""
+    from mindspore import nn
+
+    from ms_impl.mobilenetv2 import global_average_pool
 
     class PooledBackbone(nn.Cell):
         def __init__(self, inner) -> None:
@@ -173,7 +175,7 @@ def _pooled_backbone(backbone):
             self.inner = inner
 
         def construct(self, x):
-            return ops.mean(self.inner(x), (2, 3))
+            return global_average_pool(self.inner(x))
 
     return PooledBackbone(backbone)
 

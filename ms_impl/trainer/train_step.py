@@ -1,4 +1,4 @@
-"""One optimisation step of the trainer, and a dropout whose masks can be replayed.
+"""One optimisation step of the trainer, and dropout masks drawn on the host (replayable).
 
 The step is the classic MindSpore Cell pair: network + loss, wrapped by
 `nn.TrainOneStepCell` (gradients of the optimizer's parameters, then the
@@ -11,12 +11,19 @@ from (seed, g), so a run interrupted and resumed draws the same masks as one
 that ran through. Same distribution: keep with probability 1 - p, scale 1/(1 - p).
 In data parallel the mask of the global batch is drawn and each rank takes
 the rows of its samples, so W ranks apply the masks one process would.
+`dropout_keep_mask` is the one host-side mask, also used by the frozen-backbone
+head training (`transfer.train_head_on_features`).
 """
 from __future__ import annotations
 
 import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn
+
+
+def dropout_keep_mask(rng: np.random.Generator, shape, p: float) -> np.ndarray:
+    """A host-side dropout mask: keep with probability 1 - p, scaled by 1 / (1 - p); float32."""
+    return (rng.random(shape) >= p).astype(np.float32) / np.float32(1.0 - p)
 
 
 class ReplayableDropout(nn.Cell):
@@ -41,7 +48,7 @@ class ReplayableDropout(nn.Cell):
         """Set the mask of `global_step` (a function of seed and step only)."""
         rng = np.random.default_rng([seed, 2, global_step])
         batch, features = self.keep_mask.shape
-        mask = (rng.random((batch * self.num_shards, features)) >= self.p).astype(np.float32) / np.float32(1.0 - self.p)
+        mask = dropout_keep_mask(rng, (batch * self.num_shards, features), self.p)
         # row j of the global batch is sample j; this shard holds samples shard_id, shard_id + W, ...
         self.keep_mask.set_data(Tensor(np.ascontiguousarray(mask[self.shard_id::self.num_shards])))
 

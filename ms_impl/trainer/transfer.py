@@ -3,9 +3,9 @@
 - `train_head_on_features`: the frozen-backbone path; the real `MobileNetV2Head`
   (dropout + dense) trains on cached pooled features, fed as (N, C, 1, 1) so
   the head's global pooling is the identity. Seconds instead of hours on CPU.
-- `build_transfer_optimizer`: full fine-tuning with the backbone's learning
-  rate scaled by `backbone_lr_scale` (e.g. 0.1) relative to the head's;
-  weight decay follows the shared rule (`parity.core.param_groups`).
+- `backbone_lr_scale`: full fine-tuning with the backbone's learning rate
+  scaled (e.g. 0.1) relative to the head's, through the twin's one optimizer
+  builder (`ms_impl.optim.build_optimizer`, weight decay by the shared rule).
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import numpy as np
 
 from ms_impl.trainer.balance import balanced_order
 from ms_impl.trainer.metrics import top1
-from parity.core.param_groups import takes_weight_decay
 from parity.core.schedule import warmup_cosine_lr
 
 if TYPE_CHECKING:
@@ -43,29 +42,12 @@ class HeadTrainingResult:
     val_top1: List[float] = field(default_factory=list)
 
 
-def build_transfer_optimizer(
-    net,
-    lr_per_step: np.ndarray,
-    backbone_lr_scale: float = 0.1,
-    momentum: float = 0.9,
-    weight_decay: float = 4e-5,
-):
-    """Momentum over all trainable params; backbone params at `backbone_lr_scale` x the head's LR."""
-    from mindspore import Tensor, nn
-
-    if not 0.0 < backbone_lr_scale <= 1.0:
-        raise ValueError(f"backbone_lr_scale must be in (0, 1], got {backbone_lr_scale}")
-    head_lr = np.asarray(lr_per_step, dtype=np.float32)
+def backbone_lr_scale(net, scale: float) -> Callable[[object], float]:
+    """`lr_scale` for `ms_impl.optim.build_optimizer`: backbone parameters at `scale` x the head's LR."""
+    if not 0.0 < scale <= 1.0:
+        raise ValueError(f"backbone_lr_scale must be in (0, 1], got {scale}")
     backbone_ids = {id(p) for p in net.backbone.trainable_params()}
-    groups = []
-    for in_backbone, lr in ((True, head_lr * backbone_lr_scale), (False, head_lr)):
-        params = [p for p in net.trainable_params() if (id(p) in backbone_ids) == in_backbone]
-        decay = [p for p in params if takes_weight_decay(p.name, len(p.shape))]
-        no_decay = [p for p in params if not takes_weight_decay(p.name, len(p.shape))]
-        for chunk, wd in ((decay, weight_decay), (no_decay, 0.0)):
-            if chunk:
-                groups.append({"params": chunk, "weight_decay": wd, "lr": Tensor(lr.astype(np.float32))})
-    return nn.Momentum(groups, learning_rate=Tensor(head_lr), momentum=momentum)
+    return lambda param: scale if id(param) in backbone_ids else 1.0
 
 
 def head_logits(head, features: np.ndarray, batch_size: int = 512) -> np.ndarray:
@@ -118,6 +100,7 @@ def train_head_on_features(
 
     from ms_impl.loss import smoothed_cross_entropy
     from ms_impl.optim import build_optimizer
+    from ms_impl.trainer.train_step import dropout_keep_mask
 
     if len(features) == 0 or len(features) != len(labels):
         raise ValueError(f"need matching, non-empty features and labels, got {len(features)} and {len(labels)}")
@@ -147,7 +130,7 @@ def train_head_on_features(
             idx = order[s * batch_size:(s + 1) * batch_size]
             batch = feats4d[idx]
             if dropout > 0:
-                batch = batch * ((rng.random(batch.shape) >= dropout).astype(np.float32) / np.float32(1.0 - dropout))
+                batch = batch * dropout_keep_mask(rng, batch.shape, dropout)
             loss = step(ms.Tensor(batch), ms.Tensor(labels32[idx]))
             losses.append(float(loss.asnumpy()))
         result.losses.append(float(np.mean(losses)))

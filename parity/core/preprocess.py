@@ -12,3 +12,6 @@ CROP_FRACTION = 0.875
 def eval_resize_size(image_size: int) -> int:
     """Shorter-side length before the center crop (256 for 224)."""
     return int(round(image_size / CROP_FRACTION))
+
+# Train: random resized crop, aspect ratio (w/h) drawn from this range (both twins).
+RANDOM_CROP_RATIO = (0.75, 1.333)

@@ -28,7 +28,7 @@ LAST_CHANNEL = 1280
 IN_CHANNELS = 3
 DEFAULT_DROPOUT = 0.2  # paper and torchvision; not the official MindSpore head's 0.8
 
-# BatchNorm numerics (DESIGN.md section 4). MindSpore's momentum is the weight
+# BatchNorm numerics (docs/design.md section 4). MindSpore's momentum is the weight
 # of the old running value, PyTorch's the weight of the new batch statistic.
 BN_EPS = 1e-5
 BN_MOMENTUM_TORCH = 0.1

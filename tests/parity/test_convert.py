@@ -315,6 +315,7 @@ def test_num_classes_mismatch_needs_drop_head_and_backbone_loads_into_ms_twin(tm
     assert (again.layout, again.num_classes, len(again.tensors)) == ("ms-official", None, 260)
 
 
+@pytest.mark.slow
 def test_cli_drop_head_with_verify_writes_backbone(tmp_path, python_exe, repo_root, cli_env):
     torch.save(randomized_torch_net(SMALL, 1000).state_dict(), tmp_path / "in.pth")
     done = subprocess.run([python_exe, "-m", "parity.convert", str(tmp_path / "in.pth"), str(tmp_path / "out.ckpt"),
@@ -444,6 +445,7 @@ def test_failed_verification_writes_nothing(tmp_path, capsys, small_pth, monkeyp
     assert files_in(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_cli_process_exit_code_for_bad_input(tmp_path, python_exe, repo_root, cli_env):
     (tmp_path / "bad.pth").write_bytes(b"not a zip file at all")
     done = subprocess.run([python_exe, "-m", "parity.convert", str(tmp_path / "bad.pth"), str(tmp_path / "o.ckpt")],
@@ -454,6 +456,7 @@ def test_cli_process_exit_code_for_bad_input(tmp_path, python_exe, repo_root, cl
     assert files_in(tmp_path) == ["bad.pth"]
 
 
+@pytest.mark.slow
 def test_importing_the_converter_loads_no_framework(python_exe, repo_root, cli_env):
     code = "import sys, parity.convert, parity.core.converter; print(sorted({'torch', 'mindspore', 'safetensors'} & set(sys.modules)))"
     done = subprocess.run([python_exe, "-c", code], cwd=repo_root, env=cli_env, capture_output=True, text=True,

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
+
 
 def _check(args, cli_env, python_exe, repo_root):
     return subprocess.run([python_exe, "-m", "parity", "check", *args], cwd=repo_root, env=cli_env,
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_check_prints_table_and_passes(cli_env, python_exe, repo_root):
     done = _check(["--width", "0.35", "--image-size", "64", "--batch", "2", "--mode", "pynative", "--steps", "2"],
                   cli_env, python_exe, repo_root)
@@ -19,6 +22,7 @@ def test_check_prints_table_and_passes(cli_env, python_exe, repo_root):
     assert "FAIL" not in done.stdout and done.stdout.rstrip().endswith("PASS")
 
 
+@pytest.mark.slow
 def test_check_rejects_bad_arguments(cli_env, python_exe, repo_root):
     done = _check(["--mode", "eager"], cli_env, python_exe, repo_root)
     assert done.returncode == 2 and "--mode" in done.stderr

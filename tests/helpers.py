@@ -1,6 +1,10 @@
-"""Generated data and a tiny trained model for the transfer / predict / export tests.
+"""Helpers shared by the test modules (no test module imports another): everything generated, nothing downloaded.
 
-The images are plain colours, slightly shaded per image (red, green, blue), one class per colour, so
+- `TINY_TRAIN`, `train_cli`, `checkpoint_weights`: tiny trainer runs (synthetic set at 32 px, width 0.35).
+- `official_ms_names`: the official MindSpore MobileNetV2's parameter names, derived independently.
+- Colour images, a class CSV and a tiny trained model for the transfer / predict / export tests.
+
+The colour images are plain colours, slightly shaded per image (red, green, blue), one class per colour, so
 a model that works must tell them apart. The tiny model (width 0.35) gets a
 backbone whose BatchNorm statistics are set from those images (a random
 backbone in eval mode with default statistics maps every image to nearly the
@@ -11,9 +15,50 @@ from __future__ import annotations
 
 import csv
 import os
-from typing import Dict, List, Tuple
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# A trainer run of seconds: the embedded synthetic set at 32 px, 4 + 2 images per class, width 0.35.
+# Tests append what they change; a later --key wins.
+TINY_TRAIN = ["--device", "CPU", "--width_mult", "0.35", "--synthetic_image_size", "32", "--batch_size", "16",
+              "--synthetic_train_per_class", "4", "--synthetic_val_per_class", "2", "--num_workers", "2"]
+
+
+def train_cli(args: Sequence, env: dict, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
+    """`python ms_impl/train.py ARGS` from the repository root (tests using it are marked slow)."""
+    return subprocess.run([sys.executable, "ms_impl/train.py", *map(str, args)], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def checkpoint_weights(path) -> Dict[str, np.ndarray]:
+    """Every tensor of a MindSpore checkpoint, as numpy arrays."""
+    import mindspore as ms
+
+    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items() if hasattr(v, "asnumpy")}
+
+
+def official_ms_names(num_blocks: int = 17) -> list:
+    """Parameter names of the official MindSpore MobileNetV2 (mindspore-ai/models), derived from its structure."""
+    bn = ("moving_mean", "moving_variance", "gamma", "beta")
+
+    def conv_bn(prefix: str) -> list:
+        return [f"{prefix}.features.0.weight"] + [f"{prefix}.features.1.{n}" for n in bn]
+
+    names = conv_bn("features.0")
+    for i in range(1, num_blocks + 1):
+        subs = ["conv.0"] if i == 1 else ["conv.0", "conv.1"]  # block 1 has t=1: no expansion
+        for sub in subs:
+            names += conv_bn(f"features.{i}.{sub}")
+        project = len(subs)
+        names += [f"features.{i}.conv.{project}.weight"] + [f"features.{i}.conv.{project + 1}.{n}" for n in bn]
+    names += conv_bn(f"features.{num_blocks + 1}")
+    return names + ["dense.weight", "dense.bias"]
 
 COLOURS = {"Red Thing": (200, 30, 30), "Green Thing": (30, 190, 40), "Blue Thing": (30, 40, 200)}
 CLASS_ROWS = [
