@@ -53,7 +53,7 @@ def test_overrides_take_the_file_value_type():
     (["--epochs", "--lr_max", "0.1"], "--epochs: missing value"),  # a value-less option is named
     (["--lr_max", "0"], "--lr_max: 0.0 is out of range (0, inf)"),
     (["--dropout", "1.0"], "--dropout: 1.0 is out of range [0, 1)"),
-    (["--batch_size", "-4"], "--batch_size: -4 is out of range (0, inf)"),
+    (["--batch_size", "-4"], "--batch_size: -4 is out of range (0, 65536]"),
     (["--epochs", "3", "--warmup_epochs", "4"], "--warmup_epochs: 4 is more than epochs (3, from --epochs)"),
     (["--device", "GPU", "--epochs", "3"], "garbage26_gpu.yaml: warmup_epochs: 4 is more than epochs (3, from --epochs)"),
     (["--freeze_backbone", "--resume", "auto"], "--resume: a frozen-backbone run is not resumed"),
@@ -104,7 +104,7 @@ def test_help_lists_every_key_with_its_type_default_and_comment(capsys):
             shown = repr(gpu[key]) if kind == "str" else str(gpu[key])
             # GPU file's values, not the base's (spaces removed: argparse also wraps at hyphens)
             assert f"({kind};default{shown}".replace(" ", "") in text.replace(" ", ""), key
-    assert "(int; default 64; range (0, inf))" in text  # batch_size on GPU
+    assert "(int; default 64; range (0, 65536])" in text  # batch_size on GPU
 
 
 def test_boolean_keys_are_bare_flags_or_take_a_value():

@@ -40,6 +40,10 @@ BASE_KEY = "base"  # names the file a config overrides; not an option
 PATH_KEYS = ("classes_file",)  # resolved against the file that sets them, saved absolute
 
 
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 @dataclass(frozen=True)
 class Range:
     """A numeric interval; `None` ends are open to infinity."""
@@ -57,8 +61,8 @@ class Range:
         return True
 
     def __str__(self) -> str:
-        low = "-inf" if self.low is None else f"{self.low:g}"
-        high = "inf" if self.high is None else f"{self.high:g}"
+        low = "-inf" if self.low is None else _number(self.low)
+        high = "inf" if self.high is None else _number(self.high)
         return f"{'(' if self.low_open or self.low is None else '['}{low}, {high}{')' if self.high_open or self.high is None else ']'}"
 
 
