@@ -69,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-breakdown", action="store_true", help="only the whole-network figures")
     parser.add_argument("--skip-compile", action="store_true",
                         help="leave out the torch.compile peer (its compile takes minutes on a small machine)")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend of the compiled peer (inductor: PyTorch's best on CPU)")
+    parser.add_argument("--data-path", default="",
+                        help="also time the trainer's training data pipeline alone (decode, augment, batch; "
+                             "one epoch of <data-path>/train at --image-size and --batch, configs/garbage26_cpu.yaml "
+                             "workers): the img/s it can feed a training step")
     parser.add_argument("--weights", default="",
                         help="checkpoint (any layout parity.core.converter reads) loaded into every peer; "
                              "default: the PyTorch twin's init with BatchNorm statistics of the batch")
@@ -189,7 +195,8 @@ def _whole_network(args: argparse.Namespace) -> Tuple[Dict[str, Timing], Dict[st
         pt_nets[PT_COMPILED] = copy.deepcopy(pt_net).to(memory_format=torch.channels_last)
     pt_inputs = {PT_NCHW: pt_x, PT_CHANNELS_LAST: cl_x, PT_COMPILED: cl_x}
     # One compiled callable per mode: train and eval graphs differ (BatchNorm), so each compiles once.
-    compiled = {name: (torch.compile(net) if name == PT_COMPILED else net) for name, net in pt_nets.items()}
+    compiled = {name: (torch.compile(net, backend=args.compile_backend) if name == PT_COMPILED else net)
+                for name, net in pt_nets.items()}
 
     def pt_eval(name: str) -> Callable[[], None]:
         def run() -> None:
@@ -382,6 +389,21 @@ def _breakdown(args: argparse.Namespace) -> List[Tuple[str, Dict[str, Tuple[floa
     return rows
 
 
+def _data_pipeline(args: argparse.Namespace) -> Tuple[float, int, int]:
+    """(img/s, images, workers) of one epoch of the trainer's training pipeline, no network attached."""
+    from ms_impl.trainer import dataset
+    from ms_impl.trainer.config import load_config
+
+    cfg = load_config(["--device", "CPU", "--data_path", args.data_path, "--batch_size", str(args.batch)])
+    train = dataset.scan_split(args.data_path, "train", [c.name for c in cfg.classes])
+    batches = dataset.train_dataset(train, cfg, args.image_size, epoch=0)
+    images = 0
+    start = time.perf_counter()
+    for image, _ in batches.create_tuple_iterator(output_numpy=True, num_epochs=1):
+        images += image.shape[0]
+    return images / (time.perf_counter() - start), images, dataset.worker_count(cfg.num_workers)
+
+
 def _configure_threads(threads: int) -> None:
     if threads <= 0:
         return
@@ -446,6 +468,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             fwd = " | ".join(f"{cells[peer][0]:.1f}" for peer in ("MS", "NCHW", "CL"))
             bwd = " | ".join(f"{cells[peer][1]:.1f}" for peer in ("MS", "NCHW", "CL"))
             print(f"| {label} | {fwd} | {bwd} |", flush=True)
+    if args.data_path:
+        rate, images, workers = _data_pipeline(args)
+        print(f"\ntraining data pipeline alone ({args.data_path}/train, {images} images, {workers} workers, "
+              f"{args.image_size} px, batch {args.batch}): {rate:.3g} img/s")
     print(f"\n# load average at the end: {_load_average()}")
     return 0
 
