@@ -465,8 +465,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "| PT CL fwd+bwd |")
         print("|---|---|---|---|---|---|---|")
         for label, cells in _breakdown(args):
-            fwd = " | ".join(f"{cells[peer][0]:.1f}" for peer in ("MS", "NCHW", "CL"))
-            bwd = " | ".join(f"{cells[peer][1]:.1f}" for peer in ("MS", "NCHW", "CL"))
+            fwd = " | ".join(f"{cells[peer][0]:.3g}" for peer in ("MS", "NCHW", "CL"))
+            bwd = " | ".join(f"{cells[peer][1]:.3g}" for peer in ("MS", "NCHW", "CL"))
             print(f"| {label} | {fwd} | {bwd} |", flush=True)
     if args.data_path:
         rate, images, workers = _data_pipeline(args)
