@@ -470,3 +470,21 @@ def test_bench_reports_every_peer_and_the_ratios(ms_pynative, capsys):
     for layer in ("stem 3x3", "depthwise 3x3 s2", "depthwise 3x3 s1", "pointwise 1x1", "BatchNorm", "ReLU6"):
         cells = next(ln for ln in out.splitlines() if ln.startswith(f"| {layer}")).strip("|").split("|")[1:]
         assert len(cells) == 6 and all(float(c) > 0 for c in cells)
+
+
+def test_kernel_threads_share_the_host_between_msrun_workers(monkeypatch):
+    import os
+
+    from ms_impl import fast_conv
+
+    cpus = len(os.sched_getaffinity(0))
+    for name in ("MBV2_KERNEL_THREADS", "MS_ROLE", "MS_WORKER_NUM", "MS_SCHED_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    assert fast_conv.kernel_threads() == cpus
+    monkeypatch.setenv("MS_ROLE", "MS_WORKER")
+    monkeypatch.setenv("MS_WORKER_NUM", "2")
+    assert fast_conv.kernel_threads() == max(1, cpus // 2)  # msrun's default scheduler host is this one
+    monkeypatch.setenv("MS_SCHED_HOST", "10.0.0.7")  # several hosts: the local count is unknown, not divided
+    assert fast_conv.kernel_threads() == cpus
+    monkeypatch.setenv("MBV2_KERNEL_THREADS", "3")
+    assert fast_conv.kernel_threads() == 3
