@@ -51,6 +51,7 @@ PT_NCHW, PT_CHANNELS_LAST, PT_COMPILED = "PyTorch NCHW eager", "PyTorch channels
     "PyTorch channels_last + torch.compile"
 ORT = "ONNX Runtime (project's ONNX export)"
 MS_TWIN = "MindSpore twin"
+MS_UNFOLDED = "MindSpore twin, eval BN not folded"  # eval as before the folding: what it gains, same run
 PYTORCH_PEERS = (PT_NCHW, PT_CHANNELS_LAST, PT_COMPILED)
 
 
@@ -69,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-breakdown", action="store_true", help="only the whole-network figures")
     parser.add_argument("--skip-compile", action="store_true",
                         help="leave out the torch.compile peer (its compile takes minutes on a small machine)")
+    parser.add_argument("--skip-train", action="store_true", help="only the eval forward of the whole network")
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile backend of the compiled peer (inductor: PyTorch's best on CPU)")
     parser.add_argument("--data-path", default="",
@@ -207,6 +209,16 @@ def _whole_network(args: argparse.Namespace) -> Tuple[Dict[str, Timing], Dict[st
     def ms_eval() -> None:
         ms_net(ms_x).asnumpy()
 
+    # The same twin with the BatchNorm folding of eval mode switched off (ms_impl/mobilenetv2.py ConvBNReLU).
+    from ms_impl.mobilenetv2 import ConvBNReLU
+
+    unfolded = MsNet(num_classes=args.num_classes, width_mult=args.width, fast_conv=args.fast_conv)
+    ms_weights.load_into(unfolded, ms_tensors, strict=True)
+    folding = [cell for _, cell in unfolded.cells_and_names() if isinstance(cell, ConvBNReLU) and cell.fold_bn]
+    for cell in folding:
+        cell.fold_bn = False
+    unfolded.set_train(False)
+
     # Eval first, while the weights are identical.
     ms_net.set_train(False)
     for net in pt_nets.values():
@@ -221,12 +233,18 @@ def _whole_network(args: argparse.Namespace) -> Tuple[Dict[str, Timing], Dict[st
         else:
             ort_skipped = ""
         eval_runs[MS_TWIN] = ms_eval
+        if folding:
+            eval_runs[MS_UNFOLDED] = lambda: unfolded(ms_x).asnumpy()
         evaluation = _interleave(eval_runs, args.warmup, args.steps)
+    if not folding:
+        evaluation[MS_UNFOLDED] = Timing(skipped="nothing folded (kernels off)")
     if ort_skipped:
         evaluation[ORT] = Timing(skipped=ort_skipped)
     if args.skip_compile:
         evaluation[PT_COMPILED] = Timing(skipped="--skip-compile")
 
+    if args.skip_train:
+        return {name: Timing(skipped="--skip-train") for name in evaluation}, evaluation
     ms_net.set_train(True)
     ms_step = ms_nn.TrainOneStepCell(ms_nn.WithLossCell(ms_net, ms_loss(0.1)),
                                      ms_optimizer(ms_net.trainable_params(), lr))
@@ -249,12 +267,13 @@ def _whole_network(args: argparse.Namespace) -> Tuple[Dict[str, Timing], Dict[st
     def ms_train() -> None:
         ms_step(ms_x, ms_y).asnumpy()
 
-    train_runs = {name: pt_train(name) for name in pt_nets}
+    train_runs: Dict[str, Callable[[], None]] = {name: pt_train(name) for name in pt_nets}
     train_runs[MS_TWIN] = ms_train
     train = _interleave(train_runs, args.warmup, args.steps)
     if args.skip_compile:
         train[PT_COMPILED] = Timing(skipped="--skip-compile")
     train[ORT] = Timing(skipped="inference only")
+    train[MS_UNFOLDED] = Timing(skipped="training never folds")
     return train, evaluation
 
 
@@ -274,6 +293,9 @@ def _ratio_line(what: str, timings: Dict[str, Timing], batch: int) -> str:
     ort = timings.get(ORT)
     if ort is not None and not ort.skipped:
         parts.append(f"{ms.rate(batch) / ort.rate(batch):.2f}x ONNX Runtime")
+    unfolded = timings.get(MS_UNFOLDED)
+    if unfolded is not None and not unfolded.skipped:
+        parts.append(f"{ms.rate(batch) / unfolded.rate(batch):.2f}x itself without the BN folding")
     return f"- {what}: MindSpore twin " + ", ".join(parts or ["(no peer ran)"])
 
 
@@ -452,7 +474,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     train, evaluation = _whole_network(args)
     print("| peer | train img/s | eval img/s | first call s (train / eval) |")
     print("|---|---|---|---|")
-    for name in (*PYTORCH_PEERS, ORT, MS_TWIN):
+    for name in (*PYTORCH_PEERS, ORT, MS_TWIN, MS_UNFOLDED):
         first = " / ".join(f"{t.first_call:.1f}" if not t.skipped and t.steps else "-"
                            for t in (train[name], evaluation[name]))
         print(f"| {name} | {train[name].cell(args.batch)} | {evaluation[name].cell(args.batch)} | {first} |")
