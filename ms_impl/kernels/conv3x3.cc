@@ -281,20 +281,46 @@ void unpad_plane(const Geometry& g, const float* __restrict__ padded, float* __r
 void weight_grad_plane(const Geometry& g, const float* __restrict__ padded, const float* __restrict__ dy,
                        double* acc) {
   const int64_t wo = g.out_width;
-  for (int kh = 0; kh < 3; ++kh) {
-    for (int kw = 0; kw < 3; ++kw) {
-      // Per-row float sums (vectorized), rows summed in double: stable for large planes.
-      double total = 0.0;
-      for (int64_t oh = 0; oh < g.out_height; ++oh) {
-        const float* __restrict__ a = padded + (g.stride * oh + kh) * g.pitch + g.tap(kw);
-        const float* __restrict__ d = dy + oh * wo;
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t ow = 0; ow < wo; ++ow) sum += a[ow] * d[ow];
-        total += sum;
-      }
-      acc[kh * 3 + kw] += total;
+  const int64_t t0 = g.tap(0), t1 = g.tap(1), t2 = g.tap(2);
+  for (int64_t oh = 0; oh < g.out_height; ++oh) {
+    // All 9 taps in one pass over the row (dy read once); per-row float sums (vectorized),
+    // rows summed in double: stable for large planes.
+    const float* top = padded + (g.stride * oh) * g.pitch;
+    const float* mid = top + g.pitch;
+    const float* bot = mid + g.pitch;
+    const float* __restrict__ a0 = top + t0;
+    const float* __restrict__ a1 = top + t1;
+    const float* __restrict__ a2 = top + t2;
+    const float* __restrict__ b0 = mid + t0;
+    const float* __restrict__ b1 = mid + t1;
+    const float* __restrict__ b2 = mid + t2;
+    const float* __restrict__ c0 = bot + t0;
+    const float* __restrict__ c1 = bot + t1;
+    const float* __restrict__ c2 = bot + t2;
+    const float* __restrict__ d = dy + oh * wo;
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, s8 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, s8)
+    for (int64_t ow = 0; ow < wo; ++ow) {
+      const float v = d[ow];
+      s0 += a0[ow] * v;
+      s1 += a1[ow] * v;
+      s2 += a2[ow] * v;
+      s3 += b0[ow] * v;
+      s4 += b1[ow] * v;
+      s5 += b2[ow] * v;
+      s6 += c0[ow] * v;
+      s7 += c1[ow] * v;
+      s8 += c2[ow] * v;
     }
+    acc[0] += s0;
+    acc[1] += s1;
+    acc[2] += s2;
+    acc[3] += s3;
+    acc[4] += s4;
+    acc[5] += s5;
+    acc[6] += s6;
+    acc[7] += s7;
+    acc[8] += s8;
   }
 }
 
