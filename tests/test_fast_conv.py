@@ -490,3 +490,16 @@ def test_kernel_threads_share_the_host_between_msrun_workers(monkeypatch):
     assert fast_conv.kernel_threads() == cpus
     monkeypatch.setenv("MBV2_KERNEL_THREADS", "3")
     assert fast_conv.kernel_threads() == 3
+
+
+def test_bench_times_kernels_against_a_baseline_build(fast_conv, capsys, tmp_path):
+    from parity.harness import bench
+
+    assert bench.main(["--kernels-baseline", str(tmp_path / "missing.so")]) == 2
+    assert "error: --kernels-baseline:" in capsys.readouterr().err
+    # The current library as its own baseline: every case runs, outputs agree exactly, nothing timed is asserted.
+    argv = ["--kernels-baseline", str(fast_conv.kernel_library()), "--batch", "1", "--steps", "1", "--warmup", "0",
+            "--mode", "pynative"]
+    assert bench.main(argv) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ") and "relative" in ln]
+    assert len(rows) == len(bench.kernel_cases(1)) and all("differ by 0.0e+00" in row for row in rows)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import os
 import platform
 import statistics
@@ -77,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="also time the trainer's training data pipeline alone (decode, augment, batch; "
                              "one epoch of <data-path>/train at --image-size and --batch, configs/garbage26_cpu.yaml "
                              "workers): the img/s it can feed a training step")
+    parser.add_argument("--kernels-baseline", default="",
+                        help="instead of the networks: time our kernel entry points alone (called as MindSpore "
+                             "calls them), this library against a baseline build of them, e.g. an older "
+                             "conv3x3.cc built with the flags of ms_impl/fast_conv.py; steps interleaved")
     parser.add_argument("--weights", default="",
                         help="checkpoint (any layout parity.core.converter reads) loaded into every peer; "
                              "default: the PyTorch twin's init with BatchNorm statistics of the batch")
@@ -426,6 +431,55 @@ def _data_pipeline(args: argparse.Namespace) -> Tuple[float, int, int]:
     return images / (time.perf_counter() - start), images, dataset.worker_count(cfg.num_workers)
 
 
+def kernel_cases(batch: int) -> List[Tuple[str, str, Tuple[int, ...], Tuple[int, ...], int]]:
+    """(label, entry point, x shape, w shape, stride): small late layers at batch 1, large early ones at `batch`."""
+    return [
+        ("depthwise fwd s1 960@7, batch 1", "dw_forward_s1", (1, 960, 7, 7), (960, 1, 3, 3), 1),
+        ("depthwise fwd s2 144@56, batch 1", "dw_forward_s2", (1, 144, 56, 56), (144, 1, 3, 3), 2),
+        (f"depthwise fwd s2 96@112, batch {batch}", "dw_forward_s2", (batch, 96, 112, 112), (96, 1, 3, 3), 2),
+        (f"depthwise grad weight s2 96@112, batch {batch}", "dw_grad_weight_s2", (batch, 96, 112, 112),
+         (96, 1, 3, 3), 2),
+        (f"depthwise grad weight s1 144@56, batch {batch}", "dw_grad_weight_s1", (batch, 144, 56, 56),
+         (144, 1, 3, 3), 1),
+        (f"stem grad weight s2 3->32@224, batch {batch}", "dense_grad_weight_s2", (batch, 3, 224, 224),
+         (32, 3, 3, 3), 2),
+    ]
+
+
+def _kernels_against_baseline(args: argparse.Namespace) -> List[Tuple[str, Timing, Timing]]:
+    """(label, this library's timing, the baseline's) per kernel case; outputs compared first."""
+    import ctypes
+
+    from ms_impl.fast_conv import call_entry_point, kernel_library, kernel_threads
+
+    libraries = {"current": ctypes.CDLL(str(kernel_library())), "baseline": ctypes.CDLL(args.kernels_baseline)}
+    libraries["current"].mbv2_set_threads(kernel_threads())  # the baseline reads MBV2_KERNEL_THREADS itself
+    rng = np.random.default_rng(2)
+    rows = []
+    for label, name, x_shape, w_shape, stride in kernel_cases(args.batch):
+        x = rng.standard_normal(x_shape, dtype=np.float32)
+        out_shape = (x_shape[0], w_shape[0], (x_shape[2] - 1) // stride + 1, (x_shape[3] - 1) // stride + 1)
+        second = rng.standard_normal(out_shape, dtype=np.float32) if "grad_weight" in name else \
+            rng.standard_normal(w_shape, dtype=np.float32)
+        result_shape = w_shape if "grad_weight" in name else out_shape
+        outputs = {}
+        repeats = 50 if x_shape[0] == 1 else 1  # the small cases take well under a millisecond
+
+        def run(library, key: str) -> None:
+            for _ in range(repeats):
+                status, outputs[key] = call_entry_point(library, name, [x, second, np.zeros(result_shape)])
+                if status != 0:
+                    raise RuntimeError(f"{name} returned {status}")
+
+        timings = _interleave({key: functools.partial(run, lib, key) for key, lib in libraries.items()},
+                              args.warmup, args.steps)
+        worst = float(np.abs(outputs["current"] - outputs["baseline"]).max() / max(np.abs(outputs["baseline"]).max(), 1e-12))
+        for timing in timings.values():
+            timing.steps = [t / repeats for t in timing.steps]
+        rows.append((f"{label} (outputs differ by {worst:.1e} relative)", timings["current"], timings["baseline"]))
+    return rows
+
+
 def _configure_threads(threads: int) -> None:
     if threads <= 0:
         return
@@ -462,6 +516,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     ms.set_device("CPU")
     ms.set_context(mode=ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE)
+    if args.kernels_baseline:
+        if not os.path.isfile(args.kernels_baseline):
+            print(f"error: --kernels-baseline: {args.kernels_baseline} is not a file", file=sys.stderr)
+            return 2
+        resolve_fast_conv("on")
+        print(f"# our kernels alone, {platform.machine()} {os.cpu_count()} CPUs, this library vs "
+              f"{args.kernels_baseline}, median (range) of {args.steps} interleaved steps, load average {_load_average()}")
+        print("\n| kernel | this library ms | baseline ms | speed-up |\n|---|---|---|---|")
+        for label, current, baseline in _kernels_against_baseline(args):
+            now, before = statistics.median(current.steps), statistics.median(baseline.steps)
+            print(f"| {label} | {now * 1e3:.3g} ({min(current.steps) * 1e3:.3g}-{max(current.steps) * 1e3:.3g}) | "
+                  f"{before * 1e3:.3g} ({min(baseline.steps) * 1e3:.3g}-{max(baseline.steps) * 1e3:.3g}) | "
+                  f"{before / now:.2f}x |", flush=True)
+        return 0
     kernels = resolve_fast_conv(args.fast_conv)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"# parity bench, {stamp}, {platform.machine()} {os.cpu_count()} CPUs, "
