@@ -8,21 +8,30 @@ a backward (`bprop`), so the layers train in GRAPH and PYNATIVE mode.
 
 `FastConv3x3` is an `nn.Conv2d` (same `weight` parameter, name, shape, init
 and attributes) whose `construct` calls the kernels: a checkpoint is the same
-with the kernels on or off. `conv2d(...)` is the factory the twin uses.
+with the kernels on or off. `conv2d(...)` is the factory the twin uses. For
+inference, `FastConv3x3.bias_relu6(x, w, b)` computes relu6(conv(x, w) + b)
+in one pass (a BatchNorm folded into `w` and `b`, see ms_impl/mobilenetv2.py).
 
 `fast_conv` modes: "off" (always nn.Conv2d), "auto" (the kernels where they
 apply; if they cannot be built, nn.Conv2d with one warning), "on" (like auto,
-but a failed build raises `FastConvUnavailable`). On GPU and Ascend the
-framework's own convolution is used in every mode.
+but a failed build raises `FastConvUnavailable`). The device is read from
+MindSpore's context when the network is built (`ms.get_context("device_target")`):
+on GPU and Ascend the framework's own convolution is used in every mode, so
+call `ms.set_device(...)` before building a network.
 
-Build cache: `$MBV2_KERNEL_CACHE`, else `~/.cache/mbv2-twins/kernels/`; one
-library per (source, compiler, flags, CPU) hash, built under a temporary name
-and renamed into place, so concurrent first uses never see a partial file.
-Compiler: `$CXX`, else `c++`/`g++` on PATH. Kernel threads:
-`$MBV2_KERNEL_THREADS`, else every CPU the process may use.
+Build cache: `$MBV2_KERNEL_CACHE`, else `$XDG_CACHE_HOME/mbv2-twins/kernels`,
+else `~/.cache/mbv2-twins/kernels`, else (no home directory) a private
+folder under the system temp dir. One library per (source, compiler, flags,
+CPU) hash; the first use builds it under a file lock (N processes starting
+together compile once) and renames it into place. A cached library that does
+not load or fails the start-up self-test is rebuilt once. Compiler: `$CXX`,
+else `c++`/`g++` on PATH. Kernel threads: `$MBV2_KERNEL_THREADS`, else the
+CPUs this process may use divided by the msrun workers on this host, in one
+persistent pool per process.
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import os
@@ -32,21 +41,29 @@ import subprocess
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable, List, Tuple
+from typing import Callable, Optional, Tuple
+
+import filelock
+import numpy as np
 
 import mindspore as ms
 from mindspore import nn, ops
 
-__all__ = ["FAST_CONV_MODES", "FastConvUnavailable", "FastConv3x3", "conv2d", "kernel_library", "resolve_fast_conv"]
+from parity.core.files import WriteError, atomic_path, one_line
+
+__all__ = ["FAST_CONV_MODES", "FastConvUnavailable", "FastConv3x3", "conv2d", "kernel_library", "kernel_threads",
+           "resolve_fast_conv", "forget_resolution", "cache_dir", "call_entry_point"]
 
 FAST_CONV_MODES = ("auto", "on", "off")
 SOURCE = Path(__file__).resolve().parent / "kernels" / "conv3x3.cc"
 # -fopenmp-simd: honour the `omp simd` loop pragmas without linking an OpenMP runtime
 # (torch ships its own libgomp; two runtimes in one process is asking for trouble).
 CXX_FLAGS = ("-O3", "-std=c++14", "-shared", "-fPIC", "-pthread", "-fopenmp-simd", "-march=native")
+BUILD_TIMEOUT_S = 300  # the build takes ~10 s; a stalled compiler must not hold start-up for long
+LOCK_TIMEOUT_S = BUILD_TIMEOUT_S + 60  # waiting for another process's build
+ERROR_TAIL = 400  # characters of compiler output kept in a message
 
-
-_warned: List[bool] = []  # `auto` warns once per process
+_state = {"warned": False}  # `auto` warns once per process
 
 
 class FastConvUnavailable(RuntimeError):
@@ -71,91 +88,264 @@ def _cpu_identity() -> str:
     return platform.machine() + "\n" + "\n".join(sorted(set(wanted)))
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("MBV2_KERNEL_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "mbv2-twins" / "kernels"
+def _private_temp_cache() -> Path:
+    """A per-user folder under the temp dir, refused if someone else could have planted a library in it."""
+    folder = Path(tempfile.gettempdir()) / f"mbv2-twins-kernels-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        info = folder.stat()
+    except OSError as exc:
+        raise FastConvUnavailable(f"no home directory, and temp cache {folder} is unusable: {exc}") from exc
+    if info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise FastConvUnavailable(f"no home directory, and temp cache {folder} is not private to this user")
+    return folder
 
 
-def kernel_library() -> Path:
-    """Path of the built kernel library, compiling it first if the cache lacks it."""
-    compiler = _compiler()
+def cache_dir() -> Path:
+    """Where the built library is kept (see the module docstring for the order)."""
+    if os.environ.get("MBV2_KERNEL_CACHE"):
+        return Path(os.environ["MBV2_KERNEL_CACHE"])
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "mbv2-twins" / "kernels"
+    try:
+        home = Path.home()  # RuntimeError/KeyError without HOME and without a passwd entry
+    except (RuntimeError, KeyError, OSError):
+        return _private_temp_cache()
+    return home / ".cache" / "mbv2-twins" / "kernels"
+
+
+def _library_name(compiler: str) -> str:
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60, check=True).stdout
+        source = SOURCE.read_bytes()
     except (OSError, subprocess.SubprocessError) as exc:
-        raise FastConvUnavailable(f"C++ compiler {compiler} does not run: {exc}") from exc
+        raise FastConvUnavailable(f"cannot prepare the kernel build ({compiler}, {SOURCE.name}): {one_line(exc)}") \
+            from exc
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), compiler.encode(), version.encode(), " ".join(CXX_FLAGS).encode(),
-                 _cpu_identity().encode()):
+    for part in (source, compiler.encode(), version.encode(), " ".join(CXX_FLAGS).encode(), _cpu_identity().encode()):
         digest.update(part)
         digest.update(b"\0")
-    cache = _cache_dir()
-    target = cache / f"conv3x3-{digest.hexdigest()[:20]}.so"
-    if target.is_file():
-        return target
+    return f"conv3x3-{digest.hexdigest()[:20]}.so"
+
+
+def _build(compiler: str, target: Path) -> None:
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.so", dir=cache)
-        os.close(handle)
+        with atomic_path(target) as temp:
+            result = subprocess.run([compiler, *CXX_FLAGS, "-o", str(temp), str(SOURCE)],
+                                    capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+            if result.returncode != 0:
+                output = " ".join((result.stderr or result.stdout).split())
+                raise FastConvUnavailable(f"building {SOURCE.name} with {compiler} failed "
+                                          f"(exit {result.returncode}): ...{output[-ERROR_TAIL:]}")
+    except subprocess.TimeoutExpired as exc:
+        raise FastConvUnavailable(f"building {SOURCE.name} with {compiler} took over {BUILD_TIMEOUT_S} s") from exc
+    except (WriteError, OSError, subprocess.SubprocessError) as exc:
+        raise FastConvUnavailable(f"building {SOURCE.name} with {compiler} failed: {one_line(exc)}") from exc
+
+
+def kernel_library(rebuild: bool = False) -> Path:
+    """Path of the built kernel library, compiling it first if the cache lacks it (or `rebuild`).
+
+    Builds happen under a lock file beside the library, so concurrent first
+    uses (msrun workers, parallel tests) compile once and the others wait.
+    """
+    compiler = _compiler()
+    target = cache_dir() / _library_name(compiler)
+    if target.is_file() and not rebuild:
+        return target  # also works from a read-only cache
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(str(target) + ".lock", timeout=LOCK_TIMEOUT_S)
+        with lock:
+            if rebuild or not target.is_file():  # another process may have built it while we waited
+                _build(compiler, target)
+    except filelock.Timeout as exc:
+        raise FastConvUnavailable(f"waited {LOCK_TIMEOUT_S} s for another process building {target}") from exc
     except OSError as exc:
-        raise FastConvUnavailable(f"kernel cache {cache} is not writable: {exc}") from exc
-    try:
-        result = subprocess.run([compiler, *CXX_FLAGS, "-o", temp_name, str(SOURCE)],
-                                capture_output=True, text=True, timeout=600)
-        if result.returncode != 0:
-            raise FastConvUnavailable(f"building {SOURCE.name} with {compiler} failed:\n{result.stderr.strip()}")
-        os.replace(temp_name, target)  # atomic: a concurrent builder renames an identical file
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise FastConvUnavailable(f"building {SOURCE.name} with {compiler} failed: {exc}") from exc
-    finally:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
+        raise FastConvUnavailable(f"kernel cache {target.parent} is not writable: {one_line(exc)}") from exc
     return target
 
 
-def _self_test(library: str) -> None:
-    """Runs one small depthwise forward through MindSpore and checks it: the library loads, the ABI fits."""
-    import numpy as np
+def _local_workers() -> int:
+    """msrun workers sharing this host (they would each default to all its CPUs)."""
+    if os.environ.get("MS_ROLE") != "MS_WORKER":
+        return 1
+    try:
+        workers = int(os.environ.get("MS_WORKER_NUM", "1"))
+    except ValueError:
+        return 1
+    # msrun exports the total worker count only; with the scheduler on this host (msrun's
+    # default, one node) every worker is local. On several hosts set MBV2_KERNEL_THREADS.
+    local_host = os.environ.get("MS_SCHED_HOST", "127.0.0.1") in ("127.0.0.1", "localhost", "::1")
+    return max(1, workers) if local_host else 1
 
+
+def kernel_threads() -> int:
+    """Threads the kernels use: $MBV2_KERNEL_THREADS, else usable CPUs / local msrun workers."""
+    named = os.environ.get("MBV2_KERNEL_THREADS", "")
+    if named.strip().isdigit() and int(named) > 0:
+        return int(named)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // _local_workers())
+
+
+def call_entry_point(library: ctypes.CDLL, name: str, arrays, shapes=None) -> Tuple[int, np.ndarray]:
+    """Calls one kernel entry point with numpy arrays (the last is the output) the way MindSpore's AOT
+    runtime does; returns (status, output). `shapes` overrides the shapes passed (tests of the checks)."""
+    arrays = [np.ascontiguousarray(a, dtype=np.float32) for a in arrays]
+    count = len(arrays)
+    claimed = [a.shape for a in arrays] if shapes is None else [tuple(s) for s in shapes]
+    params = (ctypes.c_void_p * count)(*[a.ctypes.data for a in arrays])
+    ndims = (ctypes.c_int * count)(*[len(s) for s in claimed])
+    shape_arrays = [(ctypes.c_int64 * max(1, len(s)))(*s) for s in claimed]
+    shapes = (ctypes.POINTER(ctypes.c_int64) * count)(*[ctypes.cast(s, ctypes.POINTER(ctypes.c_int64))
+                                                         for s in shape_arrays])
+    dtypes = (ctypes.c_char_p * count)(*[b"float32"] * count)
+    entry = getattr(library, name)
+    entry.restype = ctypes.c_int
+    status = entry(count, params, ndims, shapes, dtypes, None, None)
+    return status, arrays[-1]
+
+
+def _reference_conv(x: np.ndarray, w: np.ndarray, stride: int, depthwise: bool) -> np.ndarray:
+    n, _, h, wd = x.shape
+    cout = w.shape[0]
+    padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    ho, wo = (h - 1) // stride + 1, (wd - 1) // stride + 1
+    y = np.zeros((n, cout, ho, wo))
+    for kh in range(3):
+        for kw in range(3):
+            taps = padded[:, :, kh:kh + stride * (ho - 1) + 1:stride, kw:kw + stride * (wo - 1) + 1:stride]
+            if depthwise:
+                y += w[None, :, 0, kh, kw, None, None] * taps
+            else:
+                y += np.einsum("oi,nihw->nohw", w[:, :, kh, kw], taps)
+    return y
+
+
+def _is_complete_elf(path: Path) -> bool:
+    """Whether `path` is an ELF file that holds its section header table (it sits at the end of the file).
+
+    A truncated library must never reach dlopen: mapping its missing pages
+    kills the process with SIGBUS instead of raising.
+    """
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(64)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    if len(header) < 52 or header[:4] != b"\x7fELF" or header[4] not in (1, 2) or header[5] not in (1, 2):
+        return False
+    order = "little" if header[5] == 1 else "big"
+    if header[4] == 2:  # 64-bit
+        offset, entry, count = (int.from_bytes(header[a:b], order) for a, b in ((0x28, 0x30), (0x3A, 0x3C), (0x3C, 0x3E)))
+    else:
+        offset, entry, count = (int.from_bytes(header[a:b], order) for a, b in ((0x20, 0x24), (0x2E, 0x30), (0x30, 0x32)))
+    return 0 < offset and offset + entry * count <= size
+
+
+def _self_test_entry_points(path: Path) -> None:
+    """Every entry point on a small problem: forwards against numpy, gradients by the adjoint identities
+    <conv(x, w), dy> = <x, grad_input(dy)> = <w, grad_weight(x, dy)>, and one shape mismatch refused."""
+    if not _is_complete_elf(path):
+        raise FastConvUnavailable(f"the cached kernel library {path.name} is not a complete shared library")
+    try:
+        library = ctypes.CDLL(str(path))
+    except OSError as exc:
+        raise FastConvUnavailable(f"the built kernel library does not load: {one_line(exc)}") from exc
+    rng = np.random.default_rng(0)
+    for kind, cin, cout in (("dw", 3, 3), ("dense", 2, 3)):
+        for stride in (1, 2):
+            x = rng.standard_normal((2, cin, 5, 4)).astype(np.float32)
+            w = rng.standard_normal((cout, 1 if kind == "dw" else cin, 3, 3)).astype(np.float32)
+            bias = rng.standard_normal(cout).astype(np.float32)
+            want = _reference_conv(x, w, stride, kind == "dw")
+            dy = rng.standard_normal(want.shape).astype(np.float32)
+            checks = [
+                (f"{kind}_forward_s{stride}", [x, w, np.zeros(want.shape)], want),
+                (f"{kind}_forward_bias_relu6_s{stride}", [x, w, bias, np.zeros(want.shape)],
+                 np.clip(want + bias[None, :, None, None], 0.0, 6.0)),
+            ]
+            for name, arrays, expected in checks:
+                status, got = call_entry_point(library, name, arrays)
+                if status != 0 or not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
+                    raise FastConvUnavailable(f"self-test: {name} gives wrong results")
+            inner = float(np.sum(want * dy))
+            status_x, dx = call_entry_point(library, f"{kind}_grad_input_s{stride}", [dy, w, x, np.zeros(x.shape)])
+            status_w, dw = call_entry_point(library, f"{kind}_grad_weight_s{stride}", [x, dy, np.zeros(w.shape)])
+            for status, value, name in ((status_x, np.sum(x * dx), "grad_input"), (status_w, np.sum(w * dw),
+                                                                                    "grad_weight")):
+                if status != 0 or abs(float(value) - inner) > 1e-3 * max(1.0, abs(inner)):
+                    raise FastConvUnavailable(f"self-test: {kind}_{name}_s{stride} gives wrong results")
+            status, _ = call_entry_point(library, f"{kind}_forward_s{stride}", [x, w, np.zeros((1, cout, 1, 1))])
+            if status != 1:
+                raise FastConvUnavailable(f"self-test: {kind}_forward_s{stride} accepts a wrong output shape")
+    setter = library.mbv2_set_threads
+    setter.argtypes = [ctypes.c_int]
+    setter(kernel_threads())
+
+
+def _self_test_in_mindspore(library: str) -> None:
+    """One depthwise forward through ops.Custom: MindSpore loads the library and the ABI fits."""
     x = np.arange(2 * 2 * 5 * 4, dtype=np.float32).reshape(2, 2, 5, 4) / 10.0
     w = np.linspace(-1.0, 1.0, 18, dtype=np.float32).reshape(2, 1, 3, 3)
     op = ops.Custom(f"{library}:dw_forward_s2", out_shape=_forward_shape(2), out_dtype=_same_dtype, func_type="aot")
     try:
         got = op(ms.Tensor(x), ms.Tensor(w)).asnumpy()
     except (RuntimeError, TypeError, ValueError, OSError) as exc:
-        raise FastConvUnavailable(f"the built kernels do not run in MindSpore: {exc}") from exc
-    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
-    want = np.zeros((2, 2, 3, 2), dtype=np.float64)
-    for kh in range(3):
-        for kw in range(3):
-            want += w[None, :, 0, kh, kw, None, None] * padded[:, :, kh:kh + 5:2, kw:kw + 4:2]
-    if got.shape != want.shape or not np.allclose(got, want, rtol=1e-5, atol=1e-5):
-        raise FastConvUnavailable("the built kernels give wrong results in the start-up self-test")
+        raise FastConvUnavailable(f"the built kernels do not run in MindSpore: {one_line(exc)}") from exc
+    if got.shape != (2, 2, 3, 2) or not np.allclose(got, _reference_conv(x, w, 2, True), rtol=1e-5, atol=1e-5):
+        raise FastConvUnavailable("the built kernels give wrong results in MindSpore (start-up self-test)")
 
 
 @functools.lru_cache(maxsize=None)
 def _cached_library() -> Tuple[str, str]:
-    """(library path, "") or ("", reason): resolved (built and self-tested) once per process, so `auto` warns once."""
+    """(library path, "") or ("", reason): resolved (built and self-tested) once per process, so `auto` warns once.
+
+    A cached library that does not load or fails the self-test (a truncated
+    file, a stale build) is rebuilt once before giving up.
+    """
     try:
-        library = str(kernel_library())
-        _self_test(library)
-        return library, ""
+        path = kernel_library()
+        try:
+            _self_test_entry_points(path)
+        except FastConvUnavailable:
+            path = kernel_library(rebuild=True)
+            _self_test_entry_points(path)
+        _self_test_in_mindspore(str(path))
+        return str(path), ""
     except FastConvUnavailable as exc:
         return "", str(exc)
 
 
-def resolve_fast_conv(mode: str) -> bool:
-    """Whether the kernels are used for `mode` in this process (see the module docstring)."""
+def forget_resolution() -> None:
+    """Forget this process's resolved library and warning (after changing CXX or MBV2_KERNEL_CACHE; tests)."""
+    _cached_library.cache_clear()
+    _kernel_ops.cache_clear()
+    _state["warned"] = False
+
+
+def resolve_fast_conv(mode: str, device_target: Optional[str] = None) -> bool:
+    """Whether the kernels are used for `mode` in this process (see the module docstring).
+
+    `device_target` defaults to MindSpore's context, read now: build networks after `ms.set_device`.
+    """
     if mode not in FAST_CONV_MODES:
         raise ValueError(f"fast_conv must be one of {FAST_CONV_MODES}, got {mode!r}")
-    if mode == "off" or ms.get_context("device_target") != "CPU":
+    target = device_target or ms.get_context("device_target")
+    if mode == "off" or target != "CPU":
         return False
     library, reason = _cached_library()
     if library:
         return True
     if mode == "on":
         raise FastConvUnavailable(f"fast_conv='on' but the CPU kernels are unavailable: {reason}")
-    if not _warned:
-        _warned.append(True)
+    if not _state["warned"]:
+        _state["warned"] = True
         warnings.warn(f"fast_conv='auto': using nn.Conv2d, the CPU kernels are unavailable: {reason}",
                       RuntimeWarning, stacklevel=2)
     return False
@@ -170,8 +360,9 @@ def _same_dtype(*dtypes):
 
 
 @functools.lru_cache(maxsize=None)
-def _kernel_ops(kind: str, stride: int) -> ops.Custom:
-    """The forward Custom op of `kind` ("dw" or "dense") at `stride`, with its bprop; shared by all layers."""
+def _kernel_ops(kind: str, stride: int) -> Tuple[ops.Custom, ops.Custom]:
+    """(forward, forward_bias_relu6) Custom ops of `kind` ("dw" or "dense") at `stride`, with their bprops;
+    shared by all layers."""
     library = _cached_library()[0]
     if not library:
         raise FastConvUnavailable(_cached_library()[1])
@@ -189,7 +380,15 @@ def _kernel_ops(kind: str, stride: int) -> ops.Custom:
     def bprop(x, w, out, dout):
         return grad_input(dout, w, x), grad_weight(x, dout)
 
-    return custom("forward", _forward_shape(stride), bprop)
+    def bias_relu6_bprop(x, w, bias, out, dout):
+        # ReLU6 passes the gradient where its output is strictly inside (0, 6), as ops.ReLU6 does.
+        inside = ops.logical_and(out > 0, out < 6)
+        dz = ops.select(inside, dout, ops.zeros_like(dout))
+        return grad_input(dz, w, x), grad_weight(x, dz), dz.sum(axis=(0, 2, 3))
+
+    forward_shape = _forward_shape(stride)
+    return (custom("forward", forward_shape, bprop),
+            custom("forward_bias_relu6", lambda x, w, bias: forward_shape(x, w), bias_relu6_bprop))
 
 
 class FastConv3x3(nn.Conv2d):
@@ -206,18 +405,24 @@ class FastConv3x3(nn.Conv2d):
             kind = "dw"
         else:
             raise ValueError(f"FastConv3x3 is depthwise or dense, got group={group} for {in_channels}->{out_channels}")
-        self.kernel = _kernel_ops(kind, stride)
+        self.kernel, self.kernel_bias_relu6 = _kernel_ops(kind, stride)
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         return self.kernel(x, self.weight)
+
+    def bias_relu6(self, x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor) -> ms.Tensor:
+        """relu6(conv(x, weight) + bias) in one pass, with `weight` in place of the layer's own (a folded BN)."""
+        return self.kernel_bias_relu6(x, weight, bias)
 
 
 def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int, weight_init,
            fast_conv: str = "off") -> nn.Conv2d:
     """nn.Conv2d (symmetric padding, no bias), or FastConv3x3 where the kernels apply and `fast_conv` allows."""
+    if fast_conv not in FAST_CONV_MODES:
+        raise ValueError(f"fast_conv must be one of {FAST_CONV_MODES}, got {fast_conv!r}")
     depthwise = groups == in_channels == out_channels
     fits = kernel_size == 3 and stride in (1, 2) and (groups == 1 or depthwise)
-    if resolve_fast_conv(fast_conv) and fits:
+    if fits and resolve_fast_conv(fast_conv):
         return FastConv3x3(in_channels, out_channels, stride, groups, weight_init)
     # pad_mode='pad' with symmetric padding: 'same' pads bottom/right only at stride 2.
     return nn.Conv2d(in_channels, out_channels, kernel_size, stride, pad_mode="pad",

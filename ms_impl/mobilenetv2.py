@@ -14,11 +14,16 @@ Weight init: the same distributions as torchvision (He normal, fan_out, for
 convolutions; BatchNorm gamma 1, beta 0; Dense weight N(0, 0.01), bias 0), so
 a model trained from scratch starts alike in both frameworks.
 
-`fast_conv` ("off", "auto", "on"; MindSpore only): computes the stem and the
-depthwise 3x3 convolutions with our CPU kernels (`ms_impl/fast_conv.py`),
-because MindSpore's own CPU kernel for them is 14-27x slower than PyTorch's.
-A framework difference, so the PyTorch twin has no such switch. Parameter
-names, shapes and init are the same either way.
+`fast_conv` ("auto" by default, "on", "off"; MindSpore only): computes the
+stem and the depthwise 3x3 convolutions with our CPU kernels
+(`ms_impl/fast_conv.py`), because MindSpore's own CPU kernel for them is
+14-27x slower than PyTorch's. In eval mode those layers also fold their
+BatchNorm into the convolution and apply bias + ReLU6 in the same kernel pass
+(`ConvBNReLU.construct`). The device is read from MindSpore's context when the
+network is built: call `ms.set_device(...)` first; on GPU and Ascend "auto"
+and "on" keep MindSpore's own kernels. A framework difference, so the PyTorch
+twin has no such switch. Parameter names, shapes, init and checkpoints are
+the same either way.
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ __all__ = ["ConvBNReLU", "InvertedResidual", "MobileNetV2Backbone", "MobileNetV2
 
 
 def _conv2d(
-    in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int, fast_conv: str = "off"
+    in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int, fast_conv: str = "auto"
 ) -> nn.Conv2d:
     # Symmetric padding, no bias; a FastConv3x3 (an nn.Conv2d) for 3x3 layers when fast_conv allows.
     return fast_conv_kernels.conv2d(
@@ -51,22 +56,32 @@ def batch_norm(num_features: int) -> nn.BatchNorm2d:
 class ConvBNReLU(nn.Cell):
     """Conv (no bias) + BatchNorm + ReLU6; names `features.{0,1}.*` as in the official net."""
 
-    def __init__(self, layer: mbv2_spec.ConvBNAct, fast_conv: str = "off") -> None:
+    def __init__(self, layer: mbv2_spec.ConvBNAct, fast_conv: str = "auto") -> None:
         super().__init__()
-        self.features = nn.SequentialCell([
-            _conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.groups, fast_conv),
-            batch_norm(layer.out_channels),
-            nn.ReLU6(),
-        ])
+        conv = _conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.groups, fast_conv)
+        self.features = nn.SequentialCell([conv, batch_norm(layer.out_channels), nn.ReLU6()])
+        # Inference with our kernels: BN folded into the weights, bias + ReLU6 in the kernel's own pass.
+        self.fold_bn = isinstance(conv, fast_conv_kernels.FastConv3x3)
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
-        return self.features(x)
+        if self.training or not self.fold_bn:
+            return self.features(x)
+        return self.folded_forward(x)
+
+    def folded_forward(self, x: ms.Tensor) -> ms.Tensor:
+        """Eval-mode output with the BatchNorm folded: relu6(conv(x, w * s) + beta - mean * s),
+        s = gamma / sqrt(var + eps). Only for layers computed by our kernels (`fold_bn`)."""
+        conv, bn = self.features[0], self.features[1]
+        scale = bn.gamma / ops.sqrt(bn.moving_variance + bn.eps)
+        weight = conv.weight * scale.reshape((-1, 1, 1, 1))
+        bias = bn.beta - bn.moving_mean * scale
+        return conv.bias_relu6(x, weight, bias)
 
 
 class InvertedResidual(nn.Cell):
     """[1x1 expand] -> 3x3 depthwise -> 1x1 linear projection + BN, residual when shapes allow."""
 
-    def __init__(self, block: mbv2_spec.InvertedResidual, fast_conv: str = "off") -> None:
+    def __init__(self, block: mbv2_spec.InvertedResidual, fast_conv: str = "auto") -> None:
         super().__init__()
         layers = [] if block.expand is None else [ConvBNReLU(block.expand)]
         layers += [
@@ -91,7 +106,7 @@ class MobileNetV2Backbone(nn.Cell):
         width_mult: float = 1.0,
         round_nearest: int = 8,
         inverted_residual_setting: Optional[Sequence[Sequence[int]]] = None,
-        fast_conv: str = "off",
+        fast_conv: str = "auto",
     ) -> None:
         super().__init__()
         self.spec = mbv2_spec.build_spec(width_mult, round_nearest, inverted_residual_setting)
@@ -136,7 +151,7 @@ class MobileNetV2(nn.Cell):
         round_nearest: int = 8,
         dropout: float = mbv2_spec.DEFAULT_DROPOUT,
         inverted_residual_setting: Optional[Sequence[Sequence[int]]] = None,
-        fast_conv: str = "off",
+        fast_conv: str = "auto",
     ) -> None:
         """
         Args:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from parity.core.files import default_file_mode
 from tests.helpers import official_ms_names
 
 # (batch, channels, height, width, stride): odd and even sizes, 1x1 planes, C from 1 to 960.
@@ -63,6 +64,37 @@ def _assert_close(got: np.ndarray, want: np.ndarray, what: str) -> None:
     assert worst <= RELATIVE_TOLERANCE, f"{what}: max abs diff {worst:.2e} of the output scale"
 
 
+def _torch_bias_relu6(weight, bias, x, upstream, stride, groups):
+    xt = torch.from_numpy(x).requires_grad_(True)
+    wt = torch.from_numpy(weight).requires_grad_(True)
+    bt = torch.from_numpy(bias).requires_grad_(True)
+    y = torch.nn.functional.relu6(torch.nn.functional.conv2d(xt, wt, bt, stride=stride, padding=1, groups=groups))
+    (y * torch.from_numpy(upstream)).sum().backward()
+    return y.detach().numpy(), xt.grad.numpy(), wt.grad.numpy(), bt.grad.numpy()
+
+
+def _check_bias_relu6(fast_conv, cin: int, cout: int, groups: int, n: int, h: int, w: int, stride: int):
+    """The inference kernel relu6(conv(x, w) + b) and its gradients (x, w, b) against torch."""
+    import mindspore as ms
+
+    rng = np.random.default_rng(cin * 7 + h + stride)
+    layer = fast_conv.FastConv3x3(cin, cout, stride, groups, "HeNormal")
+    x = rng.standard_normal((n, cin, h, w), dtype=np.float32) * 3  # outputs on both sides of 0 and 6
+    weight = layer.weight.asnumpy()
+    bias = rng.standard_normal(cout, dtype=np.float32)
+    upstream = rng.standard_normal((n, cout, (h - 1) // stride + 1, (w - 1) // stride + 1), dtype=np.float32)
+
+    def objective(inputs, kernel, shift):
+        return (layer.bias_relu6(inputs, kernel, shift) * ms.Tensor(upstream)).sum()
+
+    args = (ms.Tensor(x), ms.Tensor(weight), ms.Tensor(bias))
+    grads = ms.grad(objective, grad_position=(0, 1, 2))(*args)
+    got = (layer.bias_relu6(*args).asnumpy(), *(g.asnumpy() for g in grads))
+    want = _torch_bias_relu6(weight, bias, x, upstream, stride, groups)
+    for name, mine, ref in zip(("forward", "grad input", "grad weight", "grad bias"), got, want):
+        _assert_close(mine, ref, f"bias+relu6 {name} vs torch")
+
+
 def _check_against_references(fast_conv, cin: int, cout: int, groups: int, n: int, h: int, w: int, stride: int):
     from mindspore import nn
 
@@ -92,6 +124,46 @@ def test_dense_matches_conv2d_and_torch(fast_conv, n, cin, cout, h, w, stride):
     _check_against_references(fast_conv, cin, cout, 1, n, h, w, stride)
 
 
+@pytest.mark.parametrize("n,c,h,w,stride", [(1, 1, 1, 1, 1), (3, 5, 9, 7, 2), (1, 16, 12, 10, 2), (3, 32, 15, 8, 1)])
+def test_depthwise_bias_relu6_matches_torch(fast_conv, n, c, h, w, stride):
+    _check_bias_relu6(fast_conv, c, c, c, n, h, w, stride)
+
+
+@pytest.mark.parametrize("n,cin,cout,h,w,stride", [(1, 3, 32, 9, 11, 2), (3, 5, 7, 8, 5, 1)])
+def test_dense_bias_relu6_matches_torch(fast_conv, n, cin, cout, h, w, stride):
+    _check_bias_relu6(fast_conv, cin, cout, 1, n, h, w, stride)
+
+
+@pytest.mark.parametrize("width", (0.35, 1.0))
+def test_folded_batchnorm_eval_matches_unfolded(fast_conv, width):
+    """Eval mode with our kernels folds BN into the conv (bias + ReLU6 in the kernel): same logits as
+    the unfolded network with MindSpore's own convolutions, and the same as before the folding."""
+    import mindspore as ms
+
+    from ms_impl.mobilenetv2 import ConvBNReLU, MobileNetV2
+
+    rng = np.random.default_rng(11)
+    x = ms.Tensor(rng.standard_normal((2, 3, 64, 64), dtype=np.float32))
+    folded = MobileNetV2(num_classes=26, width_mult=width, dropout=0.0, fast_conv="on")
+    for name, param in folded.parameters_and_names():
+        if name.endswith(("gamma", "beta", "moving_mean", "moving_variance")):
+            values = rng.uniform(0.5, 1.5, param.shape) if name.endswith(("gamma", "moving_variance")) \
+                else rng.uniform(-0.3, 0.3, param.shape)
+            param.set_data(ms.Tensor(values.astype(np.float32)))
+    folded.set_train(False)
+    assert sum(1 for c in folded.cells_and_names() if isinstance(c[1], ConvBNReLU) and c[1].fold_bn) == 18
+    plain = MobileNetV2(num_classes=26, width_mult=width, dropout=0.0, fast_conv="off")
+    ms.load_param_into_net(plain, {p.name: ms.Parameter(p.asnumpy(), name=p.name) for p in folded.get_parameters()})
+    plain.set_train(False)
+    want = plain(x).asnumpy()
+    got = folded(x).asnumpy()
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+    folded.set_train(True)  # training mode never folds: batch statistics, as before
+    plain.set_train(True)
+    train_want, train_got = plain(x).asnumpy(), folded(x).asnumpy()
+    assert np.abs(train_got - train_want).max() <= 1e-4 * max(1.0, float(np.abs(train_want).max()))
+
+
 def test_layer_keeps_conv2d_identity(fast_conv):
     from mindspore import nn
 
@@ -106,6 +178,11 @@ def test_layer_keeps_conv2d_identity(fast_conv):
         fast_conv.FastConv3x3(8, 16, 1, 4, "HeNormal")
     with pytest.raises(ValueError, match="fast_conv"):
         fast_conv.resolve_fast_conv("yes")
+    with pytest.raises(ValueError, match="fast_conv"):
+        fast_conv.conv2d(16, 96, 1, 1, 1, "HeNormal", "yes")
+    # GPU/Ascend keep MindSpore's kernels in every mode; the default device is the context's, read at build.
+    assert not fast_conv.resolve_fast_conv("on", device_target="GPU")
+    assert not fast_conv.resolve_fast_conv("auto", device_target="Ascend")
     # Only 3x3 layers with stride 1/2, depthwise or dense, take the kernels.
     assert isinstance(fast_conv.conv2d(16, 16, 3, 1, 16, "HeNormal", "on"), fast_conv.FastConv3x3)
     assert not isinstance(fast_conv.conv2d(16, 96, 1, 1, 1, "HeNormal", "on"), fast_conv.FastConv3x3)
@@ -116,24 +193,30 @@ def test_layer_keeps_conv2d_identity(fast_conv):
 def fresh_build_state(fast_conv, monkeypatch, tmp_path):
     """Forget the resolved library (and the one warning) for this test, restore both afterwards."""
     monkeypatch.setenv("MBV2_KERNEL_CACHE", str(tmp_path / "cache"))
-    fast_conv._cached_library.cache_clear()
-    saved_warned = list(fast_conv._warned)
-    fast_conv._warned.clear()
+    fast_conv.forget_resolution()
     yield fast_conv
-    fast_conv._cached_library.cache_clear()
-    fast_conv._warned[:] = saved_warned
+    monkeypatch.undo()  # back to the session's cache before resolving again
+    fast_conv.forget_resolution()
 
 
-def _fake_compiler(tmp_path: Path, outcome: str) -> str:
-    """A `c++` that fails the build, or 'succeeds' writing a file that is no library."""
+def _fake_compiler(tmp_path: Path, outcome: str, library: str = "") -> str:
+    """A `c++` that fails the build, 'succeeds' writing a file that is no library, or 'builds' by copying
+    `library` (a real build). Every build appends a line to builds.log beside it."""
     body = {
         "failing": 'echo "internal compiler error" >&2\nexit 1\n',
         "garbage": 'while [ "$#" -gt 0 ]; do [ "$1" = "-o" ] && echo "not a library" > "$2"; shift; done\nexit 0\n',
+        "copying": f'while [ "$#" -gt 0 ]; do [ "$1" = "-o" ] && cp "{library}" "$2"; shift; done\nexit 0\n',
     }[outcome]
     script = tmp_path / f"{outcome}-c++"
-    script.write_text('#!/bin/sh\nif [ "$1" = "--version" ]; then echo "fake 1.0"; exit 0; fi\n' + body)
+    script.write_text('#!/bin/sh\nif [ "$1" = "--version" ]; then echo "fake 1.0"; exit 0; fi\n'
+                      f'echo build >> "{tmp_path / "builds.log"}"\n' + body)
     script.chmod(0o755)
     return str(script)
+
+
+def _builds(tmp_path: Path) -> int:
+    log = tmp_path / "builds.log"
+    return len(log.read_text().splitlines()) if log.exists() else 0
 
 
 @pytest.mark.parametrize("compiler", ["missing", "failing", "garbage"])
@@ -154,7 +237,101 @@ def test_fallback_without_working_compiler(fresh_build_state, monkeypatch, tmp_p
     assert len(convs) == 52 and not any(isinstance(c, fast_conv.FastConv3x3) for c in convs)
     with pytest.raises(fast_conv.FastConvUnavailable, match="unavailable"):
         MobileNetV2(num_classes=10, width_mult=0.35, fast_conv="on")
-    assert not list((tmp_path / "cache").glob("*.tmp.so"))  # a failed build leaves no partial file
+    cache = tmp_path / "cache"
+    assert not cache.exists() or not [p for p in cache.iterdir() if "tmp" in p.name]  # no partial file left
+    if compiler == "garbage":
+        assert _builds(tmp_path) == 2  # the library failed its self-test: rebuilt once, then given up
+
+
+def test_corrupted_cached_library_is_rebuilt_once(fresh_build_state, monkeypatch, tmp_path):
+    fast_conv = fresh_build_state
+    monkeypatch.undo()
+    real_library = str(fast_conv.kernel_library())  # the session's real build (cached)
+    monkeypatch.setenv("MBV2_KERNEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXX", _fake_compiler(tmp_path, "copying", real_library))
+    target = fast_conv.kernel_library()
+    assert _builds(tmp_path) == 1
+    target.write_bytes(target.read_bytes()[:1000])  # truncated, as by a full disk or an interrupted copy
+    fast_conv.forget_resolution()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning: the rebuilt library is used
+        assert fast_conv.resolve_fast_conv("auto")
+    assert _builds(tmp_path) == 2 and target.stat().st_size == Path(real_library).stat().st_size
+    assert target.stat().st_mode & 0o777 == default_file_mode()  # usable by others per umask, not mkstemp's 0600
+
+
+def test_no_home_directory_falls_back(fresh_build_state, monkeypatch, tmp_path):
+    fast_conv = fresh_build_state
+    for name in ("MBV2_KERNEL_CACHE", "XDG_CACHE_HOME", "HOME"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    cache = fast_conv.cache_dir()
+    assert cache.parent == tmp_path and cache.stat().st_mode & 0o077 == 0  # private to this user
+    cache.chmod(0o777)  # someone could plant a library there now: refused, `auto` falls back
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not fast_conv.resolve_fast_conv("auto")
+    assert any("not private" in str(w.message) for w in caught)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert fast_conv.cache_dir() == tmp_path / "xdg" / "mbv2-twins" / "kernels"
+
+
+@pytest.mark.slow
+def test_concurrent_first_use_in_two_processes_compiles_once(tmp_path, cli_env, python_exe):
+    import subprocess
+
+    real = __import__("shutil").which("c++") or __import__("shutil").which("g++")
+    wrapper = tmp_path / "logging-c++"
+    wrapper.write_text(f'#!/bin/sh\n[ "$1" = "--version" ] || echo build >> "{tmp_path / "builds.log"}"\n'
+                       f'exec "{real}" "$@"\n')
+    wrapper.chmod(0o755)
+    env = dict(cli_env, CXX=str(wrapper), MBV2_KERNEL_CACHE=str(tmp_path / "cache"))
+    code = "from ms_impl.fast_conv import kernel_library; print(kernel_library())"
+    workers = [subprocess.Popen([python_exe, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    paths = {w.communicate(timeout=600)[0].strip() for w in workers}
+    assert all(w.returncode == 0 for w in workers) and len(paths) == 1
+    assert _builds(tmp_path) == 1  # the second waited on the lock and found the library built
+
+
+def test_entry_points_refuse_wrong_shapes_and_survive_failures(fast_conv):
+    import ctypes
+
+    library = ctypes.CDLL(str(fast_conv.kernel_library()))
+    call = fast_conv.call_entry_point
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 4, 6, 5), dtype=np.float32)
+    dw_w = rng.standard_normal((4, 1, 3, 3), dtype=np.float32)
+    dense_w = rng.standard_normal((3, 4, 3, 3), dtype=np.float32)
+    y = np.zeros((2, 4, 3, 3), dtype=np.float32)
+    assert call(library, "dw_forward_s2", [x, dw_w, y])[0] == 0
+    refused = [
+        ("dw_forward_s2", [x, dw_w, np.zeros((1, 4, 3, 3))]),  # batch of y
+        ("dw_forward_s2", [x, dw_w, np.zeros((2, 3, 3, 3))]),  # channels of y
+        ("dw_forward_s2", [x, rng.standard_normal((4, 2, 3, 3)), y]),  # depthwise needs w[1] == 1
+        ("dw_forward_s2", [x, rng.standard_normal((4, 1, 5, 5)), y]),  # not 3x3
+        ("dw_grad_input_s2", [np.zeros((1, 4, 3, 3)), dw_w, x, np.zeros(x.shape)]),  # batch of dy
+        ("dw_grad_weight_s2", [x, np.zeros((1, 4, 3, 3)), np.zeros((4, 1, 3, 3))]),  # batch of dy
+        ("dense_forward_s1", [x, rng.standard_normal((3, 4, 5, 5)), np.zeros((2, 3, 6, 5))]),  # not 3x3
+        ("dense_forward_s1", [x, dense_w, np.zeros((2, 4, 6, 5))]),  # channels of y
+        ("dense_grad_input_s1", [np.zeros((1, 3, 6, 5)), dense_w, x, np.zeros(x.shape)]),  # batch of dy
+        ("dense_grad_weight_s1", [x, np.zeros((1, 3, 6, 5)), np.zeros((3, 4, 3, 3))]),  # batch of dy
+        ("dw_forward_bias_relu6_s2", [x, dw_w, np.zeros(3), y]),  # bias length
+    ]
+    for name, arrays in refused:
+        assert call(library, name, arrays)[0] == 1, name
+    # Shapes that pass the checks but whose scratch space cannot be allocated: the C++ exception
+    # (in a pool thread, and in the calling thread) becomes status 1, not an abort of the process.
+    huge = 1 << 31
+    tiny = [np.zeros(1, dtype=np.float32) for _ in range(3)]
+    assert call(library, "dw_forward_s1", tiny, shapes=[(2, 4, huge, huge), (4, 1, 3, 3), (2, 4, huge, huge)])[0] == 1
+    assert call(library, "dense_forward_s1", tiny, shapes=[(2, 4, huge, huge), (3, 4, 3, 3), (2, 3, huge, huge)])[0] == 1
+    assert call(library, "dw_forward_s2", [x, dw_w, y])[0] == 0  # the pool still works afterwards
 
 
 def test_build_cache_concurrent_first_use(fresh_build_state, tmp_path):
@@ -170,7 +347,7 @@ def test_build_cache_concurrent_first_use(fresh_build_state, tmp_path):
     for t in threads:
         t.join()
     assert len(results) == 3 and len(set(results)) == 1
-    built = sorted((tmp_path / "cache").iterdir())
+    built = sorted(p for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock"))
     assert built == [results[0]] and built[0].suffix == ".so"  # no temp files left behind
     mtime = built[0].stat().st_mtime_ns
     assert fast_conv.kernel_library() == results[0] and built[0].stat().st_mtime_ns == mtime  # cache hit
@@ -254,17 +431,75 @@ def test_training_step_graph_and_pynative(fast_conv):
         ms.set_context(mode=ms.PYNATIVE_MODE)
 
 
-def test_bench_reports_both_twins_and_rejects_bad_options(ms_pynative, capsys):
+def test_bench_rejects_bad_options(capsys):
     from parity.harness import bench
 
     assert bench.main(["--batch", "0"]) == 2
-    assert "--batch >= 1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--batch >= 1" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_bench_reports_every_peer_and_the_ratios(ms_pynative, capsys):
+    """Every peer runs on a tiny input and is reported (or skipped with a reason); no time is asserted.
+
+    The compiled peer uses torch.compile's "eager" backend here (graph capture, no code generation):
+    inductor's compile alone takes minutes on a small machine, the benchmark itself uses it."""
+    from parity.harness import bench
+
     argv = ["--mode", "pynative", "--batch", "2", "--image-size", "32", "--width", "0.35", "--steps", "1",
-            "--warmup", "1", "--fast-conv", "on", "--skip-breakdown", "--num-classes", "10"]
+            "--warmup", "1", "--fast-conv", "on", "--num-classes", "10", "--threads", "1",
+            "--compile-backend", "eager"]
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
     assert "kernels on" in out
-    for row in ("| train step |", "| eval forward |"):
-        line = next(ln for ln in out.splitlines() if ln.startswith(row))
-        ms_rate, pt_rate, ratio = (float(cell.strip().rstrip("x")) for cell in line.strip("|").split("|")[1:4])
-        assert ms_rate > 0 and pt_rate > 0 and ratio == pytest.approx(ms_rate / pt_rate, rel=0.02, abs=0.01)
+    rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.strip("|").split("|")[1:]]
+            for ln in out.splitlines() if ln.startswith("| ")}
+    for peer in (*bench.PYTORCH_PEERS, bench.ORT, bench.MS_TWIN, bench.MS_UNFOLDED):
+        train, evaluation = rows[peer][0], rows[peer][1]
+        for cell in ((evaluation,) if peer in (bench.ORT, bench.MS_UNFOLDED) else (train, evaluation)):
+            if peer == bench.PT_COMPILED and cell.startswith("skipped: "):
+                assert len(cell) > len("skipped: ")  # torch.compile may not work everywhere: the reason is given
+                continue
+            median, low, high = (float(v) for v in cell.replace("(", " ").replace(")", " ").replace("-", " ").split())
+            assert 0 < low <= median <= high, (peer, cell)
+    assert rows[bench.ORT][0] == "skipped: inference only"
+    assert rows[bench.MS_UNFOLDED][0] == "skipped: training never folds"
+    train_line = next(ln for ln in out.splitlines() if ln.startswith("- train step:"))
+    eval_line = next(ln for ln in out.splitlines() if ln.startswith("- eval forward:"))
+    assert "the best PyTorch peer (PyTorch" in train_line and "ONNX Runtime" in eval_line
+    assert "without the BN folding" in eval_line
+    for layer in ("stem 3x3", "depthwise 3x3 s2", "depthwise 3x3 s1", "pointwise 1x1", "BatchNorm", "ReLU6"):
+        cells = next(ln for ln in out.splitlines() if ln.startswith(f"| {layer}")).strip("|").split("|")[1:]
+        assert len(cells) == 6 and all(float(c) > 0 for c in cells)
+
+
+def test_kernel_threads_share_the_host_between_msrun_workers(monkeypatch):
+    import os
+
+    from ms_impl import fast_conv
+
+    cpus = len(os.sched_getaffinity(0))
+    for name in ("MBV2_KERNEL_THREADS", "MS_ROLE", "MS_WORKER_NUM", "MS_SCHED_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    assert fast_conv.kernel_threads() == cpus
+    monkeypatch.setenv("MS_ROLE", "MS_WORKER")
+    monkeypatch.setenv("MS_WORKER_NUM", "2")
+    assert fast_conv.kernel_threads() == max(1, cpus // 2)  # msrun's default scheduler host is this one
+    monkeypatch.setenv("MS_SCHED_HOST", "10.0.0.7")  # several hosts: the local count is unknown, not divided
+    assert fast_conv.kernel_threads() == cpus
+    monkeypatch.setenv("MBV2_KERNEL_THREADS", "3")
+    assert fast_conv.kernel_threads() == 3
+
+
+def test_bench_times_kernels_against_a_baseline_build(fast_conv, capsys, tmp_path):
+    from parity.harness import bench
+
+    assert bench.main(["--kernels-baseline", str(tmp_path / "missing.so")]) == 2
+    assert "error: --kernels-baseline:" in capsys.readouterr().err
+    # The current library as its own baseline: every case runs, outputs agree exactly, nothing timed is asserted.
+    argv = ["--kernels-baseline", str(fast_conv.kernel_library()), "--batch", "1", "--steps", "1", "--warmup", "0",
+            "--mode", "pynative"]
+    assert bench.main(argv) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ") and "relative" in ln]
+    assert len(rows) == len(bench.kernel_cases(1)) and all("differ by 0.0e+00" in row for row in rows)

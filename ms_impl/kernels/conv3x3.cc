@@ -8,13 +8,18 @@
 //
 // Entry points (MindSpore AOT signature; inputs first, then the output):
 //   dw_forward_s{1,2}    (x[N,C,H,W], w[C,1,3,3])        -> y[N,C,Ho,Wo]
+//   dw_forward_bias_relu6_s{1,2} (x, w, b[C])            -> y = min(max(conv + b, 0), 6)
 //   dw_grad_input_s{1,2} (dy[N,C,Ho,Wo], w, x)           -> dx[N,C,H,W]   (x only for its shape)
 //   dw_grad_weight_s{1,2}(x, dy)                         -> dw[C,1,3,3]
 //   dense_forward_s{1,2}     (x[N,Ci,H,W], w[Co,Ci,3,3]) -> y[N,Co,Ho,Wo]
+//   dense_forward_bias_relu6_s{1,2} (x, w, b[Co])        -> y = min(max(conv + b, 0), 6)
 //   dense_grad_input_s{1,2}  (dy, w, x)                  -> dx[N,Ci,H,W]
 //   dense_grad_weight_s{1,2} (x, dy)                     -> dw[Co,Ci,3,3]
-// with Ho = (H - 1) / s + 1, Wo = (W - 1) / s + 1. Each returns 0, or 1 on a
-// dtype or shape mismatch (MindSpore then raises).
+// with Ho = (H - 1) / s + 1, Wo = (W - 1) / s + 1. Each returns 0, or 1 when a
+// dtype or any of the shapes above disagrees, or when the call fails (an
+// allocation or a thread): no C++ exception crosses into MindSpore, which
+// raises on a non-zero status. `mbv2_set_threads(n)` sets the thread count.
+// The bias_relu6 forms serve inference with a BatchNorm folded into w and b.
 //
 // Scheme: every input plane is copied once into a zero-padded plane
 // ((H+2) rows). For stride 2 each padded row is stored de-interleaved (even
@@ -23,18 +28,21 @@
 // unit-stride and vectorize. Gradients w.r.t. the input: at stride 1 the
 // forward pass of dy with the flipped kernel; at stride 2 a scatter into a
 // padded plane of the same layout, interior copied out. Gradients w.r.t. the
-// weight are 9 dot products per plane pair. Work is split over the cores with
-// std::thread (thread count: $MBV2_KERNEL_THREADS, else the CPUs this process
-// may run on).
+// weight are 9 dot products per plane pair. Work is split over a persistent
+// pool of threads (created on first use, see ThreadPool).
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <mutex>
 #include <thread>
 #include <vector>
 
 #include <sched.h>
+#include <unistd.h>
 
 namespace {
 
@@ -61,7 +69,98 @@ struct Geometry {
   int64_t tap(int kw) const { return stride == 1 ? kw : (kw == 1 ? even_len : kw / 2); }
 };
 
-int thread_count() {
+// ---- threads: one persistent pool per process, created on first use ----
+//
+// Spawning threads on every call costs more than the work on the 7x7 layers at
+// batch 1, so the workers are created once and wait on a condition variable.
+// The pool is never destroyed (no join at exit, no destructor-order problems);
+// a forked child, which inherits the pool's state but not its threads, builds
+// its own. Calls into the pool are serialized: two kernels running at once
+// would only oversubscribe the cores.
+
+class ThreadPool {
+ public:
+  explicit ThreadPool(int threads) : owner_(getpid()) {
+    for (int t = 1; t < threads; ++t) {
+      try {
+        workers_.emplace_back([this] { work(); });
+      } catch (...) {
+        break;  // thread creation failed: run with the workers we have
+      }
+    }
+  }
+
+  int size() const { return static_cast<int>(workers_.size()) + 1; }
+  bool owned_by_this_process() const { return owner_ == getpid(); }
+
+  // Runs body(begin, end) over [0, total) in chunks, on the workers and the calling thread.
+  // Returns false if any chunk threw (the exception is not rethrown across threads).
+  bool run(int64_t total, int64_t chunk, const std::function<void(int64_t, int64_t)>& body) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      body_ = &body;
+      total_ = total;
+      chunk_ = chunk;
+      next_.store(0);
+      pending_ = static_cast<int>(workers_.size());
+      failed_ = false;
+      ++generation_;
+    }
+    wake_.notify_all();
+    const bool ok = drain();
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, [this] { return pending_ == 0; });
+    body_ = nullptr;
+    return ok && !failed_;
+  }
+
+ private:
+  bool drain() {
+    bool ok = true;
+    for (;;) {
+      const int64_t begin = next_.fetch_add(chunk_);
+      if (begin >= total_) break;
+      try {
+        (*body_)(begin, std::min(total_, begin + chunk_));
+      } catch (...) {
+        ok = false;
+      }
+    }
+    return ok;
+  }
+
+  void work() {
+    uint64_t seen = 0;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return generation_ != seen; });
+        seen = generation_;
+      }
+      const bool ok = drain();
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!ok) failed_ = true;
+      if (--pending_ == 0) done_.notify_one();
+    }
+  }
+
+  const pid_t owner_;
+  std::vector<std::thread> workers_;
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  const std::function<void(int64_t, int64_t)>* body_ = nullptr;
+  int64_t total_ = 0, chunk_ = 1;
+  std::atomic<int64_t> next_{0};
+  int pending_ = 0;
+  bool failed_ = false;
+  uint64_t generation_ = 0;
+};
+
+std::atomic<int> requested_threads{0};  // 0: not set through mbv2_set_threads
+std::mutex pool_mutex;                   // serializes parallel_for calls and pool (re)creation
+ThreadPool* pool = nullptr;              // intentionally leaked, see above
+
+int default_thread_count() {
   if (const char* env = std::getenv("MBV2_KERNEL_THREADS")) {
     const int n = std::atoi(env);
     if (n > 0) return n;
@@ -71,22 +170,26 @@ int thread_count() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
-// Runs body(worker, begin, end) over [0, total) split into contiguous chunks.
-void parallel_for(int64_t total, const std::function<void(int, int64_t, int64_t)>& body) {
-  const int workers = static_cast<int>(std::min<int64_t>(thread_count(), total));
+struct KernelFailure {};  // a worker's chunk threw: the entry point returns 1
+
+// Runs body(begin, end) over [0, total) split into chunks over the pool's threads.
+void parallel_for(int64_t total, const std::function<void(int64_t, int64_t)>& body) {
+  if (total <= 0) return;
+  std::lock_guard<std::mutex> lock(pool_mutex);
+  const int wanted = requested_threads.load() > 0 ? requested_threads.load() : default_thread_count();
+  if (pool == nullptr || !pool->owned_by_this_process() || pool->size() != wanted) {
+    // A pool of another size (or another process's) is abandoned, not joined: its threads,
+    // if any exist here, stay parked on their condition variable.
+    pool = wanted > 1 ? new ThreadPool(wanted) : nullptr;
+  }
+  const int workers = pool == nullptr ? 1 : static_cast<int>(std::min<int64_t>(pool->size(), total));
   if (workers <= 1) {
-    if (total > 0) body(0, 0, total);
+    body(0, total);
     return;
   }
-  std::vector<std::thread> pool;
-  pool.reserve(workers - 1);
-  const int64_t chunk = (total + workers - 1) / workers;
-  for (int t = 1; t < workers; ++t) {
-    const int64_t begin = t * chunk, end = std::min(total, begin + chunk);
-    if (begin < end) pool.emplace_back(body, t, begin, end);
-  }
-  body(0, 0, std::min(total, chunk));
-  for (auto& th : pool) th.join();
+  // A few chunks per thread: balances uneven planes and a core busy with another process.
+  const int64_t chunk = std::max<int64_t>(1, total / (4 * workers));
+  if (!pool->run(total, chunk, body)) throw KernelFailure();
 }
 
 // Copies one H x W plane into a zero-padded plane (layout of Geometry).
@@ -178,103 +281,165 @@ void unpad_plane(const Geometry& g, const float* __restrict__ padded, float* __r
 void weight_grad_plane(const Geometry& g, const float* __restrict__ padded, const float* __restrict__ dy,
                        double* acc) {
   const int64_t wo = g.out_width;
-  for (int kh = 0; kh < 3; ++kh) {
-    for (int kw = 0; kw < 3; ++kw) {
-      // Per-row float sums (vectorized), rows summed in double: stable for large planes.
-      double total = 0.0;
-      for (int64_t oh = 0; oh < g.out_height; ++oh) {
-        const float* __restrict__ a = padded + (g.stride * oh + kh) * g.pitch + g.tap(kw);
-        const float* __restrict__ d = dy + oh * wo;
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t ow = 0; ow < wo; ++ow) sum += a[ow] * d[ow];
-        total += sum;
-      }
-      acc[kh * 3 + kw] += total;
+  const int64_t t0 = g.tap(0), t1 = g.tap(1), t2 = g.tap(2);
+  for (int64_t oh = 0; oh < g.out_height; ++oh) {
+    // All 9 taps in one pass over the row (dy read once); per-row float sums (vectorized),
+    // rows summed in double: stable for large planes.
+    const float* top = padded + (g.stride * oh) * g.pitch;
+    const float* mid = top + g.pitch;
+    const float* bot = mid + g.pitch;
+    const float* __restrict__ a0 = top + t0;
+    const float* __restrict__ a1 = top + t1;
+    const float* __restrict__ a2 = top + t2;
+    const float* __restrict__ b0 = mid + t0;
+    const float* __restrict__ b1 = mid + t1;
+    const float* __restrict__ b2 = mid + t2;
+    const float* __restrict__ c0 = bot + t0;
+    const float* __restrict__ c1 = bot + t1;
+    const float* __restrict__ c2 = bot + t2;
+    const float* __restrict__ d = dy + oh * wo;
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, s8 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, s8)
+    for (int64_t ow = 0; ow < wo; ++ow) {
+      const float v = d[ow];
+      s0 += a0[ow] * v;
+      s1 += a1[ow] * v;
+      s2 += a2[ow] * v;
+      s3 += b0[ow] * v;
+      s4 += b1[ow] * v;
+      s5 += b2[ow] * v;
+      s6 += c0[ow] * v;
+      s7 += c1[ow] * v;
+      s8 += c2[ow] * v;
     }
+    acc[0] += s0;
+    acc[1] += s1;
+    acc[2] += s2;
+    acc[3] += s3;
+    acc[4] += s4;
+    acc[5] += s5;
+    acc[6] += s6;
+    acc[7] += s7;
+    acc[8] += s8;
   }
 }
 
 bool is_f32(const char* dtype) { return std::strcmp(dtype, "float32") == 0 || std::strcmp(dtype, "float") == 0; }
 
-bool shapes_agree(int nparam, const int* ndims, int64_t** shapes, const char** dtypes) {
-  for (int i = 0; i < nparam; ++i) {
-    if (ndims[i] != 4 || !is_f32(dtypes[i])) return false;
+// The arguments of one call, checked: every shape the header promises, so a caller's mistake
+// is an error (return 1), never an out-of-bounds access.
+struct Args {
+  int nparam;
+  void** params;
+  int* ndims;
+  int64_t** shapes;
+  const char** dtypes;
+
+  // Parameter i is an fp32 tensor of shape (a, b, c, d); a negative entry is not compared.
+  bool is(int i, int64_t a, int64_t b, int64_t c, int64_t d) const {
+    if (i >= nparam || ndims[i] != 4 || !is_f32(dtypes[i])) return false;
+    const int64_t want[4] = {a, b, c, d};
+    for (int k = 0; k < 4; ++k) {
+      if (want[k] >= 0 ? shapes[i][k] != want[k] : shapes[i][k] < 0) return false;
+    }
+    return true;
   }
-  return true;
+  // Parameter i is an fp32 vector of length n.
+  bool is_vector(int i, int64_t n) const {
+    return i < nparam && ndims[i] == 1 && is_f32(dtypes[i]) && shapes[i][0] == n;
+  }
+  const int64_t* shape(int i) const { return shapes[i]; }
+  const float* in(int i) const { return static_cast<const float*>(params[i]); }
+  float* out(int i) const { return static_cast<float*>(params[i]); }
+};
+
+// A scratch buffer per thread, kept between calls (the pool's threads live as long as the process).
+float* scratch(int64_t floats) {
+  thread_local std::vector<float> buffer;
+  if (static_cast<int64_t>(buffer.size()) < floats) buffer.resize(floats);
+  return buffer.data();
+}
+
+// y = min(max(y + bias, 0), 6) over one plane: the folded BatchNorm and ReLU6 of inference.
+void bias_relu6_plane(float* __restrict__ y, int64_t count, float bias) {
+#pragma omp simd
+  for (int64_t i = 0; i < count; ++i) y[i] = std::min(std::max(y[i] + bias, 0.0f), 6.0f);
 }
 
 // ---- depthwise: channel c of x meets channel c of w ----
 
-int dw_forward(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, int stride) {
-  if (nparam != 3 || !shapes_agree(nparam, ndims, shapes, dtypes)) return 1;
-  const int64_t* xs = shapes[0];
-  const int64_t n = xs[0], c = xs[1];
-  const Geometry g(xs[2], xs[3], stride);
-  if (shapes[1][0] != c || shapes[2][2] != g.out_height || shapes[2][3] != g.out_width) return 1;
-  const float* x = static_cast<const float*>(params[0]);
-  const float* w = static_cast<const float*>(params[1]);
-  float* y = static_cast<float*>(params[2]);
+// (x, w[, bias]) -> y; with `fused`, y = relu6(conv + bias[c]).
+int dw_forward(const Args& a, int stride, bool fused) {
+  if (a.nparam != (fused ? 4 : 3) || !a.is(0, -1, -1, -1, -1)) return 1;
+  const int64_t n = a.shape(0)[0], c = a.shape(0)[1];
+  const Geometry g(a.shape(0)[2], a.shape(0)[3], stride);
+  const int y_index = fused ? 3 : 2;
+  if (!a.is(1, c, 1, 3, 3) || !a.is(y_index, n, c, g.out_height, g.out_width)) return 1;
+  if (fused && !a.is_vector(2, c)) return 1;
+  const float* x = a.in(0);
+  const float* w = a.in(1);
+  const float* bias = fused ? a.in(2) : nullptr;
+  float* y = a.out(y_index);
   const int64_t in_plane = g.height * g.width, out_plane = g.out_height * g.out_width;
-  parallel_for(n * c, [&](int, int64_t begin, int64_t end) {
-    std::vector<float> padded(g.plane);
+  parallel_for(n * c, [&](int64_t begin, int64_t end) {
+    float* padded = scratch(g.plane);
     for (int64_t p = begin; p < end; ++p) {
-      pad_plane(g, x + p * in_plane, padded.data());
-      forward_plane(g, padded.data(), w + (p % c) * 9, y + p * out_plane, false);
+      pad_plane(g, x + p * in_plane, padded);
+      forward_plane(g, padded, w + (p % c) * 9, y + p * out_plane, false);
+      if (fused) bias_relu6_plane(y + p * out_plane, out_plane, bias[p % c]);
     }
   });
   return 0;
 }
 
-int dw_grad_input(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, int stride) {
-  if (nparam != 4 || !shapes_agree(nparam, ndims, shapes, dtypes)) return 1;
-  const int64_t* xs = shapes[3];
-  const int64_t n = xs[0], c = xs[1];
-  const Geometry g(xs[2], xs[3], stride);
-  if (shapes[0][2] != g.out_height || shapes[0][3] != g.out_width || shapes[1][0] != c) return 1;
-  const float* dy = static_cast<const float*>(params[0]);
-  const float* w = static_cast<const float*>(params[1]);
-  float* dx = static_cast<float*>(params[3]);
+int dw_grad_input(const Args& a, int stride) {
+  if (a.nparam != 4 || !a.is(2, -1, -1, -1, -1)) return 1;
+  const int64_t n = a.shape(2)[0], c = a.shape(2)[1];
+  const Geometry g(a.shape(2)[2], a.shape(2)[3], stride);
+  if (!a.is(0, n, c, g.out_height, g.out_width) || !a.is(1, c, 1, 3, 3) || !a.is(3, n, c, g.height, g.width))
+    return 1;
+  const float* dy = a.in(0);
+  const float* w = a.in(1);
+  float* dx = a.out(3);
   const int64_t in_plane = g.height * g.width, out_plane = g.out_height * g.out_width;
-  parallel_for(n * c, [&](int, int64_t begin, int64_t end) {
-    std::vector<float> padded(g.plane);
+  parallel_for(n * c, [&](int64_t begin, int64_t end) {
+    float* padded = scratch(g.plane);
     for (int64_t p = begin; p < end; ++p) {
       const float* wp = w + (p % c) * 9;
       if (stride == 1) {
         // Stride 1: the input gradient is the forward pass of dy with the kernel flipped (one pass per row).
         float flipped[9];
         for (int k = 0; k < 9; ++k) flipped[k] = wp[8 - k];
-        pad_plane(g, dy + p * out_plane, padded.data());
-        forward_plane(g, padded.data(), flipped, dx + p * in_plane, false);
+        pad_plane(g, dy + p * out_plane, padded);
+        forward_plane(g, padded, flipped, dx + p * in_plane, false);
       } else {
-        std::fill(padded.begin(), padded.end(), 0.0f);
-        scatter_plane(g, dy + p * out_plane, wp, padded.data());
-        unpad_plane(g, padded.data(), dx + p * in_plane, false);
+        std::fill(padded, padded + g.plane, 0.0f);
+        scatter_plane(g, dy + p * out_plane, wp, padded);
+        unpad_plane(g, padded, dx + p * in_plane, false);
       }
     }
   });
   return 0;
 }
 
-int dw_grad_weight(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, int stride) {
-  if (nparam != 3 || !shapes_agree(nparam, ndims, shapes, dtypes)) return 1;
-  const int64_t* xs = shapes[0];
-  const int64_t n = xs[0], c = xs[1];
-  const Geometry g(xs[2], xs[3], stride);
-  if (shapes[1][2] != g.out_height || shapes[1][3] != g.out_width || shapes[2][0] != c) return 1;
-  const float* x = static_cast<const float*>(params[0]);
-  const float* dy = static_cast<const float*>(params[1]);
-  float* dw = static_cast<float*>(params[2]);
+int dw_grad_weight(const Args& a, int stride) {
+  if (a.nparam != 3 || !a.is(0, -1, -1, -1, -1)) return 1;
+  const int64_t n = a.shape(0)[0], c = a.shape(0)[1];
+  const Geometry g(a.shape(0)[2], a.shape(0)[3], stride);
+  if (!a.is(1, n, c, g.out_height, g.out_width) || !a.is(2, c, 1, 3, 3)) return 1;
+  const float* x = a.in(0);
+  const float* dy = a.in(1);
+  float* dw = a.out(2);
   const int64_t in_plane = g.height * g.width, out_plane = g.out_height * g.out_width;
   // Split over channels: each worker owns whole rows of dw, no reduction across workers.
-  parallel_for(c, [&](int, int64_t begin, int64_t end) {
-    std::vector<float> padded(g.plane);
+  parallel_for(c, [&](int64_t begin, int64_t end) {
+    float* padded = scratch(g.plane);
     for (int64_t ch = begin; ch < end; ++ch) {
       double acc[9] = {0};
       for (int64_t b = 0; b < n; ++b) {
         const int64_t p = b * c + ch;
-        pad_plane(g, x + p * in_plane, padded.data());
-        weight_grad_plane(g, padded.data(), dy + p * out_plane, acc);
+        pad_plane(g, x + p * in_plane, padded);
+        weight_grad_plane(g, padded, dy + p * out_plane, acc);
       }
       for (int k = 0; k < 9; ++k) dw[ch * 9 + k] = static_cast<float>(acc[k]);
     }
@@ -288,69 +453,69 @@ int dw_grad_weight(int nparam, void** params, int* ndims, int64_t** shapes, cons
 std::vector<float> pad_all(const Geometry& g, const float* x, int64_t planes) {
   std::vector<float> padded(planes * g.plane);
   const int64_t in_plane = g.height * g.width;
-  parallel_for(planes, [&](int, int64_t begin, int64_t end) {
+  parallel_for(planes, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) pad_plane(g, x + p * in_plane, padded.data() + p * g.plane);
   });
   return padded;
 }
 
-int dense_forward(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, int stride) {
-  if (nparam != 3 || !shapes_agree(nparam, ndims, shapes, dtypes)) return 1;
-  const int64_t* xs = shapes[0];
-  const int64_t n = xs[0], ci = xs[1], co = shapes[1][0];
-  const Geometry g(xs[2], xs[3], stride);
-  if (shapes[1][1] != ci || shapes[2][1] != co || shapes[2][2] != g.out_height || shapes[2][3] != g.out_width)
-    return 1;
-  const float* w = static_cast<const float*>(params[1]);
-  float* y = static_cast<float*>(params[2]);
-  const std::vector<float> padded = pad_all(g, static_cast<const float*>(params[0]), n * ci);
+// (x, w[, bias]) -> y; with `fused`, y = relu6(conv + bias[co]).
+int dense_forward(const Args& a, int stride, bool fused) {
+  if (a.nparam != (fused ? 4 : 3) || !a.is(0, -1, -1, -1, -1) || !a.is(1, -1, -1, 3, 3)) return 1;
+  const int64_t n = a.shape(0)[0], ci = a.shape(0)[1], co = a.shape(1)[0];
+  const Geometry g(a.shape(0)[2], a.shape(0)[3], stride);
+  const int y_index = fused ? 3 : 2;
+  if (a.shape(1)[1] != ci || !a.is(y_index, n, co, g.out_height, g.out_width)) return 1;
+  if (fused && !a.is_vector(2, co)) return 1;
+  const float* w = a.in(1);
+  const float* bias = fused ? a.in(2) : nullptr;
+  float* y = a.out(y_index);
+  const std::vector<float> padded = pad_all(g, a.in(0), n * ci);
   const int64_t out_plane = g.out_height * g.out_width;
-  parallel_for(n * co, [&](int, int64_t begin, int64_t end) {
+  parallel_for(n * co, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t b = p / co, o = p % co;
       for (int64_t i = 0; i < ci; ++i)
         forward_plane(g, padded.data() + (b * ci + i) * g.plane, w + (o * ci + i) * 9, y + p * out_plane, i > 0);
+      if (fused) bias_relu6_plane(y + p * out_plane, out_plane, bias[o]);
     }
   });
   return 0;
 }
 
-int dense_grad_input(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, int stride) {
-  if (nparam != 4 || !shapes_agree(nparam, ndims, shapes, dtypes)) return 1;
-  const int64_t* xs = shapes[3];
-  const int64_t n = xs[0], ci = xs[1], co = shapes[1][0];
-  const Geometry g(xs[2], xs[3], stride);
-  if (shapes[1][1] != ci || shapes[0][1] != co || shapes[0][2] != g.out_height || shapes[0][3] != g.out_width)
+int dense_grad_input(const Args& a, int stride) {
+  if (a.nparam != 4 || !a.is(2, -1, -1, -1, -1) || !a.is(1, -1, -1, 3, 3)) return 1;
+  const int64_t n = a.shape(2)[0], ci = a.shape(2)[1], co = a.shape(1)[0];
+  const Geometry g(a.shape(2)[2], a.shape(2)[3], stride);
+  if (a.shape(1)[1] != ci || !a.is(0, n, co, g.out_height, g.out_width) || !a.is(3, n, ci, g.height, g.width))
     return 1;
-  const float* dy = static_cast<const float*>(params[0]);
-  const float* w = static_cast<const float*>(params[1]);
-  float* dx = static_cast<float*>(params[3]);
+  const float* dy = a.in(0);
+  const float* w = a.in(1);
+  float* dx = a.out(3);
   const int64_t in_plane = g.height * g.width, out_plane = g.out_height * g.out_width;
-  parallel_for(n * ci, [&](int, int64_t begin, int64_t end) {
-    std::vector<float> padded(g.plane);
+  parallel_for(n * ci, [&](int64_t begin, int64_t end) {
+    float* padded = scratch(g.plane);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t b = p / ci, i = p % ci;
-      std::fill(padded.begin(), padded.end(), 0.0f);
+      std::fill(padded, padded + g.plane, 0.0f);
       for (int64_t o = 0; o < co; ++o)
-        scatter_plane(g, dy + (b * co + o) * out_plane, w + (o * ci + i) * 9, padded.data());
-      unpad_plane(g, padded.data(), dx + p * in_plane, false);
+        scatter_plane(g, dy + (b * co + o) * out_plane, w + (o * ci + i) * 9, padded);
+      unpad_plane(g, padded, dx + p * in_plane, false);
     }
   });
   return 0;
 }
 
-int dense_grad_weight(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, int stride) {
-  if (nparam != 3 || !shapes_agree(nparam, ndims, shapes, dtypes)) return 1;
-  const int64_t* xs = shapes[0];
-  const int64_t n = xs[0], ci = xs[1], co = shapes[1][1];
-  const Geometry g(xs[2], xs[3], stride);
-  if (shapes[1][2] != g.out_height || shapes[1][3] != g.out_width || shapes[2][0] != co || shapes[2][1] != ci)
-    return 1;
-  const float* dy = static_cast<const float*>(params[1]);
-  float* dw = static_cast<float*>(params[2]);
-  const std::vector<float> padded = pad_all(g, static_cast<const float*>(params[0]), n * ci);
+int dense_grad_weight(const Args& a, int stride) {
+  if (a.nparam != 3 || !a.is(0, -1, -1, -1, -1) || !a.is(1, -1, -1, -1, -1)) return 1;
+  const int64_t n = a.shape(0)[0], ci = a.shape(0)[1], co = a.shape(1)[1];
+  const Geometry g(a.shape(0)[2], a.shape(0)[3], stride);
+  if (!a.is(1, n, co, g.out_height, g.out_width) || !a.is(2, co, ci, 3, 3)) return 1;
+  const float* dy = a.in(1);
+  float* dw = a.out(2);
+  const std::vector<float> padded = pad_all(g, a.in(0), n * ci);
   const int64_t out_plane = g.out_height * g.out_width;
-  parallel_for(co * ci, [&](int, int64_t begin, int64_t end) {
+  parallel_for(co * ci, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t o = p / ci, i = p % ci;
       double acc[9] = {0};
@@ -364,21 +529,43 @@ int dense_grad_weight(int nparam, void** params, int* ndims, int64_t** shapes, c
 
 }  // namespace
 
-#define MBV2_ENTRY(name, impl, stride)                                                                   \
+// Nothing may cross the extern "C" boundary into MindSpore: an exception there (allocation,
+// thread creation) would call std::terminate and abort the process without a Python traceback.
+#define MBV2_ENTRY(name, call)                                                                           \
   extern "C" int name(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, \
                       void*) {                                                                           \
-    return impl(nparam, params, ndims, shapes, dtypes, stride);                                          \
+    try {                                                                                                \
+      const Args args{nparam, params, ndims, shapes, dtypes};                                            \
+      return call;                                                                                       \
+    } catch (...) {                                                                                      \
+      return 1;                                                                                          \
+    }                                                                                                    \
   }
 
-MBV2_ENTRY(dw_forward_s1, dw_forward, 1)
-MBV2_ENTRY(dw_forward_s2, dw_forward, 2)
-MBV2_ENTRY(dw_grad_input_s1, dw_grad_input, 1)
-MBV2_ENTRY(dw_grad_input_s2, dw_grad_input, 2)
-MBV2_ENTRY(dw_grad_weight_s1, dw_grad_weight, 1)
-MBV2_ENTRY(dw_grad_weight_s2, dw_grad_weight, 2)
-MBV2_ENTRY(dense_forward_s1, dense_forward, 1)
-MBV2_ENTRY(dense_forward_s2, dense_forward, 2)
-MBV2_ENTRY(dense_grad_input_s1, dense_grad_input, 1)
-MBV2_ENTRY(dense_grad_input_s2, dense_grad_input, 2)
-MBV2_ENTRY(dense_grad_weight_s1, dense_grad_weight, 1)
-MBV2_ENTRY(dense_grad_weight_s2, dense_grad_weight, 2)
+MBV2_ENTRY(dw_forward_s1, dw_forward(args, 1, false))
+MBV2_ENTRY(dw_forward_s2, dw_forward(args, 2, false))
+MBV2_ENTRY(dw_forward_bias_relu6_s1, dw_forward(args, 1, true))
+MBV2_ENTRY(dw_forward_bias_relu6_s2, dw_forward(args, 2, true))
+MBV2_ENTRY(dw_grad_input_s1, dw_grad_input(args, 1))
+MBV2_ENTRY(dw_grad_input_s2, dw_grad_input(args, 2))
+MBV2_ENTRY(dw_grad_weight_s1, dw_grad_weight(args, 1))
+MBV2_ENTRY(dw_grad_weight_s2, dw_grad_weight(args, 2))
+MBV2_ENTRY(dense_forward_s1, dense_forward(args, 1, false))
+MBV2_ENTRY(dense_forward_s2, dense_forward(args, 2, false))
+MBV2_ENTRY(dense_forward_bias_relu6_s1, dense_forward(args, 1, true))
+MBV2_ENTRY(dense_forward_bias_relu6_s2, dense_forward(args, 2, true))
+MBV2_ENTRY(dense_grad_input_s1, dense_grad_input(args, 1))
+MBV2_ENTRY(dense_grad_input_s2, dense_grad_input(args, 2))
+MBV2_ENTRY(dense_grad_weight_s1, dense_grad_weight(args, 1))
+MBV2_ENTRY(dense_grad_weight_s2, dense_grad_weight(args, 2))
+
+// Thread count of the kernels from now on (n > 0), or back to the default (n <= 0):
+// $MBV2_KERNEL_THREADS, else the CPUs this process may run on. Called by fast_conv.py
+// through ctypes (the same loaded library as MindSpore's, so the same pool).
+extern "C" void mbv2_set_threads(int n) { requested_threads.store(n > 0 ? n : 0); }
+
+// The thread count the next call will use.
+extern "C" int mbv2_thread_count() {
+  const int n = requested_threads.load();
+  return n > 0 ? n : default_thread_count();
+}
