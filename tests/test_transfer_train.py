@@ -86,7 +86,9 @@ def test_backbone_lr_scale_in_full_fine_tuning(pretrained, synthetic, tmp_path, 
 
     base = TINY + ["--synthetic_cache_dir", synthetic, "--output_dir", str(tmp_path)]
     lr = build_lr_schedule(build_config(base), 4)
-    for extra, scale in (([], 1.0), (["--pretrained", str(pretrained["files"]["torchvision.pth"])], 0.1),
+    # --pretrained alone runs the fine-tuning recipe (recipe_finetune in the config sets backbone_lr_scale)
+    recipe_scale = build_config(base + ["--pretrained", str(pretrained["files"]["torchvision.pth"])]).recipe_finetune["backbone_lr_scale"]
+    for extra, scale in (([], 1.0), (["--pretrained", str(pretrained["files"]["torchvision.pth"])], recipe_scale),
                          (["--pretrained", str(pretrained["files"]["torchvision.pth"]), "--backbone_lr_scale", "0.5"], 0.5)):
         cfg = build_config(base + extra)
         network = build_network(cfg)
@@ -105,14 +107,17 @@ def test_frozen_backbone_run_keeps_the_backbone_and_reuses_its_cache(pretrained,
     first = train_cli(args, cli_env, repo_root)
     assert first.returncode == 0, first.stderr[-2000:]
     assert first.stderr.count("dropped its 1000-class head") == 1
-    assert "extracting features" in first.stderr  # progress bar
+    assert "extracting features" in first.stderr  # progress lines (no terminal: plain log lines, no tqdm frames)
+    assert "\r" not in first.stderr
     assert "train features: 104 x 1280, extracted" in first.stderr
     weights = read_ms_checkpoint(str(out / "checkpoints" / "mobilenetv2-best.ckpt"))
     for name, value in pretrained["backbone"].items():  # frozen: bit-identical to the pretrained backbone
         np.testing.assert_array_equal(weights[name], value)
     metrics = (out / "metrics.csv").read_text().splitlines()
     assert len(metrics) == 4
-    assert len([n for n in os.listdir(out / "feature_cache") if n.endswith(".npz")]) == 2
+    # the frozen recipe: eval crops of train and val plus their mirror images (feature_flip, tta flip)
+    assert sorted(n.split("-")[0] + ("-flip" if "-flip-" in n else "") for n in os.listdir(out / "feature_cache")
+                  if n.endswith(".npz")) == ["train", "train-flip", "val", "val-flip"]
 
     again = train_cli(args + ["--force", "true"], cli_env, repo_root)
     assert again.returncode == 0, again.stderr[-2000:]

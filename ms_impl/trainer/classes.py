@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
 
 CSV_COLUMNS = ("index", "name_en", "name_zh", "category_zh", "category_en")
 
@@ -89,3 +91,18 @@ def configured_image_size(config_path: Optional[str]) -> Optional[int]:
         return None
     value = _read_yaml(config_path).get("image_size")
     return int(value) if isinstance(value, int) else None
+
+
+def category_groups(classes: Sequence) -> Tuple[np.ndarray, List[str], List[str]]:
+    """(groups, Chinese names, English names): `groups[c]` is class c's category index, categories
+    numbered in order of first appearance. Takes `ClassInfo`s or the trainer's `cfg.classes`."""
+    zh: List[str] = []
+    en: List[str] = []
+    groups = []
+    for c in classes:
+        english = getattr(c, "category_en", None) or c["category"]
+        if c.category_zh not in zh:
+            zh.append(c.category_zh)
+            en.append(english)
+        groups.append(zh.index(c.category_zh))
+    return np.asarray(groups, dtype=np.int64), zh, en

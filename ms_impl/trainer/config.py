@@ -31,6 +31,9 @@ CHOICES: Dict[str, Sequence[str]] = {
     "mode": ("graph", "pynative"),
     "fast_conv": ("auto", "on", "off"),
     "distributed": ("auto", "on", "off"),
+    "recipe": ("auto", "scratch", "frozen", "finetune"),
+    "feature_norm": ("none", "center", "standardize"),
+    "tta": ("none", "flip"),
 }
 CLASS_FIELDS = ("index", "name", "name_zh", "category_zh", "category")
 
@@ -144,6 +147,10 @@ def load_config(argv: Optional[Sequence[str]] = None, description: str = "") -> 
     for key, choices in CHOICES.items():
         if key in cfg and cfg[key] not in choices:
             raise UsageError(f"{path}: {key} must be one of {', '.join(choices)}, got {cfg[key]!r}")
+    if "recipe" in cfg:  # per-recipe defaults (ms_impl/trainer/recipes.py); explicit --key values still win
+        from ms_impl.trainer.recipes import apply_recipe
+
+        apply_recipe(cfg, overrides, str(path))
     cfg.config_path = str(path)
     cfg.classes = load_classes((Path(path).parent / cfg.classes_file).resolve())
     return cfg
