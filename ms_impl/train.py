@@ -543,7 +543,7 @@ def write_final_report(cfg, data: Data, result, rows: List[dict], state: TrainSt
 
 def save_run_config(cfg, out: Path, lr: np.ndarray) -> None:
     """The resolved config and the per-step LR array, next to the checkpoints."""
-    plain = {k: v for k, v in cfg.items() if k != "classes"}
+    plain = {k: dict(v) if isinstance(v, dict) else v for k, v in cfg.items() if k != "classes"}  # EasyDict -> dict for YAML
     atomic_write_text(out / "config.yaml", yaml.safe_dump(plain, sort_keys=False, allow_unicode=True))
     np.save(out / "lr_schedule.npy", lr)
 

@@ -153,3 +153,31 @@ def test_frozen_resume_is_refused(synthetic, tmp_path, capsys):
     code = main(TINY + ["--synthetic_cache_dir", synthetic, "--output_dir", str(tmp_path), "--freeze_backbone", "true",
                         "--resume", "auto"])
     assert code == 2 and "frozen-backbone run is not resumed" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_pretrained_alone_trains_the_head_first_then_fine_tunes_everything(pretrained, synthetic, tmp_path, cli_env, repo_root):
+    from ms_impl.trainer.model_io import read_ms_checkpoint
+
+    out = tmp_path / "finetune"
+    args = TINY + ["--synthetic_cache_dir", synthetic, "--output_dir", out, "--epochs", "1", "--head_first_epochs", "2",
+                   "--pretrained", pretrained["files"]["torchvision.pth"]]
+    proc = train_cli(args, cli_env, repo_root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = proc.stderr
+    assert "recipe: finetune (auto: --pretrained without --freeze_backbone)" in log
+    stage1, stage2 = log.index("stage 1 of 2: head alone on frozen features, 2 epochs"), log.index("stage 2 of 2")
+    assert stage1 < log.index("head epoch 2/2") < stage2 < log.index("epoch 1/1: train loss") < log.index("final evaluation with --tta flip")
+    assert "\r" not in log  # no progress-bar frames in a log
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["recipe"] == "finetune" and summary["tta"] == "flip"
+    assert 0.0 <= summary["final"]["val_category_acc"] <= 1.0
+    assert summary["final"]["val_category_acc"] >= summary["final"]["val_top1"]  # a right class is a right category
+    assert (out / "category_confusion.png").stat().st_size > 0
+    assert "category accuracy" in (out / "category_confusion.txt").read_text()
+    weights = read_ms_checkpoint(str(out / "checkpoints" / "mobilenetv2-last.ckpt"))
+    conv = "features.0.features.0.weight"
+    assert conv in pretrained["backbone"]
+    assert not np.array_equal(weights[conv], pretrained["backbone"][conv])  # stage 2 trained the backbone
+    bn_mean = "features.0.features.1.moving_mean"
+    np.testing.assert_array_equal(weights[bn_mean], pretrained["backbone"][bn_mean])  # freeze_bn: statistics kept
