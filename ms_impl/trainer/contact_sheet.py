@@ -38,14 +38,16 @@ def _thumbnail(path: str) -> np.ndarray:
 
 
 def draw_contact_sheet(path: str, predictions: Sequence[dict], classes: Sequence, uncertain_below: float = 0.5,
-                       columns: int = 6) -> None:
-    """Write the sheet PNG atomically (`parity.core.files.WriteError` on failure)."""
+                       columns: int = 0) -> None:
+    """Write the sheet PNG atomically (`parity.core.files.WriteError` on failure).
+    `columns` 0: 6, or about a square grid for more than 36 photos."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     chinese = cjk_font_available()
+    columns = columns or max(6, round(math.sqrt(len(predictions))))
     columns = max(1, min(columns, len(predictions)))
     rows = math.ceil(len(predictions) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 3.2 * rows), squeeze=False)
