@@ -18,7 +18,7 @@ run() {  # name, args...
 run frozen --data_path "$DATA" --pretrained "$WEIGHTS" --freeze_backbone true
 run finetune --data_path "$DATA" --pretrained "$WEIGHTS"
 python experiments/cv_frozen.py --data_path "$DATA" --pretrained "$WEIGHTS" \
-    --recipes readme_frozen,flip_tta,center_e30_wd1e-3_flip_tta,e30_wd1e-3_flip_tta,center_e30_wd1e-2_flip_tta,center_e30_wd1e-4_flip_tta \
+    --recipes readme_frozen,center_e30_wd1e-3_flip_tta \
     > "$OUT/cv_frozen.md" 2> "$OUT/cv_frozen.log"
 run finetune_fold0 --data_path runs/fold0 --pretrained "$WEIGHTS"
 run frozen_fold0 --data_path runs/fold0 --pretrained "$WEIGHTS" --freeze_backbone true
