@@ -78,6 +78,6 @@ def draw_contact_sheet(path: str, predictions: Sequence[dict], classes: Sequence
         summary += f"; {sum(p['correct'] for p in known)}/{len(known)} right where the folder names the class"
     summary += f"; frames: green right, red wrong, orange top-1 below {uncertain_below:.0%}"
     fig.suptitle(summary, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (3.2 * rows)))  # leave the suptitle its own strip
     save_figure(fig, path)
     plt.close(fig)
