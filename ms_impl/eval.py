@@ -1,11 +1,14 @@
 """Evaluate a MobileNetV2 checkpoint on a dataset's val split: top-1/top-5, loss, per-class report.
 
     python ms_impl/eval.py --checkpoint runs/garbage26_cpu/checkpoints/mobilenetv2-best.ckpt \
-        --data_path /path/to/garbage26 [--report_dir DIR] [--device CPU] [--key value ...]
+        --data_path /path/to/garbage26 [--tta flip] [--report_dir DIR] [--device CPU] [--key value ...]
 
 Model and data keys (width_mult, image_size, classes...) come from the same
-configs as training. With `--report_dir`, writes per_class.csv,
-confusion_matrix.png and eval.json there.
+configs as training. Also reports the garbage-category accuracy (category =
+the one whose classes hold the most probability) and its confusion matrix.
+`--tta flip` averages the logits of each image and its mirror image. With
+`--report_dir`, writes per_class.csv, confusion_matrix.png,
+category_confusion.txt/.png and eval.json there.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: put the repository root on the
 from ms_impl.trainer import report
 from ms_impl.trainer.metrics import evaluate
 from ms_impl.trainer.errors import UsageError
-from parity.core.files import WriteError, check_writable_folder
+from parity.core.files import WriteError, atomic_write_text, check_writable_folder
 
 log = logging.getLogger("ms_impl.eval")
 
@@ -44,6 +47,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _evaluate(argv: Optional[List[str]], parser: argparse.ArgumentParser) -> int:
     from ms_impl.trainer import checkpoint, dataset
+    from ms_impl.trainer.classes import category_groups
     from ms_impl.trainer.config import parse_config
     from ms_impl.trainer.device import set_device
 
@@ -58,13 +62,17 @@ def _evaluate(argv: Optional[List[str]], parser: argparse.ArgumentParser) -> int
     network = MobileNetV2(len(cfg.classes), cfg.width_mult, dropout=cfg.dropout, fast_conv=cfg.fast_conv)
     checkpoint.load_network_weights(known.checkpoint, {p.name: p for p in network.get_parameters()})
     data = dataset.eval_dataset(images, image_size, cfg.batch_size, cfg.num_workers)
-    result = evaluate(network, data, len(cfg.classes), cfg.label_smoothing)
+    groups, category_names, category_names_en = category_groups(cfg.classes)
+    result = evaluate(network, data, len(cfg.classes), cfg.label_smoothing, groups=groups, tta=cfg.tta)
 
     source = "synthetic set" if synthetic else str(data_path)
-    log.info("%s on %s val (%d images): top-1 %.4f  top-5 %.4f  loss %.4f",
-             known.checkpoint, source, result.num_images, result.top1, result.top5, result.loss)
+    log.info("%s on %s val (%d images%s): top-1 %.4f  top-5 %.4f  loss %.4f  category %.4f",
+             known.checkpoint, source, result.num_images, ", --tta flip" if cfg.tta == "flip" else "",
+             result.top1, result.top5, result.loss, result.category_acc)
     log.info("%s", report.per_class_table(result.confusion, cfg.classes))
     log.info("confusion matrix (rows: true class index, columns: predicted):\n%s", result.confusion)
+    category_text = report.category_table(result.category_confusion, category_names)
+    log.info("category confusion matrix:\n%s", category_text)
     if known.report_dir:
         try:
             known.report_dir.mkdir(parents=True, exist_ok=True)
@@ -72,9 +80,12 @@ def _evaluate(argv: Optional[List[str]], parser: argparse.ArgumentParser) -> int
             raise WriteError(f"{known.report_dir}: --report_dir cannot be created ({e.strerror or e})") from None
         report.write_per_class_csv(known.report_dir / "per_class.csv", result.confusion, cfg.classes)
         report.plot_confusion_matrix(known.report_dir / "confusion_matrix.png", result.confusion, cfg.classes, f"{known.checkpoint.name}: top-1 {result.top1:.3f}")
+        atomic_write_text(known.report_dir / "category_confusion.txt", category_text + "\n")
+        report.plot_category_confusion(known.report_dir / "category_confusion.png", result.category_confusion, category_names,
+                                       category_names_en, f"{known.checkpoint.name}: category accuracy {result.category_acc:.3f}")
         report.write_json(known.report_dir / "eval.json", {
-            "checkpoint": str(known.checkpoint), "data": source, "num_images": result.num_images,
-            "top1": result.top1, "top5": result.top5, "loss": result.loss,
+            "checkpoint": str(known.checkpoint), "data": source, "num_images": result.num_images, "tta": cfg.tta,
+            "top1": result.top1, "top5": result.top5, "loss": result.loss, "category_acc": result.category_acc,
         })
     return 0
 

@@ -1,7 +1,15 @@
 """Classify images with a trained MindSpore MobileNetV2: top-k classes and the garbage category.
 
-    python ms_impl/predict.py --checkpoint best.ckpt photo.jpg more_photos/ [--top_k 5] [--json]
+    python ms_impl/predict.py --checkpoint best.ckpt photo.jpg more_photos/ [--top_k 5] [--json] \
+        [--tta flip] [--sheet sheet.png]
 
+The category is the one whose classes hold the most probability together (the
+decision people act on), shown with that summed probability; it can differ
+from the top-1 class's category. `--tta flip` averages the logits of each
+image and its mirror image. `--sheet FILE.png` draws a contact sheet: every
+photo with its top class, category and probability; when a photo's folder is
+named after a class (e.g. val/Battery/x.jpg) wrong predictions are framed red
+and uncertain ones (probability below --uncertain_below) orange.
 Preprocessing is the trainer's eval pipeline (`ms_impl.transforms.eval_transforms`).
 An unreadable image is reported on its own line and the others are still
 predicted; the exit status is non-zero only when the checkpoint is bad or no
@@ -24,10 +32,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ms_impl.trainer.classes import ClassInfo, load_classes
+from ms_impl.trainer.classes import ClassInfo, category_groups, load_classes
 from ms_impl.trainer.errors import UsageError
 from ms_impl.trainer.images import IMAGE_EXTENSIONS, pipeline_bytes, unreadable_reason
+from ms_impl.trainer.metrics import TTA_MODES, average_flip_logits, category_probabilities, softmax
 from ms_impl.trainer.model_io import CheckpointError, load_model
+from parity.core.files import WriteError, one_line
 
 EXIT_INPUT_ERROR = 2
 DEFAULT_IMAGE_SIZE = 224
@@ -84,12 +94,6 @@ def load_images(files: Sequence[str], image_size: int) -> Tuple[List[str], List[
     return good, arrays, errors
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
 def top_k_records(probs: np.ndarray, classes: Sequence[ClassInfo], top_k: int) -> List[dict]:
     order = np.argsort(-probs, kind="stable")[:top_k]
     return [
@@ -106,25 +110,54 @@ def top_k_records(probs: np.ndarray, classes: Sequence[ClassInfo], top_k: int) -
     ]
 
 
-def predict_files(net, files: Sequence[str], classes: Sequence[ClassInfo], image_size: int, top_k: int, batch_size: int = 16):
-    """(predictions, errors): one prediction per readable image, one error per unreadable one."""
+def true_class(path: str, classes: Sequence[ClassInfo]) -> Optional[int]:
+    """The class index the photo's folder names (English or Chinese class name), else None."""
+    folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    for c in classes:
+        if folder in (c.name, c.name_zh):
+            return c.index
+    return None
+
+
+def prediction_record(path: str, logits: np.ndarray, classes: Sequence[ClassInfo], top_k: int) -> dict:
+    """Top-k classes, and the category by summed class probability, of one image's logits."""
+    groups, names_zh, names_en = category_groups(classes)
+    probs = softmax(logits[None])[0]
+    category_probs = category_probabilities(logits[None], groups)[0]
+    category = int(category_probs.argmax())
+    record = {"file": path, "category_zh": names_zh[category], "category": names_en[category],
+              "category_probability": float(category_probs[category]), "top_k": top_k_records(probs, classes, top_k)}
+    truth = true_class(path, classes)
+    if truth is not None:
+        record["true_index"] = truth
+        record["correct"] = bool(record["top_k"][0]["index"] == truth)
+    return record
+
+
+def predict_files(net, files: Sequence[str], classes: Sequence[ClassInfo], image_size: int, top_k: int, batch_size: int = 16,
+                  tta: str = "none"):
+    """(predictions, errors): one prediction per readable image, one error per unreadable one.
+    `tta="flip"`: logits averaged over each image and its mirror image."""
     import mindspore as ms
 
     good, arrays, errors = load_images(files, image_size)
     predictions = []
     for start in range(0, len(good), batch_size):
         batch = np.stack(arrays[start:start + batch_size])
-        probs = softmax(net(ms.Tensor(batch)).asnumpy().astype(np.float64))
-        for path, row in zip(good[start:start + batch_size], probs):
-            top = top_k_records(row, classes, top_k)
-            predictions.append({"file": path, "category_zh": top[0]["category_zh"], "category": top[0]["category"], "top_k": top})
+        logits = net(ms.Tensor(batch)).asnumpy().astype(np.float64)
+        if tta == "flip":  # CHW arrays: mirroring the crop = reversing the width axis
+            logits = average_flip_logits(logits, net(ms.Tensor(np.ascontiguousarray(batch[..., ::-1]))).asnumpy())
+        for path, row in zip(good[start:start + batch_size], logits):
+            predictions.append(prediction_record(path, row, classes, top_k))
     return predictions, errors
 
 
 def format_text(predictions: Sequence[dict]) -> str:
     lines = []
     for item in predictions:
-        lines.append(f"{item['file']}: {item['category_zh']} ({item['category']})")
+        mark = "" if "correct" not in item else ("  [correct]" if item["correct"] else "  [WRONG]")
+        lines.append(f"{item['file']}: {item['category_zh']} ({item['category']}) "
+                     f"{100 * item['category_probability']:.2f}%{mark}")
         for entry in item["top_k"]:
             lines.append(
                 f"  {entry['rank']}. {entry['name']} / {entry['name_zh']}  {100 * entry['probability']:6.2f}%"
@@ -154,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default=None,
                         help="trainer config, classes YAML or CSV: class names (default configs/garbage26_classes.yaml)")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    parser.add_argument("--tta", choices=TTA_MODES, default="none",
+                        help="test-time augmentation: flip = average the logits of each image and its mirror image")
+    parser.add_argument("--sheet", default=None, metavar="FILE.png",
+                        help="also draw a contact sheet of the photos with their predictions (PNG)")
+    parser.add_argument("--uncertain_below", type=float, default=0.5,
+                        help="on the sheet, mark predictions whose top-1 probability is below this (default 0.5)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --sheet file")
     return parser
 
 
@@ -172,6 +212,10 @@ def _predict(args: argparse.Namespace) -> int:
         image_size = args.image_size or configured_image_size(args.config) or DEFAULT_IMAGE_SIZE
         if args.top_k < 1 or image_size < 32:
             raise ValueError("--top_k must be >= 1 and --image_size >= 32")
+        if args.sheet is not None:
+            check_sheet_path(args.sheet, args.force)
+        if not 0.0 <= args.uncertain_below <= 1.0:
+            raise ValueError("--uncertain_below must be in [0, 1]")
         net = load_model(args.checkpoint, fast_conv="auto")  # our CPU kernels where they build
     except (CheckpointError, UsageError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -181,7 +225,7 @@ def _predict(args: argparse.Namespace) -> int:
         return EXIT_INPUT_ERROR
 
     files, errors = collect_images(args.images)
-    predictions, read_errors = predict_files(net, files, classes, image_size, min(args.top_k, len(classes)))
+    predictions, read_errors = predict_files(net, files, classes, image_size, min(args.top_k, len(classes)), tta=args.tta)
     errors += read_errors
     if args.json:
         print(json.dumps({"checkpoint": args.checkpoint, "predictions": predictions, "errors": errors}, ensure_ascii=False, indent=2))
@@ -189,7 +233,27 @@ def _predict(args: argparse.Namespace) -> int:
         print(format_text(predictions))
     for err in errors:
         print(f"predict: {err['file']}: {err['error']}", file=sys.stderr)
+    if args.sheet is not None and predictions:
+        from ms_impl.trainer.contact_sheet import draw_contact_sheet
+
+        try:
+            draw_contact_sheet(args.sheet, predictions, classes, args.uncertain_below)
+        except WriteError as exc:  # its text names the file
+            print(f"predict: {one_line(exc, with_type=False)}", file=sys.stderr)
+            return EXIT_INPUT_ERROR
+        print(f"predict: contact sheet of {len(predictions)} photo(s) written to {args.sheet}", file=sys.stderr)
     return 0 if predictions else EXIT_INPUT_ERROR
+
+
+def check_sheet_path(path: str, force: bool) -> None:
+    """Fail before any work: the sheet must be a new .png (or --force) in an existing folder."""
+    if not path.lower().endswith(".png"):
+        raise ValueError(f"--sheet {path}: expected a .png file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"--sheet {path}: folder {folder} does not exist")
+    if os.path.exists(path) and not force:
+        raise ValueError(f"--sheet {path}: already exists; pass --force to overwrite it")
 
 
 if __name__ == "__main__":

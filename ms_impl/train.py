@@ -51,6 +51,7 @@ from ms_impl.trainer.distributed import DistributedContext
 from ms_impl.trainer.errors import UsageError
 from ms_impl.trainer.run_folder import RunLock, holds_run, move_aside
 from parity.core.files import WriteError, atomic_path, atomic_write_text, one_line
+from ms_impl.trainer.recipes import describe as describe_recipe
 
 log = logging.getLogger("ms_impl.train")
 
@@ -345,7 +346,8 @@ def train_one_epoch(cfg, data: Data, step_fn, network, optimizer, lr: np.ndarray
     steps_run = 0
     started = time.perf_counter()
     bar = tqdm(total=data.steps_per_epoch, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
-               unit="step", dynamic_ncols=True, file=sys.stderr, disable=not ctx.is_main_process)
+               unit="step", dynamic_ncols=True, file=sys.stderr,
+               disable=not (ctx.is_main_process and sys.stderr.isatty()))  # logs and pipes get the epoch line only
     for images, labels in batches:
         dropout = network.head.dropout
         if hasattr(dropout, "draw"):
@@ -391,6 +393,7 @@ def save_epoch_checkpoints(cfg, network, optimizer, state: TrainState, improved:
 
 def train(cfg, data: Data, network, optimizer, lr: np.ndarray, state: TrainState, out: Path, ctx: DistributedContext = dist.SINGLE_PROCESS):
     """The epoch loop; returns the last evaluation. Only rank 0 writes files."""
+    from ms_impl.trainer.classes import category_groups
     from ms_impl.trainer.metrics import evaluate
     from ms_impl.loss import smoothed_cross_entropy
     from ms_impl.trainer.train_step import build_train_step
@@ -412,7 +415,7 @@ def train(cfg, data: Data, network, optimizer, lr: np.ndarray, state: TrainState
 
     def evaluate_all_ranks():
         dist.average_batchnorm_statistics(network, ctx)  # replicas identical again before evaluating and saving
-        return evaluate(network, val_batches, len(cfg.classes), cfg.label_smoothing, ctx)
+        return evaluate(network, val_batches, len(cfg.classes), cfg.label_smoothing, ctx, groups=category_groups(cfg.classes)[0])
 
     with StopRequest() as stop:
         while state.epoch < cfg.epochs:
@@ -448,14 +451,23 @@ def train(cfg, data: Data, network, optimizer, lr: np.ndarray, state: TrainState
                 raise Interrupted(stop.signum or signal.SIGTERM)
     if result is None:  # resumed a finished run: evaluate once for the report
         result = evaluate_all_ranks()
+    if cfg.tta != "none":
+        dist.average_batchnorm_statistics(network, ctx)
+        result = evaluate(network, val_batches, len(cfg.classes), cfg.label_smoothing, ctx,
+                          groups=category_groups(cfg.classes)[0], tta=cfg.tta)
+        log.info("final evaluation with --tta %s: val loss %.4f, top-1 %.4f, top-5 %.4f, category %.4f",
+                 cfg.tta, result.loss, result.top1, result.top5, result.category_acc)
     return result, rows
 
 
 def train_frozen(cfg, data: Data, network, optimizer, state: TrainState, out: Path):
     """--freeze_backbone: the head trains on cached backbone features; metrics and checkpoints as in a full run."""
+    from ms_impl.trainer.classes import category_groups
     from ms_impl.trainer.metrics import result_from_logits
     from ms_impl.trainer.feature_cache import FeatureSettings
     from ms_impl.trainer.transfer import EpochReport, train_frozen_backbone
+
+    groups = category_groups(cfg.classes)[0]
 
     cache_dir = cfg.feature_cache_dir or str(out / "feature_cache")
     train_settings = FeatureSettings(data.image_size, feature_views=cfg.feature_views, seed=cfg.seed,
@@ -463,28 +475,31 @@ def train_frozen(cfg, data: Data, network, optimizer, state: TrainState, out: Pa
     rows: List[dict] = []
 
     def on_epoch(epoch: EpochReport) -> None:
-        result = result_from_logits(epoch.val_logits, data.val.labels, len(cfg.classes), cfg.label_smoothing)
+        result = result_from_logits(epoch.val_logits, data.val.labels, len(cfg.classes), cfg.label_smoothing, groups)
         rows.append({"epoch": epoch.epoch + 1, "train_loss": f"{epoch.train_loss:.6f}", "val_loss": f"{result.loss:.6f}",
                      "val_top1": f"{result.top1:.6f}", "val_top5": f"{result.top5:.6f}", "lr_last": f"{epoch.lr_last:.6g}",
                      "train_img_per_s": f"{len(data.train) * cfg.feature_views / max(epoch.seconds, 1e-9):.2f}",
                      "epoch_seconds": f"{epoch.seconds:.2f}"})
-        log.info("head epoch %d/%d: train loss %.4f, val loss %.4f, top-1 %.4f, top-5 %.4f",
-                 epoch.epoch + 1, cfg.epochs, epoch.train_loss, result.loss, result.top1, result.top5)
+        log.info("head epoch %d/%d: train loss %.4f, val loss %.4f, top-1 %.4f, top-5 %.4f, category %.4f%s",
+                 epoch.epoch + 1, cfg.epochs, epoch.train_loss, result.loss, result.top1, result.top5, result.category_acc,
+                 f" (--tta {cfg.tta})" if cfg.tta != "none" else "")
 
-    log.info("frozen backbone: features of %d train images x %d view(s) and %d val images, cache %s",
-             len(data.train), cfg.feature_views, len(data.val), cache_dir)
+    log.info("frozen backbone: features of %d train images x %d view(s)%s and %d val images%s, cache %s",
+             len(data.train), cfg.feature_views, " + mirror images" if cfg.feature_flip else "", len(data.val),
+             " + mirror images" if cfg.tta == "flip" else "", cache_dir)
     run = train_frozen_backbone(
         network, [str(p) for p in data.train.files], data.train.labels, [str(p) for p in data.val.files], data.val.labels,
         cache_dir=cache_dir, train_settings=train_settings, val_settings=FeatureSettings(data.image_size),
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr_max=cfg.lr_max, lr_init=cfg.lr_init, lr_end=cfg.lr_end,
         warmup_epochs=cfg.warmup_epochs, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
         label_smoothing=cfg.label_smoothing, dropout=cfg.dropout, seed=cfg.seed, on_epoch=on_epoch,
-        class_weights=data.class_weights, balanced_sampling=cfg.class_balance == "sampler")
+        class_weights=data.class_weights, balanced_sampling=cfg.class_balance == "sampler",
+        feature_norm=cfg.feature_norm, feature_flip=cfg.feature_flip, tta=cfg.tta, progress=True)
     for name, cached in (("train", run.train_features), ("val", run.val_features)):
         how = "reused" if cached.reused else f"extracted at {cached.images_per_second:.1f} img/s"
         log.info("%s features: %d x %d, %s (%s)", name, *cached.features.shape, how, cached.path)
     log.info("head training: %d epochs in %.1f s", cfg.epochs, run.history.seconds)
-    result = result_from_logits(run.val_logits, data.val.labels, len(cfg.classes), cfg.label_smoothing)
+    result = result_from_logits(run.val_logits, data.val.labels, len(cfg.classes), cfg.label_smoothing, groups)
     state.epoch, state.best_top1, state.best_epoch = cfg.epochs, result.top1, cfg.epochs
     state.global_step = cfg.epochs * max(1, len(run.train_features.features) // cfg.batch_size)  # head steps
     from ms_impl.weights import nonfinite_parameter
@@ -499,14 +514,62 @@ def train_frozen(cfg, data: Data, network, optimizer, state: TrainState, out: Pa
     return result, rows
 
 
+HEAD_KEYS = ("warmup_epochs", "batch_size", "lr_init", "lr_max", "lr_end", "weight_decay", "label_smoothing", "dropout",
+             "feature_views", "feature_norm", "feature_flip")
+
+
+def train_head_first(cfg, data: Data, network, out: Path) -> None:
+    """Fine-tuning stage 1 (`--head_first_epochs N`): the head alone on cached backbone features,
+    with the frozen recipe's head settings (`recipe_frozen`), so stage 2 starts from a trained head
+    and the backbone never sees the large gradients of a random one."""
+    from ms_impl.trainer.classes import category_groups
+    from ms_impl.trainer.feature_cache import FeatureSettings
+    from ms_impl.trainer.metrics import result_from_logits
+    from ms_impl.trainer.transfer import EpochReport, train_frozen_backbone
+
+    head = {key: cfg[key] for key in HEAD_KEYS}
+    head.update({k: v for k, v in cfg.get("recipe_frozen", {}).items() if k in HEAD_KEYS})
+    groups = category_groups(cfg.classes)[0]
+    epochs = cfg.head_first_epochs
+    log.info("stage 1 of 2: head alone on frozen features, %d epochs (%s)", epochs,
+             ", ".join(f"{k}={v}" for k, v in head.items()))
+
+    def on_epoch(epoch: EpochReport) -> None:
+        if epoch.epoch + 1 == epochs or (epoch.epoch + 1) % 10 == 0:  # a few lines: the epochs take a fraction of a second
+            result = result_from_logits(epoch.val_logits, data.val.labels, len(cfg.classes), head["label_smoothing"], groups)
+            log.info("head epoch %d/%d: train loss %.4f, val loss %.4f, top-1 %.4f, category %.4f",
+                     epoch.epoch + 1, epochs, epoch.train_loss, result.loss, result.top1, result.category_acc)
+
+    train_settings = FeatureSettings(data.image_size, feature_views=head["feature_views"], seed=cfg.seed,
+                                     crop_scale=(cfg.crop_scale_min, 1.0), color_jitter=cfg.color_jitter, hflip_prob=cfg.hflip_prob)
+    started = time.perf_counter()
+    train_frozen_backbone(
+        network, [str(p) for p in data.train.files], data.train.labels, [str(p) for p in data.val.files], data.val.labels,
+        cache_dir=cfg.feature_cache_dir or str(out / "feature_cache"), train_settings=train_settings,
+        val_settings=FeatureSettings(data.image_size), epochs=epochs, batch_size=head["batch_size"], lr_max=head["lr_max"],
+        lr_init=head["lr_init"], lr_end=head["lr_end"], warmup_epochs=head["warmup_epochs"], momentum=cfg.momentum,
+        weight_decay=head["weight_decay"], label_smoothing=head["label_smoothing"], dropout=head["dropout"], seed=cfg.seed,
+        on_epoch=on_epoch, feature_norm=head["feature_norm"], feature_flip=head["feature_flip"])
+    log.info("stage 1 done in %.1f s; stage 2 of 2: fine-tune everything", time.perf_counter() - started)
+
+
 def write_final_report(cfg, data: Data, result, rows: List[dict], state: TrainState, out: Path, seconds: float,
                        ctx: DistributedContext = dist.SINGLE_PROCESS) -> None:
+    from ms_impl.trainer.classes import category_groups
+
     table = report.per_class_table(result.confusion, cfg.classes)
     log.info("per-class report on val (last epoch):\n%s", table)
     atomic_write_text(out / "per_class.txt", table + "\n")
     report.write_per_class_csv(out / "per_class.csv", result.confusion, cfg.classes)
     report.plot_confusion_matrix(out / "confusion_matrix.png", result.confusion, cfg.classes,
                                  f"val, epoch {state.epoch}: top-1 {result.top1:.3f}")
+    if result.category_confusion is not None:
+        _, names, names_en = category_groups(cfg.classes)
+        category_table = report.category_table(result.category_confusion, names)
+        log.info("category report on val (category = the one whose classes hold the most probability):\n%s", category_table)
+        atomic_write_text(out / "category_confusion.txt", category_table + "\n")
+        report.plot_category_confusion(out / "category_confusion.png", result.category_confusion, names, names_en,
+                                       f"val categories, epoch {state.epoch}: accuracy {result.category_acc:.3f}")
     report.plot_curves(out / "curves.png", rows)
     report.write_json(out / "summary.json", {
         "data": "synthetic" if data.synthetic else str(cfg.data_path),
@@ -517,14 +580,16 @@ def write_final_report(cfg, data: Data, result, rows: List[dict], state: TrainSt
         "class_balance": cfg.class_balance,
         "class_weights": None if data.class_weights is None else [round(float(w), 6) for w in data.class_weights],
         "skipped_files": [str(p) for p, _ in data.train.skipped + data.val.skipped],
+        "recipe": cfg.recipe, "tta": cfg.tta,
         "final": {"val_top1": result.top1, "val_top5": result.top5, "val_loss": result.loss,
-                  "val_images_evaluated": result.num_images},
+                  "val_category_acc": result.category_acc, "val_images_evaluated": result.num_images},
         "best": {"val_top1": state.best_top1, "epoch": state.best_epoch,
                  "checkpoint": str(checkpoint_dir(cfg) / checkpoint.BEST)},
         "train_img_per_s": [float(r["train_img_per_s"]) for r in rows],
         "wall_seconds_this_process": round(seconds, 1),
     })
-    log.info("done: val top-1 %.4f (best %.4f at epoch %d); run files in %s", result.top1, state.best_top1, state.best_epoch, out)
+    log.info("done: val top-1 %.4f, category accuracy %.4f (best top-1 %.4f at epoch %d); run files in %s",
+             result.top1, result.category_acc, state.best_top1, state.best_epoch, out)
 
 
 def save_run_config(cfg, out: Path, lr: np.ndarray) -> None:
@@ -588,6 +653,9 @@ def run_training(argv: Optional[List[str]] = None) -> int:
             if ctx.is_main_process:
                 out = prepare_output_dir(cfg, starting_over)
                 setup_logging(out / "train.log")
+            log.info("%s", describe_recipe(cfg))
+            if cfg.head_first_epochs and resume_from is None:  # a resumed run's checkpoint holds its trained head
+                train_head_first(cfg, data, network, out)
         except UsageError as e:
             setup_error = e
         finally:

@@ -171,3 +171,27 @@ def test_bad_image_is_named(setup, tmp_path):
     with pytest.raises(ValueError, match="missing.jpg: cannot read image file"):
         load(setup, tmp_path / "c", files=setup["files"][:-1] + [str(tmp_path / "missing.jpg")])
     assert not any(n.endswith(".npz") for n in os.listdir(tmp_path / "c"))
+
+
+def test_mirror_images_are_cached_under_their_own_key(setup, counted, tmp_path):
+    from PIL import Image
+
+    from ms_impl.trainer.feature_cache import FeatureSettings
+
+    files = []
+    for i, (left, right) in enumerate([((220, 30, 30), (30, 30, 220)), ((30, 200, 40), (240, 240, 240)), ((10, 10, 10), (200, 200, 30))]):
+        pixels = np.zeros((40, 40, 3), np.uint8)
+        pixels[:, :20], pixels[:, 20:] = left, right  # not mirror-symmetric
+        files.append(str(tmp_path / f"two-tone-{i}.png"))
+        Image.fromarray(pixels).save(files[-1])
+    labels = setup["labels"][:3]
+    backbone = setup["net"].backbone
+
+    def features(hflip, folder):
+        from ms_impl.trainer.feature_cache import load_or_extract
+
+        return load_or_extract(str(folder), backbone, files, labels, FeatureSettings(IMAGE_SIZE, hflip=hflip), batch_size=4, progress=False)
+
+    plain, mirrored, again = features(False, tmp_path / "c"), features(True, tmp_path / "c"), features(True, tmp_path / "c")
+    assert (plain.reused, mirrored.reused, again.reused) == (False, False, True) and mirrored.key != plain.key
+    assert not np.allclose(plain.features, mirrored.features, atol=1e-4)

@@ -58,7 +58,8 @@ def test_predict_text_output(tiny, capsys):
     red = tiny["data"]["train"][0][0]
     assert predict.main(["--checkpoint", tiny["ckpt"], "--config", tiny["classes"], "--image_size", str(IMAGE_SIZE), red]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == f"{red}: 有害垃圾 (Hazardous waste)"
+    # summed category probability, and the verdict: the folder names the true class
+    assert lines[0].startswith(f"{red}: 有害垃圾 (Hazardous waste) ") and lines[0].endswith("%  [correct]")
     assert lines[1].startswith("  1. Red Thing / 红色物") and lines[1].endswith("[有害垃圾 Hazardous waste]")
     assert len(lines) == 4  # top_k 5 capped at the 3 classes
 
@@ -190,3 +191,40 @@ def test_predict_reads_classes_and_image_size_from_a_trainer_config(tiny, tmp_pa
     assert len(table) == 26 and (table[0].name, table[0].name_zh) == ("Seashell", "贝壳")
     assert (table[25].name, table[25].category_zh, table[25].category) == ("Paint bucket", "有害垃圾", "Hazardous waste")
     assert {c.category_zh for c in table} == {"干垃圾", "可回收物", "湿垃圾", "有害垃圾"}
+
+
+def test_predict_contact_sheet_marks_wrong_photos_and_keeps_an_existing_sheet(tiny, tmp_path, capsys):
+    import shutil
+
+    from PIL import Image
+
+    from ms_impl import predict
+
+    train_dir = os.path.dirname(os.path.dirname(tiny["data"]["train"][0][0]))  # train/<class name>/*: the truth is known
+    mislabelled = tmp_path / "Green Thing"  # a red photo filed under the green class
+    mislabelled.mkdir()
+    shutil.copy(tiny["data"]["train"][0][0], mislabelled / "red.png")
+    sheet = tmp_path / "sheet.png"
+    args = ["--checkpoint", tiny["ckpt"], "--config", tiny["classes"], "--image_size", str(IMAGE_SIZE), "--top_k", "1",
+            "--sheet", str(sheet), train_dir, str(mislabelled)]
+    assert predict.main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    headers = [line for line in out if not line.startswith("  ")]
+    assert len(headers) == len(tiny["data"]["train"]) + 1
+    assert [h for h in headers if h.endswith("[WRONG]")] == [h for h in headers if "red.png" in h]
+    with Image.open(sheet) as image:
+        assert image.format == "PNG" and image.width > 200 and image.height > 200
+    before = sheet.read_bytes()
+    assert predict.main(args) == 2  # an existing sheet is kept without --force
+    assert "already exists" in capsys.readouterr().err and sheet.read_bytes() == before
+    assert predict.main(args + ["--force"]) == 0
+
+
+def test_contact_sheet_verdicts():
+    from ms_impl.trainer.contact_sheet import verdict
+
+    sure, unsure = {"top_k": [{"probability": 0.9}]}, {"top_k": [{"probability": 0.3}]}
+    assert verdict(dict(sure, correct=True), 0.5) == "correct"
+    assert verdict(dict(unsure, correct=True), 0.5) == "uncertain"
+    assert verdict(dict(sure, correct=False), 0.5) == "wrong"
+    assert (verdict(sure, 0.5), verdict(unsure, 0.5)) == ("unknown", "uncertain")

@@ -113,6 +113,10 @@ def test_eval_cli_reports_the_checkpoint_accuracy(full_run, tmp_path, cli_env, r
     evaluated = json.loads((tmp_path / "report" / "eval.json").read_text())
     assert evaluated["top1"] == pytest.approx(summary["final"]["val_top1"])
     assert "macro avg" in result.stderr and (tmp_path / "report" / "confusion_matrix.png").stat().st_size > 0
+    # the garbage categories: the same figure as the run's final report, text and PNG
+    assert evaluated["category_acc"] == pytest.approx(summary["final"]["val_category_acc"])
+    assert (tmp_path / "report" / "category_confusion.txt").read_text() == (out / "category_confusion.txt").read_text()
+    assert (tmp_path / "report" / "category_confusion.png").stat().st_size > 0
 
 
 @pytest.mark.slow

@@ -77,7 +77,9 @@ def test_backbone_lr_scale_in_full_fine_tuning(pretrained, synthetic_cache, tmp_
 
     base = TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(tmp_path)]
     lr = build_lr_schedule(build_config(base), 4)
-    for extra, scale in (([], 1.0), (["--pretrained", str(pretrained["files"]["torchvision.pth"])], 0.1),
+    # --pretrained alone runs the fine-tuning recipe (recipe_finetune in the config sets backbone_lr_scale)
+    recipe_scale = build_config(base + ["--pretrained", str(pretrained["files"]["torchvision.pth"])]).recipe_finetune["backbone_lr_scale"]
+    for extra, scale in (([], 1.0), (["--pretrained", str(pretrained["files"]["torchvision.pth"])], recipe_scale),
                          (["--pretrained", str(pretrained["files"]["torchvision.pth"]), "--backbone_lr_scale", "0.5"], 0.5)):
         cfg = build_config(base + extra)
         network = build_network(cfg)
@@ -97,14 +99,17 @@ def test_frozen_backbone_run_keeps_the_backbone_and_reuses_its_cache(pretrained,
     first = train_cli(args, cli_env)
     assert first.returncode == 0, first.stderr[-2000:]
     assert first.stderr.count("dropped its 1000-class head") == 1
-    assert "extracting features" in first.stderr  # progress bar
+    assert "extracting features" in first.stderr  # progress lines (no terminal: plain log lines, no tqdm frames)
+    assert "\r" not in first.stderr
     assert "train features: 104 x 1280, extracted" in first.stderr
     weights = read_ms_checkpoint(str(out / "checkpoints" / "mobilenetv2-best.ckpt"))
     for name, value in pretrained["backbone"].items():  # frozen: bit-identical to the pretrained backbone
         np.testing.assert_array_equal(weights[name], value)
     metrics = (out / "metrics.csv").read_text().splitlines()
     assert len(metrics) == 4
-    assert len([n for n in os.listdir(out / "feature_cache") if n.endswith(".npz")]) == 2
+    # the frozen recipe: eval crops of train and val plus their mirror images (feature_flip, tta flip)
+    assert sorted(n.split("-")[0] + ("-flip" if "-flip-" in n else "") for n in os.listdir(out / "feature_cache")
+                  if n.endswith(".npz")) == ["train", "train-flip", "val", "val-flip"]
 
     again = train_cli(args + ["--force", "true"], cli_env)
     assert again.returncode == 0, again.stderr[-2000:]
@@ -140,3 +145,30 @@ def test_frozen_resume_is_refused(synthetic_cache, tmp_path, capsys):
     code = main(TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(tmp_path), "--freeze_backbone", "true",
                         "--resume", "auto"])
     assert code == 2 and "frozen-backbone run is not resumed" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_head_first_then_fine_tune_everything(pretrained, synthetic, tmp_path, cli_env, repo_root):
+    from ms_impl.trainer.model_io import read_ms_checkpoint
+
+    out = tmp_path / "finetune"
+    args = TINY + ["--synthetic_cache_dir", synthetic, "--output_dir", out, "--epochs", "1", "--head_first_epochs", "2",
+                   "--freeze_bn", "true", "--tta", "flip", "--pretrained", pretrained["files"]["torchvision.pth"]]
+    proc = train_cli(args, cli_env, repo_root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = proc.stderr
+    assert "recipe: finetune (auto: --pretrained without --freeze_backbone)" in log
+    stage1, stage2 = log.index("stage 1 of 2: head alone on frozen features, 2 epochs"), log.index("stage 2 of 2")
+    assert stage1 < log.index("head epoch 2/2") < stage2 < log.index("epoch 1/1: train loss") < log.index("final evaluation with --tta flip")
+    assert "\r" not in log  # no progress-bar frames in a log
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["recipe"] == "finetune" and summary["tta"] == "flip"
+    assert 0.0 <= summary["final"]["val_category_acc"] <= 1.0
+    assert (out / "category_confusion.png").stat().st_size > 0
+    assert "category accuracy" in (out / "category_confusion.txt").read_text()
+    weights = read_ms_checkpoint(str(out / "checkpoints" / "mobilenetv2-last.ckpt"))
+    conv = "features.0.features.0.weight"
+    assert conv in pretrained["backbone"]
+    assert not np.array_equal(weights[conv], pretrained["backbone"][conv])  # stage 2 trained the backbone
+    bn_mean = "features.0.features.1.moving_mean"
+    np.testing.assert_array_equal(weights[bn_mean], pretrained["backbone"][bn_mean])  # freeze_bn: statistics kept

@@ -1,6 +1,7 @@
 """The MindSpore trainer's engine: everything the command-line tools share, nothing they parse.
 
     config         the typed option schema, YAML + command-line overrides
+    recipes        the recommended transfer-learning recipes, picked from --pretrained/--freeze_backbone
     classes        the class list (names, 4 garbage categories): one loader for YAML, config, CSV
     dataset        image lists and mindspore.dataset pipelines
     images         the one "can the pipeline decode this file" check
@@ -17,7 +18,8 @@
     model_io       loading any converter-readable checkpoint for inference
     transfer       frozen-backbone training on cached features
     feature_cache  extracting and caching pooled backbone features
-    metrics        top-1/top-5, loss, confusion matrix, per-class P/R/F1
+    metrics        top-1/top-5, loss, confusion matrix, per-class P/R/F1, categories, flip TTA
     report         run files: metrics.csv, per-class table, figures, summary
+    contact_sheet  predict --sheet: photos with their predictions in one PNG
     errors         UsageError: bad input, reported as one line with exit 2
 """

@@ -15,7 +15,9 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Mapping, Optional, Union
+from typing import Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
 
 from ms_impl.trainer.errors import UsageError
 
@@ -84,3 +86,17 @@ def load_classes(path: Optional[PathLike] = None) -> List[ClassInfo]:
             raise UsageError(f"{path}: `classes` must be a list")
         return classes_from_records(data["classes"], path)
     return load_config(["--config", str(path)]).classes  # a trainer config: its classes_file
+
+
+def category_groups(classes: Sequence[ClassInfo]) -> Tuple[np.ndarray, List[str], List[str]]:
+    """(groups, Chinese names, English names): `groups[c]` is class c's category index, categories
+    numbered in order of first appearance."""
+    zh: List[str] = []
+    en: List[str] = []
+    groups = []
+    for c in classes:
+        if c.category_zh not in zh:
+            zh.append(c.category_zh)
+            en.append(c.category)
+        groups.append(zh.index(c.category_zh))
+    return np.asarray(groups, dtype=np.int64), zh, en

@@ -101,6 +101,10 @@ KEY_RULES: Dict[str, Any] = {
     "feature_views": Range(1, None),
     "backbone_lr_scale": Range(0, 1, low_open=True),
     "class_balance": ("none", "weights", "sampler"),
+    "recipe": ("auto", "scratch", "frozen", "finetune"),
+    "feature_norm": ("none", "center", "standardize"),
+    "tta": ("none", "flip"),
+    "head_first_epochs": NON_NEGATIVE,
 }
 
 
@@ -110,6 +114,9 @@ def check_relations(cfg: EasyDict, source: Callable[[str], str]) -> None:
         raise UsageError(f"{source('warmup_epochs')}: {cfg.warmup_epochs} is more than epochs ({cfg.epochs}, from {source('epochs')})")
     if not str(cfg.output_dir).strip():
         raise UsageError(f"{source('output_dir')}: empty; name the run's folder (it is never the current folder)")
+    if cfg.get("head_first_epochs") and (cfg.freeze_backbone or not cfg.pretrained):
+        raise UsageError(f"{source('head_first_epochs')}: only for fine-tuning pretrained weights "
+                         "(--pretrained W, --freeze_backbone false)")
     if cfg.freeze_backbone and cfg.resume:
         raise UsageError(f"{source('resume')}: a frozen-backbone run is not resumed; run it again (its features are cached)")
 
@@ -333,6 +340,16 @@ def parse_config(argv: Optional[Sequence[str]] = None, description: str = "",
         values["device"], origin["device"] = front.device, "--device"
 
     cfg = EasyDict(values)
+    if "recipe" in cfg:  # per-recipe defaults (trainer/recipes.py); keys given on the command line still win
+        from ms_impl.trainer.recipes import apply_recipe
+
+        applied = apply_recipe(cfg, [key for key, where in origin.items() if where.startswith("--")], str(path))
+        for key, value in applied.items():  # a recipe's values obey the same rules as the file's
+            try:
+                cfg[key] = schema[key].check(value)
+            except ValueError as e:
+                raise UsageError(f"{path}: recipe_{cfg.recipe}: {key}: {e}") from None
+            origin[key] = f"{path}: recipe_{cfg.recipe}"
     check_relations(cfg, lambda key: origin[key] if origin[key].startswith("--") else f"{origin[key]}: {key}")
     cfg.config_path = str(Path(path))
     from ms_impl.trainer.classes import load_classes
@@ -347,6 +364,15 @@ def load_config(argv: Optional[Sequence[str]] = None, description: str = "") -> 
     return parse_config(argv, description)[0]
 
 
+def _plain(value: Any) -> Any:
+    """EasyDict (a dict subclass, which yaml.safe_dump refuses) -> plain dict, recursively."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def dump_config(cfg: EasyDict) -> str:
     """The config as self-contained YAML (every key, absolute class file, help as comments): `--config` reads it back."""
     chain = _file_chain(Path(cfg.config_path))
@@ -354,7 +380,7 @@ def dump_config(cfg: EasyDict) -> str:
     lines = [f"# Resolved config of a run (from {cfg.config_path} and the command line).",
              "# Rerun it: python ms_impl/train.py --config <this file>"]
     for key, option in schema.items():
-        text = yaml.safe_dump({key: cfg[key]}, default_flow_style=True, allow_unicode=True, width=10**6).strip()
+        text = yaml.safe_dump({key: _plain(cfg[key])}, default_flow_style=True, allow_unicode=True, width=10**6).strip()
         text = text[1:-1] if text.startswith("{") else text  # flow style wraps a mapping in braces
         lines.append(f"{text}  # {option.help}" if option.help else text)
     return "\n".join(lines) + "\n"

@@ -17,7 +17,10 @@ renamed into place, so a crash never leaves a half-written cache.
 
 `feature_views == 1`: eval transforms (resize + center crop). `feature_views > 1`:
 that many augmented views per image (train transforms, seeded), a fixed set
-of augmentations the head then trains on.
+of augmentations the head then trains on. `hflip`: every view mirrored left-right.
+
+Progress: a tqdm bar on a terminal; otherwise (a log file, a pipe) a few plain
+log lines per extraction, never carriage-return frames.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import zipfile
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -49,6 +53,8 @@ class FeatureSettings:
     crop_scale: Tuple[float, float] = (0.08, 1.0)
     color_jitter: float = 0.4
     hflip_prob: float = 0.5
+    # mirror every image left-right (the flipped twin of the eval crop, for flip views and flip TTA)
+    hflip: bool = False
 
     def __post_init__(self) -> None:
         if self.image_size < 32:
@@ -60,6 +66,8 @@ class FeatureSettings:
         fields = {"image_size": self.image_size, "feature_views": self.feature_views}
         if self.feature_views > 1:  # augmentation only matters when it is used
             fields.update(seed=self.seed, crop_scale=list(self.crop_scale), color_jitter=self.color_jitter, hflip_prob=self.hflip_prob)
+        if self.hflip:  # only when set: keys of unflipped caches stay as they were
+            fields["hflip"] = True
         return fields
 
 
@@ -108,11 +116,14 @@ def cache_key(files: Sequence[str], labels: Sequence[int], settings: FeatureSett
 
 def _eval_batches(encoded: Sequence[np.ndarray], files: Sequence[str], settings: FeatureSettings, batch_size: int) -> Iterator[np.ndarray]:
     """Eval-transformed batches, one image at a time so a bad file is named."""
-    from mindspore.dataset import transforms
+    from mindspore.dataset import transforms, vision
 
     from ms_impl.transforms import eval_transforms
 
-    pipeline = transforms.Compose(eval_transforms(settings.image_size))
+    ops = eval_transforms(settings.image_size)
+    if settings.hflip:
+        ops.insert(-1, vision.HorizontalFlip())  # before HWC2CHW: mirrors the width axis
+    pipeline = transforms.Compose(ops)
     for start in range(0, len(encoded), batch_size):
         batch = []
         for path, data in zip(files[start:start + batch_size], encoded[start:start + batch_size]):
@@ -144,6 +155,10 @@ def _augmented_batches(encoded: Sequence[np.ndarray], settings: FeatureSettings,
     try:
         data = ds.GeneratorDataset(rows, column_names=["image"], shuffle=False, num_parallel_workers=1)
         ops = train_transforms(settings.image_size, scale=settings.crop_scale, color_jitter=settings.color_jitter, hflip_prob=settings.hflip_prob)
+        if settings.hflip:
+            from mindspore.dataset import vision
+
+            ops.insert(-1, vision.HorizontalFlip())
         data = data.map(operations=ops, input_columns=["image"], num_parallel_workers=1)
         data = data.batch(batch_size, drop_remainder=False)
         for (images,) in data.create_tuple_iterator(output_numpy=True, num_epochs=1):
@@ -204,9 +219,13 @@ def extract_features(backbone, files: Sequence[str], settings: FeatureSettings, 
     was_training = backbone.training
     pooled = _pooled_backbone(backbone)
     pooled.set_train(False)  # also puts the backbone's BatchNorm in eval mode
+    total = len(files) * settings.feature_views
+    on_terminal = sys.stderr.isatty()
+    next_log = 0.25  # without a terminal: one log line per quarter
     try:
-        with tqdm(total=len(files) * settings.feature_views, unit="img", desc="extracting features",
-                  disable=not progress, dynamic_ncols=True) as bar:
+        with tqdm(total=total, unit="img", desc="extracting features",
+                  disable=not (progress and on_terminal), dynamic_ncols=True) as bar:
+            done = 0
             for batch in batches:
                 count = len(batch)
                 if count < batch_size:
@@ -215,6 +234,11 @@ def extract_features(backbone, files: Sequence[str], settings: FeatureSettings, 
                     batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - count, axis=0)])
                 rows.append(pooled(ms.Tensor(batch)).asnumpy()[:count].astype(np.float32))
                 bar.update(count)
+                done += count
+                if progress and not on_terminal and done >= next_log * total:
+                    LOG.info("extracting features: %d/%d images (%d%%)", done, total, 100 * done // max(total, 1))
+                    while next_log * total <= done:
+                        next_log += 0.25
     finally:
         backbone.set_train(was_training)
     return np.concatenate(rows, axis=0) if rows else np.zeros((0, backbone.num_features), np.float32)

@@ -61,8 +61,59 @@ def plot_confusion_matrix(path: Path, matrix: np.ndarray, classes: Sequence, tit
         if count:
             ax.text(j, i, str(count), ha="center", va="center", fontsize=6, color="white" if count > threshold else "black")
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
+
+
+def category_table(matrix: np.ndarray, names: Sequence[str]) -> str:
+    """The category confusion matrix as text (rows: true, columns: predicted), recall per row, accuracy."""
+    # CJK names are two columns wide in a terminal: pad by display width
+    width = max(max(2 * len(n) for n in names) + 2, len("true \\ pred") + 2)
+    pad = lambda text: text + " " * (width - 2 * len(text) if any(ord(ch) > 0x2E80 for ch in text) else width - len(text))
+    lines = [pad("true \\ pred") + "".join(pad(n) for n in names) + "recall"]
+    for i, name in enumerate(names):
+        support = matrix[i].sum()
+        recall = matrix[i, i] / support if support else 0.0
+        lines.append(pad(name) + "".join(pad(str(int(c))) for c in matrix[i]) + f"{recall:.3f}")
+    lines.append(f"category accuracy {np.trace(matrix) / max(matrix.sum(), 1):.4f} ({int(np.trace(matrix))}/{int(matrix.sum())})")
+    return "\n".join(lines)
+
+
+def plot_category_confusion(path: Path, matrix: np.ndarray, names_zh: Sequence[str], names_en: Sequence[str], title: str) -> None:
+    """The category confusion matrix as a figure; Chinese names too when a CJK font is installed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{zh}\n{en}" for zh, en in zip(names_zh, names_en)] if cjk_font_available() else list(names_en)
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(2.5 + 1.3 * n, 2 + 1.1 * n))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), labels, rotation=30, ha="right")
+    ax.set_yticks(range(n), labels)
+    ax.set_xlabel("predicted category")
+    ax.set_ylabel("true category")
+    ax.set_title(title)
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > threshold else "black")
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def cjk_font_available() -> bool:
+    """Whether a font with Chinese glyphs is installed; if so, matplotlib is set to use it
+    (without one, Chinese text would be drawn as empty boxes)."""
+    import matplotlib
+    from matplotlib import font_manager
+
+    for font in font_manager.fontManager.ttflist:
+        if any(tag in font.name for tag in ("CJK", "WenQuanYi", "Hei", "Ming", "Song", "Kai", "Droid Sans Fallback")):
+            matplotlib.rcParams["font.sans-serif"] = [font.name] + list(matplotlib.rcParams["font.sans-serif"])
+            return True
+    return False
 
 
 def plot_curves(path: Path, rows: List[dict]) -> None:
@@ -86,11 +137,12 @@ def plot_curves(path: Path, rows: List[dict]) -> None:
     right.set_ylim(0, 1)
     right.legend()
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
-def _save_figure(fig, path: Path) -> None:
+def save_figure(fig, path) -> None:
+    """Save a matplotlib figure atomically (parity.core.files.atomic_path)."""
     with atomic_path(path) as temp:
         fig.savefig(temp, dpi=110)
 

@@ -6,6 +6,8 @@
 - `backbone_lr_scale`: full fine-tuning with the backbone's learning rate
   scaled (e.g. 0.1) relative to the head's, through the twin's one optimizer
   builder (`ms_impl.optim.build_optimizer`, weight decay by the shared rule).
+- `feature_statistics` / `fold_normalisation`: centred or standardised features
+  for the head, folded into its dense layer afterwards (no extra layer).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
 import numpy as np
 
 from ms_impl.trainer.balance import balanced_order
-from ms_impl.trainer.metrics import top1
+from ms_impl.trainer.metrics import average_flip_logits, top1
 from parity.core.schedule import warmup_cosine_lr
 
 if TYPE_CHECKING:
@@ -50,6 +52,32 @@ def backbone_lr_scale(net, scale: float) -> Callable[[object], float]:
     return lambda param: scale if id(param) in backbone_ids else 1.0
 
 
+FEATURE_NORMS = ("none", "center", "standardize")
+
+
+def feature_statistics(features: np.ndarray, how: str):
+    """(mean, std) rows that normalise features as `(x - mean) / std` for `how` in FEATURE_NORMS.
+
+    "center" subtracts the training mean; "standardize" also divides each feature by its
+    training standard deviation. Both are affine, so after training they fold into the
+    dense layer (`fold_normalisation`) and the saved network needs no extra layer.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    if how not in FEATURE_NORMS:
+        raise ValueError(f"feature norm must be one of {', '.join(FEATURE_NORMS)}, got {how!r}")
+    dim = features.shape[1]
+    mean = features.mean(axis=0, keepdims=True) if how != "none" else np.zeros((1, dim))
+    std = np.maximum(features.std(axis=0, keepdims=True), 1e-6) if how == "standardize" else np.ones((1, dim))
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def fold_normalisation(weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, std: np.ndarray):
+    """Dense weights for raw features equal to (weight, bias) applied to (x - mean) / std."""
+    folded = np.asarray(weight, np.float64) / np.asarray(std, np.float64).reshape(1, -1)
+    return (folded.astype(np.float32),
+            (np.asarray(bias, np.float64) - folded @ np.asarray(mean, np.float64).reshape(-1)).astype(np.float32))
+
+
 def head_logits(head, features: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """Logits of `head` (eval mode) on pooled features (N, C)."""
     import mindspore as ms
@@ -80,6 +108,7 @@ def train_head_on_features(
     dropout: float = 0.0,
     seed: int = 0,
     val: Optional[tuple] = None,
+    val_flip: Optional[np.ndarray] = None,
     on_epoch: Optional[Callable[["EpochReport"], None]] = None,
     class_weights: Optional[Sequence[float]] = None,
     balanced_sampling: bool = False,
@@ -93,7 +122,8 @@ def train_head_on_features(
     `dropout` is applied here, on the host, to the pooled features (keep masks
     drawn from `seed`, scaled by 1 / (1 - p)): the same place and distribution as
     the head's own dropout, but reproducible, so pass a head without dropout.
-    `on_epoch(EpochReport)` runs after every epoch.
+    `on_epoch(EpochReport)` runs after every epoch. `val_flip`: features of the
+    mirrored val images; the val logits are then the mean over both (flip TTA).
     """
     import mindspore as ms
     from mindspore import nn
@@ -138,6 +168,8 @@ def train_head_on_features(
         val_logits = None
         if val is not None:
             val_logits = head_logits(head, val[0])
+            if val_flip is not None:
+                val_logits = average_flip_logits(val_logits, head_logits(head, val_flip))
             result.val_top1.append(top1(val_logits, np.asarray(val[1])))
         if on_epoch is not None:
             on_epoch(EpochReport(epoch, result.losses[-1], val_logits, float(lr[(epoch + 1) * steps_per_epoch - 1]), epoch_seconds))
@@ -170,6 +202,9 @@ def train_frozen_backbone(
     batch_size: int,
     dropout: float = 0.2,
     progress: bool = True,
+    feature_norm: str = "none",
+    feature_flip: bool = False,
+    tta: str = "none",
     **head_training,
 ) -> FrozenRunResult:
     """Backbone frozen: features from the cache (extracted when needed), then the head trains on them.
@@ -177,24 +212,47 @@ def train_frozen_backbone(
     The head trains as a plain `MobileNetV2Head` started from `network.head`'s
     dense weights (so the run follows the network's seed); the result is copied
     back into `network.head.dense`. The backbone's weights are never changed.
+    `feature_norm` ("center"/"standardize"): the head trains on normalised
+    features and the normalisation is folded into the dense layer afterwards, so
+    the network takes raw features as always. `feature_flip`: the mirror images
+    of the training crops are added as a second view. `tta="flip"`: val logits
+    are the mean over each image and its mirror image.
     `head_training`: the other keywords of `train_head_on_features` (epochs,
     lr_max, lr_init, lr_end, warmup_epochs, momentum, weight_decay,
     label_smoothing, seed, on_epoch, class_weights, balanced_sampling).
     """
+    import dataclasses
+
     import mindspore as ms
 
     from ms_impl.trainer.feature_cache import load_or_extract
     from ms_impl.mobilenetv2 import MobileNetV2Head
 
-    train = load_or_extract(cache_dir, network.backbone, train_files, train_labels, train_settings,
-                            batch_size=batch_size, progress=progress, name="train")
-    val = load_or_extract(cache_dir, network.backbone, val_files, val_labels, val_settings,
-                          batch_size=batch_size, progress=progress, name="val")
+    def cached(files, labels, settings, name):
+        return load_or_extract(cache_dir, network.backbone, files, labels, settings,
+                               batch_size=batch_size, progress=progress, name=name)
+
+    train = cached(train_files, train_labels, train_settings, "train")
+    val = cached(val_files, val_labels, val_settings, "val")
+    features, labels = train.features, train.labels
+    if feature_flip:
+        mirrored = cached(train_files, train_labels, dataclasses.replace(train_settings, hflip=True), "train-flip")
+        features, labels = np.concatenate([features, mirrored.features]), np.concatenate([labels, mirrored.labels])
+    val_flip = cached(val_files, val_labels, dataclasses.replace(val_settings, hflip=True), "val-flip").features if tta == "flip" else None
+    mean, std = feature_statistics(features, feature_norm)
+
+    def normalised(x: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        return None if x is None else ((x - mean) / std).astype(np.float32)
+
     head = MobileNetV2Head(network.num_features, network.num_classes, dropout=0.0)  # dropout: on the host
     head.dense.weight.set_data(network.head.dense.weight.value().copy())
     head.dense.bias.set_data(network.head.dense.bias.value().copy())
-    history = train_head_on_features(head, train.features, train.labels, batch_size=batch_size, dropout=dropout,
-                                     val=(val.features, val.labels), **head_training)
-    network.head.dense.weight.set_data(ms.Tensor(head.dense.weight.asnumpy()))
-    network.head.dense.bias.set_data(ms.Tensor(head.dense.bias.asnumpy()))
-    return FrozenRunResult(head_logits(head, val.features), np.asarray(val.labels), history, train, val)
+    history = train_head_on_features(head, normalised(features), labels, batch_size=batch_size, dropout=dropout,
+                                     val=(normalised(val.features), val.labels), val_flip=normalised(val_flip), **head_training)
+    val_logits = head_logits(head, normalised(val.features))
+    if val_flip is not None:
+        val_logits = average_flip_logits(val_logits, head_logits(head, normalised(val_flip)))
+    weight, bias = fold_normalisation(head.dense.weight.asnumpy(), head.dense.bias.asnumpy(), mean, std)
+    network.head.dense.weight.set_data(ms.Tensor(weight))
+    network.head.dense.bias.set_data(ms.Tensor(bias))
+    return FrozenRunResult(val_logits, np.asarray(val.labels), history, train, val)
