@@ -81,7 +81,8 @@ def test_device_files_hold_only_overrides_of_the_base_file():
         assert set(own) < set(base) and len(own) <= 10, path.name
         cfg = load_config(["--device", device])
         assert all(cfg[k] == v for k, v in own.items())
-        assert all(cfg[k] == v for k, v in base.items() if k not in own and k != "classes_file")
+        # classes_file is resolved to an absolute path, recipe "auto" to the recipe that runs
+        assert all(cfg[k] == v for k, v in base.items() if k not in own and k not in ("classes_file", "recipe"))
 
 
 def test_help_lists_every_key_with_its_type_default_and_comment(capsys):
@@ -99,8 +100,8 @@ def test_help_lists_every_key_with_its_type_default_and_comment(capsys):
         assert f"--{key}" in text, key
         assert comment, f"{key} has no comment in {BASE_CONFIG.name}: it is the key's --help"
         assert comment.replace(" ", "") in text.replace(" ", ""), key
-        if key != "device":
-            kind = type(gpu[key]).__name__
+        if key not in ("device", "recipe"):  # --help shows the file's "auto"; the config holds what it resolved to
+            kind = "dict" if isinstance(gpu[key], dict) else type(gpu[key]).__name__  # EasyDict holds mappings
             shown = repr(gpu[key]) if kind == "str" else str(gpu[key])
             # GPU file's values, not the base's (spaces removed: argparse also wraps at hyphens)
             assert f"({kind};default{shown}".replace(" ", "") in text.replace(" ", ""), key
@@ -136,7 +137,9 @@ def test_dumped_config_reads_back_to_the_same_config(tmp_path, monkeypatch):
     saved.write_text(dump_config(cfg), encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     again = load_config(["--config", str(saved)])
-    assert {k: v for k, v in again.items() if k != "config_path"} == {k: v for k, v in cfg.items() if k != "config_path"}
+    # the saved file names the recipe that ran (not "auto"), so only the reason for it differs
+    derived = ("config_path", "recipe_reason")
+    assert {k: v for k, v in again.items() if k not in derived} == {k: v for k, v in cfg.items() if k not in derived}
 
 
 def test_missing_config_file_is_named(tmp_path):
