@@ -49,7 +49,7 @@ from ms_impl.trainer.checkpoint import TrainState
 from ms_impl.trainer.config import dump_config, load_config
 from ms_impl.trainer.distributed import DistributedContext
 from ms_impl.trainer.errors import UsageError
-from ms_impl.trainer.run_folder import RunLock, holds_run, move_aside
+from ms_impl.trainer.run_folder import FEATURE_CACHE_FOLDER, RunLock, holds_run, move_aside
 from parity.core.files import WriteError, atomic_path, atomic_write_text, one_line
 from ms_impl.trainer.recipes import describe as describe_recipe
 
@@ -469,7 +469,7 @@ def train_frozen(cfg, data: Data, network, optimizer, state: TrainState, out: Pa
 
     groups = category_groups(cfg.classes)[0]
 
-    cache_dir = cfg.feature_cache_dir or str(out / "feature_cache")
+    cache_dir = cfg.feature_cache_dir or str(out / FEATURE_CACHE_FOLDER)
     train_settings = FeatureSettings(data.image_size, feature_views=cfg.feature_views, seed=cfg.seed,
                                      crop_scale=(cfg.crop_scale_min, 1.0), color_jitter=cfg.color_jitter, hflip_prob=cfg.hflip_prob)
     rows: List[dict] = []
@@ -545,7 +545,7 @@ def train_head_first(cfg, data: Data, network, out: Path) -> None:
     started = time.perf_counter()
     train_frozen_backbone(
         network, [str(p) for p in data.train.files], data.train.labels, [str(p) for p in data.val.files], data.val.labels,
-        cache_dir=cfg.feature_cache_dir or str(out / "feature_cache"), train_settings=train_settings,
+        cache_dir=cfg.feature_cache_dir or str(out / FEATURE_CACHE_FOLDER), train_settings=train_settings,
         val_settings=FeatureSettings(data.image_size), epochs=epochs, batch_size=head["batch_size"], lr_max=head["lr_max"],
         lr_init=head["lr_init"], lr_end=head["lr_end"], warmup_epochs=head["warmup_epochs"], momentum=cfg.momentum,
         weight_decay=head["weight_decay"], label_smoothing=head["label_smoothing"], dropout=head["dropout"], seed=cfg.seed,

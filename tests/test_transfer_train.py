@@ -148,13 +148,13 @@ def test_frozen_resume_is_refused(synthetic_cache, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_head_first_then_fine_tune_everything(pretrained, synthetic, tmp_path, cli_env, repo_root):
+def test_head_first_then_fine_tune_everything(pretrained, synthetic_cache, tmp_path, cli_env, repo_root):
     from ms_impl.trainer.model_io import read_ms_checkpoint
 
     out = tmp_path / "finetune"
-    args = TINY + ["--synthetic_cache_dir", synthetic, "--output_dir", out, "--epochs", "1", "--head_first_epochs", "2",
+    args = TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", out, "--epochs", "1", "--head_first_epochs", "2",
                    "--freeze_bn", "true", "--tta", "flip", "--pretrained", pretrained["files"]["torchvision.pth"]]
-    proc = train_cli(args, cli_env, repo_root)
+    proc = train_cli(args, cli_env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = proc.stderr
     assert "recipe: finetune (auto: --pretrained without --freeze_backbone)" in log

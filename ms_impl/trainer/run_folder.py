@@ -31,6 +31,7 @@ LOCK_NAME = ".train.lock"
 OWNER_NAME = ".train.lock.owner"
 RESULT_FILES = ("metrics.csv", "summary.json")
 CHECKPOINT_FOLDER = "checkpoints"
+FEATURE_CACHE_FOLDER = "feature_cache"  # the default feature_cache_dir inside a run folder
 
 
 def _pid_alive(pid: int) -> bool:
@@ -144,13 +145,14 @@ def holds_run(folder: Path) -> bool:
 
 
 def move_aside(folder: Path) -> Optional[Path]:
-    """Move every entry of `folder` (except the lock files) into a new sibling `<folder>.old-<time>`.
+    """Move every entry of `folder` into a new sibling `<folder>.old-<time>`, except the lock files and the
+    feature cache (keyed by content and checked on use, so the new run may reuse it; it holds no result).
 
     Returns the new folder (None when there was nothing to move). Nothing is
     deleted; a rename in the same parent folder never copies data.
     """
     folder = Path(folder)
-    entries = [p for p in folder.iterdir() if p.name not in (LOCK_NAME, OWNER_NAME)]
+    entries = [p for p in folder.iterdir() if p.name not in (LOCK_NAME, OWNER_NAME, FEATURE_CACHE_FOLDER)]
     if not entries:
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S")
