@@ -633,14 +633,14 @@ def format_table(results: Sequence[CheckResult], title: str = "") -> str:
     return "\n".join(lines)
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
@@ -652,12 +652,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m parity check",
         description="Compare the MindSpore and PyTorch twins: forward, gradients, BN statistics, "
                     "optimizer steps, loss, LR schedule, preprocessing. Exits 1 on any FAIL.")
-    parser.add_argument("--width", type=_positive_float, default=1.0, help="width multiplier (default 1.0)")
-    parser.add_argument("--image-size", type=_positive_int, default=224, help="input size in pixels (default 224)")
-    parser.add_argument("--num-classes", type=_positive_int, default=26, help="classes (default 26)")
-    parser.add_argument("--batch", type=_positive_int, default=4, help="batch size (default 4)")
+    parser.add_argument("--width", type=positive_float, default=1.0, help="width multiplier (default 1.0)")
+    parser.add_argument("--image-size", type=positive_int, default=224, help="input size in pixels (default 224)")
+    parser.add_argument("--num-classes", type=positive_int, default=26, help="classes (default 26)")
+    parser.add_argument("--batch", type=positive_int, default=4, help="batch size (default 4)")
     parser.add_argument("--mode", choices=("graph", "pynative"), default="graph", help="MindSpore mode (default graph)")
-    parser.add_argument("--steps", type=_positive_int, default=5, help="optimizer steps compared (default 5)")
+    parser.add_argument("--steps", type=positive_int, default=5, help="optimizer steps compared (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--fast-conv", choices=("off", "auto", "on"), default="off",
                         help="MindSpore twin's own CPU 3x3 kernels (default off: MindSpore's nn.Conv2d)")

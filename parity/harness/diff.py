@@ -36,6 +36,7 @@ from parity.core.converter import FRAMEWORK_OF_LAYOUT, Checkpoint, ConversionErr
 from parity.core.difference import WITHIN_REL, Difference, difference
 from parity.core.files import WriteError, atomic_path, atomic_write_text
 from parity.core.layouts import name_map
+from parity.harness.compare import positive_int
 from parity.harness.verify import build_twin, random_batch
 
 __all__ = ["Row", "Side", "DiffReport", "Options", "diff_checkpoints", "format_report", "plot_report", "main"]
@@ -562,13 +563,6 @@ def plot_report(report: DiffReport, path: Path) -> None:
 
 # ----------------------------------------------------------------------------- command line
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -602,8 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--per-op", action="store_true", help="also compare every conv, BatchNorm and ReLU6")
     parser.add_argument("--image", type=Path, metavar="PATH", help="an image, preprocessed by each twin's own eval pipeline "
                                                    "(default: a random batch)")
-    parser.add_argument("--batch", type=_positive_int, default=2, metavar="N", help="random batch size (default 2)")
-    parser.add_argument("--image-size", type=_positive_int, default=224, metavar="PX", help="input side in pixels (default 224)")
+    parser.add_argument("--batch", type=positive_int, default=2, metavar="N", help="random batch size (default 2)")
+    parser.add_argument("--image-size", type=positive_int, default=224, metavar="PX", help="input side in pixels (default 224)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random batch and labels (default 0)")
     parser.add_argument("--atol", type=_non_negative_float,
                         help="absolute tolerance of every row (default: parity/core/tolerances.py, 0)")
