@@ -40,6 +40,11 @@ if __package__ in (None, ""):  # run as a script: put the repository root on the
 
 os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ log: errors only (read when mindspore is imported)
 
+if __name__ == "__main__":  # before any import starts a thread: Ctrl+C stays SIGINT (ms_impl/trainer/interrupts.py)
+    from ms_impl.trainer.interrupts import watch_sigint
+
+    watch_sigint()
+
 import numpy as np
 
 from ms_impl.trainer import checkpoint, dataset, report
@@ -313,7 +318,7 @@ class StopRequest:
 
     def arm(self) -> None:
         """Install the handlers again: MindSpore's runtime sets C-level handlers of its own when its
-        iterators and kernels start (a SIGINT during a step still arrives here as SIGTERM)."""
+        iterators and kernels start (SIGINT itself comes through interrupts.watch_sigint when run as a script)."""
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._handle)
 
