@@ -24,8 +24,10 @@ import pytest
 
 from parity.core.files import TEMP_MARKER, WriteError, atomic_write_bytes, stale_temporaries
 
+# PyNative: these tests are about files, locks and signals, not the compiled step (graph mode is
+# tested in test_train_cli.py); a tiny run starts in half the time without graph compilation.
 TINY = ["--device", "CPU", "--width_mult", "0.35", "--synthetic_image_size", "32", "--batch_size", "16",
-        "--synthetic_train_per_class", "2", "--synthetic_val_per_class", "1", "--num_workers", "2"]
+        "--synthetic_train_per_class", "2", "--synthetic_val_per_class", "1", "--num_workers", "2", "--mode", "pynative"]
 
 
 # ---------------------------------------------------------------- helpers

@@ -197,7 +197,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     out = tmp_path / "out"
     args = TINY + ["--synthetic_cache_dir", str(tmp_path / "c"), "--output_dir", str(out), "--epochs", "3",
                    "--synthetic_train_per_class", "2", "--batch_size", "52",
-                   "--warmup_epochs", "0", "--lr_max", "1e-6", "--lr_end", "1e30"]
+                   "--warmup_epochs", "0", "--lr_max", "1e-6", "--lr_end", "1e30", "--mode", "pynative"]
     code, err = _run_in_process(args, capsys)
     assert code == 1, err
     assert re.search(r"error: training diverged: (val )?loss is (nan|inf)", err), err
@@ -218,7 +218,8 @@ def test_in_process_runs_write_only_their_own_train_log(tmp_path, capsys, synthe
     for name in ("first", "second"):
         out = tmp_path / name
         code, err = _run_in_process(TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(out),
-                                            "--epochs", "1", "--mode", "pynative"], capsys)
+                                            "--epochs", "1", "--mode", "pynative", "--synthetic_train_per_class", "2",
+                                            "--synthetic_val_per_class", "1"], capsys)
         assert code == 0, err
         logs[name] = (out / "train.log").read_text(encoding="utf-8")
         assert logs[name].count("data: SYNTHETIC") == 1
@@ -232,7 +233,8 @@ def test_saved_config_reproduces_the_run_config(tmp_path, capsys, synthetic_cach
 
     out = tmp_path / "run"
     args = TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(out), "--epochs", "1",
-                   "--mode", "pynative", "--freeze_bn", "--dropout", "0.1", "--lr_max", "0.01"]
+                   "--mode", "pynative", "--freeze_bn", "--dropout", "0.1", "--lr_max", "0.01",
+                   "--synthetic_train_per_class", "2", "--synthetic_val_per_class", "1"]
     code, err = _run_in_process(args, capsys)
     assert code == 0, err
     saved = out / "config.yaml"
