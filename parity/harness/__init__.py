@@ -6,4 +6,5 @@
     diff           `python -m parity diff`: the first stage where two checkpoints or two frameworks part ways
     verify         run a checkpoint and its conversion in the two twins (`--verify`)
     convert_cli    the converter's command line
+    command        the one way its command-line tools run: parse, run, exit codes, one error line
 """

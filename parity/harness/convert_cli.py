@@ -16,6 +16,7 @@ from typing import List, Optional, Sequence
 from parity.core import tolerances
 from parity.core.converter import (FRAMEWORK_OF_LAYOUT, LAYOUTS, Checkpoint, ConversionError, check_finite,
                                    format_of, group_skipped, convert, read_checkpoint, write_checkpoint)
+from parity.harness.command import run_command
 from parity.harness.diff import first_divergence_line
 from parity.harness.verify import VerifyReport, verify_conversion
 
@@ -126,16 +127,4 @@ def _use_cpu_pynative() -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    os.environ.setdefault("GLOG_v", "3")  # before mindspore is first imported: errors only
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exc:  # argparse: 2 for usage errors, 0 for --help
-        return int(exc.code or 0)
-    try:
-        return _run(args)
-    except ConversionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted (SIGINT); no partial file was left", file=sys.stderr)
-        return 130
+    return run_command(_parser(), _run, argv)

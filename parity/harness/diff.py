@@ -36,6 +36,7 @@ from parity.core.converter import FRAMEWORK_OF_LAYOUT, Checkpoint, ConversionErr
 from parity.core.difference import WITHIN_REL, Difference, difference
 from parity.core.files import WriteError, atomic_path, atomic_write_text
 from parity.core.layouts import name_map
+from parity.harness.command import run_command
 from parity.harness.compare import positive_int
 from parity.harness.verify import build_twin, random_batch
 
@@ -697,16 +698,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    os.environ.setdefault("GLOG_v", "3")  # before mindspore is first imported: errors only
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # argparse: 2 for usage errors, 0 for --help
-        return int(exc.code or 0)
-    try:
-        return run(args)
-    except ConversionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(build_parser(), run, argv)
 
 
 def first_divergence_line(source: Checkpoint, result: Checkpoint, image_size: int, seed: int = 0,
