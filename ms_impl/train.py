@@ -40,7 +40,10 @@ if __package__ in (None, ""):  # run as a script: put the repository root on the
 
 os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ log: errors only (read when mindspore is imported)
 
-if __name__ == "__main__":  # before any import starts a thread: Ctrl+C stays SIGINT (ms_impl/trainer/interrupts.py)
+# This process is the trainer (`python ms_impl/train.py`, `python -m ms_impl.train`, the `mbv2-train` script):
+# before any import starts a thread, route Ctrl+C so that it stays SIGINT (ms_impl/trainer/interrupts.py).
+TRAINER_PROCESS = __name__ == "__main__" or Path(sys.argv[0]).name == "mbv2-train"
+if TRAINER_PROCESS:
     from ms_impl.trainer.interrupts import watch_sigint
 
     watch_sigint()
@@ -607,11 +610,25 @@ def save_run_config(cfg, out: Path, lr: np.ndarray) -> None:
 # ---------------------------------------------------------------- entry point
 
 
+_cut_short = False  # a KeyboardInterrupt outside the training loop, possibly inside `import mindspore`
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    from ms_impl.trainer.interrupts import hand_over
+
+    hand_over()  # a Ctrl+C from here on is the trainer's to handle (one line, the run folder settled)
     try:
-        return run_training(argv)
+        code = run_training(argv)
     finally:
         close_run_log()  # a later run in this process must not write into this run's train.log
+    if _cut_short and TRAINER_PROCESS:
+        # After a Ctrl+C that cut an import of MindSpore short, the interpreter's normal shutdown re-enters
+        # the half-imported package and aborts (SIGABRT, a traceback after our one line); the run folder
+        # is settled by now, so leave without it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def run_training(argv: Optional[List[str]] = None) -> int:
@@ -698,6 +715,8 @@ def run_training(argv: Optional[List[str]] = None) -> int:
         print(f"interrupted by {e}: continue with --resume auto --output_dir {cfg.output_dir}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:  # Ctrl+C before the training loop took over the signals
+        global _cut_short
+        _cut_short = True
         where = "during setup; nothing in the output folder was changed" if not setup_done else "before any step was saved"
         print(f"error: interrupted (SIGINT) {where}", file=sys.stderr)
         return EXIT_SIGINT

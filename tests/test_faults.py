@@ -498,7 +498,6 @@ def test_trainer_setup_errors_are_one_line(tmp_path, train, monkeypatch):
     one_error_line(err, str(config), "epoch")
 
     # an unreadable class folder
-    data = tmp_path / "data"
     from ms_impl.trainer.config import load_config
     from ms_impl.trainer.synthetic import ensure_synthetic_dataset
 
@@ -527,6 +526,29 @@ def test_trainer_setup_errors_are_one_line(tmp_path, train, monkeypatch):
     assert code == 130
     one_error_line(err, "interrupted (SIGINT) during setup")
     assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.2, 2.5])
+def test_ctrl_c_while_the_trainer_starts_is_one_line_and_exit_130(delay, tmp_path, cli_env, repo_root):
+    """A real SIGINT early: during the trainer's imports (once inside `import mindspore`, whose half-imported
+    state used to abort the interpreter's shutdown) or its setup. Wherever it lands before the first step:
+    one line, 130, no traceback, no run folder."""
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "ms_impl/train.py", *TINY, "--output_dir", str(out)], cwd=repo_root,
+                               env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               # a terminal's Ctrl+C reaches a process whose SIGINT is not ignored (a background job's is)
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    if "interrupted by SIGINT: continue with --resume auto" in err:  # this machine was fast: training had begun
+        assert process.returncode == 130 and "Traceback" not in err
+        return
+    assert process.returncode == 130, err[-3000:]
+    line = one_error_line(err)
+    assert any(where in line for where in ("while starting; nothing was read or written", "during setup", "before any step")), line
+    assert not out.exists() or "before any step" in line
 
 
 # ---------------------------------------------------------------- 7. full disk: one line, no partial file

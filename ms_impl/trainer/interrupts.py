@@ -13,18 +13,26 @@ threads can receive it), and starts one watcher thread that takes it with
 (`_thread.interrupt_main`). Python's handler then runs as usual:
 KeyboardInterrupt during setup, the trainer's stop flag during training.
 
+Until the trainer calls `hand_over()` (its imports are still running, nothing
+has been read or written), a Ctrl+C ends the process at once with one line
+and exit 130: a KeyboardInterrupt inside a module import would print a
+traceback instead.
+
 Only for a process that is the trainer (train.py run as a script): a
 library user's process keeps its own signal handling.
 """
 from __future__ import annotations
 
 import _thread
+import os
 import signal
+import sys
 import threading
 
-__all__ = ["watch_sigint"]
+__all__ = ["watch_sigint", "hand_over"]
 
 _started = False
+_handed_over = threading.Event()
 
 
 def watch_sigint() -> None:
@@ -37,7 +45,15 @@ def watch_sigint() -> None:
     _started = True
 
 
+def hand_over() -> None:
+    """From now on a Ctrl+C goes to the main thread's Python handler (the trainer's own clean-up)."""
+    _handed_over.set()
+
+
 def _forward_sigint() -> None:
     while True:
         signal.sigwait({signal.SIGINT})
+        if not _handed_over.is_set():
+            print("error: interrupted (SIGINT) while starting; nothing was read or written", file=sys.stderr, flush=True)
+            os._exit(128 + signal.SIGINT)
         _thread.interrupt_main(signal.SIGINT)  # runs the Python handler for SIGINT in the main thread
