@@ -27,6 +27,10 @@ scatter, duplicate groups as thumbnails side by side) and `report.txt`.
 """
 from __future__ import annotations
 
+from parity.core import interrupts  # noqa: E402  before any import that starts a thread
+
+interrupts.watch_sigint(__name__, "mbv2-datatools")  # Ctrl+C: one line, exit 130
+
 import argparse
 import csv
 import errno
@@ -545,6 +549,7 @@ COMMANDS = {"check": run_check, "split": run_split, "report": run_report, "stats
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    interrupts.hand_over()
     try:
         return COMMANDS[args.command](args)
     except (InputError, WriteError) as exc:
@@ -552,7 +557,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_INPUT_ERROR
     except KeyboardInterrupt:
         print("error: interrupted (SIGINT); no partial file was left", file=sys.stderr)
-        return 130
+        return interrupts.after_ctrl_c()
 
 
 if __name__ == "__main__":

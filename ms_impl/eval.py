@@ -21,6 +21,10 @@ from typing import List, Optional
 if __package__ in (None, ""):  # run as a script: put the repository root on the import path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from parity.core import interrupts  # noqa: E402  before any import that starts a thread
+
+interrupts.watch_sigint(__name__, "mbv2-eval")  # Ctrl+C: one line, exit 130
+
 
 from ms_impl.trainer import report
 from ms_impl.trainer.metrics import evaluate
@@ -35,6 +39,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(add_help=False)  # --help: config.parse_config lists these and every config key
     parser.add_argument("--checkpoint", type=Path, required=True, help="a .ckpt written by ms_impl/train.py")
     parser.add_argument("--report_dir", type=Path, help="write per_class.csv, confusion_matrix.png, eval.json here")
+    interrupts.hand_over()
     try:
         return _evaluate(argv, parser)
     except (UsageError, WriteError) as e:
@@ -42,7 +47,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("error: interrupted (SIGINT); no partial file was left", file=sys.stderr)
-        return 130
+        return interrupts.after_ctrl_c()
 
 
 def _evaluate(argv: Optional[List[str]], parser: argparse.ArgumentParser) -> int:

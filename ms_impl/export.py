@@ -15,6 +15,10 @@ if not __package__:  # run as `python ms_impl/export.py`: put the repo root on t
 
     _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
 
+from parity.core import interrupts  # noqa: E402  before any import that starts a thread
+
+interrupts.watch_sigint(__name__, "mbv2-export")  # Ctrl+C: one line, exit 130
+
 import argparse
 import os
 import sys
@@ -61,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    interrupts.hand_over()
     try:
         return _export(args)
     except WriteError as exc:
@@ -68,7 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_INPUT_ERROR
     except KeyboardInterrupt:
         print("error: interrupted (SIGINT); no partial file was left", file=sys.stderr)
-        return 130
+        return interrupts.after_ctrl_c()
 
 
 def _export(args: argparse.Namespace) -> int:

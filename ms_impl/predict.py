@@ -23,6 +23,10 @@ if not __package__:  # run as `python ms_impl/predict.py`: put the repo root on 
 
     _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
 
+from parity.core import interrupts  # noqa: E402  before any import that starts a thread
+
+interrupts.watch_sigint(__name__, "mbv2-predict")  # Ctrl+C: one line, exit 130
+
 import argparse
 import json
 import os
@@ -199,11 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    interrupts.hand_over()
     try:
         return _predict(args)
     except KeyboardInterrupt:
         print("error: interrupted (SIGINT)", file=sys.stderr)
-        return 130
+        return interrupts.after_ctrl_c()
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -25,30 +25,27 @@ SIGINT/SIGTERM (resumable with --resume auto). One `error:` line each.
 """
 from __future__ import annotations
 
-import logging
-import logging.handlers
 import os
-import signal
 import sys
-import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Dict, List, Optional
 
 if __package__ in (None, ""):  # run as a script: put the repository root on the import path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from parity.core import interrupts  # noqa: E402  first: before the imports that take a while or start threads
+
+interrupts.watch_sigint(__name__, "mbv2-train")  # Ctrl+C stays SIGINT in the trainer process
+
+import logging  # noqa: E402
+import logging.handlers  # noqa: E402
+import signal  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Dict, List, Optional  # noqa: E402
 
 os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ log: errors only (read when mindspore is imported)
 
-# This process is the trainer (`python ms_impl/train.py`, `python -m ms_impl.train`, the `mbv2-train` script):
-# before any import starts a thread, route Ctrl+C so that it stays SIGINT (ms_impl/trainer/interrupts.py).
-TRAINER_PROCESS = __name__ == "__main__" or Path(sys.argv[0]).name == "mbv2-train"
-if TRAINER_PROCESS:
-    from ms_impl.trainer.interrupts import watch_sigint
-
-    watch_sigint()
-
-import numpy as np
+import numpy as np  # noqa: E402
 
 from ms_impl.trainer import checkpoint, dataset, report
 from ms_impl.trainer.balance import describe, inverse_frequency_weights
@@ -65,7 +62,7 @@ log = logging.getLogger("ms_impl.train")
 
 EXIT_DIVERGED = 1
 EXIT_USAGE = 2
-EXIT_SIGINT = 128 + signal.SIGINT
+EXIT_SIGINT = interrupts.EXIT_SIGINT
 MAX_SCHEDULE_STEPS = 10_000_000  # the per-step LR array is materialised: 40 MB at most
 
 
@@ -610,25 +607,13 @@ def save_run_config(cfg, out: Path, lr: np.ndarray) -> None:
 # ---------------------------------------------------------------- entry point
 
 
-_cut_short = False  # a KeyboardInterrupt outside the training loop, possibly inside `import mindspore`
-
-
 def main(argv: Optional[List[str]] = None) -> int:
-    from ms_impl.trainer.interrupts import hand_over
-
-    hand_over()  # a Ctrl+C from here on is the trainer's to handle (one line, the run folder settled)
+    interrupts.hand_over()  # a Ctrl+C from here on is the trainer's to handle (one line, the run folder settled)
     try:
         code = run_training(argv)
     finally:
         close_run_log()  # a later run in this process must not write into this run's train.log
-    if _cut_short and TRAINER_PROCESS:
-        # After a Ctrl+C that cut an import of MindSpore short, the interpreter's normal shutdown re-enters
-        # the half-imported package and aborts (SIGABRT, a traceback after our one line); the run folder
-        # is settled by now, so leave without it.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    return interrupts.after_ctrl_c(code) if code == EXIT_SIGINT else code
 
 
 def run_training(argv: Optional[List[str]] = None) -> int:
@@ -715,8 +700,6 @@ def run_training(argv: Optional[List[str]] = None) -> int:
         print(f"interrupted by {e}: continue with --resume auto --output_dir {cfg.output_dir}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:  # Ctrl+C before the training loop took over the signals
-        global _cut_short
-        _cut_short = True
         where = "during setup; nothing in the output folder was changed" if not setup_done else "before any step was saved"
         print(f"error: interrupted (SIGINT) {where}", file=sys.stderr)
         return EXIT_SIGINT

@@ -4,6 +4,10 @@ from __future__ import annotations
 import sys
 from typing import List, Optional
 
+from parity.core import interrupts  # noqa: E402  before any import that starts a thread
+
+interrupts.watch_sigint(__name__, "mbv2-parity")  # Ctrl+C: one line, exit 130
+
 COMMANDS = {
     "check": ("parity.harness.compare", "compare the twins: forward, gradients, BN stats, optimizer steps, loss, LR, preprocessing"),
     "bench": ("parity.harness.bench", "time the MindSpore twin against the PyTorch twin, side by side"),
@@ -20,8 +24,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
     import importlib
 
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    return int(module.main(argv[1:]) or 0)
+    interrupts.hand_over()
+    try:
+        module = importlib.import_module(COMMANDS[argv[0]][0])
+        return int(module.main(argv[1:]) or 0)
+    except KeyboardInterrupt:
+        print(f"error: interrupted (SIGINT): python -m parity {argv[0]} stopped", file=sys.stderr)
+        return interrupts.after_ctrl_c()
 
 
 if __name__ == "__main__":

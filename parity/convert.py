@@ -4,7 +4,11 @@ The converter itself, framework-neutral, is `parity.core.converter`.
 """
 import sys
 
-from parity.harness.convert_cli import main
+from parity.core import interrupts  # noqa: E402  before any import that starts a thread
+
+interrupts.watch_sigint(__name__, "mbv2-convert")  # Ctrl+C: one line, exit 130
+
+from parity.harness.convert_cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

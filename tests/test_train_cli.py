@@ -86,7 +86,7 @@ def test_sigint_saves_a_checkpoint_and_resume_ends_with_the_same_weights(full_ru
     time.sleep(2.0)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    # 130, not 143: MindSpore's own handlers would turn this SIGINT into a SIGTERM (ms_impl/trainer/interrupts.py)
+    # 130, not 143: MindSpore's own handlers would turn this SIGINT into a SIGTERM (parity/core/interrupts.py)
     assert process.returncode == 130, stderr[-3000:]
     assert "saved resumable checkpoint" in stderr and "interrupted by SIGINT: continue with --resume auto" in stderr
     assert len((out / "metrics.csv").read_text().splitlines()) < EPOCHS + 1  # it really stopped early

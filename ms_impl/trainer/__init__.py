@@ -22,5 +22,4 @@
     report         run files: metrics.csv, per-class table, figures, summary
     contact_sheet  predict --sheet: photos with their predictions in one PNG
     errors         UsageError: bad input, reported as one line with exit 2
-    interrupts     Ctrl+C stays SIGINT for the trainer process (MindSpore turns it into SIGTERM)
 """

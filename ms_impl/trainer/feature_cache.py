@@ -36,6 +36,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ms_impl.trainer.images import pipeline_bytes
+from parity.core import interrupts
 from parity.core.files import atomic_path
 
 CACHE_FORMAT_VERSION = 1
@@ -232,7 +233,8 @@ def extract_features(backbone, files: Sequence[str], settings: FeatureSettings, 
                     # pad to a full batch: one compiled shape in graph mode (BN is in eval
                     # mode, so padding rows do not change the others)
                     batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - count, axis=0)])
-                rows.append(pooled(ms.Tensor(batch)).asnumpy()[:count].astype(np.float32))
+                with interrupts.deferred():  # the first batch compiles the graph
+                    rows.append(pooled(ms.Tensor(batch)).asnumpy()[:count].astype(np.float32))
                 bar.update(count)
                 done += count
                 if progress and not on_terminal and done >= next_log * total:

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from parity.core import interrupts
 from parity.core.loss import smoothed_cross_entropy
 
 __all__ = ["EvalResult", "confusion_matrix", "per_class_metrics", "top1", "result_from_logits", "evaluate",
@@ -117,10 +118,11 @@ def evaluate(network, dataset, num_classes: int, label_smoothing: float = 0.0, c
     logits_all: List[np.ndarray] = [np.zeros((0, num_classes))]
     try:
         for images, labels in dataset.create_tuple_iterator(num_epochs=1):
-            logits = network(images).asnumpy()
-            if tta == "flip":  # NCHW: mirroring the crop = reversing the width axis
-                mirrored = ms.Tensor(np.ascontiguousarray(images.asnumpy()[..., ::-1]))
-                logits = average_flip_logits(logits, network(mirrored).asnumpy())
+            with interrupts.deferred():  # the first batch compiles the graph
+                logits = network(images).asnumpy()
+                if tta == "flip":  # NCHW: mirroring the crop = reversing the width axis
+                    mirrored = ms.Tensor(np.ascontiguousarray(images.asnumpy()[..., ::-1]))
+                    logits = average_flip_logits(logits, network(mirrored).asnumpy())
             logits_all.append(logits.astype(np.float64))
             labels_all.append(labels.asnumpy())
     finally:

@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
+from parity.core import interrupts
 from parity.core.converter import ConversionError
 
 __all__ = ["run_command"]
@@ -23,6 +24,7 @@ def run_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespa
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+    interrupts.hand_over()
     try:
         return run(args)
     except ConversionError as exc:
@@ -30,4 +32,4 @@ def run_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespa
         return 2
     except KeyboardInterrupt:
         print("error: interrupted (SIGINT); no partial file was left", file=sys.stderr)
-        return 130
+        return interrupts.after_ctrl_c()

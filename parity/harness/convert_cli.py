@@ -7,6 +7,10 @@ the first diverging stage (`parity.harness.diff`).
 """
 from __future__ import annotations
 
+from parity.core import interrupts  # noqa: E402  before any import that starts a thread
+
+interrupts.watch_sigint(__name__, "mbv2-convert")  # Ctrl+C: one line, exit 130
+
 import argparse
 import os
 import sys
