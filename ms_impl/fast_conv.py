@@ -51,7 +51,7 @@ from mindspore import nn, ops
 
 from parity.core.files import WriteError, atomic_path, one_line
 
-__all__ = ["FAST_CONV_MODES", "FastConvUnavailable", "FastConv3x3", "conv2d", "kernel_library", "kernel_threads",
+__all__ = ["FAST_CONV_MODES", "FastConvUnavailable", "FastConv3x3", "FastBatchNorm2d", "conv2d", "batch_norm", "kernel_library", "kernel_threads",
            "resolve_fast_conv", "forget_resolution", "cache_dir", "call_entry_point"]
 
 FAST_CONV_MODES = ("auto", "on", "off")
@@ -192,9 +192,10 @@ def kernel_threads() -> int:
     return max(1, cpus // _local_workers())
 
 
-def call_entry_point(library: ctypes.CDLL, name: str, arrays, shapes=None) -> Tuple[int, np.ndarray]:
-    """Calls one kernel entry point with numpy arrays (the last is the output) the way MindSpore's AOT
-    runtime does; returns (status, output). `shapes` overrides the shapes passed (tests of the checks)."""
+def call_entry_point(library: ctypes.CDLL, name: str, arrays, shapes=None, outputs: int = 1):
+    """Calls one kernel entry point with numpy arrays (the last `outputs` are its outputs) the way MindSpore's
+    AOT runtime does; returns (status, output), or (status, (outputs...)) for `outputs` > 1. `shapes`
+    overrides the shapes passed (tests of the checks)."""
     arrays = [np.ascontiguousarray(a, dtype=np.float32) for a in arrays]
     count = len(arrays)
     claimed = [a.shape for a in arrays] if shapes is None else [tuple(s) for s in shapes]
@@ -207,7 +208,26 @@ def call_entry_point(library: ctypes.CDLL, name: str, arrays, shapes=None) -> Tu
     entry = getattr(library, name)
     entry.restype = ctypes.c_int
     status = entry(count, params, ndims, shapes, dtypes, None, None)
-    return status, arrays[-1]
+    return status, (arrays[-1] if outputs == 1 else tuple(arrays[-outputs:]))
+
+
+def reference_batch_norm_train(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, relu6: bool,
+                               dy: np.ndarray):
+    """float64 reference of the training BatchNorm (+ ReLU6) kernels: (y, stats[3, C], dx, [dgamma, dbeta])."""
+    xd = x.astype(np.float64)
+    values = x.size // x.shape[1]
+    mean, var = xd.mean((0, 2, 3)), xd.var((0, 2, 3))
+    invstd = 1.0 / np.sqrt(var + eps)
+    z = (xd - mean[None, :, None, None]) * invstd[None, :, None, None]
+    pre = z * gamma[None, :, None, None] + beta[None, :, None, None]
+    y = np.clip(pre, 0.0, 6.0) if relu6 else pre
+    g = dy * ((pre > 0) & (pre < 6)) if relu6 else dy.astype(np.float64)
+    dbeta, dgamma = g.sum((0, 2, 3)), (g * z).sum((0, 2, 3))
+    dx = (gamma * invstd)[None, :, None, None] * (g - (dbeta[None, :, None, None] + z * dgamma[None, :, None, None])
+                                                  / values)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        unbiased = var * values / (values - 1.0)
+    return y, np.stack([mean, invstd, unbiased]), dx, np.stack([dgamma, dbeta])
 
 
 def _reference_conv(x: np.ndarray, w: np.ndarray, stride: int, depthwise: bool) -> np.ndarray:
@@ -284,6 +304,22 @@ def _self_test_entry_points(path: Path) -> None:
             status, _ = call_entry_point(library, f"{kind}_forward_s{stride}", [x, w, np.zeros((1, cout, 1, 1))])
             if status != 1:
                 raise FastConvUnavailable(f"self-test: {kind}_forward_s{stride} accepts a wrong output shape")
+    for relu6 in (False, True):
+        x = rng.standard_normal((2, 3, 5, 4)).astype(np.float32) * 2 + 1
+        gamma, beta = rng.uniform(0.5, 2.0, 3).astype(np.float32), rng.uniform(-1.0, 4.0, 3).astype(np.float32)
+        dy = rng.standard_normal(x.shape).astype(np.float32)
+        want = reference_batch_norm_train(x, gamma, beta, 1e-5, relu6, dy)
+        prefix = "bn_relu6" if relu6 else "bn"
+        status, (y, stats) = call_entry_point(library, f"{prefix}_train_forward",
+                                              [x, gamma, beta, np.array([1e-5]), np.zeros(x.shape), np.zeros((3, 3))],
+                                              outputs=2)
+        inputs = [dy, x, y, gamma, stats] if relu6 else [dy, x, gamma, stats]
+        status_grad, (dx, dgb) = call_entry_point(library, f"{prefix}_train_grad",
+                                                  inputs + [np.zeros(x.shape), np.zeros((2, 3))], outputs=2)
+        for code, got, expected, name in ((status, y, want[0], "forward"), (status, stats, want[1], "forward"),
+                                          (status_grad, dx, want[2], "grad"), (status_grad, dgb, want[3], "grad")):
+            if code != 0 or not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
+                raise FastConvUnavailable(f"self-test: {prefix}_train_{name} gives wrong results")
     setter = library.mbv2_set_threads
     setter.argtypes = [ctypes.c_int]
     setter(kernel_threads())
@@ -326,6 +362,7 @@ def forget_resolution() -> None:
     """Forget this process's resolved library and warning (after changing CXX or MBV2_KERNEL_CACHE; tests)."""
     _cached_library.cache_clear()
     _kernel_ops.cache_clear()
+    _batch_norm_ops.cache_clear()
     _state["warned"] = False
 
 
@@ -413,6 +450,79 @@ class FastConv3x3(nn.Conv2d):
     def bias_relu6(self, x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor) -> ms.Tensor:
         """relu6(conv(x, weight) + bias) in one pass, with `weight` in place of the layer's own (a folded BN)."""
         return self.kernel_bias_relu6(x, weight, bias)
+
+
+@functools.lru_cache(maxsize=None)
+def _batch_norm_ops(relu6: bool) -> ops.Custom:
+    """The training BatchNorm (+ ReLU6) forward (x, gamma, beta, eps[1]) -> (y, stats[3, C]) with its bprop;
+    stats = (batch mean, 1 / sqrt(batch variance + eps), unbiased batch variance)."""
+    library = _cached_library()[0]
+    if not library:
+        raise FastConvUnavailable(_cached_library()[1])
+    prefix = "bn_relu6" if relu6 else "bn"
+    both_same = lambda *dtypes: (dtypes[0], dtypes[0])  # noqa: E731
+    if relu6:
+        grad = ops.Custom(f"{library}:{prefix}_train_grad", out_shape=lambda dy, x, y, g, st: (x, (2, x[1])),
+                          out_dtype=both_same, func_type="aot")
+    else:
+        grad = ops.Custom(f"{library}:{prefix}_train_grad", out_shape=lambda dy, x, g, st: (x, (2, x[1])),
+                          out_dtype=both_same, func_type="aot")
+
+    def bprop(x, gamma, beta, eps, out, dout):
+        # dout[1] (the statistics) feeds only the moving averages, which are not differentiated.
+        y, stats = out
+        dx, dgamma_dbeta = grad(dout[0], x, y, gamma, stats) if relu6 else grad(dout[0], x, gamma, stats)
+        return dx, dgamma_dbeta[0], dgamma_dbeta[1], ops.zeros_like(eps)
+
+    return ops.Custom(f"{library}:{prefix}_train_forward", out_shape=lambda x, g, b, e: (x, (3, x[1])),
+                      out_dtype=both_same, func_type="aot", bprop=bprop)
+
+
+class FastBatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d (same parameters, names, init, checkpoint and moving-statistics convention) whose
+    training forward with batch statistics runs our CPU kernel; `relu6(x)` is the same with ReLU6 fused.
+
+    Batch statistics are used as in nn.BatchNorm2d: in training mode with `use_batch_statistics` None, or
+    always with True. Every other case (eval mode; `use_batch_statistics=False`, the trainer's --freeze_bn:
+    moving statistics, never updated) is MindSpore's own BatchNorm (and ReLU6). The moving statistics
+    follow MindSpore's rule, `moving = momentum * moving + (1 - momentum) * batch` (unbiased variance).
+    """
+
+    def __init__(self, num_features: int, eps: float, momentum: float) -> None:
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.train_kernel = _batch_norm_ops(False)
+        self.train_relu6_kernel = _batch_norm_ops(True)
+        self.eps_tensor = ms.Tensor(np.array([eps], dtype=np.float32))
+        self.relu6_op = ops.ReLU6()
+
+    def _train_forward(self, x: ms.Tensor, kernel) -> ms.Tensor:
+        y, stats = kernel(x, self.gamma, self.beta, self.eps_tensor)
+        stats = ops.stop_gradient(stats)
+        # self.momentum is the primitive's (1 - the constructor's), as in nn.BatchNorm2d.
+        mean = self.moving_mean * (1.0 - self.momentum) + stats[0] * self.momentum
+        variance = self.moving_variance * (1.0 - self.momentum) + stats[2] * self.momentum
+        y = ops.depend(y, ops.assign(self.moving_mean, mean))
+        return ops.depend(y, ops.assign(self.moving_variance, variance))
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        if self.use_batch_statistics is True or (self.use_batch_statistics is None and self.training):
+            return self._train_forward(x, self.train_kernel)
+        return super().construct(x)
+
+    def relu6(self, x: ms.Tensor) -> ms.Tensor:
+        """relu6(batch_norm(x)); with batch statistics in one kernel pass (forward and backward)."""
+        if self.use_batch_statistics is True or (self.use_batch_statistics is None and self.training):
+            return self._train_forward(x, self.train_relu6_kernel)
+        return self.relu6_op(super().construct(x))
+
+
+def batch_norm(num_features: int, eps: float, momentum: float, fast_conv: str = "off") -> nn.BatchNorm2d:
+    """nn.BatchNorm2d (4-D input), or FastBatchNorm2d where the kernels apply and `fast_conv` allows."""
+    if fast_conv not in FAST_CONV_MODES:
+        raise ValueError(f"fast_conv must be one of {FAST_CONV_MODES}, got {fast_conv!r}")
+    if resolve_fast_conv(fast_conv):
+        return FastBatchNorm2d(num_features, eps, momentum)
+    return nn.BatchNorm2d(num_features, eps=eps, momentum=momentum)
 
 
 def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int, weight_init,

@@ -31,6 +31,7 @@
 // weight are 9 dot products per plane pair. Work is split over a persistent
 // pool of threads (created on first use, see ThreadPool).
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -348,6 +349,10 @@ struct Args {
   bool is_vector(int i, int64_t n) const {
     return i < nparam && ndims[i] == 1 && is_f32(dtypes[i]) && shapes[i][0] == n;
   }
+  // Parameter i is an fp32 matrix of shape (r, c).
+  bool is_matrix(int i, int64_t r, int64_t c) const {
+    return i < nparam && ndims[i] == 2 && is_f32(dtypes[i]) && shapes[i][0] == r && shapes[i][1] == c;
+  }
   const int64_t* shape(int i) const { return shapes[i]; }
   const float* in(int i) const { return static_cast<const float*>(params[i]); }
   float* out(int i) const { return static_cast<float*>(params[i]); }
@@ -527,6 +532,176 @@ int dense_grad_weight(const Args& a, int stride) {
   return 0;
 }
 
+
+// ---- BatchNorm in training (batch statistics), optionally followed by ReLU6 ----
+//
+// Forward: per channel c over its N planes (M = N*H*W values): mean and the
+// biased variance (each plane's sum and centred sum of squares, combined in
+// double with Chan's formula, so one pass over memory and no cancellation),
+// then y = (x - mean) * (gamma * invstd) + beta, clamped to [0, 6] for the
+// fused ReLU6. stats[3, C] = (mean, invstd = 1 / sqrt(var + eps), unbiased
+// variance var * M / (M - 1), as MindSpore's BatchNorm feeds its moving
+// variance; NaN for M = 1 as there). Backward, g = dy where 0 < y < 6 (ReLU6
+// passes the gradient strictly inside, as ops.ReLU6 does), else 0; z = (x -
+// mean) * invstd: dbeta = sum g, dgamma = sum g z, dx = gamma invstd (g -
+// dbeta / M - z dgamma / M). Work is split over channels (no reduction across
+// threads); sums are float over runs of SUM_RUN values, then double.
+
+constexpr int64_t SUM_RUN = 256;
+
+// Sum and centred sum of squares of one plane (len values), Chan-combined into (count, mean, m2).
+void plane_moments(const float* __restrict__ x, int64_t len, double& count, double& mean, double& m2) {
+  double total = 0.0;
+  for (int64_t start = 0; start < len; start += SUM_RUN) {
+    const int64_t end = std::min(len, start + SUM_RUN);
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = start; i < end; ++i) s += x[i];
+    total += s;
+  }
+  const double plane_mean = total / static_cast<double>(len);
+  const float centre = static_cast<float>(plane_mean);
+  double squares = 0.0, shift = 0.0;  // shift: sum (x - centre), ~0, corrects centre's rounding
+  for (int64_t start = 0; start < len; start += SUM_RUN) {
+    const int64_t end = std::min(len, start + SUM_RUN);
+    float q = 0.0f, d = 0.0f;
+#pragma omp simd reduction(+ : q, d)
+    for (int64_t i = start; i < end; ++i) {
+      const float v = x[i] - centre;
+      q += v * v;
+      d += v;
+    }
+    squares += q;
+    shift += d;
+  }
+  const double n_b = static_cast<double>(len);
+  const double plane_m2 = squares - shift * shift / n_b;
+  const double mean_b = static_cast<double>(centre) + shift / n_b;
+  const double n = count + n_b;
+  const double delta = mean_b - mean;
+  mean += delta * n_b / n;
+  m2 += plane_m2 + delta * delta * count * n_b / n;
+  count = n;
+}
+
+// (x, gamma, beta, eps[1]) -> (y, stats[3, C]); with `relu6`, y is clamped to [0, 6].
+int bn_train_forward(const Args& a, bool relu6) {
+  if (a.nparam != 6 || !a.is(0, -1, -1, -1, -1)) return 1;
+  const int64_t n = a.shape(0)[0], c = a.shape(0)[1], h = a.shape(0)[2], w = a.shape(0)[3];
+  if (!a.is_vector(1, c) || !a.is_vector(2, c) || !a.is_vector(3, 1) || !a.is(4, n, c, h, w) ||
+      !a.is_matrix(5, 3, c))
+    return 1;
+  const float* x = a.in(0);
+  const float* gamma = a.in(1);
+  const float* beta = a.in(2);
+  const double eps = a.in(3)[0];
+  float* y = a.out(4);
+  float* stats = a.out(5);
+  const int64_t plane = h * w;
+  const double values = static_cast<double>(n * plane);
+  parallel_for(c, [&](int64_t begin, int64_t end) {
+    for (int64_t ch = begin; ch < end; ++ch) {
+      double count = 0.0, mean = 0.0, m2 = 0.0;
+      for (int64_t b = 0; b < n && plane > 0; ++b) plane_moments(x + (b * c + ch) * plane, plane, count, mean, m2);
+      const double var = values > 0 ? std::max(0.0, m2) / values : 0.0;
+      const double invstd = 1.0 / std::sqrt(var + eps);
+      stats[ch] = static_cast<float>(mean);
+      stats[c + ch] = static_cast<float>(invstd);
+      stats[2 * c + ch] = static_cast<float>(var * values / (values - 1.0));
+      const float m = static_cast<float>(mean);
+      const float scale = static_cast<float>(gamma[ch] * invstd);
+      const float shift = beta[ch];
+      for (int64_t b = 0; b < n; ++b) {
+        const float* __restrict__ in = x + (b * c + ch) * plane;
+        float* __restrict__ out = y + (b * c + ch) * plane;
+        if (relu6) {
+#pragma omp simd
+          for (int64_t i = 0; i < plane; ++i) out[i] = std::min(std::max((in[i] - m) * scale + shift, 0.0f), 6.0f);
+        } else {
+#pragma omp simd
+          for (int64_t i = 0; i < plane; ++i) out[i] = (in[i] - m) * scale + shift;
+        }
+      }
+    }
+  });
+  return 0;
+}
+
+// (dy, x[, y], gamma, stats[3, C]) -> (dx, dgamma_dbeta[2, C]); with `relu6`, y masks dy.
+int bn_train_grad(const Args& a, bool relu6) {
+  const int base = relu6 ? 1 : 0;  // y sits at index 2 when present
+  if (a.nparam != 6 + base || !a.is(1, -1, -1, -1, -1)) return 1;
+  const int64_t n = a.shape(1)[0], c = a.shape(1)[1], h = a.shape(1)[2], w = a.shape(1)[3];
+  if (!a.is(0, n, c, h, w) || (relu6 && !a.is(2, n, c, h, w)) || !a.is_vector(2 + base, c) ||
+      !a.is_matrix(3 + base, 3, c) || !a.is(4 + base, n, c, h, w) || !a.is_matrix(5 + base, 2, c))
+    return 1;
+  const float* dy = a.in(0);
+  const float* x = a.in(1);
+  const float* y = relu6 ? a.in(2) : nullptr;
+  const float* gamma = a.in(2 + base);
+  const float* stats = a.in(3 + base);
+  float* dx = a.out(4 + base);
+  float* dgb = a.out(5 + base);
+  const int64_t plane = h * w;
+  const double values = static_cast<double>(n * plane);
+  parallel_for(c, [&](int64_t begin, int64_t end) {
+    for (int64_t ch = begin; ch < end; ++ch) {
+      const float m = stats[ch];
+      const float invstd = stats[c + ch];
+      double sum_g = 0.0, sum_gx = 0.0;  // sum g, sum g (x - mean)
+      for (int64_t b = 0; b < n; ++b) {
+        const float* __restrict__ d = dy + (b * c + ch) * plane;
+        const float* __restrict__ in = x + (b * c + ch) * plane;
+        const float* __restrict__ out = relu6 ? y + (b * c + ch) * plane : nullptr;
+        for (int64_t start = 0; start < plane; start += SUM_RUN) {
+          const int64_t stop = std::min(plane, start + SUM_RUN);
+          float sg = 0.0f, sgx = 0.0f;
+          if (relu6) {
+#pragma omp simd reduction(+ : sg, sgx)
+            for (int64_t i = start; i < stop; ++i) {
+              const float g = (out[i] > 0.0f && out[i] < 6.0f) ? d[i] : 0.0f;
+              sg += g;
+              sgx += g * (in[i] - m);
+            }
+          } else {
+#pragma omp simd reduction(+ : sg, sgx)
+            for (int64_t i = start; i < stop; ++i) {
+              sg += d[i];
+              sgx += d[i] * (in[i] - m);
+            }
+          }
+          sum_g += sg;
+          sum_gx += sgx;
+        }
+      }
+      const double dgamma = sum_gx * invstd;
+      dgb[ch] = static_cast<float>(dgamma);
+      dgb[c + ch] = static_cast<float>(sum_g);
+      // dx = k * (g - mean_g - (x - mean) * coef), k = gamma * invstd, coef = invstd^2 * sum g (x - mean) / M
+      const float k = gamma[ch] * invstd;
+      const float mean_g = values > 0 ? static_cast<float>(sum_g / values) : 0.0f;
+      const float coef = values > 0 ? static_cast<float>(dgamma * invstd / values) : 0.0f;
+      for (int64_t b = 0; b < n; ++b) {
+        const float* __restrict__ d = dy + (b * c + ch) * plane;
+        const float* __restrict__ in = x + (b * c + ch) * plane;
+        float* __restrict__ o = dx + (b * c + ch) * plane;
+        if (relu6) {
+          const float* __restrict__ out = y + (b * c + ch) * plane;
+#pragma omp simd
+          for (int64_t i = 0; i < plane; ++i) {
+            const float g = (out[i] > 0.0f && out[i] < 6.0f) ? d[i] : 0.0f;
+            o[i] = k * (g - mean_g - (in[i] - m) * coef);
+          }
+        } else {
+#pragma omp simd
+          for (int64_t i = 0; i < plane; ++i) o[i] = k * (d[i] - mean_g - (in[i] - m) * coef);
+        }
+      }
+    }
+  });
+  return 0;
+}
+
 }  // namespace
 
 // Nothing may cross the extern "C" boundary into MindSpore: an exception there (allocation,
@@ -558,6 +733,10 @@ MBV2_ENTRY(dense_grad_input_s1, dense_grad_input(args, 1))
 MBV2_ENTRY(dense_grad_input_s2, dense_grad_input(args, 2))
 MBV2_ENTRY(dense_grad_weight_s1, dense_grad_weight(args, 1))
 MBV2_ENTRY(dense_grad_weight_s2, dense_grad_weight(args, 2))
+MBV2_ENTRY(bn_train_forward, bn_train_forward(args, false))
+MBV2_ENTRY(bn_relu6_train_forward, bn_train_forward(args, true))
+MBV2_ENTRY(bn_train_grad, bn_train_grad(args, false))
+MBV2_ENTRY(bn_relu6_train_grad, bn_train_grad(args, true))
 
 // Thread count of the kernels from now on (n > 0), or back to the default (n <= 0):
 // $MBV2_KERNEL_THREADS, else the CPUs this process may run on. Called by fast_conv.py
