@@ -221,7 +221,7 @@ def reference_batch_norm_train(x: np.ndarray, gamma: np.ndarray, beta: np.ndarra
     z = (xd - mean[None, :, None, None]) * invstd[None, :, None, None]
     pre = z * gamma[None, :, None, None] + beta[None, :, None, None]
     y = np.clip(pre, 0.0, 6.0) if relu6 else pre
-    g = dy * ((pre > 0) & (pre < 6)) if relu6 else dy.astype(np.float64)
+    g = dy * ((pre > 0) & (pre <= 6)) if relu6 else dy.astype(np.float64)  # MindSpore's ReLU6 passes at 6
     dbeta, dgamma = g.sum((0, 2, 3)), (g * z).sum((0, 2, 3))
     dx = (gamma * invstd)[None, :, None, None] * (g - (dbeta[None, :, None, None] + z * dgamma[None, :, None, None])
                                                   / values)
@@ -313,7 +313,7 @@ def _self_test_entry_points(path: Path) -> None:
         status, (y, stats) = call_entry_point(library, f"{prefix}_train_forward",
                                               [x, gamma, beta, np.array([1e-5]), np.zeros(x.shape), np.zeros((3, 3))],
                                               outputs=2)
-        inputs = [dy, x, y, gamma, stats] if relu6 else [dy, x, gamma, stats]
+        inputs = [dy, x, gamma, beta, stats] if relu6 else [dy, x, gamma, stats]
         status_grad, (dx, dgb) = call_entry_point(library, f"{prefix}_train_grad",
                                                   inputs + [np.zeros(x.shape), np.zeros((2, 3))], outputs=2)
         for code, got, expected, name in ((status, y, want[0], "forward"), (status, stats, want[1], "forward"),
@@ -462,7 +462,7 @@ def _batch_norm_ops(relu6: bool) -> ops.Custom:
     prefix = "bn_relu6" if relu6 else "bn"
     both_same = lambda *dtypes: (dtypes[0], dtypes[0])  # noqa: E731
     if relu6:
-        grad = ops.Custom(f"{library}:{prefix}_train_grad", out_shape=lambda dy, x, y, g, st: (x, (2, x[1])),
+        grad = ops.Custom(f"{library}:{prefix}_train_grad", out_shape=lambda dy, x, g, b, st: (x, (2, x[1])),
                           out_dtype=both_same, func_type="aot")
     else:
         grad = ops.Custom(f"{library}:{prefix}_train_grad", out_shape=lambda dy, x, g, st: (x, (2, x[1])),
@@ -470,8 +470,8 @@ def _batch_norm_ops(relu6: bool) -> ops.Custom:
 
     def bprop(x, gamma, beta, eps, out, dout):
         # dout[1] (the statistics) feeds only the moving averages, which are not differentiated.
-        y, stats = out
-        dx, dgamma_dbeta = grad(dout[0], x, y, gamma, stats) if relu6 else grad(dout[0], x, gamma, stats)
+        stats = out[1]
+        dx, dgamma_dbeta = grad(dout[0], x, gamma, beta, stats) if relu6 else grad(dout[0], x, gamma, stats)
         return dx, dgamma_dbeta[0], dgamma_dbeta[1], ops.zeros_like(eps)
 
     return ops.Custom(f"{library}:{prefix}_train_forward", out_shape=lambda x, g, b, e: (x, (3, x[1])),

@@ -541,11 +541,13 @@ int dense_grad_weight(const Args& a, int stride) {
 // then y = (x - mean) * (gamma * invstd) + beta, clamped to [0, 6] for the
 // fused ReLU6. stats[3, C] = (mean, invstd = 1 / sqrt(var + eps), unbiased
 // variance var * M / (M - 1), as MindSpore's BatchNorm feeds its moving
-// variance; NaN for M = 1 as there). Backward, g = dy where 0 < y < 6 (ReLU6
-// passes the gradient strictly inside, as ops.ReLU6 does), else 0; z = (x -
-// mean) * invstd: dbeta = sum g, dgamma = sum g z, dx = gamma invstd (g -
-// dbeta / M - z dgamma / M). Work is split over channels (no reduction across
-// threads); sums are float over runs of SUM_RUN values, then double.
+// variance; NaN for M = 1 as there). Backward: the pre-activation p is
+// recomputed from x with the forward's very operations (bit-identical, so x
+// is read instead of y), g = dy where 0 < p <= 6 (MindSpore's ReLU6 gradient,
+// which passes at exactly 6; torch's stops there), else 0; z = (x - mean) *
+// invstd: dbeta = sum g, dgamma = sum g z, dx = gamma invstd (g - dbeta / M -
+// z dgamma / M). Work is split over channels (no reduction across threads);
+// sums are float over runs of SUM_RUN values, then double.
 
 constexpr int64_t SUM_RUN = 256;
 
@@ -608,8 +610,9 @@ int bn_train_forward(const Args& a, bool relu6) {
       stats[ch] = static_cast<float>(mean);
       stats[c + ch] = static_cast<float>(invstd);
       stats[2 * c + ch] = static_cast<float>(var * values / (values - 1.0));
-      const float m = static_cast<float>(mean);
-      const float scale = static_cast<float>(gamma[ch] * invstd);
+      // m and scale exactly as the backward rebuilds them from stats (same pre-activation there).
+      const float m = stats[ch];
+      const float scale = gamma[ch] * stats[c + ch];
       const float shift = beta[ch];
       for (int64_t b = 0; b < n; ++b) {
         const float* __restrict__ in = x + (b * c + ch) * plane;
@@ -627,18 +630,22 @@ int bn_train_forward(const Args& a, bool relu6) {
   return 0;
 }
 
-// (dy, x[, y], gamma, stats[3, C]) -> (dx, dgamma_dbeta[2, C]); with `relu6`, y masks dy.
+// Whether ReLU6 passes the gradient at pre-activation p (as MindSpore's ReLU6Grad: 0 < p <= 6).
+inline float relu6_pass(float p, float g) { return (p > 0.0f && p <= 6.0f) ? g : 0.0f; }
+
+// (dy, x, gamma[, beta], stats[3, C]) -> (dx, dgamma_dbeta[2, C]); with `relu6` (beta given), ReLU6's
+// gradient masks dy, decided on the pre-activation rebuilt from x.
 int bn_train_grad(const Args& a, bool relu6) {
-  const int base = relu6 ? 1 : 0;  // y sits at index 2 when present
+  const int base = relu6 ? 1 : 0;  // beta sits at index 3 when present
   if (a.nparam != 6 + base || !a.is(1, -1, -1, -1, -1)) return 1;
   const int64_t n = a.shape(1)[0], c = a.shape(1)[1], h = a.shape(1)[2], w = a.shape(1)[3];
-  if (!a.is(0, n, c, h, w) || (relu6 && !a.is(2, n, c, h, w)) || !a.is_vector(2 + base, c) ||
+  if (!a.is(0, n, c, h, w) || !a.is_vector(2, c) || (relu6 && !a.is_vector(3, c)) ||
       !a.is_matrix(3 + base, 3, c) || !a.is(4 + base, n, c, h, w) || !a.is_matrix(5 + base, 2, c))
     return 1;
   const float* dy = a.in(0);
   const float* x = a.in(1);
-  const float* y = relu6 ? a.in(2) : nullptr;
-  const float* gamma = a.in(2 + base);
+  const float* gamma = a.in(2);
+  const float* beta = relu6 ? a.in(3) : nullptr;
   const float* stats = a.in(3 + base);
   float* dx = a.out(4 + base);
   float* dgb = a.out(5 + base);
@@ -648,18 +655,19 @@ int bn_train_grad(const Args& a, bool relu6) {
     for (int64_t ch = begin; ch < end; ++ch) {
       const float m = stats[ch];
       const float invstd = stats[c + ch];
+      const float scale = gamma[ch] * invstd;  // the forward's pre-activation: (x - m) * scale + shift
+      const float shift = relu6 ? beta[ch] : 0.0f;
       double sum_g = 0.0, sum_gx = 0.0;  // sum g, sum g (x - mean)
       for (int64_t b = 0; b < n; ++b) {
         const float* __restrict__ d = dy + (b * c + ch) * plane;
         const float* __restrict__ in = x + (b * c + ch) * plane;
-        const float* __restrict__ out = relu6 ? y + (b * c + ch) * plane : nullptr;
         for (int64_t start = 0; start < plane; start += SUM_RUN) {
           const int64_t stop = std::min(plane, start + SUM_RUN);
           float sg = 0.0f, sgx = 0.0f;
           if (relu6) {
 #pragma omp simd reduction(+ : sg, sgx)
             for (int64_t i = start; i < stop; ++i) {
-              const float g = (out[i] > 0.0f && out[i] < 6.0f) ? d[i] : 0.0f;
+              const float g = relu6_pass((in[i] - m) * scale + shift, d[i]);
               sg += g;
               sgx += g * (in[i] - m);
             }
@@ -678,7 +686,7 @@ int bn_train_grad(const Args& a, bool relu6) {
       dgb[ch] = static_cast<float>(dgamma);
       dgb[c + ch] = static_cast<float>(sum_g);
       // dx = k * (g - mean_g - (x - mean) * coef), k = gamma * invstd, coef = invstd^2 * sum g (x - mean) / M
-      const float k = gamma[ch] * invstd;
+      const float k = scale;
       const float mean_g = values > 0 ? static_cast<float>(sum_g / values) : 0.0f;
       const float coef = values > 0 ? static_cast<float>(dgamma * invstd / values) : 0.0f;
       for (int64_t b = 0; b < n; ++b) {
@@ -686,10 +694,9 @@ int bn_train_grad(const Args& a, bool relu6) {
         const float* __restrict__ in = x + (b * c + ch) * plane;
         float* __restrict__ o = dx + (b * c + ch) * plane;
         if (relu6) {
-          const float* __restrict__ out = y + (b * c + ch) * plane;
 #pragma omp simd
           for (int64_t i = 0; i < plane; ++i) {
-            const float g = (out[i] > 0.0f && out[i] < 6.0f) ? d[i] : 0.0f;
+            const float g = relu6_pass((in[i] - m) * scale + shift, d[i]);
             o[i] = k * (g - mean_g - (in[i] - m) * coef);
           }
         } else {
