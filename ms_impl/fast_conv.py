@@ -213,7 +213,8 @@ def call_entry_point(library: ctypes.CDLL, name: str, arrays, shapes=None, outpu
 
 def reference_batch_norm_train(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, relu6: bool,
                                dy: np.ndarray):
-    """float64 reference of the training BatchNorm (+ ReLU6) kernels: (y, stats[3, C], dx, [dgamma, dbeta])."""
+    """float64 reference of the training BatchNorm (+ ReLU6) kernels:
+    (y, [batch mean, invstd], unbiased batch variance, dx, dgamma, dbeta)."""
     xd = x.astype(np.float64)
     values = x.size // x.shape[1]
     mean, var = xd.mean((0, 2, 3)), xd.var((0, 2, 3))
@@ -227,7 +228,7 @@ def reference_batch_norm_train(x: np.ndarray, gamma: np.ndarray, beta: np.ndarra
                                                   / values)
     with np.errstate(divide="ignore", invalid="ignore"):
         unbiased = var * values / (values - 1.0)
-    return y, np.stack([mean, invstd, unbiased]), dx, np.stack([dgamma, dbeta])
+    return y, np.stack([mean, invstd]), unbiased, dx, dgamma, dbeta
 
 
 def _reference_conv(x: np.ndarray, w: np.ndarray, stride: int, depthwise: bool) -> np.ndarray:
@@ -310,16 +311,21 @@ def _self_test_entry_points(path: Path) -> None:
         dy = rng.standard_normal(x.shape).astype(np.float32)
         want = reference_batch_norm_train(x, gamma, beta, 1e-5, relu6, dy)
         prefix = "bn_relu6" if relu6 else "bn"
-        status, (y, stats) = call_entry_point(library, f"{prefix}_train_forward",
-                                              [x, gamma, beta, np.array([1e-5]), np.zeros(x.shape), np.zeros((3, 3))],
-                                              outputs=2)
-        inputs = [dy, x, gamma, beta, stats] if relu6 else [dy, x, gamma, stats]
-        status_grad, (dx, dgb) = call_entry_point(library, f"{prefix}_train_grad",
-                                                  inputs + [np.zeros(x.shape), np.zeros((2, 3))], outputs=2)
-        for code, got, expected, name in ((status, y, want[0], "forward"), (status, stats, want[1], "forward"),
-                                          (status_grad, dx, want[2], "grad"), (status_grad, dgb, want[3], "grad")):
+        moving_mean, moving_variance = rng.standard_normal(3), rng.uniform(0.5, 2.0, 3)
+        status, (y, saved, new_mean, new_variance) = call_entry_point(
+            library, f"{prefix}_train_forward",
+            [x, gamma, beta, moving_mean, moving_variance, np.array([1e-5, 0.1]), np.zeros(x.shape),
+             np.zeros((2, 3)), np.zeros(3), np.zeros(3)], outputs=4)
+        inputs = [dy, x, gamma, beta, saved] if relu6 else [dy, x, gamma, saved]
+        status_grad, (dx, dgamma, dbeta) = call_entry_point(
+            library, f"{prefix}_train_grad", inputs + [np.zeros(x.shape), np.zeros(3), np.zeros(3)], outputs=3)
+        checks = ((status, y, want[0]), (status, saved, want[1]), (status, new_mean, 0.9 * moving_mean + 0.1 * want[1][0]),
+                  (status, new_variance, 0.9 * moving_variance + 0.1 * want[2]), (status_grad, dx, want[3]),
+                  (status_grad, dgamma, want[4]), (status_grad, dbeta, want[5]))
+        for index, (code, got, expected) in enumerate(checks):
             if code != 0 or not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
-                raise FastConvUnavailable(f"self-test: {prefix}_train_{name} gives wrong results")
+                raise FastConvUnavailable(f"self-test: {prefix}_train_{'forward' if index < 4 else 'grad'} "
+                                          "gives wrong results")
     setter = library.mbv2_set_threads
     setter.argtypes = [ctypes.c_int]
     setter(kernel_threads())
@@ -454,28 +460,26 @@ class FastConv3x3(nn.Conv2d):
 
 @functools.lru_cache(maxsize=None)
 def _batch_norm_ops(relu6: bool) -> ops.Custom:
-    """The training BatchNorm (+ ReLU6) forward (x, gamma, beta, eps[1]) -> (y, stats[3, C]) with its bprop;
-    stats = (batch mean, 1 / sqrt(batch variance + eps), unbiased batch variance)."""
+    """The training BatchNorm (+ ReLU6) forward, with its bprop:
+    (x, gamma, beta, moving_mean, moving_variance, [eps, momentum]) -> (y, saved, new moving_mean,
+    new moving_variance); saved[2, C] = (batch mean, 1 / sqrt(batch variance + eps))."""
     library = _cached_library()[0]
     if not library:
         raise FastConvUnavailable(_cached_library()[1])
     prefix = "bn_relu6" if relu6 else "bn"
-    both_same = lambda *dtypes: (dtypes[0], dtypes[0])  # noqa: E731
-    if relu6:
-        grad = ops.Custom(f"{library}:{prefix}_train_grad", out_shape=lambda dy, x, g, b, st: (x, (2, x[1])),
-                          out_dtype=both_same, func_type="aot")
-    else:
-        grad = ops.Custom(f"{library}:{prefix}_train_grad", out_shape=lambda dy, x, g, st: (x, (2, x[1])),
-                          out_dtype=both_same, func_type="aot")
+    grad = ops.Custom(f"{library}:{prefix}_train_grad", out_shape=lambda dy, x, gamma, *rest: (x, gamma, gamma),
+                      out_dtype=lambda *dtypes: (dtypes[0],) * 3, func_type="aot")
 
-    def bprop(x, gamma, beta, eps, out, dout):
-        # dout[1] (the statistics) feeds only the moving averages, which are not differentiated.
-        stats = out[1]
-        dx, dgamma_dbeta = grad(dout[0], x, gamma, beta, stats) if relu6 else grad(dout[0], x, gamma, stats)
-        return dx, dgamma_dbeta[0], dgamma_dbeta[1], ops.zeros_like(eps)
+    def bprop(x, gamma, beta, moving_mean, moving_variance, constants, out, dout):
+        # Only y is differentiated: the other outputs feed the moving statistics.
+        saved = out[1]
+        dx, dgamma, dbeta = grad(dout[0], x, gamma, beta, saved) if relu6 else grad(dout[0], x, gamma, saved)
+        return (dx, dgamma, dbeta, ops.zeros_like(moving_mean), ops.zeros_like(moving_variance),
+                ops.zeros_like(constants))
 
-    return ops.Custom(f"{library}:{prefix}_train_forward", out_shape=lambda x, g, b, e: (x, (3, x[1])),
-                      out_dtype=both_same, func_type="aot", bprop=bprop)
+    return ops.Custom(f"{library}:{prefix}_train_forward",
+                      out_shape=lambda x, gamma, *rest: (x, (2, x[1]), gamma, gamma),
+                      out_dtype=lambda *dtypes: (dtypes[0],) * 4, func_type="aot", bprop=bprop)
 
 
 class FastBatchNorm2d(nn.BatchNorm2d):
@@ -492,17 +496,15 @@ class FastBatchNorm2d(nn.BatchNorm2d):
         super().__init__(num_features, eps=eps, momentum=momentum)
         self.train_kernel = _batch_norm_ops(False)
         self.train_relu6_kernel = _batch_norm_ops(True)
-        self.eps_tensor = ms.Tensor(np.array([eps], dtype=np.float32))
+        # self.momentum is the primitive's, 1 - the constructor's (as nn.BatchNorm2d passes it to ops.BatchNorm).
+        self.kernel_constants = ms.Tensor(np.array([eps, self.momentum], dtype=np.float32))
         self.relu6_op = ops.ReLU6()
 
     def _train_forward(self, x: ms.Tensor, kernel) -> ms.Tensor:
-        y, stats = kernel(x, self.gamma, self.beta, self.eps_tensor)
-        stats = ops.stop_gradient(stats)
-        # self.momentum is the primitive's (1 - the constructor's), as in nn.BatchNorm2d.
-        mean = self.moving_mean * (1.0 - self.momentum) + stats[0] * self.momentum
-        variance = self.moving_variance * (1.0 - self.momentum) + stats[2] * self.momentum
-        y = ops.depend(y, ops.assign(self.moving_mean, mean))
-        return ops.depend(y, ops.assign(self.moving_variance, variance))
+        y, _, mean, variance = kernel(x, self.gamma, self.beta, self.moving_mean, self.moving_variance,
+                                      self.kernel_constants)
+        y = ops.depend(y, ops.assign(self.moving_mean, ops.stop_gradient(mean)))
+        return ops.depend(y, ops.assign(self.moving_variance, ops.stop_gradient(variance)))
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         if self.use_batch_statistics is True or (self.use_batch_statistics is None and self.training):

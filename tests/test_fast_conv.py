@@ -294,23 +294,26 @@ def test_batch_norm_entry_points_refuse_wrong_shapes(fast_conv):
     library = ctypes.CDLL(str(fast_conv.kernel_library()))
     call = fast_conv.call_entry_point
     x = np.ones((2, 4, 3, 5), dtype=np.float32)
-    vector, eps = np.ones(4, dtype=np.float32), np.array([1e-5], dtype=np.float32)
-    assert call(library, "bn_train_forward", [x, vector, vector, eps, np.zeros(x.shape), np.zeros((3, 4))],
-                outputs=2)[0] == 0
+    v, constants, saved = np.ones(4, dtype=np.float32), np.array([1e-5, 0.1], dtype=np.float32), np.ones((2, 4))
+    forward_outputs = [np.zeros(x.shape), np.zeros((2, 4)), np.zeros(4), np.zeros(4)]
+    grad_outputs = [np.zeros(x.shape), np.zeros(4), np.zeros(4)]
+    assert call(library, "bn_train_forward", [x, v, v, v, v, constants] + forward_outputs, outputs=4)[0] == 0
+    assert call(library, "bn_relu6_train_grad", [x, x, v, v, saved] + grad_outputs, outputs=3)[0] == 0
     refused = [
-        ("bn_train_forward", [x, np.ones(3), vector, eps, np.zeros(x.shape), np.zeros((3, 4))]),  # gamma length
-        ("bn_relu6_train_forward", [x, vector, vector, eps, np.zeros((2, 4, 3, 4)), np.zeros((3, 4))]),  # y
-        ("bn_train_forward", [x, vector, vector, eps, np.zeros(x.shape), np.zeros((2, 4))]),  # stats rows
-        ("bn_train_forward", [x, vector, vector, np.ones(2), np.zeros(x.shape), np.zeros((3, 4))]),  # eps
-        ("bn_train_grad", [np.zeros((1, 4, 3, 5)), x, vector, np.zeros((3, 4)), np.zeros(x.shape),
-                           np.zeros((2, 4))]),  # batch of dy
-        ("bn_relu6_train_grad", [x, x, vector, np.ones(3), np.zeros((3, 4)), np.zeros(x.shape),
-                                 np.zeros((2, 4))]),  # beta length
-        ("bn_relu6_train_grad", [x, x, vector, np.zeros((3, 4)), np.zeros(x.shape), np.zeros((2, 4))]),  # no beta
-        ("bn_train_grad", [x, x, vector, np.zeros((3, 4)), np.zeros(x.shape), np.zeros((3, 4))]),  # dgamma_dbeta
+        ("bn_train_forward", [x, np.ones(3), v, v, v, constants] + forward_outputs),  # gamma length
+        ("bn_relu6_train_forward", [x, v, v, v, np.ones(5), constants] + forward_outputs),  # moving variance
+        ("bn_train_forward", [x, v, v, v, v, np.ones(1)] + forward_outputs),  # eps and momentum
+        ("bn_train_forward", [x, v, v, v, v, constants, np.zeros((2, 4, 3, 4))] + forward_outputs[1:]),  # y
+        ("bn_train_forward", [x, v, v, v, v, constants, forward_outputs[0], np.zeros((3, 4))]
+         + forward_outputs[2:]),  # saved statistics
+        ("bn_train_forward", [x, v, v, v, v] + forward_outputs),  # an input missing
+        ("bn_train_grad", [np.zeros((1, 4, 3, 5)), x, v, saved] + grad_outputs),  # batch of dy
+        ("bn_relu6_train_grad", [x, x, v, np.ones(3), saved] + grad_outputs),  # beta length
+        ("bn_relu6_train_grad", [x, x, v, saved] + grad_outputs),  # no beta
+        ("bn_train_grad", [x, x, v, saved, np.zeros(x.shape), np.zeros(4), np.zeros(3)]),  # dbeta length
     ]
     for name, arrays in refused:
-        assert call(library, name, arrays, outputs=2)[0] == 1, name
+        assert call(library, name, arrays, outputs=3)[0] == 1, name
 
 
 def test_layer_keeps_conv2d_identity(fast_conv):

@@ -539,9 +539,11 @@ int dense_grad_weight(const Args& a, int stride) {
 // biased variance (each plane's sum and centred sum of squares, combined in
 // double with Chan's formula, so one pass over memory and no cancellation),
 // then y = (x - mean) * (gamma * invstd) + beta, clamped to [0, 6] for the
-// fused ReLU6. stats[3, C] = (mean, invstd = 1 / sqrt(var + eps), unbiased
-// variance var * M / (M - 1), as MindSpore's BatchNorm feeds its moving
-// variance; NaN for M = 1 as there). Backward: the pre-activation p is
+// fused ReLU6. saved[2, C] = (mean, invstd = 1 / sqrt(var + eps)) for the
+// backward; the moving statistics come out updated by MindSpore's rule,
+// moving * (1 - momentum) + batch * momentum (momentum: the primitive's, 0.1
+// for nn.BatchNorm2d(momentum=0.9)), with the unbiased variance var * M / (M -
+// 1) as MindSpore's BatchNorm (NaN for M = 1 as there). Backward: the pre-activation p is
 // recomputed from x with the forward's very operations (bit-identical, so x
 // is read instead of y), g = dy where 0 < p <= 6 (MindSpore's ReLU6 gradient,
 // which passes at exactly 6; torch's stops there), else 0; z = (x - mean) *
@@ -586,19 +588,26 @@ void plane_moments(const float* __restrict__ x, int64_t len, double& count, doub
   count = n;
 }
 
-// (x, gamma, beta, eps[1]) -> (y, stats[3, C]); with `relu6`, y is clamped to [0, 6].
+// (x, gamma, beta, moving_mean, moving_variance, eps_momentum[2]) ->
+// (y, saved[2, C], new moving_mean, new moving_variance); with `relu6`, y is clamped to [0, 6].
 int bn_train_forward(const Args& a, bool relu6) {
-  if (a.nparam != 6 || !a.is(0, -1, -1, -1, -1)) return 1;
+  if (a.nparam != 10 || !a.is(0, -1, -1, -1, -1)) return 1;
   const int64_t n = a.shape(0)[0], c = a.shape(0)[1], h = a.shape(0)[2], w = a.shape(0)[3];
-  if (!a.is_vector(1, c) || !a.is_vector(2, c) || !a.is_vector(3, 1) || !a.is(4, n, c, h, w) ||
-      !a.is_matrix(5, 3, c))
-    return 1;
+  for (int i : {1, 2, 3, 4, 8, 9}) {
+    if (!a.is_vector(i, c)) return 1;
+  }
+  if (!a.is_vector(5, 2) || !a.is(6, n, c, h, w) || !a.is_matrix(7, 2, c)) return 1;
   const float* x = a.in(0);
   const float* gamma = a.in(1);
   const float* beta = a.in(2);
-  const double eps = a.in(3)[0];
-  float* y = a.out(4);
-  float* stats = a.out(5);
+  const float* moving_mean = a.in(3);
+  const float* moving_variance = a.in(4);
+  const double eps = a.in(5)[0];
+  const float momentum = a.in(5)[1];
+  float* y = a.out(6);
+  float* stats = a.out(7);
+  float* new_mean = a.out(8);
+  float* new_variance = a.out(9);
   const int64_t plane = h * w;
   const double values = static_cast<double>(n * plane);
   parallel_for(c, [&](int64_t begin, int64_t end) {
@@ -609,7 +618,9 @@ int bn_train_forward(const Args& a, bool relu6) {
       const double invstd = 1.0 / std::sqrt(var + eps);
       stats[ch] = static_cast<float>(mean);
       stats[c + ch] = static_cast<float>(invstd);
-      stats[2 * c + ch] = static_cast<float>(var * values / (values - 1.0));
+      const float unbiased = static_cast<float>(var * values / (values - 1.0));
+      new_mean[ch] = moving_mean[ch] * (1.0f - momentum) + stats[ch] * momentum;
+      new_variance[ch] = moving_variance[ch] * (1.0f - momentum) + unbiased * momentum;
       // m and scale exactly as the backward rebuilds them from stats (same pre-activation there).
       const float m = stats[ch];
       const float scale = gamma[ch] * stats[c + ch];
@@ -633,14 +644,15 @@ int bn_train_forward(const Args& a, bool relu6) {
 // Whether ReLU6 passes the gradient at pre-activation p (as MindSpore's ReLU6Grad: 0 < p <= 6).
 inline float relu6_pass(float p, float g) { return (p > 0.0f && p <= 6.0f) ? g : 0.0f; }
 
-// (dy, x, gamma[, beta], stats[3, C]) -> (dx, dgamma_dbeta[2, C]); with `relu6` (beta given), ReLU6's
+// (dy, x, gamma[, beta], saved[2, C]) -> (dx, dgamma, dbeta); with `relu6` (beta given), ReLU6's
 // gradient masks dy, decided on the pre-activation rebuilt from x.
 int bn_train_grad(const Args& a, bool relu6) {
   const int base = relu6 ? 1 : 0;  // beta sits at index 3 when present
-  if (a.nparam != 6 + base || !a.is(1, -1, -1, -1, -1)) return 1;
+  if (a.nparam != 7 + base || !a.is(1, -1, -1, -1, -1)) return 1;
   const int64_t n = a.shape(1)[0], c = a.shape(1)[1], h = a.shape(1)[2], w = a.shape(1)[3];
   if (!a.is(0, n, c, h, w) || !a.is_vector(2, c) || (relu6 && !a.is_vector(3, c)) ||
-      !a.is_matrix(3 + base, 3, c) || !a.is(4 + base, n, c, h, w) || !a.is_matrix(5 + base, 2, c))
+      !a.is_matrix(3 + base, 2, c) || !a.is(4 + base, n, c, h, w) || !a.is_vector(5 + base, c) ||
+      !a.is_vector(6 + base, c))
     return 1;
   const float* dy = a.in(0);
   const float* x = a.in(1);
@@ -648,7 +660,8 @@ int bn_train_grad(const Args& a, bool relu6) {
   const float* beta = relu6 ? a.in(3) : nullptr;
   const float* stats = a.in(3 + base);
   float* dx = a.out(4 + base);
-  float* dgb = a.out(5 + base);
+  float* dgamma_out = a.out(5 + base);
+  float* dbeta_out = a.out(6 + base);
   const int64_t plane = h * w;
   const double values = static_cast<double>(n * plane);
   parallel_for(c, [&](int64_t begin, int64_t end) {
@@ -683,8 +696,8 @@ int bn_train_grad(const Args& a, bool relu6) {
         }
       }
       const double dgamma = sum_gx * invstd;
-      dgb[ch] = static_cast<float>(dgamma);
-      dgb[c + ch] = static_cast<float>(sum_g);
+      dgamma_out[ch] = static_cast<float>(dgamma);
+      dbeta_out[ch] = static_cast<float>(sum_g);
       // dx = k * (g - mean_g - (x - mean) * coef), k = gamma * invstd, coef = invstd^2 * sum g (x - mean) / M
       const float k = scale;
       const float mean_g = values > 0 ? static_cast<float>(sum_g / values) : 0.0f;
