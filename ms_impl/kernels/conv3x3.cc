@@ -475,8 +475,26 @@ int dense_forward(const Args& a, int stride, bool fused) {
   const float* w = a.in(1);
   const float* bias = fused ? a.in(2) : nullptr;
   float* y = a.out(y_index);
-  const std::vector<float> padded = pad_all(g, a.in(0), n * ci);
   const int64_t out_plane = g.out_height * g.out_width;
+  if (n >= 2 && ci * g.plane <= (int64_t{1} << 20)) {
+    // Few input channels (the stem): split over images; an image's ci padded planes stay in cache
+    // while every output channel is computed from them.
+    const float* x = a.in(0);
+    const int64_t in_plane = g.height * g.width;
+    parallel_for(n, [&](int64_t begin, int64_t end) {
+      float* padded = scratch(ci * g.plane);
+      for (int64_t b = begin; b < end; ++b) {
+        for (int64_t i = 0; i < ci; ++i) pad_plane(g, x + (b * ci + i) * in_plane, padded + i * g.plane);
+        for (int64_t o = 0; o < co; ++o) {
+          float* out = y + (b * co + o) * out_plane;
+          for (int64_t i = 0; i < ci; ++i) forward_plane(g, padded + i * g.plane, w + (o * ci + i) * 9, out, i > 0);
+          if (fused) bias_relu6_plane(out, out_plane, bias[o]);
+        }
+      }
+    });
+    return 0;
+  }
+  const std::vector<float> padded = pad_all(g, a.in(0), n * ci);
   parallel_for(n * co, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t b = p / co, o = p % co;
@@ -516,10 +534,34 @@ int dense_grad_weight(const Args& a, int stride) {
   const int64_t n = a.shape(0)[0], ci = a.shape(0)[1], co = a.shape(1)[1];
   const Geometry g(a.shape(0)[2], a.shape(0)[3], stride);
   if (!a.is(1, n, co, g.out_height, g.out_width) || !a.is(2, co, ci, 3, 3)) return 1;
+  const float* x = a.in(0);
   const float* dy = a.in(1);
   float* dw = a.out(2);
-  const std::vector<float> padded = pad_all(g, a.in(0), n * ci);
-  const int64_t out_plane = g.out_height * g.out_width;
+  const int64_t in_plane = g.height * g.width, out_plane = g.out_height * g.out_width;
+  const int64_t taps = co * ci * 9;
+  if (n * taps <= (int64_t{1} << 22) && ci * g.plane <= (int64_t{1} << 20)) {
+    // Few weights (the stem): split over images, each image's planes read once (its ci padded planes stay
+    // in cache while every output channel meets them); one double sum per image and weight, added up
+    // in image order afterwards, so the result does not depend on the thread count.
+    std::vector<double> partial(n * taps, 0.0);
+    parallel_for(n, [&](int64_t begin, int64_t end) {
+      float* padded = scratch(ci * g.plane);
+      for (int64_t b = begin; b < end; ++b) {
+        for (int64_t i = 0; i < ci; ++i) pad_plane(g, x + (b * ci + i) * in_plane, padded + i * g.plane);
+        double* acc = partial.data() + b * taps;
+        for (int64_t o = 0; o < co; ++o)
+          for (int64_t i = 0; i < ci; ++i)
+            weight_grad_plane(g, padded + i * g.plane, dy + (b * co + o) * out_plane, acc + (o * ci + i) * 9);
+      }
+    });
+    for (int64_t t = 0; t < taps; ++t) {
+      double sum = 0.0;
+      for (int64_t b = 0; b < n; ++b) sum += partial[b * taps + t];
+      dw[t] = static_cast<float>(sum);
+    }
+    return 0;
+  }
+  const std::vector<float> padded = pad_all(g, x, n * ci);
   parallel_for(co * ci, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t o = p / ci, i = p % ci;
@@ -531,7 +573,6 @@ int dense_grad_weight(const Args& a, int stride) {
   });
   return 0;
 }
-
 
 // ---- BatchNorm in training (batch statistics), optionally followed by ReLU6 ----
 //
