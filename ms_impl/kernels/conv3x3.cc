@@ -270,9 +270,14 @@ void unpad_plane(const Geometry& g, const float* __restrict__ padded, float* __r
         std::memcpy(out, row + 1, sizeof(float) * g.width);
       }
     } else {
-      for (int64_t iw = 0; iw < g.width; ++iw) {
-        const float v = row[g.column(iw + 1)];
-        out[iw] = accumulate ? out[iw] + v : v;
+      // Input column iw sits at padded column iw + 1: even iw in the odd half, odd iw in the even half.
+      const float* __restrict__ odd = row + g.even_len;
+      if (accumulate) {
+        for (int64_t iw = 0; iw < g.width; iw += 2) out[iw] += odd[iw / 2];
+        for (int64_t iw = 1; iw < g.width; iw += 2) out[iw] += row[(iw + 1) / 2];
+      } else {
+        for (int64_t iw = 0; iw < g.width; iw += 2) out[iw] = odd[iw / 2];
+        for (int64_t iw = 1; iw < g.width; iw += 2) out[iw] = row[(iw + 1) / 2];
       }
     }
   }
