@@ -326,6 +326,12 @@ def _self_test_entry_points(path: Path) -> None:
             if code != 0 or not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
                 raise FastConvUnavailable(f"self-test: {prefix}_train_{'forward' if index < 4 else 'grad'} "
                                           "gives wrong results")
+    x = rng.standard_normal((2, 3, 5, 4)).astype(np.float32) * 4 + 2
+    scale, shift = rng.uniform(0.5, 2.0, 3).astype(np.float32), rng.uniform(-1.0, 4.0, 3).astype(np.float32)
+    status, y = call_entry_point(library, "affine_relu6", [x, scale, shift, np.zeros(x.shape)])
+    if status != 0 or not np.allclose(y, np.clip(x * scale[None, :, None, None] + shift[None, :, None, None], 0, 6),
+                                      rtol=1e-5, atol=1e-5):
+        raise FastConvUnavailable("self-test: affine_relu6 gives wrong results")
     setter = library.mbv2_set_threads
     setter.argtypes = [ctypes.c_int]
     setter(kernel_threads())
@@ -369,6 +375,7 @@ def forget_resolution() -> None:
     _cached_library.cache_clear()
     _kernel_ops.cache_clear()
     _batch_norm_ops.cache_clear()
+    _affine_relu6_op.cache_clear()
     _state["warned"] = False
 
 
@@ -482,14 +489,35 @@ def _batch_norm_ops(relu6: bool) -> ops.Custom:
                       out_dtype=lambda *dtypes: (dtypes[0],) * 4, func_type="aot", bprop=bprop)
 
 
+@functools.lru_cache(maxsize=None)
+def _affine_relu6_op() -> ops.Custom:
+    """(x, scale[C], shift[C]) -> relu6(x * scale + shift) in one pass: eval-mode BatchNorm + ReLU6."""
+    library = _cached_library()[0]
+    if not library:
+        raise FastConvUnavailable(_cached_library()[1])
+
+    def bprop(x, scale, shift, out, dout):
+        # Eval mode is rarely differentiated: MindSpore's ops, ReLU6's rule (0 < pre <= 6) on the pre-activation.
+        k, b = scale.reshape((1, -1, 1, 1)), shift.reshape((1, -1, 1, 1))
+        pre = x * k + b
+        g = ops.select(ops.logical_and(pre > 0, pre <= 6), dout, ops.zeros_like(dout))
+        return g * k, (g * x).sum(axis=(0, 2, 3)), g.sum(axis=(0, 2, 3))
+
+    return ops.Custom(f"{library}:affine_relu6", out_shape=lambda x, scale, shift: x, out_dtype=_same_dtype,
+                      func_type="aot", bprop=bprop)
+
+
 class FastBatchNorm2d(nn.BatchNorm2d):
     """nn.BatchNorm2d (same parameters, names, init, checkpoint and moving-statistics convention) whose
     training forward with batch statistics runs our CPU kernel; `relu6(x)` is the same with ReLU6 fused.
 
     Batch statistics are used as in nn.BatchNorm2d: in training mode with `use_batch_statistics` None, or
-    always with True. Every other case (eval mode; `use_batch_statistics=False`, the trainer's --freeze_bn:
-    moving statistics, never updated) is MindSpore's own BatchNorm (and ReLU6). The moving statistics
-    follow MindSpore's rule, `moving = momentum * moving + (1 - momentum) * batch` (unbiased variance).
+    always with True. The moving statistics follow MindSpore's rule, `moving = momentum * moving +
+    (1 - momentum) * batch` (unbiased variance). In eval mode `relu6(x)` is one kernel pass too,
+    relu6(x * s + beta - mean * s), s = gamma / sqrt(var + eps), on the moving statistics (as the folding
+    of the 3x3 layers). Every other case (eval mode without ReLU6; `use_batch_statistics=False` in
+    training, the trainer's --freeze_bn: moving statistics, never updated) is MindSpore's own BatchNorm
+    (and ReLU6).
     """
 
     def __init__(self, num_features: int, eps: float, momentum: float) -> None:
@@ -499,6 +527,7 @@ class FastBatchNorm2d(nn.BatchNorm2d):
         # self.momentum is the primitive's, 1 - the constructor's (as nn.BatchNorm2d passes it to ops.BatchNorm).
         self.kernel_constants = ms.Tensor(np.array([eps, self.momentum], dtype=np.float32))
         self.relu6_op = ops.ReLU6()
+        self.eval_relu6_kernel = _affine_relu6_op()
 
     def _train_forward(self, x: ms.Tensor, kernel) -> ms.Tensor:
         y, _, mean, variance = kernel(x, self.gamma, self.beta, self.moving_mean, self.moving_variance,
@@ -515,6 +544,9 @@ class FastBatchNorm2d(nn.BatchNorm2d):
         """relu6(batch_norm(x)); with batch statistics in one kernel pass (forward and backward)."""
         if self.use_batch_statistics is True or (self.use_batch_statistics is None and self.training):
             return self._train_forward(x, self.train_relu6_kernel)
+        if not self.training:
+            scale = self.gamma / ops.sqrt(self.moving_variance + self.eps)
+            return self.eval_relu6_kernel(x, scale, self.beta - self.moving_mean * scale)
         return self.relu6_op(super().construct(x))
 
 

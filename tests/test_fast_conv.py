@@ -181,7 +181,7 @@ def _batch_norm_case(shape, seed: int):
     return x, upstream, gamma, beta
 
 
-def _ms_batch_norm_step(bn, relu6: bool, x, upstream, gamma, beta):
+def _ms_batch_norm_step(bn, relu6: bool, x, upstream, gamma, beta, train: bool = True):
     """(y, dx, dgamma, dbeta, moving mean, moving variance) of one training step of `bn` (+ ReLU6)."""
     import mindspore as ms
     from mindspore import nn
@@ -208,7 +208,7 @@ def _ms_batch_norm_step(bn, relu6: bool, x, upstream, gamma, beta):
     bn.gamma.set_data(ms.Tensor(gamma))
     bn.beta.set_data(ms.Tensor(beta))
     objective = Objective()
-    objective.set_train(True)
+    objective.set_train(train)
     (_, y), (dx, (dgamma, dbeta)) = ms.value_and_grad(objective, grad_position=0, weights=bn.trainable_params(),
                                                        has_aux=True)(ms.Tensor(x), ms.Tensor(upstream))
     return (y.asnumpy(), dx.asnumpy(), dgamma.asnumpy(), dbeta.asnumpy(), bn.moving_mean.asnumpy(),
@@ -288,6 +288,32 @@ def test_batch_norm_kernel_without_batch_statistics_is_mindspores(fast_conv, ms_
             np.testing.assert_allclose(mine, reference, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(2, 5, 3, 3), (1, 7, 1, 3)])
+def test_batch_norm_relu6_eval_kernel_matches_mindspore(fast_conv, ms_pynative, shape):
+    """Eval mode: relu6(BN(x)) on the moving statistics in one pass (affine_relu6), forward and gradients
+    (input, gamma, beta), against nn.BatchNorm2d + nn.ReLU6; the moving statistics stay as they were."""
+    import mindspore as ms
+
+    from ms_impl.mobilenetv2 import batch_norm
+
+    x, upstream, gamma, beta = _batch_norm_case(shape, seed=7)
+    rng = np.random.default_rng(8)
+    mean = rng.uniform(-1, 1, shape[1]).astype(np.float32)
+    variance = rng.uniform(0.5, 2, shape[1]).astype(np.float32)
+    results = []
+    for kind in ("on", "off"):
+        bn = batch_norm(shape[1], kind)
+        bn.moving_mean.set_data(ms.Tensor(mean))
+        bn.moving_variance.set_data(ms.Tensor(variance))
+        bn.set_train(False)
+        results.append(_ms_batch_norm_step(bn, True, x, upstream, gamma, beta, train=False))
+    names = ("forward", "grad input", "grad gamma", "grad beta", "moving mean", "moving variance")
+    for name, mine, reference in zip(names, *results):
+        _assert_close(mine, reference, f"eval {name} vs nn.BatchNorm2d + nn.ReLU6")
+    np.testing.assert_array_equal(results[0][4], mean)
+    assert (results[0][0][:, 0] == 0).all() and (results[0][0][:, 1] == 6).all()
+
+
 def test_batch_norm_entry_points_refuse_wrong_shapes(fast_conv):
     import ctypes
 
@@ -311,6 +337,8 @@ def test_batch_norm_entry_points_refuse_wrong_shapes(fast_conv):
         ("bn_relu6_train_grad", [x, x, v, np.ones(3), saved] + grad_outputs),  # beta length
         ("bn_relu6_train_grad", [x, x, v, saved] + grad_outputs),  # no beta
         ("bn_train_grad", [x, x, v, saved, np.zeros(x.shape), np.zeros(4), np.zeros(3)]),  # dbeta length
+        ("affine_relu6", [x, v, np.ones(3), np.zeros(x.shape)]),  # shift length
+        ("affine_relu6", [x, v, v, np.zeros((2, 4, 3, 4))]),  # y
     ]
     for name, arrays in refused:
         assert call(library, name, arrays, outputs=3)[0] == 1, name

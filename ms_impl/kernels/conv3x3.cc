@@ -768,6 +768,29 @@ int bn_train_grad(const Args& a, bool relu6) {
   return 0;
 }
 
+// (x, scale[C], shift[C]) -> y = min(max(x * scale + shift, 0), 6): an eval-mode BatchNorm (moving
+// statistics folded into scale and shift) and ReLU6 in one pass.
+int affine_relu6(const Args& a) {
+  if (a.nparam != 4 || !a.is(0, -1, -1, -1, -1)) return 1;
+  const int64_t n = a.shape(0)[0], c = a.shape(0)[1], h = a.shape(0)[2], w = a.shape(0)[3];
+  if (!a.is_vector(1, c) || !a.is_vector(2, c) || !a.is(3, n, c, h, w)) return 1;
+  const float* x = a.in(0);
+  const float* scale = a.in(1);
+  const float* shift = a.in(2);
+  float* y = a.out(3);
+  const int64_t plane = h * w;
+  parallel_for(n * c, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const float k = scale[p % c], b = shift[p % c];
+      const float* __restrict__ in = x + p * plane;
+      float* __restrict__ out = y + p * plane;
+#pragma omp simd
+      for (int64_t i = 0; i < plane; ++i) out[i] = std::min(std::max(in[i] * k + b, 0.0f), 6.0f);
+    }
+  });
+  return 0;
+}
+
 }  // namespace
 
 // Nothing may cross the extern "C" boundary into MindSpore: an exception there (allocation,
@@ -803,6 +826,7 @@ MBV2_ENTRY(bn_train_forward, bn_train_forward(args, false))
 MBV2_ENTRY(bn_relu6_train_forward, bn_train_forward(args, true))
 MBV2_ENTRY(bn_train_grad, bn_train_grad(args, false))
 MBV2_ENTRY(bn_relu6_train_grad, bn_train_grad(args, true))
+MBV2_ENTRY(affine_relu6, affine_relu6(args))
 
 // Thread count of the kernels from now on (n > 0), or back to the default (n <= 0):
 // $MBV2_KERNEL_THREADS, else the CPUs this process may run on. Called by fast_conv.py
