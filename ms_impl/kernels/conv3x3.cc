@@ -402,6 +402,49 @@ int dw_forward(const Args& a, int stride, bool fused) {
   return 0;
 }
 
+// dx (H x W) = the stride-2 input gradient of dy (Ho x Wo) through the 3x3 kernel w, gathered: input
+// row ih = 2 oh + kh - 1 meets dy row (ih + 1 - kh) / 2, so an even row takes kernel row 1 of dy row
+// ih / 2, an odd row kernel rows 0 and 2 of dy rows ih / 2 + 1 and ih / 2; columns alike. Each dx
+// element is written once (no read-modify-write passes). `work`: (Ho + 1) (Wo + 1) + 2 (Wo + 1) floats.
+void gather_plane_s2(const Geometry& g, const float* __restrict__ dy, const float* w, float* __restrict__ dx,
+                     float* work) {
+  const int64_t ho = g.out_height, wo = g.out_width, pitch = wo + 1;
+  float* __restrict__ rows = work;  // dy with a zero row and a zero column appended
+  float* __restrict__ even = work + (ho + 1) * pitch;
+  float* __restrict__ odd = even + pitch;
+  for (int64_t oh = 0; oh < ho; ++oh) {
+    std::memcpy(rows + oh * pitch, dy + oh * wo, sizeof(float) * wo);
+    rows[oh * pitch + wo] = 0.0f;
+  }
+  std::memset(rows + ho * pitch, 0, sizeof(float) * pitch);
+  const int64_t evens = (g.width + 1) / 2, odds = g.width / 2;
+  for (int64_t ih = 0; ih < g.height; ++ih) {
+    const int64_t r = ih / 2;
+    if (ih % 2 == 0) {
+      const float* __restrict__ d = rows + r * pitch;
+      const float w3 = w[3], w4 = w[4], w5 = w[5];
+#pragma omp simd
+      for (int64_t m = 0; m < evens; ++m) even[m] = w4 * d[m];
+#pragma omp simd
+      for (int64_t m = 0; m < odds; ++m) odd[m] = w3 * d[m + 1] + w5 * d[m];
+    } else {
+      const float* __restrict__ d0 = rows + (r + 1) * pitch;  // kernel row 0
+      const float* __restrict__ d2 = rows + r * pitch;        // kernel row 2
+      const float w0 = w[0], w1 = w[1], w2 = w[2], w6 = w[6], w7 = w[7], w8 = w[8];
+#pragma omp simd
+      for (int64_t m = 0; m < evens; ++m) even[m] = w1 * d0[m] + w7 * d2[m];
+#pragma omp simd
+      for (int64_t m = 0; m < odds; ++m) odd[m] = w0 * d0[m + 1] + w2 * d0[m] + w6 * d2[m + 1] + w8 * d2[m];
+    }
+    float* __restrict__ out = dx + ih * g.width;
+    for (int64_t m = 0; m < odds; ++m) {
+      out[2 * m] = even[m];
+      out[2 * m + 1] = odd[m];
+    }
+    if (evens > odds) out[2 * odds] = even[odds];
+  }
+}
+
 int dw_grad_input(const Args& a, int stride) {
   if (a.nparam != 4 || !a.is(2, -1, -1, -1, -1)) return 1;
   const int64_t n = a.shape(2)[0], c = a.shape(2)[1];
@@ -412,8 +455,9 @@ int dw_grad_input(const Args& a, int stride) {
   const float* w = a.in(1);
   float* dx = a.out(3);
   const int64_t in_plane = g.height * g.width, out_plane = g.out_height * g.out_width;
+  const int64_t work = std::max(g.plane, (g.out_height + 3) * (g.out_width + 1));
   parallel_for(n * c, [&](int64_t begin, int64_t end) {
-    float* padded = scratch(g.plane);
+    float* padded = scratch(work);
     for (int64_t p = begin; p < end; ++p) {
       const float* wp = w + (p % c) * 9;
       if (stride == 1) {
@@ -423,9 +467,7 @@ int dw_grad_input(const Args& a, int stride) {
         pad_plane(g, dy + p * out_plane, padded);
         forward_plane(g, padded, flipped, dx + p * in_plane, false);
       } else {
-        std::fill(padded, padded + g.plane, 0.0f);
-        scatter_plane(g, dy + p * out_plane, wp, padded);
-        unpad_plane(g, padded, dx + p * in_plane, false);
+        gather_plane_s2(g, dy + p * out_plane, wp, dx + p * in_plane, padded);
       }
     }
   });
