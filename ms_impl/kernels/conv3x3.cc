@@ -195,17 +195,28 @@ void parallel_for(int64_t total, const std::function<void(int64_t, int64_t)>& bo
 
 // Copies one H x W plane into a zero-padded plane (layout of Geometry).
 void pad_plane(const Geometry& g, const float* __restrict__ src, float* __restrict__ dst) {
-  std::memset(dst, 0, sizeof(float) * g.plane);
+  // Only the border is zeroed: the top and bottom rows, and in every row padded columns 0 and W + 1
+  // and the spare last float; every other float is written from src.
+  std::memset(dst, 0, sizeof(float) * g.pitch);
+  std::memset(dst + (g.height + 1) * g.pitch, 0, sizeof(float) * g.pitch);
+  const int64_t right = g.column(g.width + 1), pairs = g.width / 2;
   for (int64_t h = 0; h < g.height; ++h) {
     float* __restrict__ row = dst + (h + 1) * g.pitch;
     const float* __restrict__ in = src + h * g.width;
+    row[0] = 0.0f;
+    row[right] = 0.0f;
+    row[g.pitch - 1] = 0.0f;
     if (g.stride == 1) {
       std::memcpy(row + 1, in, sizeof(float) * g.width);
     } else {
       float* __restrict__ odd = row + g.even_len;
-      // input column iw sits at padded column iw + 1: odd iw -> even column.
-      for (int64_t iw = 0; iw < g.width; iw += 2) odd[iw / 2] = in[iw];
-      for (int64_t iw = 1; iw < g.width; iw += 2) row[(iw + 1) / 2] = in[iw];
+      float* __restrict__ even = row + 1;
+      // input column iw sits at padded column iw + 1: even iw -> odd half, odd iw -> even half.
+      for (int64_t m = 0; m < pairs; ++m) {
+        odd[m] = in[2 * m];
+        even[m] = in[2 * m + 1];
+      }
+      if (g.width % 2) odd[pairs] = in[g.width - 1];
     }
   }
 }
