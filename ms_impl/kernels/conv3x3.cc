@@ -1,4 +1,4 @@
-// 3x3 convolutions (padding 1, stride 1 or 2, fp32, NCHW) for MindSpore's CPU backend.
+// 3x3 convolutions (padding 1, stride 1 or 2, fp32, NCHW) and BatchNorm (+ ReLU6) for MindSpore's CPU backend.
 //
 // MindSpore 2.10 hands oneDNN plain NCHW tensors for these layers and gets its
 // reference (scalar) implementation: a depthwise 3x3 layer of MobileNetV2 runs
@@ -6,7 +6,7 @@
 // kernels are registered through `mindspore.ops.Custom(func_type="aot")` by
 // ms_impl/fast_conv.py, which also builds this file.
 //
-// Entry points (MindSpore AOT signature; inputs first, then the output):
+// Entry points (MindSpore AOT signature; inputs first, then the outputs):
 //   dw_forward_s{1,2}    (x[N,C,H,W], w[C,1,3,3])        -> y[N,C,Ho,Wo]
 //   dw_forward_bias_relu6_s{1,2} (x, w, b[C])            -> y = min(max(conv + b, 0), 6)
 //   dw_grad_input_s{1,2} (dy[N,C,Ho,Wo], w, x)           -> dx[N,C,H,W]   (x only for its shape)
@@ -15,7 +15,15 @@
 //   dense_forward_bias_relu6_s{1,2} (x, w, b[Co])        -> y = min(max(conv + b, 0), 6)
 //   dense_grad_input_s{1,2}  (dy, w, x)                  -> dx[N,Ci,H,W]
 //   dense_grad_weight_s{1,2} (x, dy)                     -> dw[Co,Ci,3,3]
-// with Ho = (H - 1) / s + 1, Wo = (W - 1) / s + 1. Each returns 0, or 1 when a
+// with Ho = (H - 1) / s + 1, Wo = (W - 1) / s + 1.
+// BatchNorm with batch statistics (training), optionally fused with the ReLU6 after it:
+//   bn[_relu6]_train_forward (x[N,C,H,W], gamma[C], beta[C], moving_mean[C], moving_variance[C],
+//                             eps_momentum[2]) -> y, saved[2,C] (mean, invstd), new moving mean, variance
+//   bn_train_grad            (dy, x, gamma, saved)                -> dx, dgamma[C], dbeta[C]
+//   bn_relu6_train_grad      (dy, x, gamma, beta, saved)          -> dx, dgamma[C], dbeta[C]
+//   affine_relu6             (x, scale[C], shift[C])              -> y = min(max(x * scale + shift, 0), 6)
+// (eval-mode BN on the moving statistics + ReLU6). Despite the file name, all of the MindSpore twin's
+// CPU kernels live here: one library, one thread pool, one build. Each returns 0, or 1 when a
 // dtype or any of the shapes above disagrees, or when the call fails (an
 // allocation or a thread): no C++ exception crosses into MindSpore, which
 // raises on a non-zero status. `mbv2_set_threads(n)` sets the thread count.
@@ -26,13 +34,16 @@
 // columns, then odd columns), so that for every kernel column kw the taps
 // x[s*ow + kw] of one output row are a contiguous run: all inner loops are
 // unit-stride and vectorize. Gradients w.r.t. the input: at stride 1 the
-// forward pass of dy with the flipped kernel; at stride 2 a scatter into a
-// padded plane of the same layout, interior copied out. Gradients w.r.t. the
-// weight are 9 dot products per plane pair. Work is split over a persistent
-// pool of threads (created on first use, see ThreadPool).
+// forward pass of dy with the flipped kernel; at stride 2, depthwise, gathered
+// row by row (gather_plane_s2), dense, a scatter into a padded plane of the
+// same layout, interior copied out. Gradients w.r.t. the weight are 9 dot
+// products per plane pair. Dense layers with few input channels (the stem)
+// are split over images, so an image's padded planes are read once while all
+// output channels use them. Work is split over a persistent pool of threads
+// (created on first use, see ThreadPool).
 #include <algorithm>
-#include <cmath>
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
