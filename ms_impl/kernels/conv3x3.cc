@@ -352,6 +352,58 @@ void weight_grad_plane(const Geometry& g, const float* __restrict__ padded, cons
   }
 }
 
+// Stride 1: acc[9] += the 9 dot products of dy with the shifted taps of a padded plane, as 9 flat dot
+// products over the whole plane: dy is first laid out with the padded plane's pitch (zeros in the
+// columns past Wo), so tap (kh, kw) of element j is padded[j + kh * pitch + kw] for every j. One
+// vectorized loop per plane, however narrow the rows (7x7 planes too), and one reduction per plane.
+// `work`: Ho * pitch floats.
+void weight_grad_plane_flat(const Geometry& g, const float* __restrict__ padded, const float* __restrict__ dy,
+                            double* acc, float* __restrict__ work) {
+  const int64_t wo = g.out_width, pitch = g.pitch, len = g.out_height * pitch;
+  for (int64_t oh = 0; oh < g.out_height; ++oh) {
+    std::memcpy(work + oh * pitch, dy + oh * wo, sizeof(float) * wo);
+    std::memset(work + oh * pitch + wo, 0, sizeof(float) * (pitch - wo));
+  }
+  const float* __restrict__ a0 = padded;
+  const float* __restrict__ a1 = padded + 1;
+  const float* __restrict__ a2 = padded + 2;
+  const float* __restrict__ b0 = padded + pitch;
+  const float* __restrict__ b1 = padded + pitch + 1;
+  const float* __restrict__ b2 = padded + pitch + 2;
+  const float* __restrict__ c0 = padded + 2 * pitch;
+  const float* __restrict__ c1 = padded + 2 * pitch + 1;
+  const float* __restrict__ c2 = padded + 2 * pitch + 2;
+  const float* __restrict__ d = work;
+  // Runs of 16 rows summed in float, then in double (large planes stay accurate).
+  const int64_t run = 16 * pitch;
+  for (int64_t start = 0; start < len; start += run) {
+    const int64_t stop = std::min(len, start + run);
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, s8 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, s8)
+    for (int64_t j = start; j < stop; ++j) {
+      const float v = d[j];
+      s0 += a0[j] * v;
+      s1 += a1[j] * v;
+      s2 += a2[j] * v;
+      s3 += b0[j] * v;
+      s4 += b1[j] * v;
+      s5 += b2[j] * v;
+      s6 += c0[j] * v;
+      s7 += c1[j] * v;
+      s8 += c2[j] * v;
+    }
+    acc[0] += s0;
+    acc[1] += s1;
+    acc[2] += s2;
+    acc[3] += s3;
+    acc[4] += s4;
+    acc[5] += s5;
+    acc[6] += s6;
+    acc[7] += s7;
+    acc[8] += s8;
+  }
+}
+
 bool is_f32(const char* dtype) { return std::strcmp(dtype, "float32") == 0 || std::strcmp(dtype, "float") == 0; }
 
 // The arguments of one call, checked: every shape the header promises, so a caller's mistake
@@ -507,13 +559,18 @@ int dw_grad_weight(const Args& a, int stride) {
   const int64_t in_plane = g.height * g.width, out_plane = g.out_height * g.out_width;
   // Split over channels: each worker owns whole rows of dw, no reduction across workers.
   parallel_for(c, [&](int64_t begin, int64_t end) {
-    float* padded = scratch(g.plane);
+    float* padded = scratch(g.plane + g.out_height * g.pitch);
+    float* work = padded + g.plane;
     for (int64_t ch = begin; ch < end; ++ch) {
       double acc[9] = {0};
       for (int64_t b = 0; b < n; ++b) {
         const int64_t p = b * c + ch;
         pad_plane(g, x + p * in_plane, padded);
-        weight_grad_plane(g, padded, dy + p * out_plane, acc);
+        if (stride == 1) {
+          weight_grad_plane_flat(g, padded, dy + p * out_plane, acc, work);
+        } else {
+          weight_grad_plane(g, padded, dy + p * out_plane, acc);
+        }
       }
       for (int k = 0; k < 9; ++k) dw[ch * 9 + k] = static_cast<float>(acc[k]);
     }
