@@ -51,8 +51,8 @@ from mindspore import nn, ops
 
 from parity.core.files import WriteError, atomic_path, one_line
 
-__all__ = ["FAST_CONV_MODES", "FastConvUnavailable", "FastConv3x3", "FastBatchNorm2d", "conv2d", "batch_norm", "kernel_library", "kernel_threads",
-           "resolve_fast_conv", "forget_resolution", "cache_dir", "call_entry_point"]
+__all__ = ["FAST_CONV_MODES", "FastConvUnavailable", "FastConv3x3", "FastBatchNorm2d", "conv2d", "batch_norm",
+           "kernel_library", "kernel_threads", "resolve_fast_conv", "forget_resolution", "cache_dir", "call_entry_point"]
 
 FAST_CONV_MODES = ("auto", "on", "off")
 SOURCE = Path(__file__).resolve().parent / "kernels" / "conv3x3.cc"
@@ -319,8 +319,8 @@ def _self_test_entry_points(path: Path) -> None:
         inputs = [dy, x, gamma, beta, saved] if relu6 else [dy, x, gamma, saved]
         status_grad, (dx, dgamma, dbeta) = call_entry_point(
             library, f"{prefix}_train_grad", inputs + [np.zeros(x.shape), np.zeros(3), np.zeros(3)], outputs=3)
-        checks = ((status, y, want[0]), (status, saved, want[1]), (status, new_mean, 0.9 * moving_mean + 0.1 * want[1][0]),
-                  (status, new_variance, 0.9 * moving_variance + 0.1 * want[2]), (status_grad, dx, want[3]),
+        checks = ((status, y, want[0]), (status, saved, want[1]),
+                  (status, new_mean, 0.9 * moving_mean + 0.1 * want[1][0]), (status, new_variance, 0.9 * moving_variance + 0.1 * want[2]), (status_grad, dx, want[3]),
                   (status_grad, dgamma, want[4]), (status_grad, dbeta, want[5]))
         for index, (code, got, expected) in enumerate(checks):
             if code != 0 or not np.allclose(got, expected, rtol=1e-4, atol=1e-4):

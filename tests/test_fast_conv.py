@@ -653,7 +653,8 @@ def test_bench_reports_every_peer_and_the_ratios(ms_pynative, capsys):
     eval_line = next(ln for ln in out.splitlines() if ln.startswith("- eval forward:"))
     assert "the best PyTorch peer (PyTorch" in train_line and "ONNX Runtime" in eval_line
     assert "without the BN folding" in eval_line
-    for layer in ("stem 3x3", "depthwise 3x3 s2", "depthwise 3x3 s1", "pointwise 1x1", "BatchNorm", "BatchNorm + ReLU6", "ReLU6"):
+    for layer in ("stem 3x3", "depthwise 3x3 s2", "depthwise 3x3 s1", "pointwise 1x1", "BatchNorm", "BatchNorm + ReLU6",
+                  "ReLU6"):
         cells = next(ln for ln in out.splitlines() if ln.startswith(f"| {layer}")).strip("|").split("|")[1:]
         assert len(cells) == 6 and all(float(c) > 0 for c in cells)
 
