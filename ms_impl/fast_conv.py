@@ -320,8 +320,9 @@ def _self_test_entry_points(path: Path) -> None:
         status_grad, (dx, dgamma, dbeta) = call_entry_point(
             library, f"{prefix}_train_grad", inputs + [np.zeros(x.shape), np.zeros(3), np.zeros(3)], outputs=3)
         checks = ((status, y, want[0]), (status, saved, want[1]),
-                  (status, new_mean, 0.9 * moving_mean + 0.1 * want[1][0]), (status, new_variance, 0.9 * moving_variance + 0.1 * want[2]), (status_grad, dx, want[3]),
-                  (status_grad, dgamma, want[4]), (status_grad, dbeta, want[5]))
+                  (status, new_mean, 0.9 * moving_mean + 0.1 * want[1][0]),
+                  (status, new_variance, 0.9 * moving_variance + 0.1 * want[2]),
+                  (status_grad, dx, want[3]), (status_grad, dgamma, want[4]), (status_grad, dbeta, want[5]))
         for index, (code, got, expected) in enumerate(checks):
             if code != 0 or not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
                 raise FastConvUnavailable(f"self-test: {prefix}_train_{'forward' if index < 4 else 'grad'} "
