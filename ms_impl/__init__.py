@@ -6,7 +6,7 @@ The twin (mirrors `pt_impl/`):
     optim         Momentum with weight decay on conv/dense weights only
     transforms    train/eval preprocessing (mindspore.dataset ops)
     weights       the one way to load a name->array dict into a Cell, and the weight digest
-    fast_conv     our CPU 3x3 convolution kernels (kernels/conv3x3.cc), built on first use
+    fast_conv     our CPU kernels (kernels/conv3x3.cc: 3x3 convolutions, BatchNorm + ReLU6), built on first use
 
 Command-line tools (run as `python ms_impl/<tool>.py` or `python -m ms_impl.<tool>`):
     train, eval, predict, export, datatools, bench_distributed

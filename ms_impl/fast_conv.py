@@ -51,8 +51,8 @@ from mindspore import nn, ops
 
 from parity.core.files import WriteError, atomic_path, one_line
 
-__all__ = ["FAST_CONV_MODES", "FastConvUnavailable", "FastConv3x3", "conv2d", "kernel_library", "kernel_threads",
-           "resolve_fast_conv", "forget_resolution", "cache_dir", "call_entry_point"]
+__all__ = ["FAST_CONV_MODES", "FastConvUnavailable", "FastConv3x3", "FastBatchNorm2d", "conv2d", "batch_norm",
+           "kernel_library", "kernel_threads", "resolve_fast_conv", "forget_resolution", "cache_dir", "call_entry_point"]
 
 FAST_CONV_MODES = ("auto", "on", "off")
 SOURCE = Path(__file__).resolve().parent / "kernels" / "conv3x3.cc"
@@ -192,9 +192,10 @@ def kernel_threads() -> int:
     return max(1, cpus // _local_workers())
 
 
-def call_entry_point(library: ctypes.CDLL, name: str, arrays, shapes=None) -> Tuple[int, np.ndarray]:
-    """Calls one kernel entry point with numpy arrays (the last is the output) the way MindSpore's AOT
-    runtime does; returns (status, output). `shapes` overrides the shapes passed (tests of the checks)."""
+def call_entry_point(library: ctypes.CDLL, name: str, arrays, shapes=None, outputs: int = 1):
+    """Calls one kernel entry point with numpy arrays (the last `outputs` are its outputs) the way MindSpore's
+    AOT runtime does; returns (status, output), or (status, (outputs...)) for `outputs` > 1. `shapes`
+    overrides the shapes passed (tests of the checks)."""
     arrays = [np.ascontiguousarray(a, dtype=np.float32) for a in arrays]
     count = len(arrays)
     claimed = [a.shape for a in arrays] if shapes is None else [tuple(s) for s in shapes]
@@ -207,7 +208,27 @@ def call_entry_point(library: ctypes.CDLL, name: str, arrays, shapes=None) -> Tu
     entry = getattr(library, name)
     entry.restype = ctypes.c_int
     status = entry(count, params, ndims, shapes, dtypes, None, None)
-    return status, arrays[-1]
+    return status, (arrays[-1] if outputs == 1 else tuple(arrays[-outputs:]))
+
+
+def reference_batch_norm_train(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, relu6: bool,
+                               dy: np.ndarray):
+    """float64 reference of the training BatchNorm (+ ReLU6) kernels:
+    (y, [batch mean, invstd], unbiased batch variance, dx, dgamma, dbeta)."""
+    xd = x.astype(np.float64)
+    values = x.size // x.shape[1]
+    mean, var = xd.mean((0, 2, 3)), xd.var((0, 2, 3))
+    invstd = 1.0 / np.sqrt(var + eps)
+    z = (xd - mean[None, :, None, None]) * invstd[None, :, None, None]
+    pre = z * gamma[None, :, None, None] + beta[None, :, None, None]
+    y = np.clip(pre, 0.0, 6.0) if relu6 else pre
+    g = dy * ((pre > 0) & (pre <= 6)) if relu6 else dy.astype(np.float64)  # MindSpore's ReLU6 passes at 6
+    dbeta, dgamma = g.sum((0, 2, 3)), (g * z).sum((0, 2, 3))
+    dx = (gamma * invstd)[None, :, None, None] * (g - (dbeta[None, :, None, None] + z * dgamma[None, :, None, None])
+                                                  / values)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        unbiased = var * values / (values - 1.0)
+    return y, np.stack([mean, invstd]), unbiased, dx, dgamma, dbeta
 
 
 def _reference_conv(x: np.ndarray, w: np.ndarray, stride: int, depthwise: bool) -> np.ndarray:
@@ -284,6 +305,34 @@ def _self_test_entry_points(path: Path) -> None:
             status, _ = call_entry_point(library, f"{kind}_forward_s{stride}", [x, w, np.zeros((1, cout, 1, 1))])
             if status != 1:
                 raise FastConvUnavailable(f"self-test: {kind}_forward_s{stride} accepts a wrong output shape")
+    for relu6 in (False, True):
+        x = rng.standard_normal((2, 3, 5, 4)).astype(np.float32) * 2 + 1
+        gamma, beta = rng.uniform(0.5, 2.0, 3).astype(np.float32), rng.uniform(-1.0, 4.0, 3).astype(np.float32)
+        dy = rng.standard_normal(x.shape).astype(np.float32)
+        want = reference_batch_norm_train(x, gamma, beta, 1e-5, relu6, dy)
+        prefix = "bn_relu6" if relu6 else "bn"
+        moving_mean, moving_variance = rng.standard_normal(3), rng.uniform(0.5, 2.0, 3)
+        status, (y, saved, new_mean, new_variance) = call_entry_point(
+            library, f"{prefix}_train_forward",
+            [x, gamma, beta, moving_mean, moving_variance, np.array([1e-5, 0.1]), np.zeros(x.shape),
+             np.zeros((2, 3)), np.zeros(3), np.zeros(3)], outputs=4)
+        inputs = [dy, x, gamma, beta, saved] if relu6 else [dy, x, gamma, saved]
+        status_grad, (dx, dgamma, dbeta) = call_entry_point(
+            library, f"{prefix}_train_grad", inputs + [np.zeros(x.shape), np.zeros(3), np.zeros(3)], outputs=3)
+        checks = ((status, y, want[0]), (status, saved, want[1]),
+                  (status, new_mean, 0.9 * moving_mean + 0.1 * want[1][0]),
+                  (status, new_variance, 0.9 * moving_variance + 0.1 * want[2]),
+                  (status_grad, dx, want[3]), (status_grad, dgamma, want[4]), (status_grad, dbeta, want[5]))
+        for index, (code, got, expected) in enumerate(checks):
+            if code != 0 or not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
+                raise FastConvUnavailable(f"self-test: {prefix}_train_{'forward' if index < 4 else 'grad'} "
+                                          "gives wrong results")
+    x = rng.standard_normal((2, 3, 5, 4)).astype(np.float32) * 4 + 2
+    scale, shift = rng.uniform(0.5, 2.0, 3).astype(np.float32), rng.uniform(-1.0, 4.0, 3).astype(np.float32)
+    status, y = call_entry_point(library, "affine_relu6", [x, scale, shift, np.zeros(x.shape)])
+    if status != 0 or not np.allclose(y, np.clip(x * scale[None, :, None, None] + shift[None, :, None, None], 0, 6),
+                                      rtol=1e-5, atol=1e-5):
+        raise FastConvUnavailable("self-test: affine_relu6 gives wrong results")
     setter = library.mbv2_set_threads
     setter.argtypes = [ctypes.c_int]
     setter(kernel_threads())
@@ -326,6 +375,8 @@ def forget_resolution() -> None:
     """Forget this process's resolved library and warning (after changing CXX or MBV2_KERNEL_CACHE; tests)."""
     _cached_library.cache_clear()
     _kernel_ops.cache_clear()
+    _batch_norm_ops.cache_clear()
+    _affine_relu6_op.cache_clear()
     _state["warned"] = False
 
 
@@ -413,6 +464,100 @@ class FastConv3x3(nn.Conv2d):
     def bias_relu6(self, x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor) -> ms.Tensor:
         """relu6(conv(x, weight) + bias) in one pass, with `weight` in place of the layer's own (a folded BN)."""
         return self.kernel_bias_relu6(x, weight, bias)
+
+
+@functools.lru_cache(maxsize=None)
+def _batch_norm_ops(relu6: bool) -> ops.Custom:
+    """The training BatchNorm (+ ReLU6) forward, with its bprop:
+    (x, gamma, beta, moving_mean, moving_variance, [eps, momentum]) -> (y, saved, new moving_mean,
+    new moving_variance); saved[2, C] = (batch mean, 1 / sqrt(batch variance + eps))."""
+    library = _cached_library()[0]
+    if not library:
+        raise FastConvUnavailable(_cached_library()[1])
+    prefix = "bn_relu6" if relu6 else "bn"
+    grad = ops.Custom(f"{library}:{prefix}_train_grad", out_shape=lambda dy, x, gamma, *rest: (x, gamma, gamma),
+                      out_dtype=lambda *dtypes: (dtypes[0],) * 3, func_type="aot")
+
+    def bprop(x, gamma, beta, moving_mean, moving_variance, constants, out, dout):
+        # Only y is differentiated: the other outputs feed the moving statistics.
+        saved = out[1]
+        dx, dgamma, dbeta = grad(dout[0], x, gamma, beta, saved) if relu6 else grad(dout[0], x, gamma, saved)
+        return (dx, dgamma, dbeta, ops.zeros_like(moving_mean), ops.zeros_like(moving_variance),
+                ops.zeros_like(constants))
+
+    return ops.Custom(f"{library}:{prefix}_train_forward",
+                      out_shape=lambda x, gamma, *rest: (x, (2, x[1]), gamma, gamma),
+                      out_dtype=lambda *dtypes: (dtypes[0],) * 4, func_type="aot", bprop=bprop)
+
+
+@functools.lru_cache(maxsize=None)
+def _affine_relu6_op() -> ops.Custom:
+    """(x, scale[C], shift[C]) -> relu6(x * scale + shift) in one pass: eval-mode BatchNorm + ReLU6."""
+    library = _cached_library()[0]
+    if not library:
+        raise FastConvUnavailable(_cached_library()[1])
+
+    def bprop(x, scale, shift, out, dout):
+        # Eval mode is rarely differentiated: MindSpore's ops, ReLU6's rule (0 < pre <= 6) on the pre-activation.
+        k, b = scale.reshape((1, -1, 1, 1)), shift.reshape((1, -1, 1, 1))
+        pre = x * k + b
+        g = ops.select(ops.logical_and(pre > 0, pre <= 6), dout, ops.zeros_like(dout))
+        return g * k, (g * x).sum(axis=(0, 2, 3)), g.sum(axis=(0, 2, 3))
+
+    return ops.Custom(f"{library}:affine_relu6", out_shape=lambda x, scale, shift: x, out_dtype=_same_dtype,
+                      func_type="aot", bprop=bprop)
+
+
+class FastBatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d (same parameters, names, init, checkpoint and moving-statistics convention) whose
+    training forward with batch statistics runs our CPU kernel; `relu6(x)` is the same with ReLU6 fused.
+
+    Batch statistics are used as in nn.BatchNorm2d: in training mode with `use_batch_statistics` None, or
+    always with True. The moving statistics follow MindSpore's rule, `moving = momentum * moving +
+    (1 - momentum) * batch` (unbiased variance). In eval mode `relu6(x)` is one kernel pass too,
+    relu6(x * s + beta - mean * s), s = gamma / sqrt(var + eps), on the moving statistics (as the folding
+    of the 3x3 layers). Every other case (eval mode without ReLU6; `use_batch_statistics=False` in
+    training, the trainer's --freeze_bn: moving statistics, never updated) is MindSpore's own BatchNorm
+    (and ReLU6).
+    """
+
+    def __init__(self, num_features: int, eps: float, momentum: float) -> None:
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.train_kernel = _batch_norm_ops(False)
+        self.train_relu6_kernel = _batch_norm_ops(True)
+        # self.momentum is the primitive's, 1 - the constructor's (as nn.BatchNorm2d passes it to ops.BatchNorm).
+        self.kernel_constants = ms.Tensor(np.array([eps, self.momentum], dtype=np.float32))
+        self.relu6_op = ops.ReLU6()
+        self.eval_relu6_kernel = _affine_relu6_op()
+
+    def _train_forward(self, x: ms.Tensor, kernel) -> ms.Tensor:
+        y, _, mean, variance = kernel(x, self.gamma, self.beta, self.moving_mean, self.moving_variance,
+                                      self.kernel_constants)
+        y = ops.depend(y, ops.assign(self.moving_mean, ops.stop_gradient(mean)))
+        return ops.depend(y, ops.assign(self.moving_variance, ops.stop_gradient(variance)))
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        if self.use_batch_statistics is True or (self.use_batch_statistics is None and self.training):
+            return self._train_forward(x, self.train_kernel)
+        return super().construct(x)
+
+    def relu6(self, x: ms.Tensor) -> ms.Tensor:
+        """relu6(batch_norm(x)); with batch statistics in one kernel pass (forward and backward)."""
+        if self.use_batch_statistics is True or (self.use_batch_statistics is None and self.training):
+            return self._train_forward(x, self.train_relu6_kernel)
+        if not self.training:
+            scale = self.gamma / ops.sqrt(self.moving_variance + self.eps)
+            return self.eval_relu6_kernel(x, scale, self.beta - self.moving_mean * scale)
+        return self.relu6_op(super().construct(x))
+
+
+def batch_norm(num_features: int, eps: float, momentum: float, fast_conv: str = "off") -> nn.BatchNorm2d:
+    """nn.BatchNorm2d (4-D input), or FastBatchNorm2d where the kernels apply and `fast_conv` allows."""
+    if fast_conv not in FAST_CONV_MODES:
+        raise ValueError(f"fast_conv must be one of {FAST_CONV_MODES}, got {fast_conv!r}")
+    if resolve_fast_conv(fast_conv):
+        return FastBatchNorm2d(num_features, eps, momentum)
+    return nn.BatchNorm2d(num_features, eps=eps, momentum=momentum)
 
 
 def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int, weight_init,

@@ -49,8 +49,9 @@ def _conv2d(
     )
 
 
-def batch_norm(num_features: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(num_features, eps=mbv2_spec.BN_EPS, momentum=mbv2_spec.BN_MOMENTUM_MINDSPORE)
+def batch_norm(num_features: int, fast_conv: str = "off") -> nn.BatchNorm2d:
+    # A FastBatchNorm2d (an nn.BatchNorm2d: training with batch statistics on our CPU kernel) when fast_conv allows.
+    return fast_conv_kernels.batch_norm(num_features, mbv2_spec.BN_EPS, mbv2_spec.BN_MOMENTUM_MINDSPORE, fast_conv)
 
 
 class ConvBNReLU(nn.Cell):
@@ -59,12 +60,18 @@ class ConvBNReLU(nn.Cell):
     def __init__(self, layer: mbv2_spec.ConvBNAct, fast_conv: str = "auto") -> None:
         super().__init__()
         conv = _conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.groups, fast_conv)
-        self.features = nn.SequentialCell([conv, batch_norm(layer.out_channels), nn.ReLU6()])
+        bn = batch_norm(layer.out_channels, fast_conv)
+        self.features = nn.SequentialCell([conv, bn, nn.ReLU6()])
         # Inference with our kernels: BN folded into the weights, bias + ReLU6 in the kernel's own pass.
         self.fold_bn = isinstance(conv, fast_conv_kernels.FastConv3x3)
+        # Training with our kernels: BatchNorm (batch statistics) + ReLU6 in one kernel, forward and backward.
+        self.fuse_bn_relu6 = isinstance(bn, fast_conv_kernels.FastBatchNorm2d)
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         if self.training or not self.fold_bn:
+            if self.fuse_bn_relu6:
+                # FastBatchNorm2d.relu6 is MindSpore's BN + ReLU6 where batch statistics are not used.
+                return self.features[1].relu6(self.features[0](x))
             return self.features(x)
         return self.folded_forward(x)
 
@@ -83,11 +90,11 @@ class InvertedResidual(nn.Cell):
 
     def __init__(self, block: mbv2_spec.InvertedResidual, fast_conv: str = "auto") -> None:
         super().__init__()
-        layers = [] if block.expand is None else [ConvBNReLU(block.expand)]
+        layers = [] if block.expand is None else [ConvBNReLU(block.expand, fast_conv)]
         layers += [
             ConvBNReLU(block.depthwise, fast_conv),
-            _conv2d(block.hidden_channels, block.out_channels, 1, 1, 1),
-            batch_norm(block.out_channels),
+            _conv2d(block.hidden_channels, block.out_channels, 1, 1, 1, fast_conv),
+            batch_norm(block.out_channels, fast_conv),
         ]
         self.conv = nn.SequentialCell(layers)
         self.use_residual = block.use_residual
@@ -114,7 +121,7 @@ class MobileNetV2Backbone(nn.Cell):
         self.features = nn.SequentialCell(
             [ConvBNReLU(self.spec.stem, fast_conv)]
             + [InvertedResidual(block, fast_conv) for block in self.spec.blocks]
-            + [ConvBNReLU(self.spec.last)]
+            + [ConvBNReLU(self.spec.last, fast_conv)]
         )
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:

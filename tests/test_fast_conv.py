@@ -164,6 +164,186 @@ def test_folded_batchnorm_eval_matches_unfolded(fast_conv, width):
     assert np.abs(train_got - train_want).max() <= 1e-4 * max(1.0, float(np.abs(train_want).max()))
 
 
+# (batch, channels, height, width): odd sizes, batch 1 and 2, a 1x1 plane, few values per channel.
+BATCH_NORM_SHAPES = [(1, 3, 5, 7), (2, 5, 3, 3), (2, 16, 9, 11), (1, 7, 1, 3), (3, 24, 6, 5)]
+
+
+def _batch_norm_case(shape, seed: int):
+    """Input, upstream gradient, gamma and beta; channel 0 sits exactly at ReLU6's 0 and channel 1 exactly
+    at 6 (gamma 0, beta 0 and 6), the other channels have values on both sides of both clamps."""
+    rng = np.random.default_rng(seed)
+    c = shape[1]
+    x = (rng.standard_normal(shape) * 2 + rng.uniform(-2, 2, (1, c, 1, 1))).astype(np.float32)
+    upstream = rng.standard_normal(shape).astype(np.float32)
+    gamma = rng.uniform(0.5, 3.0, c).astype(np.float32)
+    beta = rng.uniform(-1.0, 5.0, c).astype(np.float32)
+    gamma[:2], beta[:2] = 0.0, (0.0, 6.0)
+    return x, upstream, gamma, beta
+
+
+def _ms_batch_norm_step(bn, relu6: bool, x, upstream, gamma, beta, train: bool = True):
+    """(y, dx, dgamma, dbeta, moving mean, moving variance) of one training step of `bn` (+ ReLU6)."""
+    import mindspore as ms
+    from mindspore import nn
+
+    from ms_impl.fast_conv import FastBatchNorm2d
+
+    class Objective(nn.Cell):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bn = bn
+            self.relu6 = nn.ReLU6()
+            self.fused = isinstance(bn, FastBatchNorm2d)
+            self.with_relu6 = relu6
+
+        def construct(self, inputs, weights_of_upstream):
+            if self.with_relu6 and self.fused:
+                y = self.bn.relu6(inputs)
+            elif self.with_relu6:
+                y = self.relu6(self.bn(inputs))
+            else:
+                y = self.bn(inputs)
+            return (y * weights_of_upstream).sum(), y
+
+    bn.gamma.set_data(ms.Tensor(gamma))
+    bn.beta.set_data(ms.Tensor(beta))
+    objective = Objective()
+    objective.set_train(train)
+    (_, y), (dx, (dgamma, dbeta)) = ms.value_and_grad(objective, grad_position=0, weights=bn.trainable_params(),
+                                                       has_aux=True)(ms.Tensor(x), ms.Tensor(upstream))
+    return (y.asnumpy(), dx.asnumpy(), dgamma.asnumpy(), dbeta.asnumpy(), bn.moving_mean.asnumpy(),
+            bn.moving_variance.asnumpy())
+
+
+def _torch_batch_norm_step(relu6: bool, x, upstream, gamma, beta):
+    bn = torch.nn.BatchNorm2d(x.shape[1], eps=1e-5, momentum=0.1)
+    with torch.no_grad():
+        bn.weight.copy_(torch.from_numpy(gamma))
+        bn.bias.copy_(torch.from_numpy(beta))
+    xt = torch.from_numpy(x).requires_grad_(True)
+    y = bn(xt)
+    y = torch.nn.functional.relu6(y) if relu6 else y
+    (y * torch.from_numpy(upstream)).sum().backward()
+    return (y.detach().numpy(), xt.grad.numpy(), bn.weight.grad.numpy(), bn.bias.grad.numpy(),
+            bn.running_mean.numpy(), bn.running_var.numpy())
+
+
+@pytest.mark.parametrize("relu6", [True, False], ids=["bn_relu6", "bn"])
+@pytest.mark.parametrize("shape,graph", [(s, False) for s in BATCH_NORM_SHAPES] + [(BATCH_NORM_SHAPES[2], True)])
+def test_batch_norm_kernel_matches_mindspore_and_torch(fast_conv, shape, relu6, graph):
+    """The training BatchNorm (+ ReLU6) kernel: forward, gradients w.r.t. input, gamma and beta, and the
+    moving statistics after the step, against nn.BatchNorm2d (+ nn.ReLU6) and torch."""
+    import mindspore as ms
+
+    from ms_impl.mobilenetv2 import batch_norm
+
+    case = _batch_norm_case(shape, seed=sum(shape) + relu6)
+    ms.set_context(mode=ms.GRAPH_MODE if graph else ms.PYNATIVE_MODE)
+    try:
+        fused = batch_norm(shape[1], "on")
+        assert isinstance(fused, fast_conv.FastBatchNorm2d)
+        got = _ms_batch_norm_step(fused, relu6, *case)
+        want_ms = _ms_batch_norm_step(batch_norm(shape[1], "off"), relu6, *case)
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+    want_pt = _torch_batch_norm_step(relu6, *case)
+    names = ("forward", "grad input", "grad gamma", "grad beta", "moving mean", "moving variance")
+    for name, mine, ms_ref, pt_ref in zip(names, got, want_ms, want_pt):
+        _assert_close(mine, ms_ref, f"{name} vs nn.BatchNorm2d")
+        if relu6 and name in ("grad gamma", "grad beta"):
+            # A pre-activation of exactly 6 (channel 1): MindSpore's ReLU6 passes the gradient, torch's not.
+            mine, pt_ref = np.delete(mine, 1), np.delete(pt_ref, 1)
+        _assert_close(mine, pt_ref, f"{name} vs torch")
+    if relu6:
+        y, dx, dbeta = got[0], got[1], got[3]
+        assert (y[:, 0] == 0).all() and (y[:, 1] == 6).all() and (dx[:, :2] == 0).all()  # on the clamps
+        assert dbeta[0] == 0 and dbeta[1] == pytest.approx(case[1][:, 1].sum(), rel=1e-5)  # 0 stops, 6 passes
+        if y.size >= 500:  # the other channels have values on both sides of the clamps, too
+            assert ((y > 0) & (y < 6)).any() and (y == 0).sum() > y[:, 0].size and (y == 6).sum() > y[:, 1].size
+
+
+def test_batch_norm_kernel_without_batch_statistics_is_mindspores(fast_conv, ms_pynative):
+    """use_batch_statistics=False (the trainer's --freeze_bn): moving statistics, never updated, also in
+    training mode, as nn.BatchNorm2d; eval mode too. The kernel is not used there."""
+    import mindspore as ms
+
+    from ms_impl.mobilenetv2 import batch_norm
+
+    x, upstream, gamma, beta = _batch_norm_case((2, 6, 5, 3), seed=4)
+    mean, variance = np.linspace(-1, 1, 6, dtype=np.float32), np.linspace(0.5, 2, 6, dtype=np.float32)
+    for relu6 in (True, False):
+        results = []
+        for kind in ("on", "off"):
+            bn = batch_norm(6, kind)
+            bn.use_batch_statistics = False
+            bn.moving_mean.set_data(ms.Tensor(mean))
+            bn.moving_variance.set_data(ms.Tensor(variance))
+            results.append(_ms_batch_norm_step(bn, relu6, x, upstream, gamma, beta))
+            np.testing.assert_array_equal(bn.moving_mean.asnumpy(), mean)
+            np.testing.assert_array_equal(bn.moving_variance.asnumpy(), variance)
+            bn.use_batch_statistics = None
+            bn.set_train(False)
+            results[-1] += (bn(ms.Tensor(x)).asnumpy(),)
+        for mine, reference in zip(*results):
+            np.testing.assert_allclose(mine, reference, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 3, 3), (1, 7, 1, 3)])
+def test_batch_norm_relu6_eval_kernel_matches_mindspore(fast_conv, ms_pynative, shape):
+    """Eval mode: relu6(BN(x)) on the moving statistics in one pass (affine_relu6), forward and gradients
+    (input, gamma, beta), against nn.BatchNorm2d + nn.ReLU6; the moving statistics stay as they were."""
+    import mindspore as ms
+
+    from ms_impl.mobilenetv2 import batch_norm
+
+    x, upstream, gamma, beta = _batch_norm_case(shape, seed=7)
+    rng = np.random.default_rng(8)
+    mean = rng.uniform(-1, 1, shape[1]).astype(np.float32)
+    variance = rng.uniform(0.5, 2, shape[1]).astype(np.float32)
+    results = []
+    for kind in ("on", "off"):
+        bn = batch_norm(shape[1], kind)
+        bn.moving_mean.set_data(ms.Tensor(mean))
+        bn.moving_variance.set_data(ms.Tensor(variance))
+        bn.set_train(False)
+        results.append(_ms_batch_norm_step(bn, True, x, upstream, gamma, beta, train=False))
+    names = ("forward", "grad input", "grad gamma", "grad beta", "moving mean", "moving variance")
+    for name, mine, reference in zip(names, *results):
+        _assert_close(mine, reference, f"eval {name} vs nn.BatchNorm2d + nn.ReLU6")
+    np.testing.assert_array_equal(results[0][4], mean)
+    assert (results[0][0][:, 0] == 0).all() and (results[0][0][:, 1] == 6).all()
+
+
+def test_batch_norm_entry_points_refuse_wrong_shapes(fast_conv):
+    import ctypes
+
+    library = ctypes.CDLL(str(fast_conv.kernel_library()))
+    call = fast_conv.call_entry_point
+    x = np.ones((2, 4, 3, 5), dtype=np.float32)
+    v, constants, saved = np.ones(4, dtype=np.float32), np.array([1e-5, 0.1], dtype=np.float32), np.ones((2, 4))
+    forward_outputs = [np.zeros(x.shape), np.zeros((2, 4)), np.zeros(4), np.zeros(4)]
+    grad_outputs = [np.zeros(x.shape), np.zeros(4), np.zeros(4)]
+    assert call(library, "bn_train_forward", [x, v, v, v, v, constants] + forward_outputs, outputs=4)[0] == 0
+    assert call(library, "bn_relu6_train_grad", [x, x, v, v, saved] + grad_outputs, outputs=3)[0] == 0
+    refused = [
+        ("bn_train_forward", [x, np.ones(3), v, v, v, constants] + forward_outputs),  # gamma length
+        ("bn_relu6_train_forward", [x, v, v, v, np.ones(5), constants] + forward_outputs),  # moving variance
+        ("bn_train_forward", [x, v, v, v, v, np.ones(1)] + forward_outputs),  # eps and momentum
+        ("bn_train_forward", [x, v, v, v, v, constants, np.zeros((2, 4, 3, 4))] + forward_outputs[1:]),  # y
+        ("bn_train_forward", [x, v, v, v, v, constants, forward_outputs[0], np.zeros((3, 4))]
+         + forward_outputs[2:]),  # saved statistics
+        ("bn_train_forward", [x, v, v, v, v] + forward_outputs),  # an input missing
+        ("bn_train_grad", [np.zeros((1, 4, 3, 5)), x, v, saved] + grad_outputs),  # batch of dy
+        ("bn_relu6_train_grad", [x, x, v, np.ones(3), saved] + grad_outputs),  # beta length
+        ("bn_relu6_train_grad", [x, x, v, saved] + grad_outputs),  # no beta
+        ("bn_train_grad", [x, x, v, saved, np.zeros(x.shape), np.zeros(4), np.zeros(3)]),  # dbeta length
+        ("affine_relu6", [x, v, np.ones(3), np.zeros(x.shape)]),  # shift length
+        ("affine_relu6", [x, v, v, np.zeros((2, 4, 3, 4))]),  # y
+    ]
+    for name, arrays in refused:
+        assert call(library, name, arrays, outputs=3)[0] == 1, name
+
+
 def test_layer_keeps_conv2d_identity(fast_conv):
     from mindspore import nn
 
@@ -235,6 +415,7 @@ def test_fallback_without_working_compiler(fresh_build_state, monkeypatch, tmp_p
     assert len(ours) == 1, [str(w.message) for w in caught]  # one warning per process, not per layer
     convs = [c for _, c in net.cells_and_names() if isinstance(c, nn.Conv2d)]
     assert len(convs) == 52 and not any(isinstance(c, fast_conv.FastConv3x3) for c in convs)
+    assert not any(isinstance(c, fast_conv.FastBatchNorm2d) for _, c in net.cells_and_names())
     with pytest.raises(fast_conv.FastConvUnavailable, match="unavailable"):
         MobileNetV2(num_classes=10, width_mult=0.35, fast_conv="on")
     cache = tmp_path / "cache"
@@ -361,6 +542,9 @@ def test_twin_names_and_shapes_unchanged(fast_conv, width):
     off = MobileNetV2(num_classes=26, width_mult=width, fast_conv="off")
     fast_layers = [name for name, c in on.cells_and_names() if isinstance(c, fast_conv.FastConv3x3)]
     assert len(fast_layers) == 18  # the stem and the 17 depthwise convolutions
+    batch_norms = [c for _, c in on.cells_and_names() if isinstance(c, fast_conv.FastBatchNorm2d)]
+    assert len(batch_norms) == 52  # every BatchNorm: 35 followed by ReLU6 (fused), 17 projections
+    assert not any(isinstance(c, fast_conv.FastBatchNorm2d) for _, c in off.cells_and_names())
     shapes_on = {p.name: p.shape for p in on.get_parameters()}
     assert shapes_on == {p.name: p.shape for p in off.get_parameters()}
     assert sorted(shapes_on) == sorted(official_ms_names())
@@ -469,7 +653,8 @@ def test_bench_reports_every_peer_and_the_ratios(ms_pynative, capsys):
     eval_line = next(ln for ln in out.splitlines() if ln.startswith("- eval forward:"))
     assert "the best PyTorch peer (PyTorch" in train_line and "ONNX Runtime" in eval_line
     assert "without the BN folding" in eval_line
-    for layer in ("stem 3x3", "depthwise 3x3 s2", "depthwise 3x3 s1", "pointwise 1x1", "BatchNorm", "ReLU6"):
+    for layer in ("stem 3x3", "depthwise 3x3 s2", "depthwise 3x3 s1", "pointwise 1x1", "BatchNorm", "BatchNorm + ReLU6",
+                  "ReLU6"):
         cells = next(ln for ln in out.splitlines() if ln.startswith(f"| {layer}")).strip("|").split("|")[1:]
         assert len(cells) == 6 and all(float(c) > 0 for c in cells)
 

@@ -1,4 +1,4 @@
-// 3x3 convolutions (padding 1, stride 1 or 2, fp32, NCHW) for MindSpore's CPU backend.
+// 3x3 convolutions (padding 1, stride 1 or 2, fp32, NCHW) and BatchNorm (+ ReLU6) for MindSpore's CPU backend.
 //
 // MindSpore 2.10 hands oneDNN plain NCHW tensors for these layers and gets its
 // reference (scalar) implementation: a depthwise 3x3 layer of MobileNetV2 runs
@@ -6,7 +6,7 @@
 // kernels are registered through `mindspore.ops.Custom(func_type="aot")` by
 // ms_impl/fast_conv.py, which also builds this file.
 //
-// Entry points (MindSpore AOT signature; inputs first, then the output):
+// Entry points (MindSpore AOT signature; inputs first, then the outputs):
 //   dw_forward_s{1,2}    (x[N,C,H,W], w[C,1,3,3])        -> y[N,C,Ho,Wo]
 //   dw_forward_bias_relu6_s{1,2} (x, w, b[C])            -> y = min(max(conv + b, 0), 6)
 //   dw_grad_input_s{1,2} (dy[N,C,Ho,Wo], w, x)           -> dx[N,C,H,W]   (x only for its shape)
@@ -15,7 +15,15 @@
 //   dense_forward_bias_relu6_s{1,2} (x, w, b[Co])        -> y = min(max(conv + b, 0), 6)
 //   dense_grad_input_s{1,2}  (dy, w, x)                  -> dx[N,Ci,H,W]
 //   dense_grad_weight_s{1,2} (x, dy)                     -> dw[Co,Ci,3,3]
-// with Ho = (H - 1) / s + 1, Wo = (W - 1) / s + 1. Each returns 0, or 1 when a
+// with Ho = (H - 1) / s + 1, Wo = (W - 1) / s + 1.
+// BatchNorm with batch statistics (training), optionally fused with the ReLU6 after it:
+//   bn[_relu6]_train_forward (x[N,C,H,W], gamma[C], beta[C], moving_mean[C], moving_variance[C],
+//                             eps_momentum[2]) -> y, saved[2,C] (mean, invstd), new moving mean, variance
+//   bn_train_grad            (dy, x, gamma, saved)                -> dx, dgamma[C], dbeta[C]
+//   bn_relu6_train_grad      (dy, x, gamma, beta, saved)          -> dx, dgamma[C], dbeta[C]
+//   affine_relu6             (x, scale[C], shift[C])              -> y = min(max(x * scale + shift, 0), 6)
+// (eval-mode BN on the moving statistics + ReLU6). Despite the file name, all of the MindSpore twin's
+// CPU kernels live here: one library, one thread pool, one build. Each returns 0, or 1 when a
 // dtype or any of the shapes above disagrees, or when the call fails (an
 // allocation or a thread): no C++ exception crosses into MindSpore, which
 // raises on a non-zero status. `mbv2_set_threads(n)` sets the thread count.
@@ -26,12 +34,16 @@
 // columns, then odd columns), so that for every kernel column kw the taps
 // x[s*ow + kw] of one output row are a contiguous run: all inner loops are
 // unit-stride and vectorize. Gradients w.r.t. the input: at stride 1 the
-// forward pass of dy with the flipped kernel; at stride 2 a scatter into a
-// padded plane of the same layout, interior copied out. Gradients w.r.t. the
-// weight are 9 dot products per plane pair. Work is split over a persistent
-// pool of threads (created on first use, see ThreadPool).
+// forward pass of dy with the flipped kernel; at stride 2, depthwise, gathered
+// row by row (gather_plane_s2), dense, a scatter into a padded plane of the
+// same layout, interior copied out. Gradients w.r.t. the weight are 9 dot
+// products per plane pair. Dense layers with few input channels (the stem)
+// are split over images, so an image's padded planes are read once while all
+// output channels use them. Work is split over a persistent pool of threads
+// (created on first use, see ThreadPool).
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
@@ -194,17 +206,28 @@ void parallel_for(int64_t total, const std::function<void(int64_t, int64_t)>& bo
 
 // Copies one H x W plane into a zero-padded plane (layout of Geometry).
 void pad_plane(const Geometry& g, const float* __restrict__ src, float* __restrict__ dst) {
-  std::memset(dst, 0, sizeof(float) * g.plane);
+  // Only the border is zeroed: the top and bottom rows, and in every row padded columns 0 and W + 1
+  // and the spare last float; every other float is written from src.
+  std::memset(dst, 0, sizeof(float) * g.pitch);
+  std::memset(dst + (g.height + 1) * g.pitch, 0, sizeof(float) * g.pitch);
+  const int64_t right = g.column(g.width + 1), pairs = g.width / 2;
   for (int64_t h = 0; h < g.height; ++h) {
     float* __restrict__ row = dst + (h + 1) * g.pitch;
     const float* __restrict__ in = src + h * g.width;
+    row[0] = 0.0f;
+    row[right] = 0.0f;
+    row[g.pitch - 1] = 0.0f;
     if (g.stride == 1) {
       std::memcpy(row + 1, in, sizeof(float) * g.width);
     } else {
       float* __restrict__ odd = row + g.even_len;
-      // input column iw sits at padded column iw + 1: odd iw -> even column.
-      for (int64_t iw = 0; iw < g.width; iw += 2) odd[iw / 2] = in[iw];
-      for (int64_t iw = 1; iw < g.width; iw += 2) row[(iw + 1) / 2] = in[iw];
+      float* __restrict__ even = row + 1;
+      // input column iw sits at padded column iw + 1: even iw -> odd half, odd iw -> even half.
+      for (int64_t m = 0; m < pairs; ++m) {
+        odd[m] = in[2 * m];
+        even[m] = in[2 * m + 1];
+      }
+      if (g.width % 2) odd[pairs] = in[g.width - 1];
     }
   }
 }
@@ -269,9 +292,14 @@ void unpad_plane(const Geometry& g, const float* __restrict__ padded, float* __r
         std::memcpy(out, row + 1, sizeof(float) * g.width);
       }
     } else {
-      for (int64_t iw = 0; iw < g.width; ++iw) {
-        const float v = row[g.column(iw + 1)];
-        out[iw] = accumulate ? out[iw] + v : v;
+      // Input column iw sits at padded column iw + 1: even iw in the odd half, odd iw in the even half.
+      const float* __restrict__ odd = row + g.even_len;
+      if (accumulate) {
+        for (int64_t iw = 0; iw < g.width; iw += 2) out[iw] += odd[iw / 2];
+        for (int64_t iw = 1; iw < g.width; iw += 2) out[iw] += row[(iw + 1) / 2];
+      } else {
+        for (int64_t iw = 0; iw < g.width; iw += 2) out[iw] = odd[iw / 2];
+        for (int64_t iw = 1; iw < g.width; iw += 2) out[iw] = row[(iw + 1) / 2];
       }
     }
   }
@@ -324,6 +352,58 @@ void weight_grad_plane(const Geometry& g, const float* __restrict__ padded, cons
   }
 }
 
+// Stride 1: acc[9] += the 9 dot products of dy with the shifted taps of a padded plane, as 9 flat dot
+// products over the whole plane: dy is first laid out with the padded plane's pitch (zeros in the
+// columns past Wo), so tap (kh, kw) of element j is padded[j + kh * pitch + kw] for every j. One
+// vectorized loop per plane, however narrow the rows (7x7 planes too), and one reduction per plane.
+// `work`: Ho * pitch floats.
+void weight_grad_plane_flat(const Geometry& g, const float* __restrict__ padded, const float* __restrict__ dy,
+                            double* acc, float* __restrict__ work) {
+  const int64_t wo = g.out_width, pitch = g.pitch, len = g.out_height * pitch;
+  for (int64_t oh = 0; oh < g.out_height; ++oh) {
+    std::memcpy(work + oh * pitch, dy + oh * wo, sizeof(float) * wo);
+    std::memset(work + oh * pitch + wo, 0, sizeof(float) * (pitch - wo));
+  }
+  const float* __restrict__ a0 = padded;
+  const float* __restrict__ a1 = padded + 1;
+  const float* __restrict__ a2 = padded + 2;
+  const float* __restrict__ b0 = padded + pitch;
+  const float* __restrict__ b1 = padded + pitch + 1;
+  const float* __restrict__ b2 = padded + pitch + 2;
+  const float* __restrict__ c0 = padded + 2 * pitch;
+  const float* __restrict__ c1 = padded + 2 * pitch + 1;
+  const float* __restrict__ c2 = padded + 2 * pitch + 2;
+  const float* __restrict__ d = work;
+  // Runs of 16 rows summed in float, then in double (large planes stay accurate).
+  const int64_t run = 16 * pitch;
+  for (int64_t start = 0; start < len; start += run) {
+    const int64_t stop = std::min(len, start + run);
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, s8 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, s8)
+    for (int64_t j = start; j < stop; ++j) {
+      const float v = d[j];
+      s0 += a0[j] * v;
+      s1 += a1[j] * v;
+      s2 += a2[j] * v;
+      s3 += b0[j] * v;
+      s4 += b1[j] * v;
+      s5 += b2[j] * v;
+      s6 += c0[j] * v;
+      s7 += c1[j] * v;
+      s8 += c2[j] * v;
+    }
+    acc[0] += s0;
+    acc[1] += s1;
+    acc[2] += s2;
+    acc[3] += s3;
+    acc[4] += s4;
+    acc[5] += s5;
+    acc[6] += s6;
+    acc[7] += s7;
+    acc[8] += s8;
+  }
+}
+
 bool is_f32(const char* dtype) { return std::strcmp(dtype, "float32") == 0 || std::strcmp(dtype, "float") == 0; }
 
 // The arguments of one call, checked: every shape the header promises, so a caller's mistake
@@ -347,6 +427,10 @@ struct Args {
   // Parameter i is an fp32 vector of length n.
   bool is_vector(int i, int64_t n) const {
     return i < nparam && ndims[i] == 1 && is_f32(dtypes[i]) && shapes[i][0] == n;
+  }
+  // Parameter i is an fp32 matrix of shape (r, c).
+  bool is_matrix(int i, int64_t r, int64_t c) const {
+    return i < nparam && ndims[i] == 2 && is_f32(dtypes[i]) && shapes[i][0] == r && shapes[i][1] == c;
   }
   const int64_t* shape(int i) const { return shapes[i]; }
   const float* in(int i) const { return static_cast<const float*>(params[i]); }
@@ -392,6 +476,49 @@ int dw_forward(const Args& a, int stride, bool fused) {
   return 0;
 }
 
+// dx (H x W) = the stride-2 input gradient of dy (Ho x Wo) through the 3x3 kernel w, gathered: input
+// row ih = 2 oh + kh - 1 meets dy row (ih + 1 - kh) / 2, so an even row takes kernel row 1 of dy row
+// ih / 2, an odd row kernel rows 0 and 2 of dy rows ih / 2 + 1 and ih / 2; columns alike. Each dx
+// element is written once (no read-modify-write passes). `work`: (Ho + 1) (Wo + 1) + 2 (Wo + 1) floats.
+void gather_plane_s2(const Geometry& g, const float* __restrict__ dy, const float* w, float* __restrict__ dx,
+                     float* work) {
+  const int64_t ho = g.out_height, wo = g.out_width, pitch = wo + 1;
+  float* __restrict__ rows = work;  // dy with a zero row and a zero column appended
+  float* __restrict__ even = work + (ho + 1) * pitch;
+  float* __restrict__ odd = even + pitch;
+  for (int64_t oh = 0; oh < ho; ++oh) {
+    std::memcpy(rows + oh * pitch, dy + oh * wo, sizeof(float) * wo);
+    rows[oh * pitch + wo] = 0.0f;
+  }
+  std::memset(rows + ho * pitch, 0, sizeof(float) * pitch);
+  const int64_t evens = (g.width + 1) / 2, odds = g.width / 2;
+  for (int64_t ih = 0; ih < g.height; ++ih) {
+    const int64_t r = ih / 2;
+    if (ih % 2 == 0) {
+      const float* __restrict__ d = rows + r * pitch;
+      const float w3 = w[3], w4 = w[4], w5 = w[5];
+#pragma omp simd
+      for (int64_t m = 0; m < evens; ++m) even[m] = w4 * d[m];
+#pragma omp simd
+      for (int64_t m = 0; m < odds; ++m) odd[m] = w3 * d[m + 1] + w5 * d[m];
+    } else {
+      const float* __restrict__ d0 = rows + (r + 1) * pitch;  // kernel row 0
+      const float* __restrict__ d2 = rows + r * pitch;        // kernel row 2
+      const float w0 = w[0], w1 = w[1], w2 = w[2], w6 = w[6], w7 = w[7], w8 = w[8];
+#pragma omp simd
+      for (int64_t m = 0; m < evens; ++m) even[m] = w1 * d0[m] + w7 * d2[m];
+#pragma omp simd
+      for (int64_t m = 0; m < odds; ++m) odd[m] = w0 * d0[m + 1] + w2 * d0[m] + w6 * d2[m + 1] + w8 * d2[m];
+    }
+    float* __restrict__ out = dx + ih * g.width;
+    for (int64_t m = 0; m < odds; ++m) {
+      out[2 * m] = even[m];
+      out[2 * m + 1] = odd[m];
+    }
+    if (evens > odds) out[2 * odds] = even[odds];
+  }
+}
+
 int dw_grad_input(const Args& a, int stride) {
   if (a.nparam != 4 || !a.is(2, -1, -1, -1, -1)) return 1;
   const int64_t n = a.shape(2)[0], c = a.shape(2)[1];
@@ -402,8 +529,9 @@ int dw_grad_input(const Args& a, int stride) {
   const float* w = a.in(1);
   float* dx = a.out(3);
   const int64_t in_plane = g.height * g.width, out_plane = g.out_height * g.out_width;
+  const int64_t work = std::max(g.plane, (g.out_height + 3) * (g.out_width + 1));
   parallel_for(n * c, [&](int64_t begin, int64_t end) {
-    float* padded = scratch(g.plane);
+    float* padded = scratch(work);
     for (int64_t p = begin; p < end; ++p) {
       const float* wp = w + (p % c) * 9;
       if (stride == 1) {
@@ -413,9 +541,7 @@ int dw_grad_input(const Args& a, int stride) {
         pad_plane(g, dy + p * out_plane, padded);
         forward_plane(g, padded, flipped, dx + p * in_plane, false);
       } else {
-        std::fill(padded, padded + g.plane, 0.0f);
-        scatter_plane(g, dy + p * out_plane, wp, padded);
-        unpad_plane(g, padded, dx + p * in_plane, false);
+        gather_plane_s2(g, dy + p * out_plane, wp, dx + p * in_plane, padded);
       }
     }
   });
@@ -433,13 +559,18 @@ int dw_grad_weight(const Args& a, int stride) {
   const int64_t in_plane = g.height * g.width, out_plane = g.out_height * g.out_width;
   // Split over channels: each worker owns whole rows of dw, no reduction across workers.
   parallel_for(c, [&](int64_t begin, int64_t end) {
-    float* padded = scratch(g.plane);
+    float* padded = scratch(g.plane + g.out_height * g.pitch);
+    float* work = padded + g.plane;
     for (int64_t ch = begin; ch < end; ++ch) {
       double acc[9] = {0};
       for (int64_t b = 0; b < n; ++b) {
         const int64_t p = b * c + ch;
         pad_plane(g, x + p * in_plane, padded);
-        weight_grad_plane(g, padded, dy + p * out_plane, acc);
+        if (stride == 1) {
+          weight_grad_plane_flat(g, padded, dy + p * out_plane, acc, work);
+        } else {
+          weight_grad_plane(g, padded, dy + p * out_plane, acc);
+        }
       }
       for (int k = 0; k < 9; ++k) dw[ch * 9 + k] = static_cast<float>(acc[k]);
     }
@@ -470,8 +601,26 @@ int dense_forward(const Args& a, int stride, bool fused) {
   const float* w = a.in(1);
   const float* bias = fused ? a.in(2) : nullptr;
   float* y = a.out(y_index);
-  const std::vector<float> padded = pad_all(g, a.in(0), n * ci);
   const int64_t out_plane = g.out_height * g.out_width;
+  if (n >= 2 && ci * g.plane <= (int64_t{1} << 20)) {
+    // Few input channels (the stem): split over images; an image's ci padded planes stay in cache
+    // while every output channel is computed from them.
+    const float* x = a.in(0);
+    const int64_t in_plane = g.height * g.width;
+    parallel_for(n, [&](int64_t begin, int64_t end) {
+      float* padded = scratch(ci * g.plane);
+      for (int64_t b = begin; b < end; ++b) {
+        for (int64_t i = 0; i < ci; ++i) pad_plane(g, x + (b * ci + i) * in_plane, padded + i * g.plane);
+        for (int64_t o = 0; o < co; ++o) {
+          float* out = y + (b * co + o) * out_plane;
+          for (int64_t i = 0; i < ci; ++i) forward_plane(g, padded + i * g.plane, w + (o * ci + i) * 9, out, i > 0);
+          if (fused) bias_relu6_plane(out, out_plane, bias[o]);
+        }
+      }
+    });
+    return 0;
+  }
+  const std::vector<float> padded = pad_all(g, a.in(0), n * ci);
   parallel_for(n * co, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t b = p / co, o = p % co;
@@ -511,10 +660,34 @@ int dense_grad_weight(const Args& a, int stride) {
   const int64_t n = a.shape(0)[0], ci = a.shape(0)[1], co = a.shape(1)[1];
   const Geometry g(a.shape(0)[2], a.shape(0)[3], stride);
   if (!a.is(1, n, co, g.out_height, g.out_width) || !a.is(2, co, ci, 3, 3)) return 1;
+  const float* x = a.in(0);
   const float* dy = a.in(1);
   float* dw = a.out(2);
-  const std::vector<float> padded = pad_all(g, a.in(0), n * ci);
-  const int64_t out_plane = g.out_height * g.out_width;
+  const int64_t in_plane = g.height * g.width, out_plane = g.out_height * g.out_width;
+  const int64_t taps = co * ci * 9;
+  if (n * taps <= (int64_t{1} << 22) && ci * g.plane <= (int64_t{1} << 20)) {
+    // Few weights (the stem): split over images, each image's planes read once (its ci padded planes stay
+    // in cache while every output channel meets them); one double sum per image and weight, added up
+    // in image order afterwards, so the result does not depend on the thread count.
+    std::vector<double> partial(n * taps, 0.0);
+    parallel_for(n, [&](int64_t begin, int64_t end) {
+      float* padded = scratch(ci * g.plane);
+      for (int64_t b = begin; b < end; ++b) {
+        for (int64_t i = 0; i < ci; ++i) pad_plane(g, x + (b * ci + i) * in_plane, padded + i * g.plane);
+        double* acc = partial.data() + b * taps;
+        for (int64_t o = 0; o < co; ++o)
+          for (int64_t i = 0; i < ci; ++i)
+            weight_grad_plane(g, padded + i * g.plane, dy + (b * co + o) * out_plane, acc + (o * ci + i) * 9);
+      }
+    });
+    for (int64_t t = 0; t < taps; ++t) {
+      double sum = 0.0;
+      for (int64_t b = 0; b < n; ++b) sum += partial[b * taps + t];
+      dw[t] = static_cast<float>(sum);
+    }
+    return 0;
+  }
+  const std::vector<float> padded = pad_all(g, x, n * ci);
   parallel_for(co * ci, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t o = p / ci, i = p % ci;
@@ -522,6 +695,218 @@ int dense_grad_weight(const Args& a, int stride) {
       for (int64_t b = 0; b < n; ++b)
         weight_grad_plane(g, padded.data() + (b * ci + i) * g.plane, dy + (b * co + o) * out_plane, acc);
       for (int k = 0; k < 9; ++k) dw[p * 9 + k] = static_cast<float>(acc[k]);
+    }
+  });
+  return 0;
+}
+
+// ---- BatchNorm in training (batch statistics), optionally followed by ReLU6 ----
+//
+// Forward: per channel c over its N planes (M = N*H*W values): mean and the
+// biased variance (each plane's sum and centred sum of squares, combined in
+// double with Chan's formula, so one pass over memory and no cancellation),
+// then y = (x - mean) * (gamma * invstd) + beta, clamped to [0, 6] for the
+// fused ReLU6. saved[2, C] = (mean, invstd = 1 / sqrt(var + eps)) for the
+// backward; the moving statistics come out updated by MindSpore's rule,
+// moving * (1 - momentum) + batch * momentum (momentum: the primitive's, 0.1
+// for nn.BatchNorm2d(momentum=0.9)), with the unbiased variance var * M / (M -
+// 1) as MindSpore's BatchNorm (NaN for M = 1 as there). Backward: the pre-activation p is
+// recomputed from x with the forward's very operations (bit-identical, so x
+// is read instead of y), g = dy where 0 < p <= 6 (MindSpore's ReLU6 gradient,
+// which passes at exactly 6; torch's stops there), else 0; z = (x - mean) *
+// invstd: dbeta = sum g, dgamma = sum g z, dx = gamma invstd (g - dbeta / M -
+// z dgamma / M). Work is split over channels (no reduction across threads);
+// sums are float over runs of SUM_RUN values, then double.
+
+constexpr int64_t SUM_RUN = 256;
+
+// Sum and centred sum of squares of one plane (len values), Chan-combined into (count, mean, m2).
+void plane_moments(const float* __restrict__ x, int64_t len, double& count, double& mean, double& m2) {
+  double total = 0.0;
+  for (int64_t start = 0; start < len; start += SUM_RUN) {
+    const int64_t end = std::min(len, start + SUM_RUN);
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = start; i < end; ++i) s += x[i];
+    total += s;
+  }
+  const double plane_mean = total / static_cast<double>(len);
+  const float centre = static_cast<float>(plane_mean);
+  double squares = 0.0, shift = 0.0;  // shift: sum (x - centre), ~0, corrects centre's rounding
+  for (int64_t start = 0; start < len; start += SUM_RUN) {
+    const int64_t end = std::min(len, start + SUM_RUN);
+    float q = 0.0f, d = 0.0f;
+#pragma omp simd reduction(+ : q, d)
+    for (int64_t i = start; i < end; ++i) {
+      const float v = x[i] - centre;
+      q += v * v;
+      d += v;
+    }
+    squares += q;
+    shift += d;
+  }
+  const double n_b = static_cast<double>(len);
+  const double plane_m2 = squares - shift * shift / n_b;
+  const double mean_b = static_cast<double>(centre) + shift / n_b;
+  const double n = count + n_b;
+  const double delta = mean_b - mean;
+  mean += delta * n_b / n;
+  m2 += plane_m2 + delta * delta * count * n_b / n;
+  count = n;
+}
+
+// (x, gamma, beta, moving_mean, moving_variance, eps_momentum[2]) ->
+// (y, saved[2, C], new moving_mean, new moving_variance); with `relu6`, y is clamped to [0, 6].
+int bn_train_forward(const Args& a, bool relu6) {
+  if (a.nparam != 10 || !a.is(0, -1, -1, -1, -1)) return 1;
+  const int64_t n = a.shape(0)[0], c = a.shape(0)[1], h = a.shape(0)[2], w = a.shape(0)[3];
+  for (int i : {1, 2, 3, 4, 8, 9}) {
+    if (!a.is_vector(i, c)) return 1;
+  }
+  if (!a.is_vector(5, 2) || !a.is(6, n, c, h, w) || !a.is_matrix(7, 2, c)) return 1;
+  const float* x = a.in(0);
+  const float* gamma = a.in(1);
+  const float* beta = a.in(2);
+  const float* moving_mean = a.in(3);
+  const float* moving_variance = a.in(4);
+  const double eps = a.in(5)[0];
+  const float momentum = a.in(5)[1];
+  float* y = a.out(6);
+  float* stats = a.out(7);
+  float* new_mean = a.out(8);
+  float* new_variance = a.out(9);
+  const int64_t plane = h * w;
+  const double values = static_cast<double>(n * plane);
+  parallel_for(c, [&](int64_t begin, int64_t end) {
+    for (int64_t ch = begin; ch < end; ++ch) {
+      double count = 0.0, mean = 0.0, m2 = 0.0;
+      for (int64_t b = 0; b < n && plane > 0; ++b) plane_moments(x + (b * c + ch) * plane, plane, count, mean, m2);
+      const double var = values > 0 ? std::max(0.0, m2) / values : 0.0;
+      const double invstd = 1.0 / std::sqrt(var + eps);
+      stats[ch] = static_cast<float>(mean);
+      stats[c + ch] = static_cast<float>(invstd);
+      const float unbiased = static_cast<float>(var * values / (values - 1.0));
+      new_mean[ch] = moving_mean[ch] * (1.0f - momentum) + stats[ch] * momentum;
+      new_variance[ch] = moving_variance[ch] * (1.0f - momentum) + unbiased * momentum;
+      // m and scale exactly as the backward rebuilds them from stats (same pre-activation there).
+      const float m = stats[ch];
+      const float scale = gamma[ch] * stats[c + ch];
+      const float shift = beta[ch];
+      for (int64_t b = 0; b < n; ++b) {
+        const float* __restrict__ in = x + (b * c + ch) * plane;
+        float* __restrict__ out = y + (b * c + ch) * plane;
+        if (relu6) {
+#pragma omp simd
+          for (int64_t i = 0; i < plane; ++i) out[i] = std::min(std::max((in[i] - m) * scale + shift, 0.0f), 6.0f);
+        } else {
+#pragma omp simd
+          for (int64_t i = 0; i < plane; ++i) out[i] = (in[i] - m) * scale + shift;
+        }
+      }
+    }
+  });
+  return 0;
+}
+
+// Whether ReLU6 passes the gradient at pre-activation p (as MindSpore's ReLU6Grad: 0 < p <= 6).
+inline float relu6_pass(float p, float g) { return (p > 0.0f && p <= 6.0f) ? g : 0.0f; }
+
+// (dy, x, gamma[, beta], saved[2, C]) -> (dx, dgamma, dbeta); with `relu6` (beta given), ReLU6's
+// gradient masks dy, decided on the pre-activation rebuilt from x.
+int bn_train_grad(const Args& a, bool relu6) {
+  const int base = relu6 ? 1 : 0;  // beta sits at index 3 when present
+  if (a.nparam != 7 + base || !a.is(1, -1, -1, -1, -1)) return 1;
+  const int64_t n = a.shape(1)[0], c = a.shape(1)[1], h = a.shape(1)[2], w = a.shape(1)[3];
+  if (!a.is(0, n, c, h, w) || !a.is_vector(2, c) || (relu6 && !a.is_vector(3, c)) ||
+      !a.is_matrix(3 + base, 2, c) || !a.is(4 + base, n, c, h, w) || !a.is_vector(5 + base, c) ||
+      !a.is_vector(6 + base, c))
+    return 1;
+  const float* dy = a.in(0);
+  const float* x = a.in(1);
+  const float* gamma = a.in(2);
+  const float* beta = relu6 ? a.in(3) : nullptr;
+  const float* stats = a.in(3 + base);
+  float* dx = a.out(4 + base);
+  float* dgamma_out = a.out(5 + base);
+  float* dbeta_out = a.out(6 + base);
+  const int64_t plane = h * w;
+  const double values = static_cast<double>(n * plane);
+  parallel_for(c, [&](int64_t begin, int64_t end) {
+    for (int64_t ch = begin; ch < end; ++ch) {
+      const float m = stats[ch];
+      const float invstd = stats[c + ch];
+      const float scale = gamma[ch] * invstd;  // the forward's pre-activation: (x - m) * scale + shift
+      const float shift = relu6 ? beta[ch] : 0.0f;
+      double sum_g = 0.0, sum_gx = 0.0;  // sum g, sum g (x - mean)
+      for (int64_t b = 0; b < n; ++b) {
+        const float* __restrict__ d = dy + (b * c + ch) * plane;
+        const float* __restrict__ in = x + (b * c + ch) * plane;
+        for (int64_t start = 0; start < plane; start += SUM_RUN) {
+          const int64_t stop = std::min(plane, start + SUM_RUN);
+          float sg = 0.0f, sgx = 0.0f;
+          if (relu6) {
+#pragma omp simd reduction(+ : sg, sgx)
+            for (int64_t i = start; i < stop; ++i) {
+              const float g = relu6_pass((in[i] - m) * scale + shift, d[i]);
+              sg += g;
+              sgx += g * (in[i] - m);
+            }
+          } else {
+#pragma omp simd reduction(+ : sg, sgx)
+            for (int64_t i = start; i < stop; ++i) {
+              sg += d[i];
+              sgx += d[i] * (in[i] - m);
+            }
+          }
+          sum_g += sg;
+          sum_gx += sgx;
+        }
+      }
+      const double dgamma = sum_gx * invstd;
+      dgamma_out[ch] = static_cast<float>(dgamma);
+      dbeta_out[ch] = static_cast<float>(sum_g);
+      // dx = k * (g - mean_g - (x - mean) * coef), k = gamma * invstd, coef = invstd^2 * sum g (x - mean) / M
+      const float k = scale;
+      const float mean_g = values > 0 ? static_cast<float>(sum_g / values) : 0.0f;
+      const float coef = values > 0 ? static_cast<float>(dgamma * invstd / values) : 0.0f;
+      for (int64_t b = 0; b < n; ++b) {
+        const float* __restrict__ d = dy + (b * c + ch) * plane;
+        const float* __restrict__ in = x + (b * c + ch) * plane;
+        float* __restrict__ o = dx + (b * c + ch) * plane;
+        if (relu6) {
+#pragma omp simd
+          for (int64_t i = 0; i < plane; ++i) {
+            const float g = relu6_pass((in[i] - m) * scale + shift, d[i]);
+            o[i] = k * (g - mean_g - (in[i] - m) * coef);
+          }
+        } else {
+#pragma omp simd
+          for (int64_t i = 0; i < plane; ++i) o[i] = k * (d[i] - mean_g - (in[i] - m) * coef);
+        }
+      }
+    }
+  });
+  return 0;
+}
+
+// (x, scale[C], shift[C]) -> y = min(max(x * scale + shift, 0), 6): an eval-mode BatchNorm (moving
+// statistics folded into scale and shift) and ReLU6 in one pass.
+int affine_relu6(const Args& a) {
+  if (a.nparam != 4 || !a.is(0, -1, -1, -1, -1)) return 1;
+  const int64_t n = a.shape(0)[0], c = a.shape(0)[1], h = a.shape(0)[2], w = a.shape(0)[3];
+  if (!a.is_vector(1, c) || !a.is_vector(2, c) || !a.is(3, n, c, h, w)) return 1;
+  const float* x = a.in(0);
+  const float* scale = a.in(1);
+  const float* shift = a.in(2);
+  float* y = a.out(3);
+  const int64_t plane = h * w;
+  parallel_for(n * c, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const float k = scale[p % c], b = shift[p % c];
+      const float* __restrict__ in = x + p * plane;
+      float* __restrict__ out = y + p * plane;
+#pragma omp simd
+      for (int64_t i = 0; i < plane; ++i) out[i] = std::min(std::max(in[i] * k + b, 0.0f), 6.0f);
     }
   });
   return 0;
@@ -558,6 +943,11 @@ MBV2_ENTRY(dense_grad_input_s1, dense_grad_input(args, 1))
 MBV2_ENTRY(dense_grad_input_s2, dense_grad_input(args, 2))
 MBV2_ENTRY(dense_grad_weight_s1, dense_grad_weight(args, 1))
 MBV2_ENTRY(dense_grad_weight_s2, dense_grad_weight(args, 2))
+MBV2_ENTRY(bn_train_forward, bn_train_forward(args, false))
+MBV2_ENTRY(bn_relu6_train_forward, bn_train_forward(args, true))
+MBV2_ENTRY(bn_train_grad, bn_train_grad(args, false))
+MBV2_ENTRY(bn_relu6_train_grad, bn_train_grad(args, true))
+MBV2_ENTRY(affine_relu6, affine_relu6(args))
 
 // Thread count of the kernels from now on (n > 0), or back to the default (n <= 0):
 // $MBV2_KERNEL_THREADS, else the CPUs this process may run on. Called by fast_conv.py

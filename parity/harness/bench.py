@@ -326,6 +326,7 @@ def _layer_cases(args: argparse.Namespace) -> List[Tuple[str, dict]]:
         (f"pointwise 1x1 {expand.in_channels}->{mid} @{half}",
          dict(kind="conv", cin=expand.in_channels, cout=mid, k=1, stride=1, groups=1, size=half)),
         (f"BatchNorm {mid} @{half} (train)", dict(kind="bn", cin=mid, size=half)),
+        (f"BatchNorm + ReLU6 {mid} @{half} (train)", dict(kind="bn_relu6", cin=mid, size=half)),
         (f"ReLU6 {mid} @{half}", dict(kind="relu6", cin=mid, size=half)),
     ]
 
@@ -339,8 +340,31 @@ def _ms_layer(case: dict, fast_conv: str):
     if case["kind"] == "conv":
         return conv2d(case["cin"], case["cout"], case["k"], case["stride"], case["groups"], "HeNormal", fast_conv)
     if case["kind"] == "bn":
-        return batch_norm(case["cin"])
+        return batch_norm(case["cin"], fast_conv)
+    if case["kind"] == "bn_relu6":
+        return _BatchNormReLU6(batch_norm(case["cin"], fast_conv))
     return nn.ReLU6()
+
+
+def _BatchNormReLU6(bn):  # noqa: N802 (a Cell factory)
+    """BN + ReLU6 as the twin's ConvBNReLU computes them: one fused kernel with our BatchNorm, else two ops."""
+    from mindspore import nn
+
+    from ms_impl.fast_conv import FastBatchNorm2d
+
+    class BatchNormReLU6(nn.Cell):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bn = bn
+            self.relu6 = nn.ReLU6()
+            self.fused = isinstance(bn, FastBatchNorm2d)
+
+        def construct(self, x):
+            if self.fused:
+                return self.bn.relu6(x)
+            return self.relu6(self.bn(x))
+
+    return BatchNormReLU6()
 
 
 def _ms_sum_of_output(layer):
@@ -366,6 +390,8 @@ def _pt_layer(case: dict):
                          groups=case["groups"], bias=False)
     if case["kind"] == "bn":
         return nn.BatchNorm2d(case["cin"])
+    if case["kind"] == "bn_relu6":
+        return nn.Sequential(nn.BatchNorm2d(case["cin"]), nn.ReLU6())
     return nn.ReLU6()
 
 
@@ -441,6 +467,9 @@ def kernel_cases(batch: int) -> List[Tuple[str, str, Tuple[int, ...], Tuple[int,
          (96, 1, 3, 3), 2),
         (f"depthwise grad weight s1 144@56, batch {batch}", "dw_grad_weight_s1", (batch, 144, 56, 56),
          (144, 1, 3, 3), 1),
+        (f"depthwise grad weight s1 576@14, batch {batch}", "dw_grad_weight_s1", (batch, 576, 14, 14),
+         (576, 1, 3, 3), 1),
+        (f"stem fwd s2 3->32@224, batch {batch}", "dense_forward_s2", (batch, 3, 224, 224), (32, 3, 3, 3), 2),
         (f"stem grad weight s2 3->32@224, batch {batch}", "dense_grad_weight_s2", (batch, 3, 224, 224),
          (32, 3, 3, 3), 2),
     ]
