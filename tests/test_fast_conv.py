@@ -631,8 +631,10 @@ def test_bench_reports_every_peer_and_the_ratios(ms_pynative, capsys):
     inductor's compile alone takes minutes on a small machine, the benchmark itself uses it."""
     from parity.harness import bench
 
+    # --threads 0: the frameworks' own thread counts. A count set here would hold for the rest of this
+    # process, and a later test in it (the parity cases' reductions) must not run with another one.
     argv = ["--mode", "pynative", "--batch", "2", "--image-size", "32", "--width", "0.35", "--steps", "1",
-            "--warmup", "1", "--fast-conv", "on", "--num-classes", "10", "--threads", "1",
+            "--warmup", "1", "--fast-conv", "on", "--num-classes", "10", "--threads", "0",
             "--compile-backend", "eager"]
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
