@@ -119,9 +119,12 @@ def calibrated_backbone_net(files: List[str], num_classes: int = 3, width: float
     # One training-mode pass that puts all weight on the batch sets every moving statistic to
     # the batch statistic. BatchNorm2d hands its momentum to the op when built, so swap the op
     # (ops.BatchNorm's momentum is the weight of the new batch, 1 - nn.BatchNorm2d's).
+    # The CPU twin's fused kernel (fast_conv.FastBatchNorm2d) takes the momentum from its kernel_constants.
     for _, cell in net.cells_and_names():
         if isinstance(cell, nn.BatchNorm2d):
             cell.bn_train = ops.BatchNorm(is_training=True, epsilon=spec.BN_EPS, momentum=1.0, data_format=cell.format)
+            if hasattr(cell, "kernel_constants"):
+                cell.kernel_constants = ms.Tensor(np.array([spec.BN_EPS, 1.0], np.float32))
     net.set_train(True)
     net.backbone(ms.Tensor(batch))
     net.set_train(False)
