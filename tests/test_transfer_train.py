@@ -198,6 +198,7 @@ def pretrained_with_statistics(tmp_path_factory):
     return path, model
 
 
+@pytest.mark.slow  # two graph compilations (train and eval), ~40 s on 2 loaded cores
 def test_freeze_bn_train_step_matches_eval_forward_and_the_pytorch_twin(pretrained_with_statistics, synthetic_cache, tmp_path):
     """Regression test of the two-stage collapse (val 3.8%): with --freeze_bn the training graph is the eval
     network (logits equal with the dropout mask at 1, BN folded into our kernels in eval only), a step never
