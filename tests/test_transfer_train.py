@@ -205,7 +205,7 @@ def test_freeze_bn_train_step_matches_eval_forward_and_the_pytorch_twin(pretrain
     touches the moving statistics, and the gradient is the PyTorch twin's (BatchNorm in eval mode) on the same
     weights and batch. The collapse was none of these: with frozen statistics the loss is about twice as steep
     (measured on the ImageNet weights: gradient norm 14.4 vs 7.3, identical in both twins), and stage 2 at lr 0.01
-    (backbone 0.003, momentum 0.9) diverged; the fine-tuning recipe keeps its LR well below that (README)."""
+    (backbone 0.003, momentum 0.9) diverged; the fine-tuning recipe keeps the backbone at 1e-4 (README)."""
     import mindspore as ms
 
     path, torch_model = pretrained_with_statistics
