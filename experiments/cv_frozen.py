@@ -126,7 +126,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import mindspore as ms
 
     from ms_impl.train import setup_logging
-    from ms_impl.trainer.classes import category_groups, load_class_table
+    from ms_impl.trainer.classes import category_groups, load_classes
     from ms_impl.trainer.metrics import category_accuracy
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -143,7 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging()
     feats = load_features(args.data_path, args.pretrained, args.cache_dir, args.light_views)
     ms.set_context(mode=ms.PYNATIVE_MODE)  # the head step is jit-compiled by train_head_on_features
-    groups = category_groups(load_class_table())[0]
+    groups = category_groups(load_classes())[0]
     labels = feats["train_labels"]
     folds = stratified_folds(labels, args.folds, args.seed)
     overrides = dict(item.split("=", 1) for item in args.set)

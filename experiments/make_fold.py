@@ -25,7 +25,7 @@ from cv_frozen import stratified_folds
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from ms_impl.trainer import dataset
-    from ms_impl.trainer.classes import load_class_table
+    from ms_impl.trainer.classes import load_classes
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_path", required=True, help="garbage26 folder with train/")
@@ -38,7 +38,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if out.exists():
         print(f"error: {out}: already exists", file=sys.stderr)
         return 2
-    names = [c.name_en for c in load_class_table()]
+    names = [c.name for c in load_classes()]
     images = dataset.scan_split(Path(args.data_path), "train", names)
     held_out = set(stratified_folds(np.asarray(images.labels), args.folds, args.seed)[args.fold].tolist())
     for index, (path, label) in enumerate(zip(images.files, images.labels)):

@@ -160,7 +160,9 @@ def test_pretrained_alone_resolves_to_the_fine_tuning_recipe():
     assert cfg.recipe == "finetune" and not cfg.freeze_backbone
     for key, value in cfg.recipe_finetune.items():
         assert cfg[key] == value, key
-    assert (cfg.epochs, cfg.lr_max, cfg.backbone_lr_scale) == (5, 0.05, 0.1)  # the measured fine-tuning recipe
+    # the measured fine-tuning recipe (README): head first, then everything with frozen BatchNorm and a tiny backbone LR
+    assert (cfg.head_first_epochs, cfg.epochs, cfg.lr_max, cfg.backbone_lr_scale) == (30, 5, 0.005, 0.02)
+    assert (cfg.freeze_bn, cfg.crop_scale_min, cfg.color_jitter, cfg.tta) == (True, 0.35, 0.1, "flip")
 
 
 @pytest.mark.parametrize("device", ["CPU", "GPU", "Ascend"])
