@@ -167,9 +167,10 @@ def test_head_first_then_fine_tune_everything(pretrained, synthetic_cache, tmp_p
     assert (out / "category_confusion.png").stat().st_size > 0
     assert "category accuracy" in (out / "category_confusion.txt").read_text()
     weights = read_ms_checkpoint(str(out / "checkpoints" / "mobilenetv2-last.ckpt"))
-    conv = "features.0.features.0.weight"
-    assert conv in pretrained["backbone"]
-    assert not np.array_equal(weights[conv], pretrained["backbone"][conv])  # stage 2 trained the backbone
+    # stage 2 trained the backbone (the recipe's backbone LR is tiny and these random weights' gradients
+    # are small: some weights move, not necessarily the stem's)
+    learned = [k for k in pretrained["backbone"] if not k.endswith(("moving_mean", "moving_variance"))]
+    assert learned and any(not np.array_equal(weights[k], pretrained["backbone"][k]) for k in learned)
     bn_mean = "features.0.features.1.moving_mean"
     np.testing.assert_array_equal(weights[bn_mean], pretrained["backbone"][bn_mean])  # freeze_bn: statistics kept
 
