@@ -641,7 +641,7 @@ def test_bench_reports_every_peer_and_the_ratios(ms_pynative, capsys):
     assert "kernels on" in out
     rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.strip("|").split("|")[1:]]
             for ln in out.splitlines() if ln.startswith("| ")}
-    for peer in (*bench.PYTORCH_PEERS, bench.ORT, bench.MS_TWIN, bench.MS_UNFOLDED):
+    for peer in (*bench.PYTORCH_PEERS, bench.ORT, bench.MS_TWIN, bench.MS_OWN_KERNELS, bench.MS_UNFOLDED):
         train, evaluation = rows[peer][0], rows[peer][1]
         for cell in ((evaluation,) if peer in (bench.ORT, bench.MS_UNFOLDED) else (train, evaluation)):
             if peer == bench.PT_COMPILED and cell.startswith("skipped: "):
@@ -655,6 +655,7 @@ def test_bench_reports_every_peer_and_the_ratios(ms_pynative, capsys):
     eval_line = next(ln for ln in out.splitlines() if ln.startswith("- eval forward:"))
     assert "the best PyTorch peer (PyTorch" in train_line and "ONNX Runtime" in eval_line
     assert "without the BN folding" in eval_line
+    assert "on MindSpore's own kernels" in train_line and "on MindSpore's own kernels" in eval_line
     for layer in ("stem 3x3", "depthwise 3x3 s2", "depthwise 3x3 s1", "pointwise 1x1", "BatchNorm", "BatchNorm + ReLU6",
                   "ReLU6"):
         cells = next(ln for ln in out.splitlines() if ln.startswith(f"| {layer}")).strip("|").split("|")[1:]

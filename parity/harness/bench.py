@@ -9,7 +9,9 @@ Peers, all with the same weights and the same random batch:
 - ONNX Runtime (eval only) on the project's ONNX export of the same weights
   (`ms_impl/export.py`, MindSpore twin with its own convolutions); needs the
   optional `onnxruntime` package, skipped with the reason without it;
-- the MindSpore twin (`--fast-conv`, `--mode`).
+- the MindSpore twin (`--fast-conv`, `--mode`), and the same twin on
+  MindSpore's own kernels (`fast_conv` off: the "before" of our kernels, same
+  run; left out when the twin itself runs with them off).
 
 Times a training step (forward + backward + Momentum update, smoothed cross
 entropy) and an eval forward. Steps of all peers are interleaved (A, B, C, A,
@@ -53,6 +55,8 @@ PT_NCHW, PT_CHANNELS_LAST, PT_COMPILED = "PyTorch NCHW eager", "PyTorch channels
 ORT = "ONNX Runtime (project's ONNX export)"
 MS_TWIN = "MindSpore twin"
 MS_UNFOLDED = "MindSpore twin, eval BN not folded"  # eval as before the folding: what it gains, same run
+# The twin on MindSpore's own CPU kernels: where it stood before ms_impl/fast_conv.py, measured in the same run.
+MS_OWN_KERNELS = "MindSpore twin, MindSpore's own kernels (fast_conv off)"
 PYTORCH_PEERS = (PT_NCHW, PT_CHANNELS_LAST, PT_COMPILED)
 
 
@@ -215,6 +219,7 @@ def _whole_network(args: argparse.Namespace) -> Tuple[Dict[str, Timing], Dict[st
         ms_net(ms_x).asnumpy()
 
     # The same twin with the BatchNorm folding of eval mode switched off (ms_impl/mobilenetv2.py ConvBNReLU).
+    from ms_impl.fast_conv import FastBatchNorm2d
     from ms_impl.mobilenetv2 import ConvBNReLU
 
     unfolded = MsNet(num_classes=args.num_classes, width_mult=args.width, fast_conv=args.fast_conv)
@@ -223,6 +228,11 @@ def _whole_network(args: argparse.Namespace) -> Tuple[Dict[str, Timing], Dict[st
     for cell in folding:
         cell.fold_bn = False
     unfolded.set_train(False)
+    own_kernels = None
+    if folding or any(isinstance(cell, FastBatchNorm2d) for _, cell in ms_net.cells_and_names()):
+        own_kernels = MsNet(num_classes=args.num_classes, width_mult=args.width, fast_conv="off")
+        ms_weights.load_into(own_kernels, ms_tensors, strict=True)
+        own_kernels.set_train(False)
 
     # Eval first, while the weights are identical.
     ms_net.set_train(False)
@@ -240,9 +250,13 @@ def _whole_network(args: argparse.Namespace) -> Tuple[Dict[str, Timing], Dict[st
         eval_runs[MS_TWIN] = ms_eval
         if folding:
             eval_runs[MS_UNFOLDED] = lambda: unfolded(ms_x).asnumpy()
+        if own_kernels is not None:
+            eval_runs[MS_OWN_KERNELS] = lambda: own_kernels(ms_x).asnumpy()
         evaluation = _interleave(eval_runs, args.warmup, args.steps)
     if not folding:
         evaluation[MS_UNFOLDED] = Timing(skipped="nothing folded (kernels off)")
+    if own_kernels is None:
+        evaluation[MS_OWN_KERNELS] = Timing(skipped="the twin above runs on them")
     if ort_skipped:
         evaluation[ORT] = Timing(skipped=ort_skipped)
     if args.skip_compile:
@@ -250,10 +264,13 @@ def _whole_network(args: argparse.Namespace) -> Tuple[Dict[str, Timing], Dict[st
 
     if args.skip_train:
         return {name: Timing(skipped="--skip-train") for name in evaluation}, evaluation
-    ms_net.set_train(True)
-    ms_step = ms_nn.TrainOneStepCell(ms_nn.WithLossCell(ms_net, ms_loss(0.1)),
-                                     ms_optimizer(ms_net.trainable_params(), lr))
-    ms_step.set_train(True)
+
+    def ms_train_step(net):
+        net.set_train(True)
+        step = ms_nn.TrainOneStepCell(ms_nn.WithLossCell(net, ms_loss(0.1)), ms_optimizer(net.trainable_params(), lr))
+        step.set_train(True)
+        return lambda: step(ms_x, ms_y).asnumpy()
+
     pt_criterion = pt_loss(0.1)
 
     def pt_train(name: str) -> Callable[[], None]:
@@ -269,12 +286,13 @@ def _whole_network(args: argparse.Namespace) -> Tuple[Dict[str, Timing], Dict[st
             loss.item()
         return run
 
-    def ms_train() -> None:
-        ms_step(ms_x, ms_y).asnumpy()
-
     train_runs: Dict[str, Callable[[], None]] = {name: pt_train(name) for name in pt_nets}
-    train_runs[MS_TWIN] = ms_train
+    train_runs[MS_TWIN] = ms_train_step(ms_net)
+    if own_kernels is not None:
+        train_runs[MS_OWN_KERNELS] = ms_train_step(own_kernels)
     train = _interleave(train_runs, args.warmup, args.steps)
+    if own_kernels is None:
+        train[MS_OWN_KERNELS] = Timing(skipped="the twin above runs on them")
     if args.skip_compile:
         train[PT_COMPILED] = Timing(skipped="--skip-compile")
     train[ORT] = Timing(skipped="inference only")
@@ -301,6 +319,9 @@ def _ratio_line(what: str, timings: Dict[str, Timing], batch: int) -> str:
     unfolded = timings.get(MS_UNFOLDED)
     if unfolded is not None and not unfolded.skipped:
         parts.append(f"{ms.rate(batch) / unfolded.rate(batch):.2f}x itself without the BN folding")
+    own = timings.get(MS_OWN_KERNELS)
+    if own is not None and not own.skipped:
+        parts.append(f"{ms.rate(batch) / own.rate(batch):.2f}x itself on MindSpore's own kernels")
     return f"- {what}: MindSpore twin " + ", ".join(parts or ["(no peer ran)"])
 
 
@@ -571,7 +592,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     train, evaluation = _whole_network(args)
     print("| peer | train img/s | eval img/s | first call s (train / eval) |")
     print("|---|---|---|---|")
-    for name in (*PYTORCH_PEERS, ORT, MS_TWIN, MS_UNFOLDED):
+    for name in (*PYTORCH_PEERS, ORT, MS_TWIN, MS_OWN_KERNELS, MS_UNFOLDED):
         first = " / ".join(f"{t.first_call:.1f}" if not t.skipped and t.steps else "-"
                            for t in (train[name], evaluation[name]))
         print(f"| {name} | {train[name].cell(args.batch)} | {evaluation[name].cell(args.batch)} | {first} |")
