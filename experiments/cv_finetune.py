@@ -25,6 +25,7 @@ def main() -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--work", default="runs/cv_ft")
     parser.add_argument("--name", default="cv_default")
+    parser.add_argument("--split", choices=("random", "blocks"), default="random", help="folds (make_fold.py --split)")
     parser.add_argument("--results", default="experiments/finetune_results.md")
     parser.add_argument("flags", nargs="*", help="trainer flags after --")
     args = parser.parse_args()
@@ -32,14 +33,14 @@ def main() -> int:
     work = Path(args.work)
     top1 = []
     for fold in range(args.folds):
-        fold_dir = work / f"fold{fold}_of_{args.folds}"
+        fold_dir = work / f"{args.split}_fold{fold}_of_{args.folds}"
         if not fold_dir.exists():
             subprocess.run([sys.executable, str(here / "make_fold.py"), "--data_path", args.data_path, "--output", str(fold_dir),
-                            "--fold", str(fold), "--folds", str(args.folds)], check=True)
+                            "--fold", str(fold), "--folds", str(args.folds), "--split", args.split], check=True)
         name = f"{args.name}_fold{fold}"
         subprocess.run([sys.executable, str(here / "finetune_trial.py"), "--name", name, "--data_path", str(fold_dir),
                         "--pretrained", args.pretrained, "--results", args.results, "--runs", str(work / "runs"), "--",
-                        "--feature_cache_dir", str(work / f"cache_fold{fold}"), *args.flags], check=True)
+                        "--feature_cache_dir", str(work / f"cache_{args.split}_fold{fold}"), *args.flags], check=True)
         top1.append(json.loads((work / "runs" / name / "summary.json").read_text())["final"]["val_top1"])
     print(f"{args.name}: {args.folds}-fold CV top-1 {100 * sum(top1) / len(top1):.1f}% "
           f"({100 * min(top1):.1f}-{100 * max(top1):.1f}%), folds {[round(100 * t, 1) for t in top1]}")

@@ -76,6 +76,30 @@ def stratified_folds(labels: np.ndarray, k: int, seed: int) -> List[np.ndarray]:
     return [np.sort(np.asarray(f)) for f in folds]
 
 
+def source_order(name: str) -> tuple:
+    """Sort key of a photo's file name in its source's order: (prefix, number), e.g. train_00042.jpg -> ('train', 42)."""
+    stem = Path(name).stem
+    prefix, _, number = stem.rpartition("_")
+    return (prefix, int(number)) if number.isdigit() else (stem, -1)
+
+
+def blocked_folds(labels: np.ndarray, files: Sequence[str], k: int) -> List[np.ndarray]:
+    """k disjoint index sets; each class's images, in their source order (file name numbers), cut into k
+    contiguous blocks, block f to fold f. Photos next to each other in a source (the same object shot
+    twice, a burst, a near-copy) then land in the same fold, as a held-out set drawn from other source
+    ranges with near-duplicates removed would be: a CV estimate that does not reward memorising them."""
+    folds: List[List[int]] = [[] for _ in range(k)]
+    for cls in np.unique(labels):
+        members = sorted(np.flatnonzero(labels == cls), key=lambda i: source_order(files[i]))
+        for f, block in enumerate(np.array_split(np.asarray(members), k)):
+            folds[f].extend(int(i) for i in block)
+    return [np.sort(np.asarray(f)) for f in folds]
+
+
+def make_folds(split: str, labels: np.ndarray, files: Sequence[str], k: int, seed: int) -> List[np.ndarray]:
+    return blocked_folds(labels, files, k) if split == "blocks" else stratified_folds(labels, k, seed)
+
+
 def normalise(train: np.ndarray, others: Sequence[np.ndarray], how: str) -> Tuple[np.ndarray, List[np.ndarray]]:
     if how == "none":
         return train, list(others)
@@ -137,6 +161,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--light_views", type=int, default=4, help="lightly augmented train views (recipes with 'light')")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--split", choices=("random", "blocks"), default="random",
+                        help="folds: random (stratified, seeded) or blocks (contiguous source ranges per class)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe field for every recipe (e.g. epochs=20)")
     args = parser.parse_args(argv)
@@ -145,7 +171,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ms.set_context(mode=ms.PYNATIVE_MODE)  # the head step is jit-compiled by train_head_on_features
     groups = category_groups(load_classes())[0]
     labels = feats["train_labels"]
-    folds = stratified_folds(labels, args.folds, args.seed)
+    folds = make_folds(args.split, labels, feats["train_files"], args.folds, args.seed)
     overrides = dict(item.split("=", 1) for item in args.set)
     print(f"| recipe | {args.folds}-fold CV top-1 (min-max) | folds | val top-1 | val category acc | head seconds |")
     print("|---|---|---|---|---|---|")

@@ -27,7 +27,8 @@ LIGHT_JITTER = 0.1
 
 def load_features(data_path: str, pretrained: str, cache_dir: str, light_views: int = 0,
                   image_size: int = 224, seed: int = 1) -> Dict[str, np.ndarray]:
-    """{'train', 'train_flip', 'val', 'val_flip', 'train_labels', 'val_labels'[, 'train_light']} as arrays."""
+    """{'train', 'train_flip', 'val', 'val_flip', 'train_labels', 'val_labels', 'train_files' (names)[, 'train_light']}
+    as arrays."""
     from ms_impl import train as trainer
     from ms_impl.trainer.device import set_device
     from ms_impl.trainer.feature_cache import FeatureSettings, load_or_extract
@@ -37,7 +38,8 @@ def load_features(data_path: str, pretrained: str, cache_dir: str, light_views: 
     set_device(cfg.device, cfg.mode)
     data = trainer.build_datasets(cfg)
     network = trainer.build_network(cfg)
-    out: Dict[str, np.ndarray] = {"train_labels": np.asarray(data.train.labels), "val_labels": np.asarray(data.val.labels)}
+    out: Dict[str, np.ndarray] = {"train_labels": np.asarray(data.train.labels), "val_labels": np.asarray(data.val.labels),
+                                  "train_files": np.asarray([Path(f).name for f in data.train.files])}
     jobs = [("train", data.train, FeatureSettings(image_size)),
             ("train_flip", data.train, FeatureSettings(image_size, hflip=True)),
             ("val", data.val, FeatureSettings(image_size)),

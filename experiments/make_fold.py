@@ -3,7 +3,7 @@
     python experiments/make_fold.py --data_path D --output runs/fold0 [--fold 0] [--folds 5] [--seed 1]
 
 Writes <output>/{train,val}/<class>/ as symbolic links to the original photos:
-val = fold `--fold` of the same stratified 5 folds `experiments/cv_frozen.py` uses,
+val = fold `--fold` of the same 5 folds `experiments/cv_frozen.py` uses (`--split random|blocks`),
 train = the other four. The shared val split is never touched.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from cv_frozen import stratified_folds
+from cv_frozen import make_folds
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -33,6 +33,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--split", choices=("random", "blocks"), default="random",
+                        help="folds: random (stratified, seeded) or blocks (contiguous source ranges per class)")
     args = parser.parse_args(argv)
     out = Path(args.output)
     if out.exists():
@@ -40,7 +42,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     names = [c.name for c in load_classes()]
     images = dataset.scan_split(Path(args.data_path), "train", names)
-    held_out = set(stratified_folds(np.asarray(images.labels), args.folds, args.seed)[args.fold].tolist())
+    labels, names_of_files = np.asarray(images.labels), [Path(f).name for f in images.files]
+    held_out = set(make_folds(args.split, labels, names_of_files, args.folds, args.seed)[args.fold].tolist())
     for index, (path, label) in enumerate(zip(images.files, images.labels)):
         split = "val" if index in held_out else "train"
         folder = out / split / names[label]

@@ -329,10 +329,17 @@ def _self_test_entry_points(path: Path) -> None:
                                           "gives wrong results")
     x = rng.standard_normal((2, 3, 5, 4)).astype(np.float32) * 4 + 2
     scale, shift = rng.uniform(0.5, 2.0, 3).astype(np.float32), rng.uniform(-1.0, 4.0, 3).astype(np.float32)
-    status, y = call_entry_point(library, "affine_relu6", [x, scale, shift, np.zeros(x.shape)])
-    if status != 0 or not np.allclose(y, np.clip(x * scale[None, :, None, None] + shift[None, :, None, None], 0, 6),
-                                      rtol=1e-5, atol=1e-5):
-        raise FastConvUnavailable("self-test: affine_relu6 gives wrong results")
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    pre = x * scale[None, :, None, None] + shift[None, :, None, None]
+    for name, y_want, g in (("affine", pre, dy), ("affine_relu6", np.clip(pre, 0, 6), np.where((pre > 0) & (pre <= 6), dy, 0))):
+        status, y = call_entry_point(library, name, [x, scale, shift, np.zeros(x.shape)])
+        status_grad, (dx, dscale, dshift) = call_entry_point(
+            library, f"{name}_grad", [dy, x, scale, shift, np.zeros(x.shape), np.zeros(3), np.zeros(3)], outputs=3)
+        checks = ((status, y, y_want), (status_grad, dx, g * scale[None, :, None, None]),
+                  (status_grad, dscale, (g * x).sum(axis=(0, 2, 3))), (status_grad, dshift, g.sum(axis=(0, 2, 3))))
+        for index, (code, got, expected) in enumerate(checks):
+            if code != 0 or not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
+                raise FastConvUnavailable(f"self-test: {name}{'_grad' if index else ''} gives wrong results")
     setter = library.mbv2_set_threads
     setter.argtypes = [ctypes.c_int]
     setter(kernel_threads())
@@ -376,7 +383,7 @@ def forget_resolution() -> None:
     _cached_library.cache_clear()
     _kernel_ops.cache_clear()
     _batch_norm_ops.cache_clear()
-    _affine_relu6_op.cache_clear()
+    _affine_op.cache_clear()
     _state["warned"] = False
 
 
@@ -491,34 +498,33 @@ def _batch_norm_ops(relu6: bool) -> ops.Custom:
 
 
 @functools.lru_cache(maxsize=None)
-def _affine_relu6_op() -> ops.Custom:
-    """(x, scale[C], shift[C]) -> relu6(x * scale + shift) in one pass: eval-mode BatchNorm + ReLU6."""
+def _affine_op(relu6: bool) -> ops.Custom:
+    """(x, scale[C], shift[C]) -> x * scale + shift (relu6: clamped to [0, 6]) in one pass, with its bprop
+    in one pass too: BatchNorm on its moving statistics (eval mode, or training with frozen BatchNorm)."""
     library = _cached_library()[0]
     if not library:
         raise FastConvUnavailable(_cached_library()[1])
+    name = "affine_relu6" if relu6 else "affine"
+    grad = ops.Custom(f"{library}:{name}_grad", out_shape=lambda dy, x, scale, shift: (x, scale, scale),
+                      out_dtype=lambda *dtypes: (dtypes[0],) * 3, func_type="aot")
 
     def bprop(x, scale, shift, out, dout):
-        # Eval mode is rarely differentiated: MindSpore's ops, ReLU6's rule (0 < pre <= 6) on the pre-activation.
-        k, b = scale.reshape((1, -1, 1, 1)), shift.reshape((1, -1, 1, 1))
-        pre = x * k + b
-        g = ops.select(ops.logical_and(pre > 0, pre <= 6), dout, ops.zeros_like(dout))
-        return g * k, (g * x).sum(axis=(0, 2, 3)), g.sum(axis=(0, 2, 3))
+        return grad(dout, x, scale, shift)
 
-    return ops.Custom(f"{library}:affine_relu6", out_shape=lambda x, scale, shift: x, out_dtype=_same_dtype,
+    return ops.Custom(f"{library}:{name}", out_shape=lambda x, scale, shift: x, out_dtype=_same_dtype,
                       func_type="aot", bprop=bprop)
 
 
 class FastBatchNorm2d(nn.BatchNorm2d):
-    """nn.BatchNorm2d (same parameters, names, init, checkpoint and moving-statistics convention) whose
-    training forward with batch statistics runs our CPU kernel; `relu6(x)` is the same with ReLU6 fused.
+    """nn.BatchNorm2d (same parameters, names, init, checkpoint and moving-statistics convention) on our
+    CPU kernels, forward and backward; `relu6(x)` is the same with ReLU6 fused into the pass.
 
     Batch statistics are used as in nn.BatchNorm2d: in training mode with `use_batch_statistics` None, or
-    always with True. The moving statistics follow MindSpore's rule, `moving = momentum * moving +
-    (1 - momentum) * batch` (unbiased variance). In eval mode `relu6(x)` is one kernel pass too,
-    relu6(x * s + beta - mean * s), s = gamma / sqrt(var + eps), on the moving statistics (as the folding
-    of the 3x3 layers). Every other case (eval mode without ReLU6; `use_batch_statistics=False` in
-    training, the trainer's --freeze_bn: moving statistics, never updated) is MindSpore's own BatchNorm
-    (and ReLU6).
+    always with True. The moving statistics then follow MindSpore's rule, `moving = momentum * moving +
+    (1 - momentum) * batch` (unbiased variance). Otherwise (eval mode; `use_batch_statistics=False`, the
+    trainer's --freeze_bn, also in training) BatchNorm runs on its moving statistics, never updated, as
+    one pass x * s + (beta - mean * s) with s = gamma / sqrt(var + eps) (as the folding of the 3x3
+    layers); its gradients for gamma and beta follow from those of s and the shift.
     """
 
     def __init__(self, num_features: int, eps: float, momentum: float) -> None:
@@ -527,8 +533,11 @@ class FastBatchNorm2d(nn.BatchNorm2d):
         self.train_relu6_kernel = _batch_norm_ops(True)
         # self.momentum is the primitive's, 1 - the constructor's (as nn.BatchNorm2d passes it to ops.BatchNorm).
         self.kernel_constants = ms.Tensor(np.array([eps, self.momentum], dtype=np.float32))
-        self.relu6_op = ops.ReLU6()
-        self.eval_relu6_kernel = _affine_relu6_op()
+        self.affine_kernel = _affine_op(False)
+        self.affine_relu6_kernel = _affine_op(True)
+
+    def _batch_statistics(self) -> bool:
+        return self.use_batch_statistics is True or (self.use_batch_statistics is None and self.training)
 
     def _train_forward(self, x: ms.Tensor, kernel) -> ms.Tensor:
         y, _, mean, variance = kernel(x, self.gamma, self.beta, self.moving_mean, self.moving_variance,
@@ -536,19 +545,20 @@ class FastBatchNorm2d(nn.BatchNorm2d):
         y = ops.depend(y, ops.assign(self.moving_mean, ops.stop_gradient(mean)))
         return ops.depend(y, ops.assign(self.moving_variance, ops.stop_gradient(variance)))
 
+    def _affine_forward(self, x: ms.Tensor, kernel) -> ms.Tensor:
+        scale = self.gamma / ops.sqrt(ops.stop_gradient(self.moving_variance) + self.eps)
+        return kernel(x, scale, self.beta - ops.stop_gradient(self.moving_mean) * scale)
+
     def construct(self, x: ms.Tensor) -> ms.Tensor:
-        if self.use_batch_statistics is True or (self.use_batch_statistics is None and self.training):
+        if self._batch_statistics():
             return self._train_forward(x, self.train_kernel)
-        return super().construct(x)
+        return self._affine_forward(x, self.affine_kernel)
 
     def relu6(self, x: ms.Tensor) -> ms.Tensor:
-        """relu6(batch_norm(x)); with batch statistics in one kernel pass (forward and backward)."""
-        if self.use_batch_statistics is True or (self.use_batch_statistics is None and self.training):
+        """relu6(batch_norm(x)) in one kernel pass (forward and backward)."""
+        if self._batch_statistics():
             return self._train_forward(x, self.train_relu6_kernel)
-        if not self.training:
-            scale = self.gamma / ops.sqrt(self.moving_variance + self.eps)
-            return self.eval_relu6_kernel(x, scale, self.beta - self.moving_mean * scale)
-        return self.relu6_op(super().construct(x))
+        return self._affine_forward(x, self.affine_relu6_kernel)
 
 
 def batch_norm(num_features: int, eps: float, momentum: float, fast_conv: str = "off") -> nn.BatchNorm2d:

@@ -288,10 +288,13 @@ def test_batch_norm_kernel_without_batch_statistics_is_mindspores(fast_conv, ms_
             np.testing.assert_allclose(mine, reference, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("relu6", [True, False], ids=["bn_relu6", "bn"])
+@pytest.mark.parametrize("mode", ["eval", "frozen_bn_training"])
 @pytest.mark.parametrize("shape", [(2, 5, 3, 3), (1, 7, 1, 3)])
-def test_batch_norm_relu6_eval_kernel_matches_mindspore(fast_conv, ms_pynative, shape):
-    """Eval mode: relu6(BN(x)) on the moving statistics in one pass (affine_relu6), forward and gradients
-    (input, gamma, beta), against nn.BatchNorm2d + nn.ReLU6; the moving statistics stay as they were."""
+def test_batch_norm_on_moving_statistics_matches_mindspore(fast_conv, ms_pynative, shape, mode, relu6):
+    """BatchNorm on its moving statistics (eval mode, or training with use_batch_statistics=False: the
+    trainer's --freeze_bn) in one pass (affine[_relu6] and its grad): forward and gradients (input, gamma,
+    beta) against nn.BatchNorm2d (+ nn.ReLU6); the moving statistics stay as they were."""
     import mindspore as ms
 
     from ms_impl.mobilenetv2 import batch_norm
@@ -305,13 +308,16 @@ def test_batch_norm_relu6_eval_kernel_matches_mindspore(fast_conv, ms_pynative, 
         bn = batch_norm(shape[1], kind)
         bn.moving_mean.set_data(ms.Tensor(mean))
         bn.moving_variance.set_data(ms.Tensor(variance))
-        bn.set_train(False)
-        results.append(_ms_batch_norm_step(bn, True, x, upstream, gamma, beta, train=False))
+        if mode == "frozen_bn_training":
+            bn.use_batch_statistics = False
+        results.append(_ms_batch_norm_step(bn, relu6, x, upstream, gamma, beta, train=mode != "eval"))
     names = ("forward", "grad input", "grad gamma", "grad beta", "moving mean", "moving variance")
     for name, mine, reference in zip(names, *results):
-        _assert_close(mine, reference, f"eval {name} vs nn.BatchNorm2d + nn.ReLU6")
+        _assert_close(mine, reference, f"{mode} {name} vs nn.BatchNorm2d{' + nn.ReLU6' * relu6}")
     np.testing.assert_array_equal(results[0][4], mean)
-    assert (results[0][0][:, 0] == 0).all() and (results[0][0][:, 1] == 6).all()
+    np.testing.assert_array_equal(results[0][5], variance)
+    if relu6:  # the case's values reach both clamps
+        assert (results[0][0][:, 0] == 0).all() and (results[0][0][:, 1] == 6).all()
 
 
 def test_batch_norm_entry_points_refuse_wrong_shapes(fast_conv):
@@ -338,7 +344,10 @@ def test_batch_norm_entry_points_refuse_wrong_shapes(fast_conv):
         ("bn_relu6_train_grad", [x, x, v, saved] + grad_outputs),  # no beta
         ("bn_train_grad", [x, x, v, saved, np.zeros(x.shape), np.zeros(4), np.zeros(3)]),  # dbeta length
         ("affine_relu6", [x, v, np.ones(3), np.zeros(x.shape)]),  # shift length
-        ("affine_relu6", [x, v, v, np.zeros((2, 4, 3, 4))]),  # y
+        ("affine", [x, v, v, np.zeros((2, 4, 3, 4))]),  # y
+        ("affine_grad", [np.zeros((1, 4, 3, 5)), x, v, v] + grad_outputs),  # batch of dy
+        ("affine_relu6_grad", [x, x, np.ones(3), v] + grad_outputs),  # scale length
+        ("affine_grad", [x, x, v, v, np.zeros(x.shape), np.zeros(4), np.zeros(3)]),  # dshift length
     ]
     for name, arrays in refused:
         assert call(library, name, arrays, outputs=3)[0] == 1, name
@@ -596,8 +605,11 @@ def test_training_step_graph_and_pynative(fast_conv):
     from ms_impl.mobilenetv2 import MobileNetV2
 
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((4, 3, 64, 64), dtype=np.float32)
-    y = rng.integers(0, 10, size=4).astype(np.int32)
+    x = rng.standard_normal((8, 3, 64, 64), dtype=np.float32)
+    y = rng.integers(0, 10, size=8).astype(np.int32)
+    # A seeded init: how much one step amplifies rounding depends on the weights (over 5 unseeded inits of
+    # this net at batch 4 the kernels' step differed from MindSpore's by 1e-5 to 4e-2 of the largest update).
+    ms.set_seed(0)
     start = {p.name: p.asnumpy() for p in MobileNetV2(num_classes=10, width_mult=0.35).get_parameters()}
     try:
         reference = _one_training_step(ms.GRAPH_MODE, "off", start, x, y)
@@ -606,11 +618,11 @@ def test_training_step_graph_and_pynative(fast_conv):
             updated = _one_training_step(mode, "on", start, x, y)
             for name in ("features.0.features.0.weight", "features.2.conv.1.features.0.weight"):
                 assert not np.allclose(updated[name], start[name])  # the step reached our kernels' weights
-            # One step of a tiny net in training mode (BN over 4 images of 2x2 at the end) is
-            # ill-conditioned: perturbing the input by 1e-6 moves the update by ~1% as well.
+            # One step of a tiny net in training mode (BN over 8 images of 2x2 at the end) is
+            # ill-conditioned: with this init the kernels' rounding moves the update by ~1e-5 of the largest.
             # A wrong kernel (stride, flip, channel mix-up) moves it by ~100%.
             worst = max(float(np.abs(updated[k] - w).max()) for k, w in reference.items())
-            assert worst <= 3e-2 * largest_update, (mode, worst, largest_update)
+            assert worst <= 1e-2 * largest_update, (mode, worst, largest_update)
     finally:
         ms.set_context(mode=ms.PYNATIVE_MODE)
 

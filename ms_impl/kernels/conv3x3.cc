@@ -21,8 +21,11 @@
 //                             eps_momentum[2]) -> y, saved[2,C] (mean, invstd), new moving mean, variance
 //   bn_train_grad            (dy, x, gamma, saved)                -> dx, dgamma[C], dbeta[C]
 //   bn_relu6_train_grad      (dy, x, gamma, beta, saved)          -> dx, dgamma[C], dbeta[C]
-//   affine_relu6             (x, scale[C], shift[C])              -> y = min(max(x * scale + shift, 0), 6)
-// (eval-mode BN on the moving statistics + ReLU6). Despite the file name, all of the MindSpore twin's
+// BatchNorm on its moving statistics (eval mode, or training with frozen BatchNorm), folded into a
+// per-channel scale = gamma / sqrt(var + eps) and shift = beta - mean * scale, optionally with ReLU6:
+//   affine[_relu6]           (x, scale[C], shift[C])              -> y = x * scale + shift (clamped to [0, 6])
+//   affine[_relu6]_grad      (dy, x, scale, shift)                -> dx, dscale[C], dshift[C]
+// (the gradients of gamma and beta follow from dscale and dshift in MindSpore). Despite the file name, all of the MindSpore twin's
 // CPU kernels live here: one library, one thread pool, one build. Each returns 0, or 1 when a
 // dtype or any of the shapes above disagrees, or when the call fails (an
 // allocation or a thread): no C++ exception crosses into MindSpore, which
@@ -889,9 +892,9 @@ int bn_train_grad(const Args& a, bool relu6) {
   return 0;
 }
 
-// (x, scale[C], shift[C]) -> y = min(max(x * scale + shift, 0), 6): an eval-mode BatchNorm (moving
-// statistics folded into scale and shift) and ReLU6 in one pass.
-int affine_relu6(const Args& a) {
+// (x, scale[C], shift[C]) -> y = x * scale + shift, with `relu6` clamped to [0, 6]: a BatchNorm on
+// its moving statistics (folded into scale and shift), and ReLU6, in one pass.
+int affine_forward(const Args& a, bool relu6) {
   if (a.nparam != 4 || !a.is(0, -1, -1, -1, -1)) return 1;
   const int64_t n = a.shape(0)[0], c = a.shape(0)[1], h = a.shape(0)[2], w = a.shape(0)[3];
   if (!a.is_vector(1, c) || !a.is_vector(2, c) || !a.is(3, n, c, h, w)) return 1;
@@ -905,8 +908,69 @@ int affine_relu6(const Args& a) {
       const float k = scale[p % c], b = shift[p % c];
       const float* __restrict__ in = x + p * plane;
       float* __restrict__ out = y + p * plane;
+      if (relu6) {
 #pragma omp simd
-      for (int64_t i = 0; i < plane; ++i) out[i] = std::min(std::max(in[i] * k + b, 0.0f), 6.0f);
+        for (int64_t i = 0; i < plane; ++i) out[i] = std::min(std::max(in[i] * k + b, 0.0f), 6.0f);
+      } else {
+#pragma omp simd
+        for (int64_t i = 0; i < plane; ++i) out[i] = in[i] * k + b;
+      }
+    }
+  });
+  return 0;
+}
+
+// (dy, x, scale[C], shift[C]) -> (dx, dscale[C], dshift[C]) of affine_forward: g = dy (with `relu6`,
+// masked by ReLU6's gradient on the pre-activation x * scale + shift, rebuilt as the forward did),
+// dx = g * scale, dscale = sum g x, dshift = sum g. Split over channels (no reduction across
+// threads); sums are float over runs of SUM_RUN values, then double.
+int affine_grad(const Args& a, bool relu6) {
+  if (a.nparam != 7 || !a.is(1, -1, -1, -1, -1)) return 1;
+  const int64_t n = a.shape(1)[0], c = a.shape(1)[1], h = a.shape(1)[2], w = a.shape(1)[3];
+  if (!a.is(0, n, c, h, w) || !a.is_vector(2, c) || !a.is_vector(3, c) || !a.is(4, n, c, h, w) ||
+      !a.is_vector(5, c) || !a.is_vector(6, c))
+    return 1;
+  const float* dy = a.in(0);
+  const float* x = a.in(1);
+  const float* scale = a.in(2);
+  const float* shift = a.in(3);
+  float* dx = a.out(4);
+  float* dscale = a.out(5);
+  float* dshift = a.out(6);
+  const int64_t plane = h * w;
+  parallel_for(c, [&](int64_t begin, int64_t end) {
+    for (int64_t ch = begin; ch < end; ++ch) {
+      const float k = scale[ch], b = shift[ch];
+      double sum_g = 0.0, sum_gx = 0.0;
+      for (int64_t img = 0; img < n; ++img) {
+        const float* __restrict__ d = dy + (img * c + ch) * plane;
+        const float* __restrict__ in = x + (img * c + ch) * plane;
+        float* __restrict__ o = dx + (img * c + ch) * plane;
+        for (int64_t start = 0; start < plane; start += SUM_RUN) {
+          const int64_t stop = std::min(plane, start + SUM_RUN);
+          float sg = 0.0f, sgx = 0.0f;
+          if (relu6) {
+#pragma omp simd reduction(+ : sg, sgx)
+            for (int64_t i = start; i < stop; ++i) {
+              const float g = relu6_pass(in[i] * k + b, d[i]);
+              o[i] = g * k;
+              sg += g;
+              sgx += g * in[i];
+            }
+          } else {
+#pragma omp simd reduction(+ : sg, sgx)
+            for (int64_t i = start; i < stop; ++i) {
+              o[i] = d[i] * k;
+              sg += d[i];
+              sgx += d[i] * in[i];
+            }
+          }
+          sum_g += sg;
+          sum_gx += sgx;
+        }
+      }
+      dscale[ch] = static_cast<float>(sum_gx);
+      dshift[ch] = static_cast<float>(sum_g);
     }
   });
   return 0;
@@ -947,7 +1011,10 @@ MBV2_ENTRY(bn_train_forward, bn_train_forward(args, false))
 MBV2_ENTRY(bn_relu6_train_forward, bn_train_forward(args, true))
 MBV2_ENTRY(bn_train_grad, bn_train_grad(args, false))
 MBV2_ENTRY(bn_relu6_train_grad, bn_train_grad(args, true))
-MBV2_ENTRY(affine_relu6, affine_relu6(args))
+MBV2_ENTRY(affine, affine_forward(args, false))
+MBV2_ENTRY(affine_relu6, affine_forward(args, true))
+MBV2_ENTRY(affine_grad, affine_grad(args, false))
+MBV2_ENTRY(affine_relu6_grad, affine_grad(args, true))
 
 // Thread count of the kernels from now on (n > 0), or back to the default (n <= 0):
 // $MBV2_KERNEL_THREADS, else the CPUs this process may run on. Called by fast_conv.py

@@ -416,8 +416,8 @@ def _pt_layer(case: dict):
     return nn.ReLU6()
 
 
-def _breakdown(args: argparse.Namespace) -> List[Tuple[str, Dict[str, Tuple[float, float]]]]:
-    """Per layer: {peer: (forward ms, forward+backward ms)} for MindSpore, PyTorch NCHW and channels_last."""
+def _breakdown(args: argparse.Namespace) -> List[Tuple[str, Dict[str, Tuple[Timing, Timing]]]]:
+    """Per layer: {peer: (forward, forward+backward timings)} for MindSpore, PyTorch NCHW and channels_last."""
     import mindspore as ms
     import torch
 
@@ -458,9 +458,15 @@ def _breakdown(args: argparse.Namespace) -> List[Tuple[str, Dict[str, Tuple[floa
         steps = max(1, min(args.steps, 5))
         fwd = _interleave(fwd_runs, args.warmup, steps)
         bwd = _interleave(bwd_runs, args.warmup, steps)
-        rows.append((label, {peer: (statistics.median(fwd[peer].steps) * 1e3, statistics.median(bwd[peer].steps) * 1e3)
-                             for peer in fwd_runs}))
+        rows.append((label, {peer: (fwd[peer], bwd[peer]) for peer in fwd_runs}))
     return rows
+
+
+def _milliseconds(timing: Timing) -> str:
+    """Median ms of a breakdown cell, or the reason it did not run (one failing layer does not end the table)."""
+    if timing.skipped or not timing.steps:
+        return f"failed: {timing.skipped or 'no step'}"
+    return f"{statistics.median(timing.steps) * 1e3:.3g}"
 
 
 def _data_pipeline(args: argparse.Namespace) -> Tuple[float, int, int]:
@@ -605,8 +611,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "| PT CL fwd+bwd |")
         print("|---|---|---|---|---|---|---|")
         for label, cells in _breakdown(args):
-            fwd = " | ".join(f"{cells[peer][0]:.3g}" for peer in ("MS", "NCHW", "CL"))
-            bwd = " | ".join(f"{cells[peer][1]:.3g}" for peer in ("MS", "NCHW", "CL"))
+            fwd = " | ".join(_milliseconds(cells[peer][0]) for peer in ("MS", "NCHW", "CL"))
+            bwd = " | ".join(_milliseconds(cells[peer][1]) for peer in ("MS", "NCHW", "CL"))
             print(f"| {label} | {fwd} | {bwd} |", flush=True)
     if args.data_path:
         rate, images, workers = _data_pipeline(args)
