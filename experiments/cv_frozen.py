@@ -158,6 +158,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--pretrained", required=True, help="ImageNet backbone weights")
     parser.add_argument("--cache_dir", default="runs/cv_features", help="feature cache folder")
     parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated names: " + ", ".join(RECIPES))
+    parser.add_argument("--image_size", type=int, default=224, help="network input size of the features (eval crop)")
     parser.add_argument("--light_views", type=int, default=4, help="lightly augmented train views (recipes with 'light')")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
@@ -167,7 +168,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="override a recipe field for every recipe (e.g. epochs=20)")
     args = parser.parse_args(argv)
     setup_logging()
-    feats = load_features(args.data_path, args.pretrained, args.cache_dir, args.light_views)
+    feats = load_features(args.data_path, args.pretrained, args.cache_dir, args.light_views, image_size=args.image_size)
     ms.set_context(mode=ms.PYNATIVE_MODE)  # the head step is jit-compiled by train_head_on_features
     groups = category_groups(load_classes())[0]
     labels = feats["train_labels"]
