@@ -58,6 +58,16 @@ RECIPES: Dict[str, dict] = {
                                            views="crop+flip", tta=True),
     "center_e30_wd1e-3_do0.5_flip_tta": dict(feature_norm="center", epochs=30, weight_decay=1e-3, dropout=0.5,
                                              views="crop+flip", tta=True),
+    # Tried against the source-block folds (--split blocks), where stronger regularisation paid:
+    "center_e10_wd1e-2_flip_tta": dict(feature_norm="center", epochs=10, weight_decay=1e-2, views="crop+flip", tta=True),
+    "center_e30_wd5e-3_flip_tta": dict(feature_norm="center", epochs=30, weight_decay=5e-3, views="crop+flip", tta=True),
+    "center_e30_wd1e-2_do0.5_flip_tta": dict(feature_norm="center", epochs=30, weight_decay=1e-2, dropout=0.5,
+                                             views="crop+flip", tta=True),
+    "center_e30_wd1e-2_ls0.3_flip_tta": dict(feature_norm="center", epochs=30, weight_decay=1e-2, label_smoothing=0.3,
+                                             views="crop+flip", tta=True),
+    "center_e30_wd1e-2_lr0.005_flip_tta": dict(feature_norm="center", epochs=30, weight_decay=1e-2, lr_max=0.005,
+                                               views="crop+flip", tta=True),
+    "l2_e30_wd1e-2_flip_tta": dict(feature_norm="l2", epochs=30, weight_decay=1e-2, views="crop+flip", tta=True),
     "center_e30_lr0.05_wd1e-3_flip_tta": dict(feature_norm="center", epochs=30, lr_max=0.05, weight_decay=1e-3,
                                               views="crop+flip", tta=True),
 }
