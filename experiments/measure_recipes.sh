@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# The README's transfer-learning table: the two default commands on garbage26 (wall time from `time`),
-# then the fine-tuning recipe on one train-only fold (experiments/make_fold.py) and the frozen-head 5-fold CV.
-#   flock /tmp/heavy.lock bash experiments/measure_recipes.sh /path/to/garbage26 /path/to/backbone.pth
+# The README's transfer-learning table: the two default commands on garbage26 (wall time from `date`),
+# the frozen-head 5-fold CV on random and on source-block folds, and the fine-tuning default's
+# 5-fold CV on source-block folds (one full trainer run per fold, about 33 min on 2 cores).
+#   flock /tmp/heavy.lock bash experiments/measure_recipes.sh /path/to/garbage26 /path/to/backbone.pth [OUT]
 set -euo pipefail
 DATA=$1
 WEIGHTS=$2
 OUT=${3:-runs/recipes}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD
-[ -d runs/fold0 ] || python experiments/make_fold.py --data_path "$DATA" --output runs/fold0
 run() {  # name, args...
     local name=$1; shift
     local started=$(date +%s)
@@ -17,8 +17,11 @@ run() {  # name, args...
 }
 run frozen --data_path "$DATA" --pretrained "$WEIGHTS" --freeze_backbone true
 run finetune --data_path "$DATA" --pretrained "$WEIGHTS"
-python experiments/cv_frozen.py --data_path "$DATA" --pretrained "$WEIGHTS" \
-    --recipes readme_frozen,center_e30_wd1e-3_flip_tta \
-    > "$OUT/cv_frozen.md" 2> "$OUT/cv_frozen.log"
-run finetune_fold0 --data_path runs/fold0 --pretrained "$WEIGHTS"
-run frozen_fold0 --data_path runs/fold0 --pretrained "$WEIGHTS" --freeze_backbone true
+for split in random blocks; do
+    python experiments/cv_frozen.py --data_path "$DATA" --pretrained "$WEIGHTS" --split "$split" --light_views 0 \
+        --cache_dir "$OUT/cv_features" --recipes readme_frozen,center_e30_wd1e-3_flip_tta,center_e30_wd1e-2_flip_tta \
+        > "$OUT/cv_frozen_$split.md" 2> "$OUT/cv_frozen_$split.log"
+done
+python experiments/cv_finetune.py --data_path "$DATA" --pretrained "$WEIGHTS" --split blocks \
+    --work "$OUT/cv_ft" --name blocks_default --results "$OUT/finetune_results.md" > "$OUT/cv_finetune.log" 2>&1
+tail -1 "$OUT/cv_finetune.log"
