@@ -1,11 +1,12 @@
 """The PyTorch peers of `python -m parity bench` in a process of their own (MindSpore never imported).
 
-    flock /tmp/heavy.lock python experiments/pytorch_alone.py [--threads 2] [--steps 7] [--skip-compile]
+    flock /tmp/heavy.lock python experiments/pytorch_alone.py [--threads 2] [--steps 7] [--skip-compile] [--after-mindspore]
 
 The bench times every peer in one process; this checks that PyTorch runs there as fast as alone
 (MindSpore's runtime threads idle between its steps, but they exist). Same batch (32, 224 px, seed 0),
 same loss and optimizer as the bench; BatchNorm running statistics set from the batch. Prints img/s,
-median (range) over the steps, per peer, train and eval.
+median (range) over the steps, per peer, train and eval. `--after-mindspore`: first run one eval forward
+of the MindSpore twin (GRAPH mode, the same batch shape) in this process, then time PyTorch as before.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--skip-compile", action="store_true")
+    parser.add_argument("--after-mindspore", action="store_true",
+                        help="run a MindSpore twin forward in this process first (the bench's situation)")
     args = parser.parse_args()
     import torch
 
@@ -36,7 +39,18 @@ def main() -> int:
     from pt_impl.mobilenetv2 import MobileNetV2
     from pt_impl.optim import build_optimizer
 
-    assert "mindspore" not in sys.modules  # the point of this script
+    if args.after_mindspore:
+        import mindspore as ms
+
+        from ms_impl.mobilenetv2 import MobileNetV2 as MindSporeTwin
+
+        ms.set_device("CPU")
+        ms.set_context(mode=ms.GRAPH_MODE)
+        twin = MindSporeTwin(num_classes=1000)
+        twin.set_train(False)
+        twin(ms.Tensor(np.zeros((args.batch, 3, 224, 224), dtype=np.float32))).asnumpy()
+    else:
+        assert "mindspore" not in sys.modules  # the point of this script
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.standard_normal((args.batch, 3, 224, 224), dtype=np.float32))
@@ -58,7 +72,7 @@ def main() -> int:
         peers["PyTorch channels_last + torch.compile"] = (copy.deepcopy(base).to(memory_format=torch.channels_last),
                                                           images.contiguous(memory_format=torch.channels_last), True)
     lr = np.full(1000, 0.01, dtype=np.float32)
-    print(f"# PyTorch alone, torch {torch.__version__}, threads {args.threads}, batch {args.batch}, 224 px, "
+    print(f"# PyTorch {'after a MindSpore twin forward in this process' if args.after_mindspore else 'alone'}, torch {torch.__version__}, threads {args.threads}, batch {args.batch}, 224 px, "
           f"median (range) of {args.steps} steps after {args.warmup}")
     for name, (net, x, compiled) in peers.items():
         model = torch.compile(net) if compiled else net

@@ -64,13 +64,13 @@ class ConvBNReLU(nn.Cell):
         self.features = nn.SequentialCell([conv, bn, nn.ReLU6()])
         # Inference with our kernels: BN folded into the weights, bias + ReLU6 in the kernel's own pass.
         self.fold_bn = isinstance(conv, fast_conv_kernels.FastConv3x3)
-        # Training with our kernels: BatchNorm (batch statistics) + ReLU6 in one kernel, forward and backward.
+        # Training with our kernels: BatchNorm (batch or frozen statistics) + ReLU6 in one kernel, forward and backward.
         self.fuse_bn_relu6 = isinstance(bn, fast_conv_kernels.FastBatchNorm2d)
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         if self.training or not self.fold_bn:
             if self.fuse_bn_relu6:
-                # FastBatchNorm2d.relu6 is MindSpore's BN + ReLU6 where batch statistics are not used.
+                # One kernel pass, forward and backward, with batch or (frozen BN) moving statistics.
                 return self.features[1].relu6(self.features[0](x))
             return self.features(x)
         return self.folded_forward(x)
