@@ -643,14 +643,14 @@ def test_bench_reports_every_peer_and_the_ratios(ms_pynative, capsys):
     inductor's compile alone takes minutes on a small machine, the benchmark itself uses it."""
     from parity.harness import bench
 
-    # --threads 0: the frameworks' own thread counts. A count set here would hold for the rest of this
-    # process, and a later test in it (the parity cases' reductions) must not run with another one.
     argv = ["--mode", "pynative", "--batch", "2", "--image-size", "32", "--width", "0.35", "--steps", "1",
-            "--warmup", "1", "--fast-conv", "on", "--num-classes", "10", "--threads", "0",
+            "--warmup", "1", "--fast-conv", "on", "--num-classes", "10", "--threads", "1",
             "--compile-backend", "eager"]
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
-    assert "kernels on" in out
+    assert "each peer in a process of its own" in out
+    assert f"# {bench.MS_TWIN}: mindspore " in out and "fast_conv=on (kernels on)" in out
+    assert f"# {bench.PT_CHANNELS_LAST}: torch " in out
     rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.strip("|").split("|")[1:]]
             for ln in out.splitlines() if ln.startswith("| ")}
     for peer in (*bench.PYTORCH_PEERS, bench.ORT, bench.MS_TWIN, bench.MS_OWN_KERNELS, bench.MS_UNFOLDED):
@@ -703,3 +703,16 @@ def test_bench_times_kernels_against_a_baseline_build(fast_conv, capsys, tmp_pat
     assert bench.main(argv) == 0
     rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ") and "relative" in ln]
     assert len(rows) == len(bench.kernel_cases(1)) and all("differ by 0.0e+00" in row for row in rows)
+
+
+def test_bench_hosts_each_peer_in_a_process_of_its_own_unless_asked():
+    from parity.harness import bench, bench_worker
+
+    args = bench._parser().parse_args(["--data-path", "D"])
+    groups = bench._peer_groups(args)
+    assert all(len(group) == 1 for group in groups)  # one process per peer: no framework shares a process
+    assert {group[0] for group in groups} == set(bench_worker.PEERS)
+    args = bench._parser().parse_args(["--one-process", "--skip-compile"])
+    (group,) = bench._peer_groups(args)
+    assert bench_worker.PT_COMPILED not in group and bench_worker.DATA not in group
+    assert {bench_worker.MS_TWIN, bench_worker.PT_CHANNELS_LAST, bench_worker.ORT} <= set(group)

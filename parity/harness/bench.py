@@ -1,4 +1,4 @@
-"""`python -m parity bench`: the MindSpore twin against PyTorch at its best and ONNX Runtime, in one process.
+"""`python -m parity bench`: the MindSpore twin against PyTorch at its best and ONNX Runtime.
 
 Peers, all with the same weights and the same random batch:
 
@@ -13,9 +13,16 @@ Peers, all with the same weights and the same random batch:
   MindSpore's own kernels (`fast_conv` off: the "before" of our kernels, same
   run; left out when the twin itself runs with them off).
 
+Every peer runs in a worker process of its own (parity/harness/bench_worker.py),
+which imports only the framework it needs: PyTorch measured in a process that
+also hosts MindSpore ran up to 2x slower than alone, so one process would
+flatter the twin (`--one-process` shows it). The inputs (batch, weights, ONNX
+export) are written once by another process, and every peer loads them.
+
 Times a training step (forward + backward + Momentum update, smoothed cross
 entropy) and an eval forward. Steps of all peers are interleaved (A, B, C, A,
-B, C, ...), so load from other processes on a shared machine hits all alike.
+B, C, ...: one process works at a time, the others wait on a pipe), so load
+from other processes on a shared machine hits all alike.
 Each figure is the median over `--steps` steps after `--warmup` steps, with
 the range (slowest-fastest step) beside it; the first call of each peer
 (graph compilation, `torch.compile`) is reported on its own. Then the
@@ -30,25 +37,24 @@ not absolute img/s, between runs on a shared machine.
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ms_impl import weights as ms_weights
-from parity.core import converter as convert
-from parity.core import spec as mbv2_spec
 from parity.core.files import one_line
-from pt_impl import weights as pt_weights
+from parity.harness import bench_worker as worker
 
 PT_NCHW, PT_CHANNELS_LAST, PT_COMPILED = "PyTorch NCHW eager", "PyTorch channels_last eager", \
     "PyTorch channels_last + torch.compile"
@@ -58,6 +64,9 @@ MS_UNFOLDED = "MindSpore twin, eval BN not folded"  # eval as before the folding
 # The twin on MindSpore's own CPU kernels: where it stood before ms_impl/fast_conv.py, measured in the same run.
 MS_OWN_KERNELS = "MindSpore twin, MindSpore's own kernels (fast_conv off)"
 PYTORCH_PEERS = (PT_NCHW, PT_CHANNELS_LAST, PT_COMPILED)
+PEER_NAMES = {worker.PT_NCHW: PT_NCHW, worker.PT_CHANNELS_LAST: PT_CHANNELS_LAST, worker.PT_COMPILED: PT_COMPILED,
+              worker.ORT: ORT, worker.MS_TWIN: MS_TWIN, worker.MS_OWN_KERNELS: MS_OWN_KERNELS,
+              worker.MS_UNFOLDED: MS_UNFOLDED}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="MindSpore twin's 3x3 kernels (ms_impl/fast_conv.py)")
     parser.add_argument("--mode", choices=("graph", "pynative"), default="graph", help="MindSpore execution mode")
     parser.add_argument("--num-classes", type=int, default=1000, help="classes of the head")
+    parser.add_argument("--one-process", action="store_true",
+                        help="host every peer in one worker process (as the bench did before: PyTorch ran slower "
+                             "there than alone) instead of one process per peer")
     parser.add_argument("--skip-breakdown", action="store_true", help="only the whole-network figures")
     parser.add_argument("--skip-compile", action="store_true",
                         help="leave out the torch.compile peer (its compile takes minutes on a small machine)")
@@ -109,20 +121,19 @@ class Timing:
         return f"{self.rate(batch):.3g} ({batch / max(self.steps):.3g}-{batch / min(self.steps):.3g})"
 
 
-def _interleave(runs: Dict[str, Callable[[], None]], warmup: int, steps: int) -> Dict[str, Timing]:
-    """Times every run, their steps interleaved; a run that raises is skipped with its reason."""
+def _interleave(runs: Dict[str, Callable[[], float]], warmup: int, steps: int) -> Dict[str, Timing]:
+    """Times every run (each returns the seconds its call took), their steps interleaved; a run that
+    raises is skipped with its reason."""
     timings = {name: Timing() for name in runs}
     active = dict(runs)
     for round_index in range(max(1, warmup) + steps):
         for name, run in list(active.items()):
-            start = time.perf_counter()
             try:
-                run()
+                elapsed = run()
             except Exception as exc:  # a peer that cannot run here (compiler, export, runtime) is reported, not fatal
-                timings[name].skipped = one_line(exc)
+                timings[name].skipped = one_line(exc, with_type=False)
                 del active[name]
                 continue
-            elapsed = time.perf_counter() - start
             if round_index == 0:
                 timings[name].first_call = elapsed
             elif round_index >= max(1, warmup):
@@ -130,173 +141,128 @@ def _interleave(runs: Dict[str, Callable[[], None]], warmup: int, steps: int) ->
     return timings
 
 
-def _set_weights(pt_net, args: argparse.Namespace, images: np.ndarray) -> None:
-    """`--weights` into the PyTorch twin, or its init with BatchNorm running statistics set to
-    the statistics of `images` (as a trained network's would be: eval mode is then well scaled)."""
-    import torch
-
-    if args.weights:
-        ckpt = convert.read_checkpoint(args.weights)
-        tensors = convert.convert(ckpt, "torchvision", drop_head=ckpt.num_classes != args.num_classes).tensors
-        pt_weights.load_into(pt_net, tensors, strict=False)
-        return
-    batch_norms = [m for m in pt_net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for bn in batch_norms:
-        bn.momentum = 1.0  # running statistics := this batch's
-    pt_net.train()
-    with torch.no_grad():
-        pt_net(torch.from_numpy(images))
-    for bn in batch_norms:
-        bn.momentum = mbv2_spec.BN_MOMENTUM_TORCH
+def _wall_time(call: Callable[[], None]) -> Callable[[], float]:
+    def timed() -> float:
+        start = time.perf_counter()
+        call()
+        return time.perf_counter() - start
+    return timed
 
 
-def _onnx_session(ms_tensors: dict, args: argparse.Namespace, folder: str):
-    """ONNX Runtime on the project's ONNX export of these weights (MindSpore twin, its own convolutions)."""
-    import onnxruntime  # optional: pip install onnxruntime
+class Workers:
+    """The bench's worker processes (parity/harness/bench_worker.py), each hosting some peers; a request
+    goes to the process that hosts its peer and returns the seconds the call took there."""
 
-    from ms_impl.export import export_model
-    from ms_impl.mobilenetv2 import MobileNetV2 as MsNet
+    def __init__(self, args: argparse.Namespace, folder: str, groups: Sequence[Sequence[str]]) -> None:
+        self.settings = _worker_settings(args)
+        self.folder = folder
+        self.hosts: Dict[str, subprocess.Popen] = {}
+        self.logs: Dict[str, str] = {}
+        self.processes: List[subprocess.Popen] = []
+        for index, group in enumerate(groups):
+            log = os.path.join(folder, f"worker-{index}.log")
+            with open(log, "wb") as stderr:
+                process = subprocess.Popen(
+                    _worker_command(self.settings, folder) + ["--peers", ",".join(group)],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                    env=_worker_environment(), start_new_session=True)  # Ctrl+C reaches the bench, which ends them
+            self.processes.append(process)
+            for peer in group:
+                self.hosts[peer], self.logs[peer] = process, log
 
-    net = MsNet(num_classes=args.num_classes, width_mult=args.width, fast_conv="off")
-    ms_weights.load_into(net, ms_tensors, strict=True)
-    net.set_train(False)
-    path = export_model(net, os.path.join(folder, "bench.onnx"), "ONNX", args.image_size, args.batch)
-    options = onnxruntime.SessionOptions()
-    if args.threads > 0:
-        options.intra_op_num_threads = args.threads
-        options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    return session, session.get_inputs()[0].name
-
-
-def _whole_network(args: argparse.Namespace) -> Tuple[Dict[str, Timing], Dict[str, Timing]]:
-    """(train timings, eval timings) of every peer."""
-    import mindspore as ms
-    import torch
-    from mindspore import nn as ms_nn
-
-    from ms_impl.loss import smoothed_cross_entropy as ms_loss
-    from ms_impl.mobilenetv2 import MobileNetV2 as MsNet
-    from ms_impl.optim import build_optimizer as ms_optimizer
-    from pt_impl.loss import smoothed_cross_entropy as pt_loss
-    from pt_impl.mobilenetv2 import MobileNetV2 as PtNet
-    from pt_impl.optim import build_optimizer as pt_optimizer
-
-    rng = np.random.default_rng(0)
-    images = rng.standard_normal((args.batch, 3, args.image_size, args.image_size), dtype=np.float32)
-    labels = rng.integers(0, args.num_classes, size=args.batch)
-    lr = np.full(4 * (args.warmup + args.steps) + 8, 0.01, dtype=np.float32)
-
-    # Every peer carries the same, realistic weights: PyTorch's oneDNN kernels run several times
-    # slower on some weight/activation values than on others, so peers with their own random
-    # inits, or weights drifted apart by training, would not be compared on equal terms.
-    pt_net = PtNet(num_classes=args.num_classes, width_mult=args.width)
-    _set_weights(pt_net, args, images)
-    ms_net = MsNet(num_classes=args.num_classes, width_mult=args.width, fast_conv=args.fast_conv)
-    source = convert.checkpoint_from_state(pt_weights.state_of(pt_net), "torchvision", source="PyTorch twin")
-    ms_tensors = convert.convert(source, "ms-official").tensors
-    ms_weights.load_into(ms_net, ms_tensors, strict=True)
-    ms_x, ms_y = ms.Tensor(images), ms.Tensor(labels.astype(np.int32))
-    pt_x, pt_y = torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
-    cl_x = pt_x.contiguous(memory_format=torch.channels_last)
-
-    pt_nets = {PT_NCHW: pt_net}
-    pt_nets[PT_CHANNELS_LAST] = copy.deepcopy(pt_net).to(memory_format=torch.channels_last)
-    if not args.skip_compile:
-        pt_nets[PT_COMPILED] = copy.deepcopy(pt_net).to(memory_format=torch.channels_last)
-    pt_inputs = {PT_NCHW: pt_x, PT_CHANNELS_LAST: cl_x, PT_COMPILED: cl_x}
-    # One compiled callable per mode: train and eval graphs differ (BatchNorm), so each compiles once.
-    compiled = {name: (torch.compile(net, backend=args.compile_backend) if name == PT_COMPILED else net)
-                for name, net in pt_nets.items()}
-
-    def pt_eval(name: str) -> Callable[[], None]:
-        def run() -> None:
-            with torch.inference_mode():
-                compiled[name](pt_inputs[name]).numpy()
-        return run
-
-    def ms_eval() -> None:
-        ms_net(ms_x).asnumpy()
-
-    # The same twin with the BatchNorm folding of eval mode switched off (ms_impl/mobilenetv2.py ConvBNReLU).
-    from ms_impl.fast_conv import FastBatchNorm2d
-    from ms_impl.mobilenetv2 import ConvBNReLU
-
-    unfolded = MsNet(num_classes=args.num_classes, width_mult=args.width, fast_conv=args.fast_conv)
-    ms_weights.load_into(unfolded, ms_tensors, strict=True)
-    folding = [cell for _, cell in unfolded.cells_and_names() if isinstance(cell, ConvBNReLU) and cell.fold_bn]
-    for cell in folding:
-        cell.fold_bn = False
-    unfolded.set_train(False)
-    own_kernels = None
-    if folding or any(isinstance(cell, FastBatchNorm2d) for _, cell in ms_net.cells_and_names()):
-        own_kernels = MsNet(num_classes=args.num_classes, width_mult=args.width, fast_conv="off")
-        ms_weights.load_into(own_kernels, ms_tensors, strict=True)
-        own_kernels.set_train(False)
-
-    # Eval first, while the weights are identical.
-    ms_net.set_train(False)
-    for net in pt_nets.values():
-        net.eval()
-    eval_runs: Dict[str, Callable[[], None]] = {name: pt_eval(name) for name in pt_nets}
-    with tempfile.TemporaryDirectory(prefix="parity-bench-") as folder:
+    def request(self, peer: str, run: str) -> dict:
+        process = self.hosts[peer]
         try:
-            session, input_name = _onnx_session(ms_tensors, args, folder)
-            eval_runs[ORT] = lambda: session.run(None, {input_name: images})
-        except Exception as exc:  # optional peer: missing package or failed export is reported
-            ort_skipped = one_line(exc)
-        else:
-            ort_skipped = ""
-        eval_runs[MS_TWIN] = ms_eval
-        if folding:
-            eval_runs[MS_UNFOLDED] = lambda: unfolded(ms_x).asnumpy()
-        if own_kernels is not None:
-            eval_runs[MS_OWN_KERNELS] = lambda: own_kernels(ms_x).asnumpy()
-        evaluation = _interleave(eval_runs, args.warmup, args.steps)
-    if not folding:
-        evaluation[MS_UNFOLDED] = Timing(skipped="nothing folded (kernels off)")
-    if own_kernels is None:
-        evaluation[MS_OWN_KERNELS] = Timing(skipped="the twin above runs on them")
-    if ort_skipped:
-        evaluation[ORT] = Timing(skipped=ort_skipped)
+            process.stdin.write(f"{peer} {run}\n")
+            process.stdin.flush()
+            answer = process.stdout.readline()
+        except OSError:
+            answer = ""
+        if not answer:
+            return {"failed": f"its process ended (exit {process.poll()}): {_last_line(self.logs[peer])}"}
+        return json.loads(answer)
+
+    def timed(self, peer: str, run: str) -> Callable[[], float]:
+        def call() -> float:
+            answer = self.request(peer, run)
+            if "failed" in answer:
+                raise RuntimeError(answer["failed"])
+            return answer["seconds"]
+        return call
+
+    def close(self) -> None:
+        for process in self.processes:
+            try:
+                process.stdin.close()
+            except OSError:
+                pass
+        for process in self.processes:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _worker_settings(args: argparse.Namespace) -> dict:
+    return {name: getattr(args, name) for name in ("batch", "image_size", "width", "num_classes", "threads",
+                                                   "fast_conv", "mode", "compile_backend", "weights", "data_path")}
+
+
+def _worker_command(settings: dict, folder: str) -> List[str]:
+    return [sys.executable, "-m", "parity.harness.bench_worker", "--settings", json.dumps(settings),
+            "--inputs", folder]
+
+
+def _worker_environment() -> Dict[str, str]:
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])  # the project, importable as in this process
+    env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.setdefault("GLOG_v", "3")
+    return env
+
+
+def _last_line(path: str) -> str:
+    try:
+        lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+                 if ln.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1][:200] if lines else "no output"
+
+
+def _prepare_inputs(args: argparse.Namespace, folder: str) -> None:
+    """The batch, the weights and their ONNX export, written once by a process of their own."""
+    result = subprocess.run(_worker_command(_worker_settings(args), folder) + ["--prepare"], capture_output=True,
+                            text=True, env=_worker_environment())
+    if result.returncode != 0:
+        raise RuntimeError(f"preparing the inputs failed (exit {result.returncode}): "
+                           + ((result.stderr or result.stdout).strip().splitlines() or ["no output"])[-1][:300])
+
+
+def _peer_groups(args: argparse.Namespace) -> List[List[str]]:
+    """Which worker process hosts which peers: one each (default), or all in one (`--one-process`)."""
+    peers = [worker.PT_NCHW, worker.PT_CHANNELS_LAST] + ([] if args.skip_compile else [worker.PT_COMPILED]) + \
+        [worker.ORT, worker.MS_TWIN, worker.MS_OWN_KERNELS, worker.MS_UNFOLDED] + \
+        ([worker.DATA] if args.data_path else [])
+    return [peers] if args.one_process else [[peer] for peer in peers]
+
+
+def _whole_network(args: argparse.Namespace, workers: Workers) -> Tuple[Dict[str, Timing], Dict[str, Timing]]:
+    """(train timings, eval timings) of every peer, by its printed name."""
+    hosted = [peer for peer in PEER_NAMES if peer in workers.hosts]
+    # Eval first, while every peer's weights are still the same.
+    evaluation = _interleave({PEER_NAMES[p]: workers.timed(p, "eval") for p in hosted}, args.warmup, args.steps)
     if args.skip_compile:
         evaluation[PT_COMPILED] = Timing(skipped="--skip-compile")
-
     if args.skip_train:
         return {name: Timing(skipped="--skip-train") for name in evaluation}, evaluation
-
-    def ms_train_step(net):
-        net.set_train(True)
-        step = ms_nn.TrainOneStepCell(ms_nn.WithLossCell(net, ms_loss(0.1)), ms_optimizer(net.trainable_params(), lr))
-        step.set_train(True)
-        return lambda: step(ms_x, ms_y).asnumpy()
-
-    pt_criterion = pt_loss(0.1)
-
-    def pt_train(name: str) -> Callable[[], None]:
-        net = pt_nets[name]
-        net.train()
-        optimizer, _ = pt_optimizer(net.named_parameters(), lr)
-
-        def run() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            loss = pt_criterion(compiled[name](pt_inputs[name]), pt_y)
-            loss.backward()
-            optimizer.step()
-            loss.item()
-        return run
-
-    train_runs: Dict[str, Callable[[], None]] = {name: pt_train(name) for name in pt_nets}
-    train_runs[MS_TWIN] = ms_train_step(ms_net)
-    if own_kernels is not None:
-        train_runs[MS_OWN_KERNELS] = ms_train_step(own_kernels)
-    train = _interleave(train_runs, args.warmup, args.steps)
-    if own_kernels is None:
-        train[MS_OWN_KERNELS] = Timing(skipped="the twin above runs on them")
-    if args.skip_compile:
-        train[PT_COMPILED] = Timing(skipped="--skip-compile")
+    trainable = [p for p in hosted if p not in (worker.ORT, worker.MS_UNFOLDED)]
+    train = _interleave({PEER_NAMES[p]: workers.timed(p, "train") for p in trainable}, args.warmup, args.steps)
     train[ORT] = Timing(skipped="inference only")
     train[MS_UNFOLDED] = Timing(skipped="training never folds")
+    if args.skip_compile:
+        train[PT_COMPILED] = Timing(skipped="--skip-compile")
     return train, evaluation
 
 
@@ -325,140 +291,18 @@ def _ratio_line(what: str, timings: Dict[str, Timing], batch: int) -> str:
     return f"- {what}: MindSpore twin " + ", ".join(parts or ["(no peer ran)"])
 
 
-def _layer_cases(args: argparse.Namespace) -> List[Tuple[str, dict]]:
-    """Representative layers of the twin at this width and image size: (label, layer description)."""
-    spec = mbv2_spec.build_spec(args.width)
-    stem = spec.stem
-    s = args.image_size
-    # Block 2 (first stride-2 depthwise, at 1/2 resolution) and block 3 (stride 1, at 1/4).
-    dw2, dw1 = spec.blocks[1].depthwise, spec.blocks[2].depthwise
-    expand = spec.blocks[1].expand
-    mid = expand.out_channels
-    half = (s - 1) // 2 + 1
-    return [
-        (f"stem 3x3 s2 {stem.in_channels}->{stem.out_channels} @{s}",
-         dict(kind="conv", cin=stem.in_channels, cout=stem.out_channels, k=3, stride=2, groups=1, size=s)),
-        (f"depthwise 3x3 s2 {dw2.in_channels} @{half}",
-         dict(kind="conv", cin=dw2.in_channels, cout=dw2.in_channels, k=3, stride=2, groups=dw2.in_channels,
-              size=half)),
-        (f"depthwise 3x3 s1 {dw1.in_channels} @{(half - 1) // 2 + 1}",
-         dict(kind="conv", cin=dw1.in_channels, cout=dw1.in_channels, k=3, stride=1, groups=dw1.in_channels,
-              size=(half - 1) // 2 + 1)),
-        (f"pointwise 1x1 {expand.in_channels}->{mid} @{half}",
-         dict(kind="conv", cin=expand.in_channels, cout=mid, k=1, stride=1, groups=1, size=half)),
-        (f"BatchNorm {mid} @{half} (train)", dict(kind="bn", cin=mid, size=half)),
-        (f"BatchNorm + ReLU6 {mid} @{half} (train)", dict(kind="bn_relu6", cin=mid, size=half)),
-        (f"ReLU6 {mid} @{half}", dict(kind="relu6", cin=mid, size=half)),
-    ]
-
-
-def _ms_layer(case: dict, fast_conv: str):
-    from mindspore import nn
-
-    from ms_impl.fast_conv import conv2d
-    from ms_impl.mobilenetv2 import batch_norm
-
-    if case["kind"] == "conv":
-        return conv2d(case["cin"], case["cout"], case["k"], case["stride"], case["groups"], "HeNormal", fast_conv)
-    if case["kind"] == "bn":
-        return batch_norm(case["cin"], fast_conv)
-    if case["kind"] == "bn_relu6":
-        return _BatchNormReLU6(batch_norm(case["cin"], fast_conv))
-    return nn.ReLU6()
-
-
-def _BatchNormReLU6(bn):  # noqa: N802 (a Cell factory)
-    """BN + ReLU6 as the twin's ConvBNReLU computes them: one fused kernel with our BatchNorm, else two ops."""
-    from mindspore import nn
-
-    from ms_impl.fast_conv import FastBatchNorm2d
-
-    class BatchNormReLU6(nn.Cell):
-        def __init__(self) -> None:
-            super().__init__()
-            self.bn = bn
-            self.relu6 = nn.ReLU6()
-            self.fused = isinstance(bn, FastBatchNorm2d)
-
-        def construct(self, x):
-            if self.fused:
-                return self.bn.relu6(x)
-            return self.relu6(self.bn(x))
-
-    return BatchNormReLU6()
-
-
-def _ms_sum_of_output(layer):
-    """A Cell computing layer(x).sum(): what the breakdown differentiates (graph mode compiles Cells)."""
-    from mindspore import nn
-
-    class SumOfOutput(nn.Cell):
-        def __init__(self) -> None:
-            super().__init__()
-            self.layer = layer
-
-        def construct(self, x):
-            return self.layer(x).sum()
-
-    return SumOfOutput()
-
-
-def _pt_layer(case: dict):
-    from torch import nn
-
-    if case["kind"] == "conv":
-        return nn.Conv2d(case["cin"], case["cout"], case["k"], case["stride"], padding=(case["k"] - 1) // 2,
-                         groups=case["groups"], bias=False)
-    if case["kind"] == "bn":
-        return nn.BatchNorm2d(case["cin"])
-    if case["kind"] == "bn_relu6":
-        return nn.Sequential(nn.BatchNorm2d(case["cin"]), nn.ReLU6())
-    return nn.ReLU6()
-
-
-def _breakdown(args: argparse.Namespace) -> List[Tuple[str, Dict[str, Tuple[Timing, Timing]]]]:
-    """Per layer: {peer: (forward, forward+backward timings)} for MindSpore, PyTorch NCHW and channels_last."""
-    import mindspore as ms
-    import torch
-
+def _breakdown(args: argparse.Namespace, workers: Workers) -> List[Tuple[str, Dict[str, Tuple[Timing, Timing]]]]:
+    """Per layer: {peer: (forward, forward+backward timings)} for MindSpore, PyTorch NCHW and channels_last,
+    each timed in the process of that peer."""
+    hosts = {"MS": worker.MS_TWIN, "NCHW": worker.PT_NCHW, "CL": worker.PT_CHANNELS_LAST}
+    steps = max(1, min(args.steps, 5))
     rows = []
-    rng = np.random.default_rng(1)
-    for label, case in _layer_cases(args):
-        x = rng.standard_normal((args.batch, case["cin"], case["size"], case["size"]), dtype=np.float32)
-        ms_layer = _ms_layer(case, args.fast_conv)
-        ms_layer.set_train(True)
-        ms_x = ms.Tensor(x)
-        weights = ms_layer.trainable_params()
-        ms_grad = ms.value_and_grad(_ms_sum_of_output(ms_layer), grad_position=0,
-                                    weights=weights if weights else None)
-
-        def ms_fwd() -> None:
-            ms_layer(ms_x).asnumpy()
-
-        def ms_bwd() -> None:
-            _, grads = ms_grad(ms_x)
-            (grads[0] if isinstance(grads, tuple) else grads).asnumpy()
-
-        fwd_runs, bwd_runs = {"MS": ms_fwd}, {"MS": ms_bwd}
-        for peer, layout in (("NCHW", torch.contiguous_format), ("CL", torch.channels_last)):
-            pt_layer = _pt_layer(case).to(memory_format=layout).train()
-            pt_x = torch.from_numpy(x).contiguous(memory_format=layout).requires_grad_(True)
-
-            def pt_fwd(layer=pt_layer, inputs=pt_x) -> None:
-                with torch.no_grad():
-                    layer(inputs).numpy()
-
-            def pt_bwd(layer=pt_layer, inputs=pt_x) -> None:
-                layer.zero_grad(set_to_none=True)
-                inputs.grad = None
-                layer(inputs).sum().backward()
-                inputs.grad.numpy()
-
-            fwd_runs[peer], bwd_runs[peer] = pt_fwd, pt_bwd
-        steps = max(1, min(args.steps, 5))
-        fwd = _interleave(fwd_runs, args.warmup, steps)
-        bwd = _interleave(bwd_runs, args.warmup, steps)
-        rows.append((label, {peer: (fwd[peer], bwd[peer]) for peer in fwd_runs}))
+    for index, (label, _) in enumerate(worker.layer_cases(args.width, args.image_size)):
+        fwd = _interleave({key: workers.timed(peer, f"layer-fwd:{index}") for key, peer in hosts.items()},
+                          args.warmup, steps)
+        bwd = _interleave({key: workers.timed(peer, f"layer-bwd:{index}") for key, peer in hosts.items()},
+                          args.warmup, steps)
+        rows.append((label, {key: (fwd[key], bwd[key]) for key in hosts}))
     return rows
 
 
@@ -467,21 +311,6 @@ def _milliseconds(timing: Timing) -> str:
     if timing.skipped or not timing.steps:
         return f"failed: {timing.skipped or 'no step'}"
     return f"{statistics.median(timing.steps) * 1e3:.3g}"
-
-
-def _data_pipeline(args: argparse.Namespace) -> Tuple[float, int, int]:
-    """(img/s, images, workers) of one epoch of the trainer's training pipeline, no network attached."""
-    from ms_impl.trainer import dataset
-    from ms_impl.trainer.config import load_config
-
-    cfg = load_config(["--device", "CPU", "--data_path", args.data_path, "--batch_size", str(args.batch)])
-    train = dataset.scan_split(args.data_path, "train", [c.name for c in cfg.classes])
-    batches = dataset.train_dataset(train, cfg, args.image_size, epoch=0)
-    images = 0
-    start = time.perf_counter()
-    for image, _ in batches.create_tuple_iterator(output_numpy=True, num_epochs=1):
-        images += image.shape[0]
-    return images / (time.perf_counter() - start), images, dataset.worker_count(cfg.num_workers)
 
 
 def kernel_cases(batch: int) -> List[Tuple[str, str, Tuple[int, ...], Tuple[int, ...], int]]:
@@ -527,7 +356,7 @@ def _kernels_against_baseline(args: argparse.Namespace) -> List[Tuple[str, Timin
                 if status != 0:
                     raise RuntimeError(f"{name} returned {status}")
 
-        timings = _interleave({key: functools.partial(run, lib, key) for key, lib in libraries.items()},
+        timings = _interleave({key: _wall_time(functools.partial(run, lib, key)) for key, lib in libraries.items()},
                               args.warmup, args.steps)
         worst = float(np.abs(outputs["current"] - outputs["baseline"]).max() / max(np.abs(outputs["baseline"]).max(), 1e-12))
         for timing in timings.values():
@@ -536,17 +365,28 @@ def _kernels_against_baseline(args: argparse.Namespace) -> List[Tuple[str, Timin
     return rows
 
 
-def _configure_threads(threads: int) -> None:
-    if threads <= 0:
-        return
-    # Before mindspore/torch spin up their pools: oneDNN and OpenMP read these at start.
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    os.environ["MBV2_KERNEL_THREADS"] = str(threads)
+def _kernels_only(args: argparse.Namespace) -> int:
+    """`--kernels-baseline`: our kernel entry points alone, this library against a baseline build."""
+    if not os.path.isfile(args.kernels_baseline):
+        print(f"error: --kernels-baseline: {args.kernels_baseline} is not a file", file=sys.stderr)
+        return 2
+    if args.threads > 0:  # before MindSpore starts its pools: oneDNN and OpenMP read these at start
+        os.environ["OMP_NUM_THREADS"] = os.environ["MBV2_KERNEL_THREADS"] = str(args.threads)
     import mindspore as ms
-    import torch
 
-    torch.set_num_threads(threads)
-    ms.set_context(runtime_num_threads=threads)
+    from ms_impl.fast_conv import resolve_fast_conv
+
+    ms.set_device("CPU")
+    resolve_fast_conv("on")
+    print(f"# our kernels alone, {platform.machine()} {os.cpu_count()} CPUs, this library vs "
+          f"{args.kernels_baseline}, median (range) of {args.steps} interleaved steps, load average {_load_average()}")
+    print("\n| kernel | this library ms | baseline ms | speed-up |\n|---|---|---|---|")
+    for label, current, baseline in _kernels_against_baseline(args):
+        now, before = statistics.median(current.steps), statistics.median(baseline.steps)
+        print(f"| {label} | {now * 1e3:.3g} ({min(current.steps) * 1e3:.3g}-{max(current.steps) * 1e3:.3g}) | "
+              f"{before * 1e3:.3g} ({min(baseline.steps) * 1e3:.3g}-{max(baseline.steps) * 1e3:.3g}) | "
+              f"{before / now:.2f}x |", flush=True)
+    return 0
 
 
 def _load_average() -> str:
@@ -563,39 +403,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("error: options: --batch >= 1, --image-size >= 32, --steps >= 1, --warmup >= 0, --width > 0 required",
               file=sys.stderr)
         return 2
-    os.environ.setdefault("GLOG_v", "3")
-    _configure_threads(args.threads)
-    import mindspore as ms
-    import torch
-
-    from ms_impl.fast_conv import resolve_fast_conv
-
-    ms.set_device("CPU")
-    ms.set_context(mode=ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE)
     if args.kernels_baseline:
-        if not os.path.isfile(args.kernels_baseline):
-            print(f"error: --kernels-baseline: {args.kernels_baseline} is not a file", file=sys.stderr)
-            return 2
-        resolve_fast_conv("on")
-        print(f"# our kernels alone, {platform.machine()} {os.cpu_count()} CPUs, this library vs "
-              f"{args.kernels_baseline}, median (range) of {args.steps} interleaved steps, load average {_load_average()}")
-        print("\n| kernel | this library ms | baseline ms | speed-up |\n|---|---|---|---|")
-        for label, current, baseline in _kernels_against_baseline(args):
-            now, before = statistics.median(current.steps), statistics.median(baseline.steps)
-            print(f"| {label} | {now * 1e3:.3g} ({min(current.steps) * 1e3:.3g}-{max(current.steps) * 1e3:.3g}) | "
-                  f"{before * 1e3:.3g} ({min(baseline.steps) * 1e3:.3g}-{max(baseline.steps) * 1e3:.3g}) | "
-                  f"{before / now:.2f}x |", flush=True)
-        return 0
-    kernels = resolve_fast_conv(args.fast_conv)
+        return _kernels_only(args)
+    with tempfile.TemporaryDirectory(prefix="parity-bench-") as folder:
+        try:
+            _prepare_inputs(args, folder)
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        workers = Workers(args, folder, _peer_groups(args))
+        try:
+            _report(args, workers)
+        finally:
+            workers.close()
+    return 0
+
+
+def _report(args: argparse.Namespace, workers: Workers) -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"# parity bench, {stamp}, {platform.machine()} {os.cpu_count()} CPUs, "
-          f"mindspore {ms.__version__} ({args.mode}), torch {torch.__version__}, threads {args.threads or 'default'}, "
-          f"load average {_load_average()}")
+    where = "all peers in one process" if args.one_process else "each peer in a process of its own"
+    print(f"# parity bench, {stamp}, {platform.machine()} {os.cpu_count()} CPUs, threads {args.threads or 'default'}, "
+          f"{where}, load average {_load_average()}")
     print(f"# batch {args.batch}, {args.image_size}x{args.image_size}, width {args.width}, "
-          f"median (range) of {args.steps} interleaved steps after {args.warmup} warm-up; "
-          f"MindSpore twin: fast_conv={args.fast_conv} (kernels {'on' if kernels else 'off'})")
+          f"median (range) of {args.steps} interleaved steps after {args.warmup} warm-up")
+    for peer, name in PEER_NAMES.items():  # builds every peer (untimed): versions, or why it cannot run
+        if peer in workers.hosts:
+            answer = workers.request(peer, "describe")
+            print(f"# {name}: {answer.get('describe') or 'cannot run: ' + answer.get('failed', '?')}")
     print()
-    train, evaluation = _whole_network(args)
+    train, evaluation = _whole_network(args, workers)
     print("| peer | train img/s | eval img/s | first call s (train / eval) |")
     print("|---|---|---|---|")
     for name in (*PYTORCH_PEERS, ORT, MS_TWIN, MS_OWN_KERNELS, MS_UNFOLDED):
@@ -610,16 +446,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"| layer (batch {args.batch}) | MS fwd ms | PT NCHW fwd | PT CL fwd | MS fwd+bwd ms | PT NCHW fwd+bwd "
               "| PT CL fwd+bwd |")
         print("|---|---|---|---|---|---|---|")
-        for label, cells in _breakdown(args):
+        for label, cells in _breakdown(args, workers):
             fwd = " | ".join(_milliseconds(cells[peer][0]) for peer in ("MS", "NCHW", "CL"))
             bwd = " | ".join(_milliseconds(cells[peer][1]) for peer in ("MS", "NCHW", "CL"))
             print(f"| {label} | {fwd} | {bwd} |", flush=True)
     if args.data_path:
-        rate, images, workers = _data_pipeline(args)
-        print(f"\ntraining data pipeline alone ({args.data_path}/train, {images} images, {workers} workers, "
-              f"{args.image_size} px, batch {args.batch}): {rate:.3g} img/s")
+        answer = workers.request(worker.DATA, "data")
+        if "failed" in answer:
+            print(f"\ntraining data pipeline alone: failed: {answer['failed']}")
+        else:
+            print(f"\ntraining data pipeline alone ({args.data_path}/train, {answer['images']} images, "
+                  f"{answer['workers']} workers, {args.image_size} px, batch {args.batch}): "
+                  f"{answer['images'] / answer['seconds']:.3g} img/s")
     print(f"\n# load average at the end: {_load_average()}")
-    return 0
 
 
 if __name__ == "__main__":
