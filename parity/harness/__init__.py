@@ -2,6 +2,7 @@
 
     compare        `python -m parity check`: forward, gradients, BN statistics, steps, loss, LR, preprocessing
     bench          `python -m parity bench`: the MindSpore twin against its peers, side by side
+    bench_worker   a process of the bench hosting peers (one framework each), timing one call per request
     bench_convert  timing of the converter CLI
     diff           `python -m parity diff`: the first stage where two checkpoints or two frameworks part ways
     verify         run a checkpoint and its conversion in the two twins (`--verify`)
