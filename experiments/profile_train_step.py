@@ -4,8 +4,8 @@
 
 GRAPH mode, 2 threads (ours and MindSpore's), fast_conv=auto, 1000 classes; two
 warm-up steps, then `ms.Profiler` around one step. Prints the op time per kind
-(forward/backward, op type; our Custom ops split into BatchNorm, stem and
-depthwise) from `FRAMEWORK/cpu_op_detail_info_0.csv` under OUT_DIR.
+(forward/backward, op type; our Custom ops split into BatchNorm, stem,
+depthwise and pointwise) from `FRAMEWORK/cpu_op_detail_info_0.csv` under OUT_DIR.
 Used for issue 13 (README, Fast CPU kernels).
 """
 from __future__ import annotations
@@ -30,7 +30,8 @@ def summarize(out_dir: str) -> None:
             name, kind = row["full_op_name"], row["op_type"]
             if kind == "Custom":
                 stem = "/features-SequentialCell/0-ConvBNReLU/features-SequentialCell/0-" in name
-                kind = "Custom BatchNorm" if "BatchNorm" in name else ("Custom stem" if stem else "Custom depthwise")
+                kind = "Custom BatchNorm" if "BatchNorm" in name else ("Custom stem" if stem else (
+                    "Custom pointwise" if "FastConv1x1" in name else "Custom depthwise"))
             key = ("backward " if name.startswith("Gradients") else "forward ") + kind
             totals[key] += float(row["op_total_time(ms)"])
             counts[key] += 1

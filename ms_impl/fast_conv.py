@@ -51,7 +51,7 @@ from mindspore import nn, ops
 
 from parity.core.files import WriteError, atomic_path, one_line
 
-__all__ = ["FAST_CONV_MODES", "FastConvUnavailable", "FastConv3x3", "FastBatchNorm2d", "conv2d", "batch_norm",
+__all__ = ["FAST_CONV_MODES", "FastConvUnavailable", "FastConv3x3", "FastConv1x1", "FastBatchNorm2d", "conv2d", "batch_norm",
            "kernel_library", "kernel_threads", "resolve_fast_conv", "forget_resolution", "cache_dir", "call_entry_point"]
 
 FAST_CONV_MODES = ("auto", "on", "off")
@@ -341,6 +341,24 @@ def _self_test_entry_points(path: Path) -> None:
         for index, (code, got, expected) in enumerate(checks):
             if code != 0 or not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
                 raise FastConvUnavailable(f"self-test: {name}{'_grad' if index else ''} gives wrong results")
+    # Pointwise: shapes that leave partial tiles (rows and pixels) and cross images within a tile.
+    x = rng.standard_normal((3, 5, 3, 7)).astype(np.float32)
+    w = rng.standard_normal((13, 5, 1, 1)).astype(np.float32)
+    bias = rng.standard_normal(13).astype(np.float32)
+    want = np.einsum("mk,nkhw->nmhw", w[:, :, 0, 0].astype(np.float64), x)
+    dy = rng.standard_normal(want.shape).astype(np.float32)
+    checks = [("pw_forward_s1", [x, w, np.zeros(want.shape)], want),
+              ("pw_forward_bias_s1", [x, w, bias, np.zeros(want.shape)], want + bias[None, :, None, None]),
+              ("pw_forward_bias_relu6_s1", [x, w, bias, np.zeros(want.shape)],
+               np.clip(want + bias[None, :, None, None], 0.0, 6.0)),
+              ("pw_grad_input_s1", [dy, w, x, np.zeros(x.shape)], np.einsum("mk,nmhw->nkhw", w[:, :, 0, 0], dy)),
+              ("pw_grad_weight_s1", [x, dy, np.zeros(w.shape)], np.einsum("nmhw,nkhw->mk", dy, x)[:, :, None, None])]
+    for name, arrays, expected in checks:
+        status, got = call_entry_point(library, name, arrays)
+        if status != 0 or not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
+            raise FastConvUnavailable(f"self-test: {name} gives wrong results")
+    if call_entry_point(library, "pw_forward_s1", [x, w, np.zeros((3, 12, 3, 7))])[0] != 1:
+        raise FastConvUnavailable("self-test: pw_forward_s1 accepts a wrong output shape")
     setter = library.mbv2_set_threads
     setter.argtypes = [ctypes.c_int]
     setter(kernel_threads())
@@ -419,9 +437,10 @@ def _same_dtype(*dtypes):
 
 
 @functools.lru_cache(maxsize=None)
-def _kernel_ops(kind: str, stride: int) -> Tuple[ops.Custom, ops.Custom]:
-    """(forward, forward_bias_relu6) Custom ops of `kind` ("dw" or "dense") at `stride`, with their bprops;
-    shared by all layers."""
+def _kernel_ops(kind: str, stride: int) -> Tuple[ops.Custom, ops.Custom, Optional[ops.Custom]]:
+    """(forward, forward_bias_relu6, forward_bias or None) Custom ops of `kind` ("dw", "dense" or "pw")
+    at `stride`, with their bprops; shared by all layers. Only "pw" has the bias-only forward (the
+    projection's folded BatchNorm, no ReLU6)."""
     library = _cached_library()[0]
     if not library:
         raise FastConvUnavailable(_cached_library()[1])
@@ -431,13 +450,17 @@ def _kernel_ops(kind: str, stride: int) -> Tuple[ops.Custom, ops.Custom]:
                           func_type="aot", bprop=bprop)
 
     grad_input = custom("grad_input", lambda dy, w, x: x)
+    size = 1 if kind == "pw" else 3
     if kind == "dw":
         grad_weight = custom("grad_weight", lambda x, dy: (x[1], 1, 3, 3))
     else:
-        grad_weight = custom("grad_weight", lambda x, dy: (dy[1], x[1], 3, 3))
+        grad_weight = custom("grad_weight", lambda x, dy: (dy[1], x[1], size, size))
 
     def bprop(x, w, out, dout):
         return grad_input(dout, w, x), grad_weight(x, dout)
+
+    def bias_bprop(x, w, bias, out, dout):
+        return grad_input(dout, w, x), grad_weight(x, dout), dout.sum(axis=(0, 2, 3))
 
     def bias_relu6_bprop(x, w, bias, out, dout):
         # ReLU6 passes the gradient where its output is strictly inside (0, 6), as ops.ReLU6 does.
@@ -446,8 +469,9 @@ def _kernel_ops(kind: str, stride: int) -> Tuple[ops.Custom, ops.Custom]:
         return grad_input(dz, w, x), grad_weight(x, dz), dz.sum(axis=(0, 2, 3))
 
     forward_shape = _forward_shape(stride)
+    with_bias = custom("forward_bias", lambda x, w, bias: forward_shape(x, w), bias_bprop) if kind == "pw" else None
     return (custom("forward", forward_shape, bprop),
-            custom("forward_bias_relu6", lambda x, w, bias: forward_shape(x, w), bias_relu6_bprop))
+            custom("forward_bias_relu6", lambda x, w, bias: forward_shape(x, w), bias_relu6_bprop), with_bias)
 
 
 class FastConv3x3(nn.Conv2d):
@@ -464,7 +488,7 @@ class FastConv3x3(nn.Conv2d):
             kind = "dw"
         else:
             raise ValueError(f"FastConv3x3 is depthwise or dense, got group={group} for {in_channels}->{out_channels}")
-        self.kernel, self.kernel_bias_relu6 = _kernel_ops(kind, stride)
+        self.kernel, self.kernel_bias_relu6, _ = _kernel_ops(kind, stride)
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         return self.kernel(x, self.weight)
@@ -472,6 +496,28 @@ class FastConv3x3(nn.Conv2d):
     def bias_relu6(self, x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor) -> ms.Tensor:
         """relu6(conv(x, weight) + bias) in one pass, with `weight` in place of the layer's own (a folded BN)."""
         return self.kernel_bias_relu6(x, weight, bias)
+
+
+class FastConv1x1(nn.Conv2d):
+    """1x1, stride 1, no bias, not grouped: an nn.Conv2d computed by our CPU kernels (packed matrix
+    products). MindSpore's own CPU kernel runs these through oneDNN on NCHW tensors, the largest cost
+    of the twin once the 3x3 layers were ours."""
+
+    def __init__(self, in_channels: int, out_channels: int, weight_init) -> None:
+        super().__init__(in_channels, out_channels, 1, 1, pad_mode="pad", padding=0, group=1, has_bias=False,
+                         weight_init=weight_init)
+        self.kernel, self.kernel_bias_relu6, self.kernel_bias = _kernel_ops("pw", 1)
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        return self.kernel(x, self.weight)
+
+    def bias_relu6(self, x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor) -> ms.Tensor:
+        """relu6(conv(x, weight) + bias) in one pass, with `weight` in place of the layer's own (a folded BN)."""
+        return self.kernel_bias_relu6(x, weight, bias)
+
+    def with_bias(self, x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor) -> ms.Tensor:
+        """conv(x, weight) + bias in one pass (a folded BatchNorm without ReLU6: the linear projections)."""
+        return self.kernel_bias(x, weight, bias)
 
 
 @functools.lru_cache(maxsize=None)
@@ -573,13 +619,16 @@ def batch_norm(num_features: int, eps: float, momentum: float, fast_conv: str = 
 
 def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int, weight_init,
            fast_conv: str = "off") -> nn.Conv2d:
-    """nn.Conv2d (symmetric padding, no bias), or FastConv3x3 where the kernels apply and `fast_conv` allows."""
+    """nn.Conv2d (symmetric padding, no bias), or FastConv3x3 / FastConv1x1 where the kernels apply and
+    `fast_conv` allows."""
     if fast_conv not in FAST_CONV_MODES:
         raise ValueError(f"fast_conv must be one of {FAST_CONV_MODES}, got {fast_conv!r}")
     depthwise = groups == in_channels == out_channels
     fits = kernel_size == 3 and stride in (1, 2) and (groups == 1 or depthwise)
     if fits and resolve_fast_conv(fast_conv):
         return FastConv3x3(in_channels, out_channels, stride, groups, weight_init)
+    if kernel_size == 1 and stride == 1 and groups == 1 and resolve_fast_conv(fast_conv):
+        return FastConv1x1(in_channels, out_channels, weight_init)
     # pad_mode='pad' with symmetric padding: 'same' pads bottom/right only at stride 2.
     return nn.Conv2d(in_channels, out_channels, kernel_size, stride, pad_mode="pad",
                      padding=(kernel_size - 1) // 2, group=groups, has_bias=False, weight_init=weight_init)

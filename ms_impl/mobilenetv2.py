@@ -15,11 +15,11 @@ convolutions; BatchNorm gamma 1, beta 0; Dense weight N(0, 0.01), bias 0), so
 a model trained from scratch starts alike in both frameworks.
 
 `fast_conv` ("auto" by default, "on", "off"; MindSpore only): computes the
-stem and the depthwise 3x3 convolutions with our CPU kernels
-(`ms_impl/fast_conv.py`), because MindSpore's own CPU kernel for them is
-14-27x slower than PyTorch's. In eval mode those layers also fold their
-BatchNorm into the convolution and apply bias + ReLU6 in the same kernel pass
-(`ConvBNReLU.construct`). The device is read from MindSpore's context when the
+stem, the depthwise 3x3 and the 1x1 convolutions, and BatchNorm (+ ReLU6),
+with our CPU kernels (`ms_impl/fast_conv.py`), because MindSpore's own CPU
+kernels for them are up to 14-27x slower than PyTorch's. In eval mode the
+convolutions also fold their BatchNorm and apply the bias (+ ReLU6) in the same
+kernel pass (`ConvBNReLU.folded_forward`, `InvertedResidual.folded_forward`). The device is read from MindSpore's context when the
 network is built: call `ms.set_device(...)` first; on GPU and Ascend "auto"
 and "on" keep MindSpore's own kernels. A framework difference, so the PyTorch
 twin has no such switch. Parameter names, shapes, init and checkpoints are
@@ -36,13 +36,13 @@ from mindspore.common.initializer import HeNormal, Normal
 from ms_impl import fast_conv as fast_conv_kernels
 from parity.core import spec as mbv2_spec
 
-__all__ = ["ConvBNReLU", "InvertedResidual", "MobileNetV2Backbone", "MobileNetV2Head", "MobileNetV2", "global_average_pool"]
+__all__ = ["ConvBNReLU", "InvertedResidual", "folded_batch_norm", "MobileNetV2Backbone", "MobileNetV2Head", "MobileNetV2", "global_average_pool"]
 
 
 def _conv2d(
     in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int, fast_conv: str = "auto"
 ) -> nn.Conv2d:
-    # Symmetric padding, no bias; a FastConv3x3 (an nn.Conv2d) for 3x3 layers when fast_conv allows.
+    # Symmetric padding, no bias; a FastConv3x3 or FastConv1x1 (an nn.Conv2d) when fast_conv allows.
     return fast_conv_kernels.conv2d(
         in_channels, out_channels, kernel_size, stride, groups,
         weight_init=HeNormal(mode="fan_out", nonlinearity="relu"), fast_conv=fast_conv,
@@ -54,6 +54,10 @@ def batch_norm(num_features: int, fast_conv: str = "off") -> nn.BatchNorm2d:
     return fast_conv_kernels.batch_norm(num_features, mbv2_spec.BN_EPS, mbv2_spec.BN_MOMENTUM_MINDSPORE, fast_conv)
 
 
+# Convolutions whose kernels take a folded BatchNorm (and ReLU6) in their own pass.
+FOLDABLE = (fast_conv_kernels.FastConv3x3, fast_conv_kernels.FastConv1x1)
+
+
 class ConvBNReLU(nn.Cell):
     """Conv (no bias) + BatchNorm + ReLU6; names `features.{0,1}.*` as in the official net."""
 
@@ -63,7 +67,7 @@ class ConvBNReLU(nn.Cell):
         bn = batch_norm(layer.out_channels, fast_conv)
         self.features = nn.SequentialCell([conv, bn, nn.ReLU6()])
         # Inference with our kernels: BN folded into the weights, bias + ReLU6 in the kernel's own pass.
-        self.fold_bn = isinstance(conv, fast_conv_kernels.FastConv3x3)
+        self.fold_bn = isinstance(conv, FOLDABLE)
         # Training with our kernels: BatchNorm (batch or frozen statistics) + ReLU6 in one kernel, forward and backward.
         self.fuse_bn_relu6 = isinstance(bn, fast_conv_kernels.FastBatchNorm2d)
 
@@ -78,11 +82,14 @@ class ConvBNReLU(nn.Cell):
     def folded_forward(self, x: ms.Tensor) -> ms.Tensor:
         """Eval-mode output with the BatchNorm folded: relu6(conv(x, w * s) + beta - mean * s),
         s = gamma / sqrt(var + eps). Only for layers computed by our kernels (`fold_bn`)."""
-        conv, bn = self.features[0], self.features[1]
-        scale = bn.gamma / ops.sqrt(bn.moving_variance + bn.eps)
-        weight = conv.weight * scale.reshape((-1, 1, 1, 1))
-        bias = bn.beta - bn.moving_mean * scale
-        return conv.bias_relu6(x, weight, bias)
+        weight, bias = folded_batch_norm(self.features[0], self.features[1])
+        return self.features[0].bias_relu6(x, weight, bias)
+
+
+def folded_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d):
+    """(w * s, beta - mean * s), s = gamma / sqrt(var + eps): conv then eval-mode BN as one conv with a bias."""
+    scale = bn.gamma / ops.sqrt(bn.moving_variance + bn.eps)
+    return conv.weight * scale.reshape((-1, 1, 1, 1)), bn.beta - bn.moving_mean * scale
 
 
 class InvertedResidual(nn.Cell):
@@ -91,18 +98,29 @@ class InvertedResidual(nn.Cell):
     def __init__(self, block: mbv2_spec.InvertedResidual, fast_conv: str = "auto") -> None:
         super().__init__()
         layers = [] if block.expand is None else [ConvBNReLU(block.expand, fast_conv)]
-        layers += [
-            ConvBNReLU(block.depthwise, fast_conv),
-            _conv2d(block.hidden_channels, block.out_channels, 1, 1, 1, fast_conv),
-            batch_norm(block.out_channels, fast_conv),
-        ]
+        projection = _conv2d(block.hidden_channels, block.out_channels, 1, 1, 1, fast_conv)
+        layers += [ConvBNReLU(block.depthwise, fast_conv), projection, batch_norm(block.out_channels, fast_conv)]
         self.conv = nn.SequentialCell(layers)
         self.use_residual = block.use_residual
+        self.has_expand = block.expand is not None
+        # Inference with our 1x1 kernel: the projection's BN folded into it, bias added in its own pass.
+        self.fold_bn = isinstance(projection, fast_conv_kernels.FastConv1x1)
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
+        out = self.conv(x) if self.training or not self.fold_bn else self.folded_forward(x)
         if self.use_residual:
-            return x + self.conv(x)
-        return self.conv(x)
+            return x + out
+        return out
+
+    def folded_forward(self, x: ms.Tensor) -> ms.Tensor:
+        """Eval-mode body with the projection's BatchNorm folded into it (see ConvBNReLU.folded_forward)."""
+        if self.has_expand:
+            hidden = self.conv[1](self.conv[0](x))
+            weight, bias = folded_batch_norm(self.conv[2], self.conv[3])
+            return self.conv[2].with_bias(hidden, weight, bias)
+        hidden = self.conv[0](x)
+        weight, bias = folded_batch_norm(self.conv[1], self.conv[2])
+        return self.conv[1].with_bias(hidden, weight, bias)
 
 
 class MobileNetV2Backbone(nn.Cell):

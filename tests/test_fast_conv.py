@@ -1,4 +1,4 @@
-"""Our CPU 3x3 convolution kernels for the MindSpore twin (issue 9): numerics, build, fallback, integration."""
+"""Our CPU kernels for the MindSpore twin (3x3 and 1x1 convolutions, BatchNorm): numerics, build, fallback, integration."""
 from __future__ import annotations
 
 import threading
@@ -52,7 +52,7 @@ def _ms_gradients(layer, x: np.ndarray, upstream: np.ndarray):
 def _torch_gradients(weight: np.ndarray, x: np.ndarray, upstream: np.ndarray, stride: int, groups: int):
     xt = torch.from_numpy(x).requires_grad_(True)
     wt = torch.from_numpy(weight).requires_grad_(True)
-    y = torch.nn.functional.conv2d(xt, wt, stride=stride, padding=1, groups=groups)
+    y = torch.nn.functional.conv2d(xt, wt, stride=stride, padding=weight.shape[-1] // 2, groups=groups)
     (y * torch.from_numpy(upstream)).sum().backward()
     return y.detach().numpy(), xt.grad.numpy(), wt.grad.numpy()
 
@@ -64,43 +64,53 @@ def _assert_close(got: np.ndarray, want: np.ndarray, what: str) -> None:
     assert worst <= RELATIVE_TOLERANCE, f"{what}: max abs diff {worst:.2e} of the output scale"
 
 
-def _torch_bias_relu6(weight, bias, x, upstream, stride, groups):
+def _torch_bias_relu6(weight, bias, x, upstream, stride, groups, relu6=True):
     xt = torch.from_numpy(x).requires_grad_(True)
     wt = torch.from_numpy(weight).requires_grad_(True)
     bt = torch.from_numpy(bias).requires_grad_(True)
-    y = torch.nn.functional.relu6(torch.nn.functional.conv2d(xt, wt, bt, stride=stride, padding=1, groups=groups))
+    y = torch.nn.functional.conv2d(xt, wt, bt, stride=stride, padding=weight.shape[-1] // 2, groups=groups)
+    y = torch.nn.functional.relu6(y) if relu6 else y
     (y * torch.from_numpy(upstream)).sum().backward()
     return y.detach().numpy(), xt.grad.numpy(), wt.grad.numpy(), bt.grad.numpy()
 
 
-def _check_bias_relu6(fast_conv, cin: int, cout: int, groups: int, n: int, h: int, w: int, stride: int):
-    """The inference kernel relu6(conv(x, w) + b) and its gradients (x, w, b) against torch."""
+def _fast_layer(fast_conv, cin: int, cout: int, groups: int, stride: int, size: int):
+    if size == 1:
+        return fast_conv.FastConv1x1(cin, cout, "HeNormal")
+    return fast_conv.FastConv3x3(cin, cout, stride, groups, "HeNormal")
+
+
+def _check_bias_relu6(fast_conv, cin: int, cout: int, groups: int, n: int, h: int, w: int, stride: int,
+                      size: int = 3, relu6: bool = True):
+    """The inference kernel relu6(conv(x, w) + b) (or conv(x, w) + b) and its gradients (x, w, b) against torch."""
     import mindspore as ms
 
     rng = np.random.default_rng(cin * 7 + h + stride)
-    layer = fast_conv.FastConv3x3(cin, cout, stride, groups, "HeNormal")
+    layer = _fast_layer(fast_conv, cin, cout, groups, stride, size)
+    fused = layer.bias_relu6 if relu6 else layer.with_bias
     x = rng.standard_normal((n, cin, h, w), dtype=np.float32) * 3  # outputs on both sides of 0 and 6
     weight = layer.weight.asnumpy()
     bias = rng.standard_normal(cout, dtype=np.float32)
     upstream = rng.standard_normal((n, cout, (h - 1) // stride + 1, (w - 1) // stride + 1), dtype=np.float32)
 
     def objective(inputs, kernel, shift):
-        return (layer.bias_relu6(inputs, kernel, shift) * ms.Tensor(upstream)).sum()
+        return (fused(inputs, kernel, shift) * ms.Tensor(upstream)).sum()
 
     args = (ms.Tensor(x), ms.Tensor(weight), ms.Tensor(bias))
     grads = ms.grad(objective, grad_position=(0, 1, 2))(*args)
-    got = (layer.bias_relu6(*args).asnumpy(), *(g.asnumpy() for g in grads))
-    want = _torch_bias_relu6(weight, bias, x, upstream, stride, groups)
+    got = (fused(*args).asnumpy(), *(g.asnumpy() for g in grads))
+    want = _torch_bias_relu6(weight, bias, x, upstream, stride, groups, relu6)
     for name, mine, ref in zip(("forward", "grad input", "grad weight", "grad bias"), got, want):
         _assert_close(mine, ref, f"bias+relu6 {name} vs torch")
 
 
-def _check_against_references(fast_conv, cin: int, cout: int, groups: int, n: int, h: int, w: int, stride: int):
+def _check_against_references(fast_conv, cin: int, cout: int, groups: int, n: int, h: int, w: int, stride: int,
+                              size: int = 3):
     from mindspore import nn
 
     rng = np.random.default_rng(cin * 1000 + h * 10 + w + stride)
-    fast = fast_conv.FastConv3x3(cin, cout, stride, groups, "HeNormal")
-    reference = nn.Conv2d(cin, cout, 3, stride, pad_mode="pad", padding=1, group=groups, has_bias=False)
+    fast = _fast_layer(fast_conv, cin, cout, groups, stride, size)
+    reference = nn.Conv2d(cin, cout, size, stride, pad_mode="pad", padding=size // 2, group=groups, has_bias=False)
     reference.weight.set_data(fast.weight.data.copy())
     x = rng.standard_normal((n, cin, h, w), dtype=np.float32)
     out_shape = (n, cout, (h - 1) // stride + 1, (w - 1) // stride + 1)
@@ -134,13 +144,30 @@ def test_dense_bias_relu6_matches_torch(fast_conv, n, cin, cout, h, w, stride):
     _check_bias_relu6(fast_conv, cin, cout, 1, n, h, w, stride)
 
 
+# (batch, in, out, height, width): 1x1 stride 1; partial register tiles in rows (out % 6, % 12) and
+# pixels (tiles that span two images), a single pixel, batch 1, and MobileNetV2's widest layer.
+POINTWISE_SHAPES = [(1, 1, 1, 1, 1), (1, 3, 5, 7, 9), (3, 16, 96, 7, 7), (2, 33, 13, 5, 3), (1, 24, 144, 14, 14),
+                    (3, 320, 1280, 2, 3), (2, 7, 40, 17, 1)]
+
+
+@pytest.mark.parametrize("n,cin,cout,h,w", POINTWISE_SHAPES)
+def test_pointwise_matches_conv2d_and_torch(fast_conv, n, cin, cout, h, w):
+    _check_against_references(fast_conv, cin, cout, 1, n, h, w, 1, size=1)
+
+
+@pytest.mark.parametrize("relu6", (True, False), ids=("bias_relu6", "bias"))
+@pytest.mark.parametrize("n,cin,cout,h,w", [(1, 3, 5, 7, 9), (3, 33, 13, 5, 3)])
+def test_pointwise_bias_and_relu6_match_torch(fast_conv, n, cin, cout, h, w, relu6):
+    _check_bias_relu6(fast_conv, cin, cout, 1, n, h, w, 1, size=1, relu6=relu6)
+
+
 @pytest.mark.parametrize("width", (0.35, 1.0))
 def test_folded_batchnorm_eval_matches_unfolded(fast_conv, width):
     """Eval mode with our kernels folds BN into the conv (bias + ReLU6 in the kernel): same logits as
     the unfolded network with MindSpore's own convolutions, and the same as before the folding."""
     import mindspore as ms
 
-    from ms_impl.mobilenetv2 import ConvBNReLU, MobileNetV2
+    from ms_impl.mobilenetv2 import ConvBNReLU, InvertedResidual, MobileNetV2
 
     rng = np.random.default_rng(11)
     x = ms.Tensor(rng.standard_normal((2, 3, 64, 64), dtype=np.float32))
@@ -151,7 +178,9 @@ def test_folded_batchnorm_eval_matches_unfolded(fast_conv, width):
                 else rng.uniform(-0.3, 0.3, param.shape)
             param.set_data(ms.Tensor(values.astype(np.float32)))
     folded.set_train(False)
-    assert sum(1 for c in folded.cells_and_names() if isinstance(c[1], ConvBNReLU) and c[1].fold_bn) == 18
+    # All 35 ConvBNReLU layers (stem, 16 expansions, 17 depthwise, the last 1x1) and the 17 projections.
+    assert sum(1 for c in folded.cells_and_names() if isinstance(c[1], ConvBNReLU) and c[1].fold_bn) == 35
+    assert sum(1 for c in folded.cells_and_names() if isinstance(c[1], InvertedResidual) and c[1].fold_bn) == 17
     plain = MobileNetV2(num_classes=26, width_mult=width, dropout=0.0, fast_conv="off")
     ms.load_param_into_net(plain, {p.name: ms.Parameter(p.asnumpy(), name=p.name) for p in folded.get_parameters()})
     plain.set_train(False)

@@ -25,6 +25,12 @@
 // per-channel scale = gamma / sqrt(var + eps) and shift = beta - mean * scale, optionally with ReLU6:
 //   affine[_relu6]           (x, scale[C], shift[C])              -> y = x * scale + shift (clamped to [0, 6])
 //   affine[_relu6]_grad      (dy, x, scale, shift)                -> dx, dscale[C], dshift[C]
+// Pointwise (1x1, stride 1) convolutions, matrix products over packed panels (see "pointwise" below):
+//   pw_forward_s1            (x[N,K,H,W], w[M,K,1,1])             -> y[N,M,H,W]
+//   pw_forward_bias_s1       (x, w, b[M])                         -> y = conv + b (a folded BatchNorm)
+//   pw_forward_bias_relu6_s1 (x, w, b[M])                         -> y = min(max(conv + b, 0), 6)
+//   pw_grad_input_s1         (dy[N,M,H,W], w, x)                  -> dx[N,K,H,W]   (x only for its shape)
+//   pw_grad_weight_s1        (x, dy)                              -> dw[M,K,1,1]
 // (the gradients of gamma and beta follow from dscale and dshift in MindSpore). Despite the file name, all of the MindSpore twin's
 // CPU kernels live here: one library, one thread pool, one build. Each returns 0, or 1 when a
 // dtype or any of the shapes above disagrees, or when the call fails (an
@@ -56,6 +62,9 @@
 #include <thread>
 #include <vector>
 
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 #include <sched.h>
 #include <unistd.h>
 
@@ -205,6 +214,11 @@ void parallel_for(int64_t total, const std::function<void(int64_t, int64_t)>& bo
   // A few chunks per thread: balances uneven planes and a core busy with another process.
   const int64_t chunk = std::max<int64_t>(1, total / (4 * workers));
   if (!pool->run(total, chunk, body)) throw KernelFailure();
+}
+
+// The thread count parallel_for will use next.
+int64_t mbv2_threads_now() {
+  return requested_threads.load() > 0 ? requested_threads.load() : default_thread_count();
 }
 
 // Copies one H x W plane into a zero-padded plane (layout of Geometry).
@@ -976,6 +990,264 @@ int affine_grad(const Args& a, bool relu6) {
   return 0;
 }
 
+
+// ---- pointwise (1x1) convolutions: matrix products over packed panels ----
+//
+// In NCHW a 1x1 convolution is Y_b[M, P] = W[M, K] X_b[K, P] for every image b (P = H*W pixels).
+// All three products run on one register tile of MR rows x NR columns (`tile_product`): per step of
+// the shared depth, two vectors of a B panel meet MR broadcasts of an A panel. Both operands are
+// packed first into contiguous, zero-padded panels (A: [depth][MR], B: [depth][NR]), so the tile
+// reads memory sequentially whatever the layer's shape. The columns of the forward and the
+// input gradient run over all images' pixels (column q is pixel q % P of image q / P), so a
+// 7x7 layer's 49 pixels fill whole tiles too.
+//   forward:        A = W (M x K),   B = X columns,  out Y (+ bias, ReLU6)
+//   input gradient: A = W^T (K x M), B = dY columns, out dX
+//   weight grad.:   A = dY (M x Q),  B = X^T (Q x K) with Q = N*P, out dW: the depth is the
+//                   pixels of all images, in chunks of CHUNK; each thread owns whole row panels of
+//                   dW and sums them in a fixed order, so the result does not depend on the thread count.
+#if defined(__AVX512F__)
+constexpr int VEC = 16;
+constexpr int MR = 12;  // 24 accumulators + 2 B vectors + 1 broadcast of 32 vector registers
+#else
+constexpr int VEC = 8;
+constexpr int MR = 6;  // 12 accumulators + 2 + 1 of 16 (AVX2)
+#endif
+constexpr int NR = 2 * VEC;
+constexpr int64_t PACKED_BYTES = 256 << 10;  // a task's packed B panels: they stay in L2 for every row panel
+constexpr int64_t MAX_TILES_PER_TASK = 64;
+constexpr int64_t CHUNK = 512;         // pixels per packed chunk of the weight gradient
+typedef float vecf __attribute__((vector_size(VEC * sizeof(float))));
+typedef float vecf_u __attribute__((vector_size(VEC * sizeof(float)), aligned(alignof(float)), may_alias));
+
+inline vecf load(const float* p) { return *reinterpret_cast<const vecf_u*>(p); }
+inline void store(float* p, vecf v) { *reinterpret_cast<vecf_u*>(p) = v; }
+// One float in every lane. The intrinsics compile to one broadcast load; GCC turns `vecf{} + v` into an
+// add and a shuffle, which halves the tile's speed.
+#if defined(__AVX512F__)
+inline vecf splat(const float* p) { return (vecf)_mm512_set1_ps(*p); }
+#elif defined(__AVX__)
+inline vecf splat(const float* p) { return (vecf)_mm256_broadcast_ss(p); }
+#else
+inline vecf splat(const float* p) { return vecf{} + *p; }
+#endif
+
+struct Tile {
+  vecf acc[MR][2];
+};
+
+// acc = A_panel[depth][MR]^T B_panel[depth][NR]. Every index is a compile-time constant after unrolling:
+// an index known only at run time would keep the accumulators in memory.
+// The sums are local (copied out at the end): accumulating into `t` itself keeps them in memory.
+inline __attribute__((always_inline)) void tile_product(const float* __restrict__ a, const float* __restrict__ b,
+                                                        int64_t depth, Tile& t) {
+  vecf acc[MR][2];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = vecf{};
+  for (int64_t k = 0; k < depth; ++k) {
+    const vecf b0 = load(b + k * NR), b1 = load(b + k * NR + VEC);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const vecf w = splat(a + k * MR + r);
+      acc[r][0] += w * b0;
+      acc[r][1] += w * b1;
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+    t.acc[r][0] = acc[r][0];
+    t.acc[r][1] = acc[r][1];
+  }
+}
+
+// Row panels of the (rows x depth) matrix A[i, j] = a[i * row_stride + j * col_stride]:
+// packed[panel][j][r], rows past the end zero.
+std::vector<float> pack_rows(const float* a, int64_t rows, int64_t depth, int64_t row_stride, int64_t col_stride) {
+  const int64_t panels = (rows + MR - 1) / MR;
+  std::vector<float> packed(panels * depth * MR, 0.0f);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < depth; ++j) packed[((i / MR) * depth + j) * MR + i % MR] = a[i * row_stride + j * col_stride];
+  return packed;
+}
+
+// Y[b, rows, P] = A X_b (+ bias, relu6) for all images: A packed by pack_rows (rows x depth), X [n, depth, P].
+void pointwise_product(const std::vector<float>& a, int64_t rows, int64_t depth, const float* x, int64_t n,
+                       int64_t pixels, float* y, const float* bias, bool relu6) {
+  const int64_t columns = n * pixels, tiles = (columns + NR - 1) / NR;
+  // Tiles per task: long runs of each input row (a few streams at a time, few pages), while the
+  // task's B panels stay within PACKED_BYTES of cache and there are tasks for every thread.
+  const int64_t fit = std::max<int64_t>(1, PACKED_BYTES / (depth * NR * int64_t{sizeof(float)}));
+  const int64_t per_task = std::max<int64_t>(1, std::min({fit, MAX_TILES_PER_TASK, tiles / 16}));
+  const int64_t tasks = (tiles + per_task - 1) / per_task, row_panels = (rows + MR - 1) / MR;
+  parallel_for(tasks, [&](int64_t begin, int64_t end) {
+    float* panels = scratch(per_task * depth * NR);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t t0 = task * per_task, t1 = std::min(tiles, t0 + per_task);
+      // B panels of the task's columns, zero past the last. Whole tiles row by row: each input row is
+      // read as one run over the task's columns.
+      int64_t t = t0;
+      while (t < t1) {
+        const int64_t b0 = t * NR / pixels, p0 = t * NR % pixels;
+        int64_t whole_end = t;  // tiles [t, whole_end) lie within image b0
+        while (whole_end < t1 && (whole_end * NR) / pixels == b0 && (whole_end * NR) % pixels + NR <= pixels) ++whole_end;
+        if (whole_end == t) break;
+        for (int64_t k = 0; k < depth; ++k) {
+          const float* src = x + (b0 * depth + k) * pixels + p0;
+          for (int64_t u = t; u < whole_end; ++u) {
+            float* dst = panels + ((u - t0) * depth + k) * NR;
+            store(dst, load(src + (u - t) * NR));
+            store(dst + VEC, load(src + (u - t) * NR + VEC));
+          }
+        }
+        t = whole_end;
+      }
+      for (; t < t1; ++t) {
+        float* panel = panels + (t - t0) * depth * NR;
+        const int64_t q0 = t * NR, p0 = q0 % pixels;
+        if (p0 + NR <= pixels) {
+          const int64_t b0 = q0 / pixels;
+          for (int64_t k = 0; k < depth; ++k) {
+            store(panel + k * NR, load(x + (b0 * depth + k) * pixels + p0));
+            store(panel + k * NR + VEC, load(x + (b0 * depth + k) * pixels + p0 + VEC));
+          }
+        } else {
+          for (int64_t j = 0; j < NR; ++j) {
+            const int64_t q = q0 + j, b = q / pixels, p = q % pixels;
+            for (int64_t k = 0; k < depth; ++k) panel[k * NR + j] = q < columns ? x[(b * depth + k) * pixels + p] : 0.0f;
+          }
+        }
+      }
+      for (int64_t mb = 0; mb < row_panels; ++mb) {
+        const int64_t m0 = mb * MR;
+        const int valid_rows = static_cast<int>(std::min<int64_t>(MR, rows - m0));
+        for (int64_t t = t0; t < t1; ++t) {
+          Tile tile;
+          tile_product(a.data() + mb * depth * MR, panels + (t - t0) * depth * NR, depth, tile);
+          const int64_t q0 = t * NR, b0 = q0 / pixels, p0 = q0 % pixels;
+          const bool whole = p0 + NR <= pixels;  // the tile's columns are consecutive pixels of one image
+#pragma GCC unroll 16
+          for (int r = 0; r < MR; ++r) {
+            if (r >= valid_rows) break;
+            vecf lo = tile.acc[r][0], hi = tile.acc[r][1];
+            if (bias != nullptr) {
+              lo += splat(bias + m0 + r);
+              hi += splat(bias + m0 + r);
+            }
+            if (relu6) {
+              const float six_value = 6.0f;
+              const vecf zero = vecf{}, six = splat(&six_value);
+              lo = lo < zero ? zero : (lo > six ? six : lo);
+              hi = hi < zero ? zero : (hi > six ? six : hi);
+            }
+            if (whole) {
+              float* out = y + (b0 * rows + m0 + r) * pixels + p0;
+              store(out, lo);
+              store(out + VEC, hi);
+            } else {
+              float row[NR];
+              store(row, lo);
+              store(row + VEC, hi);
+              for (int64_t j = 0; j < NR && q0 + j < columns; ++j) {
+                const int64_t q = q0 + j;
+                y[((q / pixels) * rows + m0 + r) * pixels + q % pixels] = row[j];
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// (x[N,K,H,W], w[M,K,1,1][, bias[M]]) -> y[N,M,H,W] = conv (+ bias, relu6 with `relu6`).
+int pw_forward(const Args& a, bool with_bias, bool relu6) {
+  const int y_index = with_bias ? 3 : 2;
+  if (a.nparam != y_index + 1 || !a.is(0, -1, -1, -1, -1) || !a.is(1, -1, a.shape(0)[1], 1, 1)) return 1;
+  const int64_t n = a.shape(0)[0], k = a.shape(0)[1], h = a.shape(0)[2], w = a.shape(0)[3], m = a.shape(1)[0];
+  if (!a.is(y_index, n, m, h, w) || (with_bias && !a.is_vector(2, m))) return 1;
+  pointwise_product(pack_rows(a.in(1), m, k, k, 1), m, k, a.in(0), n, h * w, a.out(y_index),
+                    with_bias ? a.in(2) : nullptr, relu6);
+  return 0;
+}
+
+// (dy[N,M,H,W], w[M,K,1,1], x[N,K,H,W]) -> dx[N,K,H,W] = W^T dY per image (x only for its shape).
+int pw_grad_input(const Args& a) {
+  if (a.nparam != 4 || !a.is(2, -1, -1, -1, -1) || !a.is(1, -1, a.shape(2)[1], 1, 1)) return 1;
+  const int64_t n = a.shape(2)[0], k = a.shape(2)[1], h = a.shape(2)[2], w = a.shape(2)[3], m = a.shape(1)[0];
+  if (!a.is(0, n, m, h, w) || !a.is(3, n, k, h, w)) return 1;
+  pointwise_product(pack_rows(a.in(1), k, m, 1, k), k, m, a.in(0), n, h * w, a.out(3), nullptr, false);
+  return 0;
+}
+
+// dW[rows r0*MR.., cols c0*NR..] of panels [r0, r1) x [c0, c1): the chunks packed and multiplied in
+// order, each tile's sums added to `sums` (padded to whole panels) chunk after chunk.
+void weight_grad_block(const float* x, const float* dy, int64_t n, int64_t k, int64_t m, int64_t pixels, int64_t r0,
+                       int64_t r1, int64_t c0, int64_t c1, float* dw) {
+  const int64_t columns = n * pixels, width = (c1 - c0) * NR;
+  const int64_t row_end = std::min(m, r1 * MR), col_end = std::min(k, c1 * NR);
+  float* a_panels = scratch((r1 - r0) * CHUNK * MR + (c1 - c0) * CHUNK * NR);
+  float* b_panels = a_panels + (r1 - r0) * CHUNK * MR;
+  std::vector<float> sums((r1 - r0) * MR * width, 0.0f);
+  for (int64_t q0 = 0; q0 < columns; q0 += CHUNK) {
+    const int64_t len = std::min(CHUNK, columns - q0);
+    // Pack the chunk (depth = its pixels): dY rows as A panels, X rows as B panels (X^T), zero past the ends.
+    std::fill(a_panels, a_panels + (r1 - r0) * CHUNK * MR, 0.0f);
+    std::fill(b_panels, b_panels + (c1 - c0) * CHUNK * NR, 0.0f);
+    for (int64_t q = q0; q < q0 + len;) {
+      const int64_t b = q / pixels, p = q % pixels, run = std::min(q0 + len - q, pixels - p);  // within one image
+      for (int64_t i = r0 * MR; i < row_end; ++i) {
+        const float* src = dy + (b * m + i) * pixels + p;
+        float* dst = a_panels + ((i / MR - r0) * CHUNK + (q - q0)) * MR + i % MR;
+        for (int64_t j = 0; j < run; ++j) dst[j * MR] = src[j];
+      }
+      for (int64_t i = c0 * NR; i < col_end; ++i) {
+        const float* src = x + (b * k + i) * pixels + p;
+        float* dst = b_panels + ((i / NR - c0) * CHUNK + (q - q0)) * NR + i % NR;
+        for (int64_t j = 0; j < run; ++j) dst[j * NR] = src[j];
+      }
+      q += run;
+    }
+    for (int64_t mb = r0; mb < r1; ++mb) {
+      for (int64_t kb = c0; kb < c1; ++kb) {
+        Tile tile;
+        tile_product(a_panels + (mb - r0) * CHUNK * MR, b_panels + (kb - c0) * CHUNK * NR, len, tile);
+        float* out = sums.data() + (mb - r0) * MR * width + (kb - c0) * NR;
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r) {
+          float* row = out + r * width;
+          store(row, load(row) + tile.acc[r][0]);
+          store(row + VEC, load(row + VEC) + tile.acc[r][1]);
+        }
+      }
+    }
+  }
+  for (int64_t i = r0 * MR; i < row_end; ++i)
+    std::memcpy(dw + i * k + c0 * NR, sums.data() + (i - r0 * MR) * width, sizeof(float) * (col_end - c0 * NR));
+}
+
+// (x[N,K,H,W], dy[N,M,H,W]) -> dw[M,K,1,1] = sum over images and pixels of dY_b X_b^T.
+int pw_grad_weight(const Args& a) {
+  if (a.nparam != 3 || !a.is(0, -1, -1, -1, -1) || !a.is(1, a.shape(0)[0], -1, a.shape(0)[2], a.shape(0)[3]))
+    return 1;
+  const int64_t n = a.shape(0)[0], k = a.shape(0)[1], m = a.shape(1)[1], pixels = a.shape(0)[2] * a.shape(0)[3];
+  if (!a.is(2, m, k, 1, 1)) return 1;
+  const int64_t row_panels = (m + MR - 1) / MR, col_panels = (k + NR - 1) / NR;
+  // One block per thread along the larger side of dW: each packs its share of that side and all of the
+  // smaller one (packed once per thread, not once per small task).
+  const bool split_rows = row_panels * MR >= col_panels * NR;
+  const int64_t split = split_rows ? row_panels : col_panels;
+  const int64_t blocks = std::min<int64_t>(split, mbv2_threads_now());
+  parallel_for(blocks, [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t lo = split * block / blocks, hi = split * (block + 1) / blocks;
+      if (split_rows)
+        weight_grad_block(a.in(0), a.in(1), n, k, m, pixels, lo, hi, 0, col_panels, a.out(2));
+      else
+        weight_grad_block(a.in(0), a.in(1), n, k, m, pixels, 0, row_panels, lo, hi, a.out(2));
+    }
+  });
+  return 0;
+}
+
 }  // namespace
 
 // Nothing may cross the extern "C" boundary into MindSpore: an exception there (allocation,
@@ -1015,6 +1287,11 @@ MBV2_ENTRY(affine, affine_forward(args, false))
 MBV2_ENTRY(affine_relu6, affine_forward(args, true))
 MBV2_ENTRY(affine_grad, affine_grad(args, false))
 MBV2_ENTRY(affine_relu6_grad, affine_grad(args, true))
+MBV2_ENTRY(pw_forward_s1, pw_forward(args, false, false))
+MBV2_ENTRY(pw_forward_bias_s1, pw_forward(args, true, false))
+MBV2_ENTRY(pw_forward_bias_relu6_s1, pw_forward(args, true, true))
+MBV2_ENTRY(pw_grad_input_s1, pw_grad_input(args))
+MBV2_ENTRY(pw_grad_weight_s1, pw_grad_weight(args))
 
 // Thread count of the kernels from now on (n > 0), or back to the default (n <= 0):
 // $MBV2_KERNEL_THREADS, else the CPUs this process may run on. Called by fast_conv.py
