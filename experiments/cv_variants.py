@@ -75,6 +75,9 @@ VARIANTS: Dict[str, dict] = {
     "sqrt_center+squash_rows": dict(rows=[C, CF, S, SF], power=True),
     "avg+gem_center+squash_rows": dict(rows=[C, CF, S, SF], kinds=["avg1280", "gem1280"]),
     "five+squash_rows": dict(rows=[FIVE, FIVE_F, S, SF]),
+    "pad": dict(rows=[("pad",), ("pad-flip",)]),
+    "center+pad_rows": dict(rows=[C, CF, ("pad",), ("pad-flip",)]),
+    "center+squash+pad_rows": dict(rows=[C, CF, S, SF, ("pad",), ("pad-flip",)]),
 }
 
 

@@ -13,6 +13,7 @@ Views (224x224 network input, the trainer's ImageNet normalisation):
 
 - `center`: the trainer's eval view (shorter side to 256, bicubic, center 224 crop)
 - `squash`: the whole photo resized to 224x224 (aspect not kept)
+- `pad`: the whole photo, aspect kept (longer side 224), padded to 224x224 with the ImageNet mean colour
 - `tl`, `tr`, `bl`, `br`: corner 224 crops after the shorter side goes to 256
 - `-flip` suffix: the same view mirrored left-right
 
@@ -49,6 +50,16 @@ def view_image(data: np.ndarray, view: str, image_size: int = 224) -> np.ndarray
     image = vision.Decode()(data)
     if base == "squash":
         image = vision.Resize((image_size, image_size), interpolation=vision.Inter.PILCUBIC)(image)
+    elif base == "pad":  # the whole photo, aspect kept: longer side to image_size, centred on the ImageNet mean colour
+        h, w = image.shape[:2]
+        scale = image_size / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        small = vision.Resize((nh, nw), interpolation=vision.Inter.PILCUBIC)(image)
+        canvas = np.empty((image_size, image_size, 3), np.uint8)
+        canvas[:] = np.round(np.asarray(preprocess.MEAN_RGB)).astype(np.uint8)
+        top, left = (image_size - nh) // 2, (image_size - nw) // 2
+        canvas[top:top + nh, left:left + nw] = small
+        image = canvas
     else:
         image = vision.Resize(preprocess.eval_resize_size(image_size), interpolation=vision.Inter.PILCUBIC)(image)
         h, w = image.shape[:2]
