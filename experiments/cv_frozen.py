@@ -70,6 +70,9 @@ RECIPES: Dict[str, dict] = {
     "l2_e30_wd1e-2_flip_tta": dict(feature_norm="l2", epochs=30, weight_decay=1e-2, views="crop+flip", tta=True),
     "center_e30_lr0.05_wd1e-3_flip_tta": dict(feature_norm="center", epochs=30, lr_max=0.05, weight_decay=1e-3,
                                               views="crop+flip", tta=True),
+    # issue 12: the whole photo resized to a square (and its mirror) as more train views and more TTA views
+    "center_e30_wd1e-2_flip_whole_tta": dict(feature_norm="center", epochs=30, weight_decay=1e-2, views="crop+flip+whole",
+                                             tta=True),
 }
 
 
@@ -135,6 +138,9 @@ def fit_and_score(feats: Dict[str, np.ndarray], train_idx: np.ndarray, test_spli
     views = ["train"] + (["train_flip"] if "flip" in recipe["views"] else [])
     parts = [feats[v][train_idx] for v in views]
     part_labels = [labels[train_idx]] * len(views)
+    if "whole" in recipe["views"]:
+        parts += [feats["train_whole"][train_idx], feats["train_whole_flip"][train_idx]]
+        part_labels += [labels[train_idx]] * 2
     if "light" in recipe["views"]:
         light = feats["train_light"]
         count = len(labels)
@@ -143,7 +149,10 @@ def fit_and_score(feats: Dict[str, np.ndarray], train_idx: np.ndarray, test_spli
             part_labels.append(labels[train_idx])
     test = feats[test_split] if test_idx is None else feats[test_split][test_idx]
     test_flip = feats[test_split + "_flip"] if test_idx is None else feats[test_split + "_flip"][test_idx]
-    x, (t, tf) = normalise(np.concatenate(parts), [test, test_flip], recipe["feature_norm"])
+    tests = [test, test_flip]
+    if "whole" in recipe["views"]:  # test-time views too: the whole photo and its mirror
+        tests += [feats[test_split + s] if test_idx is None else feats[test_split + s][test_idx] for s in ("_whole", "_whole_flip")]
+    x, (t, tf, *tw) = normalise(np.concatenate(parts), tests, recipe["feature_norm"])
     ms.set_seed(seed)
     head = MobileNetV2Head(x.shape[1], int(labels.max()) + 1, dropout=0.0)
     train_head_on_features(head, x.astype(np.float32), np.concatenate(part_labels), epochs=recipe["epochs"],
@@ -152,7 +161,7 @@ def fit_and_score(feats: Dict[str, np.ndarray], train_idx: np.ndarray, test_spli
                            dropout=recipe["dropout"], seed=seed)
     logits = head_logits(head, t.astype(np.float32))
     if recipe["tta"]:
-        logits = (logits + head_logits(head, tf.astype(np.float32))) / 2
+        logits = np.mean([logits, head_logits(head, tf.astype(np.float32))] + [head_logits(head, w.astype(np.float32)) for w in tw], axis=0)
     return logits
 
 
@@ -178,7 +187,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="override a recipe field for every recipe (e.g. epochs=20)")
     args = parser.parse_args(argv)
     setup_logging()
-    feats = load_features(args.data_path, args.pretrained, args.cache_dir, args.light_views, image_size=args.image_size)
+    whole = any("whole" in RECIPES[name].get("views", "") for name in args.recipes.split(","))
+    feats = load_features(args.data_path, args.pretrained, args.cache_dir, args.light_views, image_size=args.image_size,
+                          whole=whole)
     ms.set_context(mode=ms.PYNATIVE_MODE)  # the head step is jit-compiled by train_head_on_features
     groups = category_groups(load_classes())[0]
     labels = feats["train_labels"]

@@ -26,9 +26,10 @@ LIGHT_JITTER = 0.1
 
 
 def load_features(data_path: str, pretrained: str, cache_dir: str, light_views: int = 0,
-                  image_size: int = 224, seed: int = 1) -> Dict[str, np.ndarray]:
-    """{'train', 'train_flip', 'val', 'val_flip', 'train_labels', 'val_labels', 'train_files' (names)[, 'train_light']}
-    as arrays."""
+                  image_size: int = 224, seed: int = 1, whole: bool = False) -> Dict[str, np.ndarray]:
+    """{'train', 'train_flip', 'val', 'val_flip', 'train_labels', 'val_labels', 'train_files' (names)[, 'train_light']
+    [, 'train_whole', 'train_whole_flip', 'val_whole', 'val_whole_flip' (with `whole`: the whole photo resized
+    to a square, and its mirror)]} as arrays."""
     from ms_impl import train as trainer
     from ms_impl.trainer.device import set_device
     from ms_impl.trainer.feature_cache import FeatureSettings, load_or_extract
@@ -44,6 +45,10 @@ def load_features(data_path: str, pretrained: str, cache_dir: str, light_views: 
             ("train_flip", data.train, FeatureSettings(image_size, hflip=True)),
             ("val", data.val, FeatureSettings(image_size)),
             ("val_flip", data.val, FeatureSettings(image_size, hflip=True))]
+    if whole:
+        for split, images in (("train", data.train), ("val", data.val)):
+            jobs += [(f"{split}_whole", images, FeatureSettings(image_size, whole=True)),
+                     (f"{split}_whole_flip", images, FeatureSettings(image_size, whole=True, hflip=True))]
     if light_views > 0:
         jobs.append(("train_light", data.train, FeatureSettings(image_size, feature_views=light_views, seed=seed,
                                                                 crop_scale=LIGHT_CROP, color_jitter=LIGHT_JITTER)))

@@ -68,11 +68,12 @@ def _evaluate(argv: Optional[List[str]], parser: argparse.ArgumentParser) -> int
     checkpoint.load_network_weights(known.checkpoint, {p.name: p for p in network.get_parameters()})
     data = dataset.eval_dataset(images, image_size, cfg.batch_size, cfg.num_workers)
     groups, category_names, category_names_en = category_groups(cfg.classes)
-    result = evaluate(network, data, len(cfg.classes), cfg.label_smoothing, groups=groups, tta=cfg.tta)
+    whole = dataset.eval_dataset(images, image_size, cfg.batch_size, cfg.num_workers, whole=True) if cfg.tta == "flip+whole" else None
+    result = evaluate(network, data, len(cfg.classes), cfg.label_smoothing, groups=groups, tta=cfg.tta, whole_dataset=whole)
 
     source = "synthetic set" if synthetic else str(data_path)
     log.info("%s on %s val (%d images%s): top-1 %.4f  top-5 %.4f  loss %.4f  category %.4f",
-             known.checkpoint, source, result.num_images, ", --tta flip" if cfg.tta == "flip" else "",
+             known.checkpoint, source, result.num_images, f", --tta {cfg.tta}" if cfg.tta != "none" else "",
              result.top1, result.top5, result.loss, result.category_acc)
     log.info("%s", report.per_class_table(result.confusion, cfg.classes))
     log.info("confusion matrix (rows: true class index, columns: predicted):\n%s", result.confusion)

@@ -1,12 +1,13 @@
 """Classify images with a trained MindSpore MobileNetV2: top-k classes and the garbage category.
 
     python ms_impl/predict.py --checkpoint best.ckpt photo.jpg more_photos/ [--top_k 5] [--json] \
-        [--tta flip] [--sheet sheet.png]
+        [--tta flip|flip+whole] [--sheet sheet.png]
 
 The category is the one whose classes hold the most probability together (the
 decision people act on), shown with that summed probability; it can differ
 from the top-1 class's category. `--tta flip` averages the logits of each
-image and its mirror image. `--sheet FILE.png` draws a contact sheet: every
+image and its mirror image; `--tta flip+whole` also those of the whole photo
+resized to a square (no crop) and its mirror image (the frozen recipe's evaluation). `--sheet FILE.png` draws a contact sheet: every
 photo with its top class, category and probability; when a photo's folder is
 named after a class (e.g. val/Battery/x.jpg) wrong predictions are framed red
 and uncertain ones (probability below --uncertain_below) orange.
@@ -69,13 +70,14 @@ def collect_images(inputs: Sequence[str]) -> Tuple[List[str], List[Dict[str, str
     return files, errors
 
 
-def load_images(files: Sequence[str], image_size: int) -> Tuple[List[str], List[np.ndarray], List[Dict[str, str]]]:
-    """Eval-preprocessed CHW arrays of the readable files; one error record per unreadable file."""
+def load_images(files: Sequence[str], image_size: int, whole: bool = False) -> Tuple[List[str], List[np.ndarray], List[Dict[str, str]]]:
+    """Eval-preprocessed CHW arrays of the readable files; one error record per unreadable file.
+    `whole`: the whole photo resized to a square instead of the eval crop (`transforms.whole_transforms`)."""
     from mindspore.dataset import transforms
 
-    from ms_impl.transforms import eval_transforms
+    from ms_impl.transforms import eval_transforms, whole_transforms
 
-    pipeline = transforms.Compose(eval_transforms(image_size))
+    pipeline = transforms.Compose((whole_transforms if whole else eval_transforms)(image_size))
     good, arrays, errors = [], [], []
     for path in files:
         # PIL decides first (the trainer's check); only formats MindSpore's Decode reads reach it, so a
@@ -141,16 +143,22 @@ def prediction_record(path: str, logits: np.ndarray, classes: Sequence[ClassInfo
 def predict_files(net, files: Sequence[str], classes: Sequence[ClassInfo], image_size: int, top_k: int, batch_size: int = 16,
                   tta: str = "none"):
     """(predictions, errors): one prediction per readable image, one error per unreadable one.
-    `tta="flip"`: logits averaged over each image and its mirror image."""
+    `tta="flip"`: logits averaged over each image and its mirror image; `tta="flip+whole"`: also over
+    the whole photo resized to a square and its mirror image (the frozen recipe's evaluation)."""
     import mindspore as ms
 
     good, arrays, errors = load_images(files, image_size)
+    wholes = load_images(good, image_size, whole=True)[1] if tta == "flip+whole" else None
+
+    def flip_mean(batch):  # CHW arrays: mirroring the crop = reversing the width axis
+        return average_flip_logits(net(ms.Tensor(batch)).asnumpy(), net(ms.Tensor(np.ascontiguousarray(batch[..., ::-1]))).asnumpy())
+
     predictions = []
     for start in range(0, len(good), batch_size):
         batch = np.stack(arrays[start:start + batch_size])
-        logits = net(ms.Tensor(batch)).asnumpy().astype(np.float64)
-        if tta == "flip":  # CHW arrays: mirroring the crop = reversing the width axis
-            logits = average_flip_logits(logits, net(ms.Tensor(np.ascontiguousarray(batch[..., ::-1]))).asnumpy())
+        logits = net(ms.Tensor(batch)).asnumpy().astype(np.float64) if tta == "none" else flip_mean(batch)
+        if wholes is not None:
+            logits = (logits + flip_mean(np.stack(wholes[start:start + batch_size]))) / 2
         for path, row in zip(good[start:start + batch_size], logits):
             predictions.append(prediction_record(path, row, classes, top_k))
     return predictions, errors

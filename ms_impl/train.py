@@ -458,8 +458,10 @@ def train(cfg, data: Data, network, optimizer, lr: np.ndarray, state: TrainState
         result = evaluate_all_ranks()
     if cfg.tta != "none":
         dist.average_batchnorm_statistics(network, ctx)
+        whole = (dataset.eval_dataset(data.val, data.image_size, cfg.batch_size, cfg.num_workers, ctx.num_shards, ctx.shard_id,
+                                      whole=True) if cfg.tta == "flip+whole" else None)
         result = evaluate(network, val_batches, len(cfg.classes), cfg.label_smoothing, ctx,
-                          groups=category_groups(cfg.classes)[0], tta=cfg.tta)
+                          groups=category_groups(cfg.classes)[0], tta=cfg.tta, whole_dataset=whole)
         log.info("final evaluation with --tta %s: val loss %.4f, top-1 %.4f, top-5 %.4f, category %.4f",
                  cfg.tta, result.loss, result.top1, result.top5, result.category_acc)
     return result, rows
@@ -489,9 +491,10 @@ def train_frozen(cfg, data: Data, network, optimizer, state: TrainState, out: Pa
                  epoch.epoch + 1, cfg.epochs, epoch.train_loss, result.loss, result.top1, result.top5, result.category_acc,
                  f" (--tta {cfg.tta})" if cfg.tta != "none" else "")
 
-    log.info("frozen backbone: features of %d train images x %d view(s)%s and %d val images%s, cache %s",
-             len(data.train), cfg.feature_views, " + mirror images" if cfg.feature_flip else "", len(data.val),
-             " + mirror images" if cfg.tta == "flip" else "", cache_dir)
+    log.info("frozen backbone: features of %d train images x %d view(s)%s%s and %d val images%s, cache %s",
+             len(data.train), cfg.feature_views, " + mirror images" if cfg.feature_flip else "",
+             " + whole photos" if cfg.feature_whole else "", len(data.val),
+             {"none": "", "flip": " + mirror images", "flip+whole": " + mirror images + whole photos (+ mirrored)"}[cfg.tta], cache_dir)
     run = train_frozen_backbone(
         network, [str(p) for p in data.train.files], data.train.labels, [str(p) for p in data.val.files], data.val.labels,
         cache_dir=cache_dir, train_settings=train_settings, val_settings=FeatureSettings(data.image_size),
@@ -499,7 +502,7 @@ def train_frozen(cfg, data: Data, network, optimizer, state: TrainState, out: Pa
         warmup_epochs=cfg.warmup_epochs, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
         label_smoothing=cfg.label_smoothing, dropout=cfg.dropout, seed=cfg.seed, on_epoch=on_epoch,
         class_weights=data.class_weights, balanced_sampling=cfg.class_balance == "sampler",
-        feature_norm=cfg.feature_norm, feature_flip=cfg.feature_flip, tta=cfg.tta, progress=True)
+        feature_norm=cfg.feature_norm, feature_flip=cfg.feature_flip, feature_whole=cfg.feature_whole, tta=cfg.tta, progress=True)
     for name, cached in (("train", run.train_features), ("val", run.val_features)):
         how = "reused" if cached.reused else f"extracted at {cached.images_per_second:.1f} img/s"
         log.info("%s features: %d x %d, %s (%s)", name, *cached.features.shape, how, cached.path)

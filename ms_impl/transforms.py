@@ -24,6 +24,22 @@ def eval_transforms(image_size: int) -> List:
     ]
 
 
+def whole_transforms(image_size: int) -> List:
+    """Decode, resize the whole photo to image_size x image_size (aspect not kept, nothing cut off), normalise, HWC->CHW.
+
+    The frozen recipe's second view (`feature_whole`, `tta: flip+whole`): objects in
+    these photos are often off-centre or large, and the center crop cuts them.
+    """
+    from mindspore.dataset import vision
+
+    return [
+        vision.Decode(),
+        vision.Resize((image_size, image_size), interpolation=vision.Inter.PILCUBIC),
+        vision.Normalize(mean=list(preprocess.MEAN_RGB), std=list(preprocess.STD_RGB)),
+        vision.HWC2CHW(),
+    ]
+
+
 def train_transforms(
     image_size: int,
     scale=(0.08, 1.0),

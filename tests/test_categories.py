@@ -150,7 +150,7 @@ def test_pretrained_with_frozen_backbone_resolves_to_the_frozen_recipe():
     assert cfg.recipe == "frozen"
     for key, value in cfg.recipe_frozen.items():
         assert cfg[key] == value, key
-    assert (cfg.feature_norm, cfg.feature_flip, cfg.tta, cfg.freeze_backbone) == ("center", True, "flip", True)
+    assert (cfg.feature_norm, cfg.feature_flip, cfg.feature_whole, cfg.tta, cfg.freeze_backbone) == ("center", True, True, "flip+whole", True)
 
 
 def test_pretrained_alone_resolves_to_the_fine_tuning_recipe():

@@ -107,9 +107,10 @@ def test_frozen_backbone_run_keeps_the_backbone_and_reuses_its_cache(pretrained,
         np.testing.assert_array_equal(weights[name], value)
     metrics = (out / "metrics.csv").read_text().splitlines()
     assert len(metrics) == 4
-    # the frozen recipe: eval crops of train and val plus their mirror images (feature_flip, tta flip)
-    assert sorted(n.split("-")[0] + ("-flip" if "-flip-" in n else "") for n in os.listdir(out / "feature_cache")
-                  if n.endswith(".npz")) == ["train", "train-flip", "val", "val-flip"]
+    # the frozen recipe: eval crops and whole photos of train and val plus their mirror images
+    # (feature_flip, feature_whole, tta flip+whole)
+    assert sorted(n.rsplit("-", 1)[0] for n in os.listdir(out / "feature_cache") if n.endswith(".npz")) == [
+        "train", "train-flip", "train-whole", "train-whole-flip", "val", "val-flip", "val-whole", "val-whole-flip"]
 
     again = train_cli(args + ["--force", "true"], cli_env)
     assert again.returncode == 0, again.stderr[-2000:]

@@ -103,7 +103,7 @@ KEY_RULES: Dict[str, Any] = {
     "class_balance": ("none", "weights", "sampler"),
     "recipe": ("auto", "scratch", "frozen", "finetune"),
     "feature_norm": ("none", "center", "standardize"),
-    "tta": ("none", "flip"),
+    "tta": ("none", "flip", "flip+whole"),
     "head_first_epochs": NON_NEGATIVE,
 }
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from ms_impl.trainer.errors import UsageError
 from ms_impl.trainer.images import file_stamp, pipeline_bytes, unreadable_reason
-from ms_impl.transforms import eval_transforms, train_transforms
+from ms_impl.transforms import eval_transforms, train_transforms, whole_transforms
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val")
@@ -172,8 +172,9 @@ def train_dataset(images: ImageList, cfg, image_size: int, epoch: int, num_shard
 
 
 def eval_dataset(images: ImageList, image_size: int, batch_size: int, num_workers: int,
-                 num_shards: int = 1, shard_id: int = 0):
+                 num_shards: int = 1, shard_id: int = 0, whole: bool = False):
     """Batches of `images` in file order: resize, center crop, normalise; every image is used.
+    `whole`: the whole photo resized to a square instead (`transforms.whole_transforms`, for `tta: flip+whole`).
 
     With `num_shards` > 1, this shard's images only; the shards together hold
     every image exactly once (`sharding.shard_eval_indices`).
@@ -184,7 +185,7 @@ def eval_dataset(images: ImageList, image_size: int, batch_size: int, num_worker
 
     source = _EncodedImages(images, shard_eval_indices(len(images), num_shards, shard_id))
     data = ds.GeneratorDataset(source, ["image", "label"], shuffle=False)
-    data = data.map(eval_transforms(image_size), input_columns="image", num_parallel_workers=worker_count(num_workers))
+    data = data.map((whole_transforms if whole else eval_transforms)(image_size), input_columns="image", num_parallel_workers=worker_count(num_workers))
     return data.batch(batch_size, drop_remainder=False)
 
 

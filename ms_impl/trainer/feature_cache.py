@@ -15,7 +15,8 @@ only when its stored key equals the key computed now, so any change means a
 new extraction. Files are written to a temp file in the cache folder and
 renamed into place, so a crash never leaves a half-written cache.
 
-`feature_views == 1`: eval transforms (resize + center crop). `feature_views > 1`:
+`feature_views == 1`: eval transforms (resize + center crop), or with `whole`
+the whole photo resized to a square. `feature_views > 1`:
 that many augmented views per image (train transforms, seeded), a fixed set
 of augmentations the head then trains on. `hflip`: every view mirrored left-right.
 
@@ -56,12 +57,16 @@ class FeatureSettings:
     hflip_prob: float = 0.5
     # mirror every image left-right (the flipped twin of the eval crop, for flip views and flip TTA)
     hflip: bool = False
+    # the whole photo resized to image_size x image_size instead of the eval crop (`transforms.whole_transforms`)
+    whole: bool = False
 
     def __post_init__(self) -> None:
         if self.image_size < 32:
             raise ValueError(f"image_size must be >= 32, got {self.image_size}")
         if self.feature_views < 1:
             raise ValueError(f"feature_views must be >= 1, got {self.feature_views}")
+        if self.whole and self.feature_views > 1:
+            raise ValueError("whole-photo features are one eval view per image: feature_views must be 1")
 
     def key_fields(self) -> Dict[str, object]:
         fields = {"image_size": self.image_size, "feature_views": self.feature_views}
@@ -69,6 +74,8 @@ class FeatureSettings:
             fields.update(seed=self.seed, crop_scale=list(self.crop_scale), color_jitter=self.color_jitter, hflip_prob=self.hflip_prob)
         if self.hflip:  # only when set: keys of unflipped caches stay as they were
             fields["hflip"] = True
+        if self.whole:  # likewise: keys of eval-crop caches stay as they were
+            fields["whole"] = True
         return fields
 
 
@@ -119,9 +126,9 @@ def _eval_batches(encoded: Sequence[np.ndarray], files: Sequence[str], settings:
     """Eval-transformed batches, one image at a time so a bad file is named."""
     from mindspore.dataset import transforms, vision
 
-    from ms_impl.transforms import eval_transforms
+    from ms_impl.transforms import eval_transforms, whole_transforms
 
-    ops = eval_transforms(settings.image_size)
+    ops = (whole_transforms if settings.whole else eval_transforms)(settings.image_size)
     if settings.hflip:
         ops.insert(-1, vision.HorizontalFlip())  # before HWC2CHW: mirrors the width axis
     pipeline = transforms.Compose(ops)

@@ -19,7 +19,7 @@ __all__ = ["EvalResult", "confusion_matrix", "per_class_metrics", "top1", "resul
            "average_flip_logits"]
 
 
-TTA_MODES = ("none", "flip")
+TTA_MODES = ("none", "flip", "flip+whole")
 
 
 @dataclass
@@ -95,11 +95,13 @@ def top1(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def evaluate(network, dataset, num_classes: int, label_smoothing: float = 0.0, ctx=None,
-             groups: Optional[np.ndarray] = None, tta: str = "none") -> EvalResult:
+             groups: Optional[np.ndarray] = None, tta: str = "none", whole_dataset=None) -> EvalResult:
     """Run `network` in eval mode over `dataset` (batches of image, label); restores training mode after.
 
     `groups` (class -> category index): also the category confusion matrix.
     `tta="flip"`: the logits are the mean over each image and its mirror image.
+    `tta="flip+whole"`: the mean over the eval crop, the whole photo (`whole_dataset`: the
+    same images in the same order through `transforms.whole_transforms`) and both mirror images.
     In data parallel (`ctx` a distributed.DistributedContext) each rank passes
     its shard of the val set; the counts (confusion matrices, top-5 hits, loss
     sum) are summed over the ranks, so every rank returns the accuracy of the
@@ -111,18 +113,25 @@ def evaluate(network, dataset, num_classes: int, label_smoothing: float = 0.0, c
 
     if tta not in TTA_MODES:
         raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+    if (tta == "flip+whole") != (whole_dataset is not None):
+        raise ValueError("tta='flip+whole' needs whole_dataset (and only it does)")
     ctx = ctx or SINGLE_PROCESS
     was_training = network.training
     network.set_train(False)
     labels_all: List[np.ndarray] = [np.zeros(0, np.int64)]  # a rank may get no val image at all
     logits_all: List[np.ndarray] = [np.zeros((0, num_classes))]
+    wholes = whole_dataset.create_tuple_iterator(num_epochs=1) if whole_dataset is not None else None
     try:
         for images, labels in dataset.create_tuple_iterator(num_epochs=1):
             with interrupts.deferred():  # the first batch compiles the graph
                 logits = network(images).asnumpy()
-                if tta == "flip":  # NCHW: mirroring the crop = reversing the width axis
+                if tta != "none":  # NCHW: mirroring the crop = reversing the width axis
                     mirrored = ms.Tensor(np.ascontiguousarray(images.asnumpy()[..., ::-1]))
                     logits = average_flip_logits(logits, network(mirrored).asnumpy())
+                if wholes is not None:
+                    whole, _ = next(wholes)
+                    whole_mirrored = ms.Tensor(np.ascontiguousarray(whole.asnumpy()[..., ::-1]))
+                    logits = (logits + average_flip_logits(network(whole).asnumpy(), network(whole_mirrored).asnumpy())) / 2
             logits_all.append(logits.astype(np.float64))
             labels_all.append(labels.asnumpy())
     finally:

@@ -53,6 +53,10 @@ def backbone_lr_scale(net, scale: float) -> Callable[[object], float]:
 
 
 FEATURE_NORMS = ("none", "center", "standardize")
+# the cached val views besides the eval crop that each test-time augmentation averages over: (cache name, settings changed)
+TTA_VIEWS = {"none": (), "flip": (("val-flip", dict(hflip=True)),),
+             "flip+whole": (("val-flip", dict(hflip=True)), ("val-whole", dict(whole=True)),
+                            ("val-whole-flip", dict(whole=True, hflip=True)))}
 
 
 def feature_statistics(features: np.ndarray, how: str):
@@ -91,6 +95,13 @@ def head_logits(head, features: np.ndarray, batch_size: int = 512) -> np.ndarray
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
 
+def view_mean_logits(head, views: Sequence[np.ndarray]) -> np.ndarray:
+    """Test-time augmentation over cached views: the mean of the head's logits over `views` (each (N, C)), float64.
+    Two views (an image and its mirror image) give exactly `average_flip_logits`."""
+    logits = [head_logits(head, v).astype(np.float64) for v in views]
+    return logits[0] if len(logits) == 1 else average_flip_logits(*logits) if len(logits) == 2 else np.mean(logits, axis=0)
+
+
 def train_head_on_features(
     head,
     features: np.ndarray,
@@ -109,6 +120,7 @@ def train_head_on_features(
     seed: int = 0,
     val: Optional[tuple] = None,
     val_flip: Optional[np.ndarray] = None,
+    val_whole: Sequence[np.ndarray] = (),
     on_epoch: Optional[Callable[["EpochReport"], None]] = None,
     class_weights: Optional[Sequence[float]] = None,
     balanced_sampling: bool = False,
@@ -124,6 +136,8 @@ def train_head_on_features(
     the head's own dropout, but reproducible, so pass a head without dropout.
     `on_epoch(EpochReport)` runs after every epoch. `val_flip`: features of the
     mirrored val images; the val logits are then the mean over both (flip TTA).
+    `val_whole`: features of more views of the val images (the whole photos and their
+    mirror images, `tta="flip+whole"`), averaged into the val logits likewise.
     """
     import mindspore as ms
     from mindspore import nn
@@ -167,9 +181,7 @@ def train_head_on_features(
         epoch_seconds = time.perf_counter() - epoch_start
         val_logits = None
         if val is not None:
-            val_logits = head_logits(head, val[0])
-            if val_flip is not None:
-                val_logits = average_flip_logits(val_logits, head_logits(head, val_flip))
+            val_logits = view_mean_logits(head, [val[0]] + ([] if val_flip is None else [val_flip]) + list(val_whole))
             result.val_top1.append(top1(val_logits, np.asarray(val[1])))
         if on_epoch is not None:
             on_epoch(EpochReport(epoch, result.losses[-1], val_logits, float(lr[(epoch + 1) * steps_per_epoch - 1]), epoch_seconds))
@@ -204,6 +216,7 @@ def train_frozen_backbone(
     progress: bool = True,
     feature_norm: str = "none",
     feature_flip: bool = False,
+    feature_whole: bool = False,
     tta: str = "none",
     **head_training,
 ) -> FrozenRunResult:
@@ -215,8 +228,11 @@ def train_frozen_backbone(
     `feature_norm` ("center"/"standardize"): the head trains on normalised
     features and the normalisation is folded into the dense layer afterwards, so
     the network takes raw features as always. `feature_flip`: the mirror images
-    of the training crops are added as a second view. `tta="flip"`: val logits
-    are the mean over each image and its mirror image.
+    of the training crops are added as a second view. `feature_whole`: the whole
+    photos resized to a square (`transforms.whole_transforms`) are added as views
+    too (and their mirror images with `feature_flip`). `tta="flip"`: val logits
+    are the mean over each image and its mirror image; `tta="flip+whole"`: the
+    mean over the eval crop, the whole photo and the mirror images of both.
     `head_training`: the other keywords of `train_head_on_features` (epochs,
     lr_max, lr_init, lr_end, warmup_epochs, momentum, weight_decay,
     label_smoothing, seed, on_epoch, class_weights, balanced_sampling).
@@ -234,11 +250,22 @@ def train_frozen_backbone(
 
     train = cached(train_files, train_labels, train_settings, "train")
     val = cached(val_files, val_labels, val_settings, "val")
-    features, labels = train.features, train.labels
-    if feature_flip:
-        mirrored = cached(train_files, train_labels, dataclasses.replace(train_settings, hflip=True), "train-flip")
-        features, labels = np.concatenate([features, mirrored.features]), np.concatenate([labels, mirrored.labels])
-    val_flip = cached(val_files, val_labels, dataclasses.replace(val_settings, hflip=True), "val-flip").features if tta == "flip" else None
+    if tta not in TTA_VIEWS:
+        raise ValueError(f"tta must be one of {', '.join(TTA_VIEWS)}, got {tta!r}")
+    if feature_whole and train_settings.feature_views > 1:
+        raise ValueError("feature_whole needs feature_views 1 (the whole photo is an eval view)")
+    parts, part_labels = [train.features], [train.labels]
+    extra = [("train-flip", dict(hflip=True))] if feature_flip else []
+    if feature_whole:
+        extra += [("train-whole", dict(whole=True))] + ([("train-whole-flip", dict(whole=True, hflip=True))] if feature_flip else [])
+    for name, change in extra:
+        more = cached(train_files, train_labels, dataclasses.replace(train_settings, **change), name)
+        parts.append(more.features)
+        part_labels.append(more.labels)
+    features, labels = np.concatenate(parts), np.concatenate(part_labels)
+    val_views = {name: cached(val_files, val_labels, dataclasses.replace(val_settings, **change), name).features
+                 for name, change in TTA_VIEWS[tta]}
+    val_flip = val_views.pop("val-flip", None)
     mean, std = feature_statistics(features, feature_norm)
 
     def normalised(x: Optional[np.ndarray]) -> Optional[np.ndarray]:
@@ -247,11 +274,11 @@ def train_frozen_backbone(
     head = MobileNetV2Head(network.num_features, network.num_classes, dropout=0.0)  # dropout: on the host
     head.dense.weight.set_data(network.head.dense.weight.value().copy())
     head.dense.bias.set_data(network.head.dense.bias.value().copy())
+    whole_views = [normalised(v) for v in val_views.values()]
     history = train_head_on_features(head, normalised(features), labels, batch_size=batch_size, dropout=dropout,
-                                     val=(normalised(val.features), val.labels), val_flip=normalised(val_flip), **head_training)
-    val_logits = head_logits(head, normalised(val.features))
-    if val_flip is not None:
-        val_logits = average_flip_logits(val_logits, head_logits(head, normalised(val_flip)))
+                                     val=(normalised(val.features), val.labels), val_flip=normalised(val_flip),
+                                     val_whole=whole_views, **head_training)
+    val_logits = view_mean_logits(head, [normalised(val.features)] + ([] if val_flip is None else [normalised(val_flip)]) + whole_views)
     weight, bias = fold_normalisation(head.dense.weight.asnumpy(), head.dense.bias.asnumpy(), mean, std)
     network.head.dense.weight.set_data(ms.Tensor(weight))
     network.head.dense.bias.set_data(ms.Tensor(bias))
