@@ -6,7 +6,9 @@
 Model and data keys (width_mult, image_size, classes...) come from the same
 configs as training. Also reports the garbage-category accuracy (category =
 the one whose classes hold the most probability) and its confusion matrix.
-`--tta flip` averages the logits of each image and its mirror image. With
+`--tta flip` averages the logits of each image and its mirror image,
+`--tta flip+whole` also those of the whole photo and its mirror; without
+`--tta`, the mode the checkpoint's run evaluated with (its summary.json). With
 `--report_dir`, writes per_class.csv, confusion_matrix.png,
 category_confusion.txt/.png and eval.json there.
 """
@@ -55,10 +57,14 @@ def _evaluate(argv: Optional[List[str]], parser: argparse.ArgumentParser) -> int
     from ms_impl.trainer.classes import category_groups
     from ms_impl.trainer.config import parse_config
     from ms_impl.trainer.device import set_device
+    from ms_impl.trainer.run_folder import recorded_tta
 
     cfg, known = parse_config(argv, description=__doc__.split("\n\n")[0], parents=[parser])
     if known.report_dir is not None:  # checked before the (long) evaluation
         check_writable_folder(known.report_dir, "--report_dir")
+    given = sys.argv[1:] if argv is None else list(argv)
+    if not any(a == "--tta" or a.startswith("--tta=") for a in given):
+        cfg.tta = recorded_tta(known.checkpoint) or cfg.tta  # the checkpoint's run's own evaluation, when known
     set_device(cfg.device, cfg.mode)
     data_path, image_size, synthetic = dataset.resolve_data(cfg)
     images = dataset.scan_split(data_path, "val", [c.name for c in cfg.classes])

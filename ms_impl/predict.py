@@ -42,6 +42,7 @@ from ms_impl.trainer.errors import UsageError
 from ms_impl.trainer.images import IMAGE_EXTENSIONS, pipeline_bytes, unreadable_reason
 from ms_impl.trainer.metrics import TTA_MODES, average_flip_logits, category_probabilities, softmax
 from ms_impl.trainer.model_io import CheckpointError, load_model
+from ms_impl.trainer.run_folder import recorded_tta
 from parity.core.files import WriteError, one_line
 
 EXIT_INPUT_ERROR = 2
@@ -199,8 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default=None,
                         help="trainer config, classes YAML or CSV: class names (default configs/garbage26_classes.yaml)")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    parser.add_argument("--tta", choices=TTA_MODES, default="none",
-                        help="test-time augmentation: flip = average the logits of each image and its mirror image")
+    parser.add_argument("--tta", choices=TTA_MODES, default=None,
+                        help="test-time augmentation: flip = average the logits of each image and its mirror image, "
+                             "flip+whole = also of the whole photo and its mirror (default: what the checkpoint's "
+                             "run evaluated with, from its summary.json; none without one)")
     parser.add_argument("--sheet", default=None, metavar="FILE.png",
                         help="also draw a contact sheet of the photos with their predictions (PNG)")
     parser.add_argument("--uncertain_below", type=float, default=0.5,
@@ -237,11 +240,13 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"error: {args.checkpoint}: model has {net.num_classes} classes but the class list has {len(classes)}", file=sys.stderr)
         return EXIT_INPUT_ERROR
 
+    tta = args.tta or recorded_tta(Path(args.checkpoint)) or "none"
     files, errors = collect_images(args.images)
-    predictions, read_errors = predict_files(net, files, classes, image_size, min(args.top_k, len(classes)), tta=args.tta)
+    predictions, read_errors = predict_files(net, files, classes, image_size, min(args.top_k, len(classes)), tta=tta)
     errors += read_errors
     if args.json:
-        print(json.dumps({"checkpoint": args.checkpoint, "predictions": predictions, "errors": errors}, ensure_ascii=False, indent=2))
+        print(json.dumps({"checkpoint": args.checkpoint, "tta": tta, "predictions": predictions, "errors": errors},
+                         ensure_ascii=False, indent=2))
     elif predictions:
         print(format_text(predictions))
     for err in errors:

@@ -184,7 +184,12 @@ def test_predict_reads_classes_and_image_size_from_a_trainer_config(tiny, tmp_pa
     assert load_classes(str(config)) == load_classes(tiny["classes"])
     green = tiny["data"]["train"][7][0]
     assert predict.main(["--checkpoint", tiny["ckpt"], "--config", str(config), "--json", green]) == 0
-    best = __import__("json").loads(capsys.readouterr().out)["predictions"][0]["top_k"][0]
+    out = json.loads(capsys.readouterr().out)
+    best = out["predictions"][0]["top_k"][0]
+    # without --tta: the mode the checkpoint's run evaluated with (its summary.json), else none
+    from ms_impl.trainer.run_folder import recorded_tta
+
+    assert out["tta"] == (recorded_tta(tiny["ckpt"]) or "none")
     assert (best["name"], best["category"]) == ("Green Thing", "Kitchen waste")
     # the shipped default: the trainer's 26 garbage classes, in the reference order
     table = load_classes()

@@ -133,3 +133,21 @@ def test_frozen_run_trains_on_whole_views_and_evaluates_over_four_views(tmp_path
     for record, row in zip(records, softmax(expected)):
         for entry in record["top_k"]:
             assert entry["probability"] == pytest.approx(row[entry["index"]], abs=1e-5)
+
+
+def test_eval_and_predict_default_to_the_tta_of_the_checkpoints_run(tmp_path):
+    """eval.py and predict.py without --tta use the run's own evaluation mode, read from its summary.json."""
+    import json
+
+    from ms_impl.trainer.run_folder import recorded_tta
+
+    checkpoint = tmp_path / "run" / "checkpoints" / "mobilenetv2-best.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"")
+    assert recorded_tta(checkpoint) is None  # a checkpoint from elsewhere: no summary
+    summary = tmp_path / "run" / "summary.json"
+    summary.write_text(json.dumps({"tta": "flip+whole", "final": {}}), encoding="utf-8")
+    assert recorded_tta(checkpoint) == "flip+whole"
+    for text in ("{not json", json.dumps({"tta": "sideways"}), json.dumps(["tta"])):
+        summary.write_text(text, encoding="utf-8")
+        assert recorded_tta(checkpoint) is None

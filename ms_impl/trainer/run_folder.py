@@ -6,6 +6,8 @@
   file, so a refused second trainer names the holder; a sidecar naming a dead
   process on this host is reported as a stale lock and taken over.
 - `holds_run`: whether the folder holds a run's results or checkpoints.
+- `recorded_tta`: the test-time augmentation a checkpoint's run evaluated with
+  (its `summary.json`), the default of eval.py and predict.py for that checkpoint.
 - `move_aside`: `--force` (or `--resume auto` with nothing intact to resume)
   renames the old run's files into a sibling `<output_dir>.old-<time>` folder
   instead of deleting them, and only after every input has been validated.
@@ -169,3 +171,16 @@ def move_aside(folder: Path) -> Optional[Path]:
         raise UsageError(f"{folder}: cannot move the old run aside to {target} ({exc.strerror or exc}); "
                          "nothing was deleted") from None
     return target
+
+
+def recorded_tta(checkpoint: Path) -> Optional[str]:
+    """The `tta` of the run that wrote `checkpoint` (`<run>/checkpoints/*.ckpt` beside `<run>/summary.json`),
+    or None when there is no readable summary naming a known mode (a checkpoint from elsewhere)."""
+    from ms_impl.trainer.metrics import TTA_MODES
+
+    summary = Path(checkpoint).resolve().parent.parent / "summary.json"
+    try:
+        tta = json.loads(summary.read_text(encoding="utf-8")).get("tta")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return tta if tta in TTA_MODES else None

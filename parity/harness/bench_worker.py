@@ -272,7 +272,7 @@ class MindSporePeer:
 
         from ms_impl import weights as ms_weights
         from ms_impl.fast_conv import resolve_fast_conv
-        from ms_impl.mobilenetv2 import ConvBNReLU
+        from ms_impl.mobilenetv2 import ConvBNReLU, InvertedResidual
         from ms_impl.mobilenetv2 import MobileNetV2 as MsNet
 
         _start_mindspore(settings)
@@ -287,7 +287,8 @@ class MindSporePeer:
         self.net = MsNet(num_classes=settings.num_classes, width_mult=settings.width, fast_conv=self.fast_conv)
         ms_weights.load_into(self.net, tensors, strict=True)
         if peer == MS_UNFOLDED:
-            folding = [cell for _, cell in self.net.cells_and_names() if isinstance(cell, ConvBNReLU) and cell.fold_bn]
+            folding = [cell for _, cell in self.net.cells_and_names()
+                       if isinstance(cell, (ConvBNReLU, InvertedResidual)) and cell.fold_bn]
             if not folding:
                 raise RuntimeError("nothing folded (kernels off)")
             for cell in folding:
