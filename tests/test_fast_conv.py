@@ -745,3 +745,21 @@ def test_bench_hosts_each_peer_in_a_process_of_its_own_unless_asked():
     (group,) = bench._peer_groups(args)
     assert bench_worker.PT_COMPILED not in group and bench_worker.DATA not in group
     assert {bench_worker.MS_TWIN, bench_worker.PT_CHANNELS_LAST, bench_worker.ORT} <= set(group)
+
+
+def test_bench_orders_steps_interleaved_or_one_peer_after_the_other():
+    from parity.harness import bench
+
+    calls = []
+
+    def peer(name):
+        def run():
+            calls.append(name)
+            return 0.5
+        return run
+
+    timings = bench._interleave({"a": peer("a"), "b": peer("b")}, warmup=1, steps=2)
+    assert calls == ["a", "b"] * 3 and timings["a"].steps == [0.5, 0.5] and timings["a"].first_call == 0.5
+    calls.clear()
+    timings = bench._interleave({"a": peer("a"), "b": peer("b")}, warmup=1, steps=2, sequential=True)
+    assert calls == ["a"] * 3 + ["b"] * 3 and timings["b"].steps == [0.5, 0.5]

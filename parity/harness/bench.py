@@ -22,7 +22,9 @@ export) are written once by another process, and every peer loads them.
 Times a training step (forward + backward + Momentum update, smoothed cross
 entropy) and an eval forward. Steps of all peers are interleaved (A, B, C, A,
 B, C, ...: one process works at a time, the others wait on a pipe), so load
-from other processes on a shared machine hits all alike.
+from other processes on a shared machine hits all alike; `--order sequential`
+runs all of one peer's steps before the next peer's instead (each back to
+back, as if alone: PyTorch measured that way ran faster than interleaved).
 Each figure is the median over `--steps` steps after `--warmup` steps, with
 the range (slowest-fastest step) beside it; the first call of each peer
 (graph compilation, `torch.compile`) is reported on its own. Then the
@@ -81,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="MindSpore twin's 3x3 kernels (ms_impl/fast_conv.py)")
     parser.add_argument("--mode", choices=("graph", "pynative"), default="graph", help="MindSpore execution mode")
     parser.add_argument("--num-classes", type=int, default=1000, help="classes of the head")
+    parser.add_argument("--order", choices=("interleaved", "sequential"), default="interleaved",
+                        help="whole-network steps: interleaved across peers (A, B, C, A, ...: load hits all alike) or "
+                             "sequential (all of A's steps, then B's: each peer back to back, as if alone)")
     parser.add_argument("--one-process", action="store_true",
                         help="host every peer in one worker process (as the bench did before: PyTorch ran slower "
                              "there than alone) instead of one process per peer")
@@ -121,9 +126,15 @@ class Timing:
         return f"{self.rate(batch):.3g} ({batch / max(self.steps):.3g}-{batch / min(self.steps):.3g})"
 
 
-def _interleave(runs: Dict[str, Callable[[], float]], warmup: int, steps: int) -> Dict[str, Timing]:
-    """Times every run (each returns the seconds its call took), their steps interleaved; a run that
-    raises is skipped with its reason."""
+def _interleave(runs: Dict[str, Callable[[], float]], warmup: int, steps: int, sequential: bool = False) \
+        -> Dict[str, Timing]:
+    """Times every run (each returns the seconds its call took), their steps interleaved (or, `sequential`,
+    all steps of one run before the next run's); a run that raises is skipped with its reason."""
+    if sequential:
+        timings: Dict[str, Timing] = {}
+        for name, run in runs.items():
+            timings.update(_interleave({name: run}, warmup, steps))
+        return timings
     timings = {name: Timing() for name in runs}
     active = dict(runs)
     for round_index in range(max(1, warmup) + steps):
@@ -252,13 +263,16 @@ def _whole_network(args: argparse.Namespace, workers: Workers) -> Tuple[Dict[str
     """(train timings, eval timings) of every peer, by its printed name."""
     hosted = [peer for peer in PEER_NAMES if peer in workers.hosts]
     # Eval first, while every peer's weights are still the same.
-    evaluation = _interleave({PEER_NAMES[p]: workers.timed(p, "eval") for p in hosted}, args.warmup, args.steps)
+    sequential = args.order == "sequential"
+    evaluation = _interleave({PEER_NAMES[p]: workers.timed(p, "eval") for p in hosted}, args.warmup, args.steps,
+                             sequential)
     if args.skip_compile:
         evaluation[PT_COMPILED] = Timing(skipped="--skip-compile")
     if args.skip_train:
         return {name: Timing(skipped="--skip-train") for name in evaluation}, evaluation
     trainable = [p for p in hosted if p not in (worker.ORT, worker.MS_UNFOLDED)]
-    train = _interleave({PEER_NAMES[p]: workers.timed(p, "train") for p in trainable}, args.warmup, args.steps)
+    train = _interleave({PEER_NAMES[p]: workers.timed(p, "train") for p in trainable}, args.warmup, args.steps,
+                        sequential)
     train[ORT] = Timing(skipped="inference only")
     train[MS_UNFOLDED] = Timing(skipped="training never folds")
     if args.skip_compile:
@@ -425,7 +439,7 @@ def _report(args: argparse.Namespace, workers: Workers) -> None:
     print(f"# parity bench, {stamp}, {platform.machine()} {os.cpu_count()} CPUs, threads {args.threads or 'default'}, "
           f"{where}, load average {_load_average()}")
     print(f"# batch {args.batch}, {args.image_size}x{args.image_size}, width {args.width}, "
-          f"median (range) of {args.steps} interleaved steps after {args.warmup} warm-up")
+          f"median (range) of {args.steps} {args.order} steps after {args.warmup} warm-up")
     for peer, name in PEER_NAMES.items():  # builds every peer (untimed): versions, or why it cannot run
         if peer in workers.hosts:
             answer = workers.request(peer, "describe")
