@@ -33,6 +33,11 @@ per-layer-type breakdown: one representative layer of each type timed alone,
 forward and forward+backward, in MindSpore and in PyTorch NCHW and
 channels_last, so the next bottleneck shows.
 
+Each PyTorch peer's process runs one eval-mode forward + backward (weights and
+BatchNorm statistics untouched) before anything is timed: PyTorch's CPU eval
+measured 2x faster after one than before any (the memory allocator's state),
+and a PyTorch user's process has usually trained or warmed up by then.
+
 Timings belong in benchmarks like this one, never in tests. Compare ratios,
 not absolute img/s, between runs on a shared machine.
 """
