@@ -656,12 +656,18 @@ def test_training_step_graph_and_pynative(fast_conv):
         ms.set_context(mode=ms.PYNATIVE_MODE)
 
 
-def test_bench_rejects_bad_options(capsys):
+def test_bench_rejects_bad_options(capsys, tmp_path):
     from parity.harness import bench
 
     assert bench.main(["--batch", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--batch >= 1" in err and len(err.strip().splitlines()) == 1
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"not a checkpoint")
+    for weights in (tmp_path / "missing.ckpt", broken):
+        assert bench.main(["--weights", str(weights), "--batch", "2", "--image-size", "32"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --weights: ") and str(weights) in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.slow

@@ -247,10 +247,16 @@ def _last_line(path: str) -> str:
     return lines[-1][:200] if lines else "no output"
 
 
+class BadInput(Exception):
+    """An input of the user's that the bench cannot use; its text is the one error line."""
+
+
 def _prepare_inputs(args: argparse.Namespace, folder: str) -> None:
     """The batch, the weights and their ONNX export, written once by a process of their own."""
     result = subprocess.run(_worker_command(_worker_settings(args), folder) + ["--prepare"], capture_output=True,
                             text=True, env=_worker_environment())
+    if result.returncode == 2:  # bad input (--weights): the worker's own one-line error
+        raise BadInput(result.stderr.strip().splitlines()[-1])
     if result.returncode != 0:
         raise RuntimeError(f"preparing the inputs failed (exit {result.returncode}): "
                            + ((result.stderr or result.stdout).strip().splitlines() or ["no output"])[-1][:300])
@@ -427,6 +433,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="parity-bench-") as folder:
         try:
             _prepare_inputs(args, folder)
+        except BadInput as exc:
+            print(exc, file=sys.stderr)
+            return 2
         except RuntimeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

@@ -467,7 +467,11 @@ def main() -> int:
     os.environ.setdefault("GLOG_v", "3")
     folder = Path(args.inputs)
     if args.prepare:
-        prepare(settings, folder)
+        try:
+            prepare(settings, folder)
+        except convert.ConversionError as exc:  # the user's --weights: one line, exit 2 (bench.py passes it on)
+            print(f"error: --weights: {one_line(exc, with_type=False)}", file=sys.stderr)
+            return 2
         return 0
     # Answers go to the stdout this process started with; whatever a library prints goes to stderr.
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
