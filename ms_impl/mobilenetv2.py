@@ -19,8 +19,9 @@ stem, the depthwise 3x3 and the 1x1 convolutions, and BatchNorm (+ ReLU6),
 with our CPU kernels (`ms_impl/fast_conv.py`), because MindSpore's own CPU
 kernels for them are up to 14-27x slower than PyTorch's. In eval mode the
 convolutions also fold their BatchNorm and apply the bias (+ ReLU6) in the same
-kernel pass (`ConvBNReLU.folded_forward`, `InvertedResidual.folded_forward`). The device is read from MindSpore's context when the
-network is built: call `ms.set_device(...)` first; on GPU and Ascend "auto"
+kernel pass (`ConvBNReLU.folded_forward`, `InvertedResidual.folded_forward`).
+The device is read from MindSpore's context when the network is built: call
+`ms.set_device(...)` first; on GPU and Ascend "auto"
 and "on" keep MindSpore's own kernels. A framework difference, so the PyTorch
 twin has no such switch. Parameter names, shapes, init and checkpoints are
 the same either way.
