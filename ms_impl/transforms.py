@@ -6,9 +6,16 @@ Input: encoded image bytes; output: float32 CHW, ImageNet-normalised.
 """
 from __future__ import annotations
 
-from typing import List
+from fractions import Fraction
+from typing import List, Tuple
 
 from parity.core import preprocess
+
+
+def _choice_counts(whole_prob: float, max_count: int = 20) -> Tuple[int, int]:
+    """(whole, crop) copies whose ratio is `whole_prob` to within 1/max_count."""
+    share = Fraction(whole_prob).limit_denominator(max_count)
+    return share.numerator, share.denominator - share.numerator
 
 
 def eval_transforms(image_size: int) -> List:
@@ -45,14 +52,23 @@ def train_transforms(
     scale=(0.08, 1.0),
     color_jitter: float = 0.4,
     hflip_prob: float = 0.5,
+    whole_prob: float = 0.0,
 ) -> List:
-    """Decode, random resized crop, horizontal flip, colour jitter, normalise, HWC->CHW."""
-    from mindspore.dataset import vision
+    """Decode, random resized crop, horizontal flip, colour jitter, normalise, HWC->CHW.
 
-    ops = [
-        vision.RandomCropDecodeResize(image_size, scale=tuple(scale), ratio=preprocess.RANDOM_CROP_RATIO, interpolation=vision.Inter.BILINEAR),
-        vision.RandomHorizontalFlip(prob=hflip_prob),
-    ]
+    `whole_prob`: the fraction of views that are the whole photo resized to a square
+    (the view `whole_transforms` makes) instead of a random resized crop, so a model
+    scored with `tta: flip+whole` has seen such views.
+    """
+    from mindspore.dataset import transforms, vision
+
+    view = vision.RandomCropDecodeResize(image_size, scale=tuple(scale), ratio=preprocess.RANDOM_CROP_RATIO, interpolation=vision.Inter.BILINEAR)
+    if whole_prob > 0:
+        whole = transforms.Compose([vision.Decode(), vision.Resize((image_size, image_size), interpolation=vision.Inter.BILINEAR)])
+        # RandomChoice draws uniformly (seeded by the pipeline's seed): the weight is a count of repeats.
+        share = _choice_counts(whole_prob)
+        view = transforms.RandomChoice([whole] * share[0] + [view] * share[1])
+    ops = [view, vision.RandomHorizontalFlip(prob=hflip_prob)]
     if color_jitter > 0:
         ops.append(vision.RandomColorAdjust(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
     ops += [

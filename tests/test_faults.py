@@ -394,7 +394,7 @@ def test_a_file_that_vanishes_or_breaks_mid_run_is_skipped_with_a_warning(tmp_pa
     images = dataset.scan_split(data, "train", names)
     images.files[0].unlink()  # vanished
     images.files[4].write_bytes(b"not an image any more")  # rewritten
-    cfg = SimpleNamespace(seed=0, crop_scale_min=0.5, color_jitter=0.0, hflip_prob=0.5, train_augment=True,
+    cfg = SimpleNamespace(seed=0, crop_scale_min=0.5, color_jitter=0.0, hflip_prob=0.5, train_whole_prob=0.5, train_augment=True,
                           num_workers=1, batch_size=2)
     batches = list(dataset.train_dataset(images, cfg, 32, epoch=0).create_tuple_iterator(output_numpy=True, num_epochs=1))
     assert len(batches) == 3 and all(b[0].shape == (2, 3, 32, 32) for b in batches)

@@ -47,6 +47,27 @@ def test_whole_transform_keeps_the_whole_photo_and_the_crop_does_not(tmp_path):
     np.testing.assert_allclose(crop, np.broadcast_to(_normalised((0, 255, 0))[:, None, None], (3, 32, 32)), atol=1e-4)
 
 
+@pytest.mark.parametrize("whole_prob", [0.0, 0.25, 1.0])
+def test_train_transforms_mix_whole_photo_views_at_train_whole_prob(tmp_path, whole_prob):
+    import mindspore.dataset as ds
+
+    from ms_impl.transforms import train_transforms
+
+    encoded = _encoded_stripes(tmp_path)
+    draws = 400
+    ds.config.set_seed(5)
+    data = ds.NumpySlicesDataset({"image": [encoded] * draws}, shuffle=False)
+    # crops of at most 10% of the area are narrower than a stripe: they never show red and blue at once
+    data = data.map(train_transforms(32, scale=(0.05, 0.1), color_jitter=0.0, whole_prob=whole_prob), input_columns="image")
+    red, blue = _normalised((255, 0, 0)), _normalised((0, 0, 255))
+    whole_views = 0
+    for (view,) in data.create_tuple_iterator(output_numpy=True):
+        left, right = view[:, 16, 2], view[:, 16, 29]  # red | blue, or blue | red when flipped
+        whole_views += any(np.allclose(a, left, atol=1e-3) and np.allclose(b, right, atol=1e-3) for a, b in ((red, blue), (blue, red)))
+    # binomial(400, 0.25): 4 standard deviations = 0.087
+    assert abs(whole_views / draws - whole_prob) < 0.09
+
+
 def test_whole_views_have_their_own_cache_key_and_need_one_view():
     from ms_impl.trainer.feature_cache import FeatureSettings
 

@@ -90,6 +90,7 @@ KEY_RULES: Dict[str, Any] = {
     "crop_scale_min": Range(0, 1, low_open=True),
     "color_jitter": NON_NEGATIVE,
     "hflip_prob": FRACTION,
+    "train_whole_prob": FRACTION,
     "width_mult": POSITIVE,
     "dropout": PROPER_FRACTION,
     "lr_init": NON_NEGATIVE,

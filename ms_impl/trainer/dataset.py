@@ -161,7 +161,8 @@ def train_dataset(images: ImageList, cfg, image_size: int, epoch: int, num_shard
     order = shard_train_order(order, num_shards, shard_id)
     source = _EncodedImages(images, order)
     data = ds.GeneratorDataset(source, ["image", "label"], shuffle=False)
-    transforms = (train_transforms(image_size, scale=(cfg.crop_scale_min, 1.0), color_jitter=cfg.color_jitter, hflip_prob=cfg.hflip_prob)
+    transforms = (train_transforms(image_size, scale=(cfg.crop_scale_min, 1.0), color_jitter=cfg.color_jitter, hflip_prob=cfg.hflip_prob,
+                                   whole_prob=cfg.train_whole_prob)
                   if cfg.train_augment else eval_transforms(image_size))
     data = data.map(
         transforms,
