@@ -19,7 +19,7 @@ run frozen --data_path "$DATA" --pretrained "$WEIGHTS" --freeze_backbone true
 run finetune --data_path "$DATA" --pretrained "$WEIGHTS"
 for split in random blocks; do
     python experiments/cv_frozen.py --data_path "$DATA" --pretrained "$WEIGHTS" --split "$split" --light_views 0 \
-        --cache_dir "$OUT/cv_features" --recipes readme_frozen,center_e30_wd1e-3_flip_tta,center_e30_wd1e-2_flip_tta \
+        --cache_dir "$OUT/cv_features" --recipes readme_frozen,center_e30_wd1e-2_flip_tta,center_e30_wd1e-2_flip_whole_tta \
         > "$OUT/cv_frozen_$split.md" 2> "$OUT/cv_frozen_$split.log"
 done
 python experiments/cv_finetune.py --data_path "$DATA" --pretrained "$WEIGHTS" --split blocks \

@@ -357,6 +357,22 @@ def _self_test_entry_points(path: Path) -> None:
         status, got = call_entry_point(library, name, arrays)
         if status != 0 or not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
             raise FastConvUnavailable(f"self-test: {name} gives wrong results")
+    # The folded BatchNorm's bias gradients: y has values at 0, inside (0, 6) and at 6.
+    y = np.clip(want + bias[None, :, None, None], 0.0, 6.0).astype(np.float32)
+    dz_want = np.where((y > 0) & (y < 6), dy, 0)
+    status, db = call_entry_point(library, "bias_grad", [dy, np.zeros(13)])
+    status_relu6, (dz, db_relu6) = call_entry_point(library, "bias_relu6_grad", [dy, y, np.zeros(y.shape), np.zeros(13)],
+                                                    outputs=2)
+    for code, got, expected in ((status, db, dy.sum(axis=(0, 2, 3))), (status_relu6, dz, dz_want),
+                                (status_relu6, db_relu6, dz_want.sum(axis=(0, 2, 3)))):
+        if code != 0 or not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
+            raise FastConvUnavailable("self-test: bias_grad / bias_relu6_grad give wrong results")
+    # The weight gradient's dot-product form (784 pixels per image and more), with partial tiles.
+    x, dy = rng.standard_normal((2, 4, 28, 29)).astype(np.float32), rng.standard_normal((2, 5, 28, 29)).astype(np.float32)
+    status, dw = call_entry_point(library, "pw_grad_weight_s1", [x, dy, np.zeros((5, 4, 1, 1))])
+    if status != 0 or not np.allclose(dw[:, :, 0, 0], np.einsum("nmhw,nkhw->mk", dy, x), rtol=1e-4, atol=1e-3):
+        raise FastConvUnavailable("self-test: pw_grad_weight_s1 gives wrong results (many pixels)")
+    x = rng.standard_normal((3, 5, 3, 7)).astype(np.float32)
     if call_entry_point(library, "pw_forward_s1", [x, w, np.zeros((3, 12, 3, 7))])[0] != 1:
         raise FastConvUnavailable("self-test: pw_forward_s1 accepts a wrong output shape")
     setter = library.mbv2_set_threads
@@ -403,6 +419,7 @@ def forget_resolution() -> None:
     _kernel_ops.cache_clear()
     _batch_norm_ops.cache_clear()
     _affine_op.cache_clear()
+    _bias_grad_ops.cache_clear()
     _state["warned"] = False
 
 
@@ -437,6 +454,15 @@ def _same_dtype(*dtypes):
 
 
 @functools.lru_cache(maxsize=None)
+def _bias_grad_ops() -> Tuple[ops.Custom, ops.Custom]:
+    """The bias forms' backward, one pass each: dy -> db[C]; (dy, y) -> (dz, db[C]) through ReLU6."""
+    library = _cached_library()[0]
+    return (ops.Custom(f"{library}:bias_grad", out_shape=lambda dy: (dy[1],), out_dtype=_same_dtype, func_type="aot"),
+            ops.Custom(f"{library}:bias_relu6_grad", out_shape=lambda dy, y: (dy, (dy[1],)),
+                       out_dtype=lambda *dtypes: (dtypes[0],) * 2, func_type="aot"))
+
+
+@functools.lru_cache(maxsize=None)
 def _kernel_ops(kind: str, stride: int) -> Tuple[ops.Custom, ops.Custom, Optional[ops.Custom]]:
     """(forward, forward_bias_relu6, forward_bias or None) Custom ops of `kind` ("dw", "dense" or "pw")
     at `stride`, with their bprops; shared by all layers. Only "pw" has the bias-only forward (the
@@ -459,14 +485,16 @@ def _kernel_ops(kind: str, stride: int) -> Tuple[ops.Custom, ops.Custom, Optiona
     def bprop(x, w, out, dout):
         return grad_input(dout, w, x), grad_weight(x, dout)
 
+    grad_bias, grad_bias_relu6 = _bias_grad_ops()
+
     def bias_bprop(x, w, bias, out, dout):
-        return grad_input(dout, w, x), grad_weight(x, dout), dout.sum(axis=(0, 2, 3))
+        return grad_input(dout, w, x), grad_weight(x, dout), grad_bias(dout)
 
     def bias_relu6_bprop(x, w, bias, out, dout):
-        # ReLU6 passes the gradient where its output is strictly inside (0, 6), as ops.ReLU6 does.
-        inside = ops.logical_and(out > 0, out < 6)
-        dz = ops.select(inside, dout, ops.zeros_like(dout))
-        return grad_input(dz, w, x), grad_weight(x, dz), dz.sum(axis=(0, 2, 3))
+        # Read from the clamped output: passes where 0 < y < 6. y == 6 stops it, including the pre-activation
+        # exactly 6 that ops.ReLU6 passes (indistinguishable here from above 6; never met in practice).
+        dz, dbias = grad_bias_relu6(dout, out)
+        return grad_input(dz, w, x), grad_weight(x, dz), dbias
 
     forward_shape = _forward_shape(stride)
     with_bias = custom("forward_bias", lambda x, w, bias: forward_shape(x, w), bias_bprop) if kind == "pw" else None
@@ -583,7 +611,8 @@ class FastBatchNorm2d(nn.BatchNorm2d):
         self.affine_kernel = _affine_op(False)
         self.affine_relu6_kernel = _affine_op(True)
 
-    def _batch_statistics(self) -> bool:
+    def uses_batch_statistics(self) -> bool:
+        """Whether this pass normalises with the batch's statistics (and updates the moving ones)."""
         return self.use_batch_statistics is True or (self.use_batch_statistics is None and self.training)
 
     def _train_forward(self, x: ms.Tensor, kernel) -> ms.Tensor:
@@ -597,13 +626,13 @@ class FastBatchNorm2d(nn.BatchNorm2d):
         return kernel(x, scale, self.beta - ops.stop_gradient(self.moving_mean) * scale)
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
-        if self._batch_statistics():
+        if self.uses_batch_statistics():
             return self._train_forward(x, self.train_kernel)
         return self._affine_forward(x, self.affine_kernel)
 
     def relu6(self, x: ms.Tensor) -> ms.Tensor:
         """relu6(batch_norm(x)) in one kernel pass (forward and backward)."""
-        if self._batch_statistics():
+        if self.uses_batch_statistics():
             return self._train_forward(x, self.train_relu6_kernel)
         return self._affine_forward(x, self.affine_relu6_kernel)
 

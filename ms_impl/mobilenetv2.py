@@ -17,9 +17,11 @@ a model trained from scratch starts alike in both frameworks.
 `fast_conv` ("auto" by default, "on", "off"; MindSpore only): computes the
 stem, the depthwise 3x3 and the 1x1 convolutions, and BatchNorm (+ ReLU6),
 with our CPU kernels (`ms_impl/fast_conv.py`), because MindSpore's own CPU
-kernels for them are up to 14-27x slower than PyTorch's. In eval mode the
-convolutions also fold their BatchNorm and apply the bias (+ ReLU6) in the same
-kernel pass (`ConvBNReLU.folded_forward`, `InvertedResidual.folded_forward`).
+kernels for them are up to 14-27x slower than PyTorch's. Wherever BatchNorm runs
+on its moving statistics (eval mode, and training with frozen BatchNorm, the
+trainer's `freeze_bn`) the convolutions fold it into their weights and apply the
+bias (+ ReLU6) in the same kernel pass (`ConvBNReLU.folded_forward`,
+`InvertedResidual.folded_forward`); gradients reach gamma and beta through the fold.
 The device is read from MindSpore's context when the network is built: call
 `ms.set_device(...)` first; on GPU and Ascend "auto"
 and "on" keep MindSpore's own kernels. A framework difference, so the PyTorch
@@ -67,21 +69,21 @@ class ConvBNReLU(nn.Cell):
         conv = _conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.groups, fast_conv)
         bn = batch_norm(layer.out_channels, fast_conv)
         self.features = nn.SequentialCell([conv, bn, nn.ReLU6()])
-        # Inference with our kernels: BN folded into the weights, bias + ReLU6 in the kernel's own pass.
-        self.fold_bn = isinstance(conv, FOLDABLE)
-        # Training with our kernels: BatchNorm (batch or frozen statistics) + ReLU6 in one kernel, forward and backward.
+        # BN on moving statistics with our kernels: folded into the weights, bias + ReLU6 in the kernel's own pass.
+        self.fold_bn = isinstance(conv, FOLDABLE) and isinstance(bn, fast_conv_kernels.FastBatchNorm2d)
+        # Training with our kernels: BatchNorm (batch statistics) + ReLU6 in one kernel, forward and backward.
         self.fuse_bn_relu6 = isinstance(bn, fast_conv_kernels.FastBatchNorm2d)
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
-        if self.training or not self.fold_bn:
-            if self.fuse_bn_relu6:
-                # One kernel pass, forward and backward, with batch or (frozen BN) moving statistics.
-                return self.features[1].relu6(self.features[0](x))
-            return self.features(x)
-        return self.folded_forward(x)
+        if self.fold_bn and not self.features[1].uses_batch_statistics():
+            return self.folded_forward(x)
+        if self.fuse_bn_relu6:
+            # One kernel pass, forward and backward.
+            return self.features[1].relu6(self.features[0](x))
+        return self.features(x)
 
     def folded_forward(self, x: ms.Tensor) -> ms.Tensor:
-        """Eval-mode output with the BatchNorm folded: relu6(conv(x, w * s) + beta - mean * s),
+        """The output with the BatchNorm on its moving statistics folded: relu6(conv(x, w * s) + beta - mean * s),
         s = gamma / sqrt(var + eps). Only for layers computed by our kernels (`fold_bn`)."""
         weight, bias = folded_batch_norm(self.features[0], self.features[1])
         return self.features[0].bias_relu6(x, weight, bias)
@@ -89,8 +91,9 @@ class ConvBNReLU(nn.Cell):
 
 def folded_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d):
     """(w * s, beta - mean * s), s = gamma / sqrt(var + eps): conv then eval-mode BN as one conv with a bias."""
-    scale = bn.gamma / ops.sqrt(bn.moving_variance + bn.eps)
-    return conv.weight * scale.reshape((-1, 1, 1, 1)), bn.beta - bn.moving_mean * scale
+    # The moving statistics are constants here (frozen BatchNorm in training): gradients reach w, gamma, beta.
+    scale = bn.gamma / ops.sqrt(ops.stop_gradient(bn.moving_variance) + bn.eps)
+    return conv.weight * scale.reshape((-1, 1, 1, 1)), bn.beta - ops.stop_gradient(bn.moving_mean) * scale
 
 
 class InvertedResidual(nn.Cell):
@@ -104,17 +107,17 @@ class InvertedResidual(nn.Cell):
         self.conv = nn.SequentialCell(layers)
         self.use_residual = block.use_residual
         self.has_expand = block.expand is not None
-        # Inference with our 1x1 kernel: the projection's BN folded into it, bias added in its own pass.
-        self.fold_bn = isinstance(projection, fast_conv_kernels.FastConv1x1)
+        # BN on moving statistics with our 1x1 kernel: the projection's BN folded into it, bias added in its own pass.
+        self.fold_bn = isinstance(projection, fast_conv_kernels.FastConv1x1) and isinstance(self.conv[-1], fast_conv_kernels.FastBatchNorm2d)
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
-        out = self.conv(x) if self.training or not self.fold_bn else self.folded_forward(x)
+        out = self.folded_forward(x) if self.fold_bn and not self.conv[-1].uses_batch_statistics() else self.conv(x)
         if self.use_residual:
             return x + out
         return out
 
     def folded_forward(self, x: ms.Tensor) -> ms.Tensor:
-        """Eval-mode body with the projection's BatchNorm folded into it (see ConvBNReLU.folded_forward)."""
+        """The body with the projection's BatchNorm on its moving statistics folded into it (see ConvBNReLU.folded_forward)."""
         if self.has_expand:
             hidden = self.conv[1](self.conv[0](x))
             weight, bias = folded_batch_norm(self.conv[2], self.conv[3])

@@ -6,16 +6,9 @@ Input: encoded image bytes; output: float32 CHW, ImageNet-normalised.
 """
 from __future__ import annotations
 
-from fractions import Fraction
-from typing import List, Tuple
+from typing import List
 
 from parity.core import preprocess
-
-
-def _choice_counts(whole_prob: float, max_count: int = 20) -> Tuple[int, int]:
-    """(whole, crop) copies whose ratio is `whole_prob` to within 1/max_count."""
-    share = Fraction(whole_prob).limit_denominator(max_count)
-    return share.numerator, share.denominator - share.numerator
 
 
 def eval_transforms(image_size: int) -> List:
@@ -66,8 +59,8 @@ def train_transforms(
     if whole_prob > 0:
         whole = transforms.Compose([vision.Decode(), vision.Resize((image_size, image_size), interpolation=vision.Inter.BILINEAR)])
         # RandomChoice draws uniformly (seeded by the pipeline's seed): the weight is a count of repeats.
-        share = _choice_counts(whole_prob)
-        view = transforms.RandomChoice([whole] * share[0] + [view] * share[1])
+        whole_count, crop_count = preprocess.whole_view_counts(whole_prob)
+        view = transforms.RandomChoice([whole] * whole_count + [view] * crop_count)
     ops = [view, vision.RandomHorizontalFlip(prob=hflip_prob)]
     if color_jitter > 0:
         ops.append(vision.RandomColorAdjust(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))

@@ -11,10 +11,13 @@ Mirrors `ms_impl/transforms.py` op for op, with the constants of
   torchvision rounds half to even instead, which moves odd-margin crops by one pixel).
 - Normalize: float32 `(pixel - mean) / std` on the 0-255 scale.
 - HWC2CHW: channels first, returned as a torch tensor.
+- ResizeSquare (the whole-photo view of `whole_transforms`): PIL BICUBIC to
+  size x size; within 3 grey levels of mindspore.dataset's PILCUBIC, which
+  rounds differently for some unequal axis scales.
 
 The train ops mirror mindspore.dataset's random augmentations in kind and
-parameters (random resized crop with bilinear resize, horizontal flip, colour
-jitter); random draws differ between frameworks, so only eval is compared
+parameters (random resized crop with bilinear resize, or with `whole_prob` the
+whole photo squashed to a square, horizontal flip, colour jitter); random draws differ between frameworks, so only eval is compared
 pixel for pixel. Input: encoded image bytes; output: float32 CHW tensor,
 ImageNet-normalised.
 """
@@ -52,6 +55,16 @@ class Resize:
     def __call__(self, image: Image.Image) -> Image.Image:
         height, width = self.output_size(image.height, image.width)
         return image.resize((width, height), Image.BICUBIC)
+
+
+class ResizeSquare:
+    """The whole image to size x size, aspect ratio not kept (nothing cut off)."""
+
+    def __init__(self, size: int, resample: int = Image.BICUBIC) -> None:
+        self.size, self.resample = size, resample
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return image.resize((self.size, self.size), self.resample)
 
 
 class CenterCrop:
@@ -113,6 +126,18 @@ class RandomCropDecodeResize:
         return image.resize((self.size, self.size), Image.BILINEAR, box=(left, top, left + w, top + h))
 
 
+class RandomChoice:
+    """One of `choices` (each a list of ops), drawn uniformly per call, as mindspore.dataset's RandomChoice."""
+
+    def __init__(self, choices: Sequence[Sequence[Callable]], rng: np.random.Generator) -> None:
+        self.choices, self.rng = choices, rng
+
+    def __call__(self, value):
+        for op in self.choices[int(self.rng.integers(len(self.choices)))]:
+            value = op(value)
+        return value
+
+
 class RandomHorizontalFlip:
     def __init__(self, prob: float, rng: np.random.Generator) -> None:
         self.prob, self.rng = prob, rng
@@ -154,19 +179,35 @@ def eval_transforms(image_size: int) -> List[Callable]:
     ]
 
 
+def whole_transforms(image_size: int) -> List[Callable]:
+    """Decode, resize the whole photo to image_size x image_size (aspect not kept, nothing cut off), normalise, HWC->CHW."""
+    return [
+        Decode(),
+        ResizeSquare(image_size),
+        ToArray(),
+        Normalize(mean=list(preprocess.MEAN_RGB), std=list(preprocess.STD_RGB)),
+        HWC2CHW(),
+    ]
+
+
 def train_transforms(
     image_size: int,
     scale=(0.08, 1.0),
     color_jitter: float = 0.4,
     hflip_prob: float = 0.5,
+    whole_prob: float = 0.0,
     rng: Optional[np.random.Generator] = None,
 ) -> List[Callable]:
-    """Decode, random resized crop, horizontal flip, colour jitter, normalise, HWC->CHW."""
+    """Decode, random resized crop, horizontal flip, colour jitter, normalise, HWC->CHW.
+
+    `whole_prob`: the fraction of views that are the whole photo resized to a square instead of a crop.
+    """
     rng = np.random.default_rng() if rng is None else rng
-    ops: List[Callable] = [
-        RandomCropDecodeResize(image_size, scale=tuple(scale), ratio=preprocess.RANDOM_CROP_RATIO, rng=rng),
-        RandomHorizontalFlip(prob=hflip_prob, rng=rng),
-    ]
+    view: Callable = RandomCropDecodeResize(image_size, scale=tuple(scale), ratio=preprocess.RANDOM_CROP_RATIO, rng=rng)
+    if whole_prob > 0:
+        whole_count, crop_count = preprocess.whole_view_counts(whole_prob)
+        view = RandomChoice([[Decode(), ResizeSquare(image_size, Image.BILINEAR)]] * whole_count + [[view]] * crop_count, rng)
+    ops: List[Callable] = [view, RandomHorizontalFlip(prob=hflip_prob, rng=rng)]
     if color_jitter > 0:
         ops.append(RandomColorAdjust(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter, rng=rng))
     ops += [

@@ -145,9 +145,11 @@ def test_dense_bias_relu6_matches_torch(fast_conv, n, cin, cout, h, w, stride):
 
 
 # (batch, in, out, height, width): 1x1 stride 1; partial register tiles in rows (out % 6, % 12) and
-# pixels (tiles that span two images), a single pixel, batch 1, and MobileNetV2's widest layer.
+# pixels (tiles that span two images), a single pixel, batch 1, and MobileNetV2's widest layer. The
+# last three have at least 784 pixels per image (the weight gradient's dot-product form), with partial
+# dot tiles in rows, columns and pixels.
 POINTWISE_SHAPES = [(1, 1, 1, 1, 1), (1, 3, 5, 7, 9), (3, 16, 96, 7, 7), (2, 33, 13, 5, 3), (1, 24, 144, 14, 14),
-                    (3, 320, 1280, 2, 3), (2, 7, 40, 17, 1)]
+                    (3, 320, 1280, 2, 3), (2, 7, 40, 17, 1), (2, 7, 10, 29, 31), (1, 16, 96, 28, 28), (2, 1, 2, 1, 900)]
 
 
 @pytest.mark.parametrize("n,cin,cout,h,w", POINTWISE_SHAPES)
@@ -156,9 +158,31 @@ def test_pointwise_matches_conv2d_and_torch(fast_conv, n, cin, cout, h, w):
 
 
 @pytest.mark.parametrize("relu6", (True, False), ids=("bias_relu6", "bias"))
-@pytest.mark.parametrize("n,cin,cout,h,w", [(1, 3, 5, 7, 9), (3, 33, 13, 5, 3)])
+@pytest.mark.parametrize("n,cin,cout,h,w", [(1, 3, 5, 7, 9), (3, 33, 13, 5, 3), (2, 5, 6, 30, 27)])
 def test_pointwise_bias_and_relu6_match_torch(fast_conv, n, cin, cout, h, w, relu6):
     _check_bias_relu6(fast_conv, cin, cout, 1, n, h, w, 1, size=1, relu6=relu6)
+
+
+@pytest.mark.parametrize("n,cin,cout,h,w", [(3, 33, 13, 5, 3), (2, 7, 10, 29, 31)], ids=("packed", "dot"))
+def test_pointwise_weight_gradient_does_not_depend_on_the_thread_count(fast_conv, n, cin, cout, h, w):
+    """Both forms of the 1x1 weight gradient sum in a fixed order: 1, 2 and 3 threads give the same bits."""
+    import ctypes
+
+    library = ctypes.CDLL(str(fast_conv.kernel_library()))
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((n, cin, h, w), dtype=np.float32)
+    dy = rng.standard_normal((n, cout, h, w), dtype=np.float32)
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            library.mbv2_set_threads(threads)
+            status, dw = fast_conv.call_entry_point(library, "pw_grad_weight_s1", [x, dy, np.zeros((cout, cin, 1, 1))])
+            assert status == 0
+            results.append(dw)
+    finally:
+        library.mbv2_set_threads(fast_conv.kernel_threads())
+    np.testing.assert_allclose(results[0], np.einsum("nmhw,nkhw->mk", dy, x)[:, :, None, None], rtol=1e-4, atol=1e-3)
+    assert all(np.array_equal(results[0], other) for other in results[1:])
 
 
 @pytest.mark.parametrize("width", (0.35, 1.0))
@@ -187,10 +211,60 @@ def test_folded_batchnorm_eval_matches_unfolded(fast_conv, width):
     want = plain(x).asnumpy()
     got = folded(x).asnumpy()
     assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
-    folded.set_train(True)  # training mode never folds: batch statistics, as before
+    folded.set_train(True)  # training with batch statistics never folds
     plain.set_train(True)
     train_want, train_got = plain(x).asnumpy(), folded(x).asnumpy()
     assert np.abs(train_got - train_want).max() <= 1e-4 * max(1.0, float(np.abs(train_want).max()))
+
+
+def test_frozen_batchnorm_training_folds_and_matches_unfolded_gradients(fast_conv, monkeypatch):
+    """Training with frozen BatchNorm (the trainer's freeze_bn) folds BN into our kernels as in eval: the
+    loss and the gradients of every trainable parameter (conv weights, gamma, beta through the fold,
+    the head) match the unfolded network on MindSpore's own kernels; the moving statistics stay."""
+    import mindspore as ms
+    from mindspore import nn
+
+    from ms_impl.mobilenetv2 import ConvBNReLU, InvertedResidual, MobileNetV2
+
+    rng = np.random.default_rng(12)
+    x = ms.Tensor(rng.standard_normal((2, 3, 48, 48), dtype=np.float32))
+    labels = ms.Tensor(np.array([3, 17], np.int32))
+    nets = {}
+    for mode in ("on", "off"):
+        net = MobileNetV2(num_classes=26, width_mult=0.35, dropout=0.0, fast_conv=mode)
+        for _, cell in net.cells_and_names():
+            if isinstance(cell, nn.BatchNorm2d):
+                cell.use_batch_statistics = False
+        net.set_train(True)
+        nets[mode] = net
+    for name, param in nets["on"].parameters_and_names():
+        if name.endswith(("gamma", "beta", "moving_mean", "moving_variance")):
+            values = rng.uniform(0.5, 1.5, param.shape) if name.endswith(("gamma", "moving_variance")) \
+                else rng.uniform(-0.3, 0.3, param.shape)
+            param.set_data(ms.Tensor(values.astype(np.float32)))
+    ms.load_param_into_net(nets["off"], {p.name: ms.Parameter(p.asnumpy(), name=p.name) for p in nets["on"].get_parameters()})
+    folding = [c for _, c in nets["on"].cells_and_names() if isinstance(c, (ConvBNReLU, InvertedResidual)) and c.fold_bn]
+    assert len(folding) == 35 + 17
+    folded_calls = []
+    for cls in (ConvBNReLU, InvertedResidual):
+        def counted(self, inputs, _forward=cls.folded_forward):
+            folded_calls.append(self)
+            return _forward(self, inputs)
+        monkeypatch.setattr(cls, "folded_forward", counted)
+    moving_before = {p.name: p.asnumpy().copy() for p in nets["on"].get_parameters() if "moving" in p.name}
+    results = {}
+    for mode, net in nets.items():
+        loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+        params = net.trainable_params()
+        loss, grads = ms.value_and_grad(lambda inputs, target: loss_fn(net(inputs), target), None, params)(x, labels)
+        results[mode] = (float(loss.asnumpy()), {p.name: g.asnumpy() for p, g in zip(params, grads)})
+    assert {id(c) for c in folded_calls} == {id(c) for c in folding}  # the "on" network took the folded path
+    assert abs(results["on"][0] - results["off"][0]) <= 1e-5 * max(1.0, abs(results["off"][0]))
+    assert len(results["on"][1]) == len(results["off"][1]) == 3 * 52 + 2  # conv weight, gamma, beta per layer; dense
+    for name, want in results["off"][1].items():
+        _assert_close(results["on"][1][name], want, f"gradient of {name}")
+    for name, value in moving_before.items():
+        np.testing.assert_array_equal(nets["on"].parameters_dict()[name].asnumpy(), value)
 
 
 # (batch, channels, height, width): odd sizes, batch 1 and 2, a 1x1 plane, few values per channel.

@@ -31,6 +31,9 @@
 //   pw_forward_bias_relu6_s1 (x, w, b[M])                         -> y = min(max(conv + b, 0), 6)
 //   pw_grad_input_s1         (dy[N,M,H,W], w, x)                  -> dx[N,K,H,W]   (x only for its shape)
 //   pw_grad_weight_s1        (x, dy)                              -> dw[M,K,1,1]
+// The backward of the bias forms above (training with frozen BatchNorm folded into the convolution):
+//   bias_grad                (dy[N,C,H,W])                        -> db[C]
+//   bias_relu6_grad          (dy, y)                              -> dz (dy where 0 < y < 6), db[C]
 // (the gradients of gamma and beta follow from dscale and dshift in MindSpore). Despite the file name, all of the MindSpore twin's
 // CPU kernels live here: one library, one thread pool, one build. Each returns 0, or 1 when a
 // dtype or any of the shapes above disagrees, or when the call fails (an
@@ -1224,12 +1227,103 @@ void weight_grad_block(const float* x, const float* dy, int64_t n, int64_t k, in
     std::memcpy(dw + i * k + c0 * NR, sums.data() + (i - r0 * MR) * width, sizeof(float) * (col_end - c0 * NR));
 }
 
+// The weight gradient of layers with many pixels per image and few channels (MobileNetV2's 112x112
+// to 28x28 layers) as dot products along the pixels, without packing: a tile of DOT_ROWS rows of dY
+// and DOT_COLS rows of X keeps DOT_ROWS x DOT_COLS vector sums in registers; per vector of pixels it
+// loads DOT_COLS X vectors, then each dY vector meets them (12 FMAs per 7 loads). There the packed
+// product spends most of its time packing (its depth is the pixels, both operands transposed).
+// Chunks of DOT_CHUNK pixels of one image keep a tile's rows in L1 while every tile of the thread's
+// rows passes; the chunk's vector sums are added to per-(m, k) vector sums, reduced to floats at the
+// end in a fixed lane order. Threads own whole dW rows: the result does not depend on their count.
+constexpr int DOT_ROWS = 4;
+constexpr int DOT_COLS = 3;
+constexpr int64_t DOT_CHUNK = 512;
+constexpr int64_t DOT_MIN_PIXELS = 784;  // 28x28; below, the packed product is faster (measured)
+
+template <int R, int C>
+void dot_tile(const float* const* dy_rows, const float* const* x_rows, int64_t len, float* sums, int64_t sums_stride) {
+  vecf acc[R][C];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int c = 0; c < C; ++c) acc[r][c] = vecf{};
+  int64_t j = 0;
+  for (; j + VEC <= len; j += VEC) {
+    vecf xv[C];
+#pragma GCC unroll 16
+    for (int c = 0; c < C; ++c) xv[c] = load(x_rows[c] + j);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const vecf d = load(dy_rows[r] + j);
+#pragma GCC unroll 16
+      for (int c = 0; c < C; ++c) acc[r][c] += d * xv[c];
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int c = 0; c < C; ++c) {
+      float tail = 0.0f;
+      for (int64_t t = j; t < len; ++t) tail += dy_rows[r][t] * x_rows[c][t];
+      float* sum = sums + (r * sums_stride + c) * VEC;  // unaligned: C++14 vectors do not over-align
+      store(sum, load(sum) + acc[r][c]);
+      sum[0] += tail;
+    }
+  }
+}
+
+typedef void (*DotTileFn)(const float* const*, const float* const*, int64_t, float*, int64_t);
+template <int R>
+constexpr DotTileFn dot_tile_for(int c) {
+  return c == 1 ? dot_tile<R, 1> : (c == 2 ? dot_tile<R, 2> : dot_tile<R, 3>);
+}
+
+void weight_grad_dot(const float* x, const float* dy, int64_t n, int64_t k, int64_t m, int64_t pixels, float* dw) {
+  static const DotTileFn tiles[DOT_ROWS][DOT_COLS] = {
+      {dot_tile_for<1>(1), dot_tile_for<1>(2), dot_tile_for<1>(3)},
+      {dot_tile_for<2>(1), dot_tile_for<2>(2), dot_tile_for<2>(3)},
+      {dot_tile_for<3>(1), dot_tile_for<3>(2), dot_tile_for<3>(3)},
+      {dot_tile_for<4>(1), dot_tile_for<4>(2), dot_tile_for<4>(3)}};
+  // One contiguous share of the row blocks per thread: each share streams all of X once.
+  const int64_t row_blocks = (m + DOT_ROWS - 1) / DOT_ROWS;
+  const int64_t shares = std::min<int64_t>(row_blocks, mbv2_threads_now());
+  parallel_for(shares, [&](int64_t first, int64_t last) {
+    const int64_t r0 = row_blocks * first / shares * DOT_ROWS, r1 = std::min(m, row_blocks * last / shares * DOT_ROWS);
+    std::vector<float> sums((r1 - r0) * k * VEC, 0.0f);
+    for (int64_t b = 0; b < n; ++b) {
+      for (int64_t p0 = 0; p0 < pixels; p0 += DOT_CHUNK) {
+        const int64_t len = std::min(DOT_CHUNK, pixels - p0);
+        for (int64_t i = r0; i < r1; i += DOT_ROWS) {
+          const int rows = static_cast<int>(std::min<int64_t>(DOT_ROWS, r1 - i));
+          const float* dy_rows[DOT_ROWS];
+          for (int r = 0; r < rows; ++r) dy_rows[r] = dy + (b * m + i + r) * pixels + p0;
+          for (int64_t c0 = 0; c0 < k; c0 += DOT_COLS) {
+            const int cols = static_cast<int>(std::min<int64_t>(DOT_COLS, k - c0));
+            const float* x_rows[DOT_COLS];
+            for (int c = 0; c < cols; ++c) x_rows[c] = x + (b * k + c0 + c) * pixels + p0;
+            tiles[rows - 1][cols - 1](dy_rows, x_rows, len, sums.data() + ((i - r0) * k + c0) * VEC, k);
+          }
+        }
+      }
+    }
+    for (int64_t i = r0; i < r1; ++i)
+      for (int64_t c = 0; c < k; ++c) {
+        const float* lanes = sums.data() + ((i - r0) * k + c) * VEC;
+        float total = 0.0f;
+        for (int v = 0; v < VEC; ++v) total += lanes[v];
+        dw[i * k + c] = total;
+      }
+  });
+}
+
 // (x[N,K,H,W], dy[N,M,H,W]) -> dw[M,K,1,1] = sum over images and pixels of dY_b X_b^T.
 int pw_grad_weight(const Args& a) {
   if (a.nparam != 3 || !a.is(0, -1, -1, -1, -1) || !a.is(1, a.shape(0)[0], -1, a.shape(0)[2], a.shape(0)[3]))
     return 1;
   const int64_t n = a.shape(0)[0], k = a.shape(0)[1], m = a.shape(1)[1], pixels = a.shape(0)[2] * a.shape(0)[3];
   if (!a.is(2, m, k, 1, 1)) return 1;
+  if (pixels >= DOT_MIN_PIXELS) {
+    weight_grad_dot(a.in(0), a.in(1), n, k, m, pixels, a.out(2));
+    return 0;
+  }
   const int64_t row_panels = (m + MR - 1) / MR, col_panels = (k + NR - 1) / NR;
   // One block per thread along the larger side of dW: each packs its share of that side and all of the
   // smaller one (packed once per thread, not once per small task).
@@ -1243,6 +1337,51 @@ int pw_grad_weight(const Args& a) {
         weight_grad_block(a.in(0), a.in(1), n, k, m, pixels, lo, hi, 0, col_panels, a.out(2));
       else
         weight_grad_block(a.in(0), a.in(1), n, k, m, pixels, 0, row_panels, lo, hi, a.out(2));
+    }
+  });
+  return 0;
+}
+
+// The backward of a folded BatchNorm's bias (the bias[_relu6] forward forms, in training with frozen
+// BatchNorm): (dy, y) -> (dz, db[C]), dz = dy where 0 < y < 6, else 0 (ReLU6's gradient read from
+// the clamped output: y == 6 stops it, where ops.ReLU6 passes a pre-activation of exactly 6), and
+// db = sum of dz per channel; without
+// `relu6`, (dy) -> db. One pass; split over channels, sums as in affine_grad.
+int bias_grad(const Args& a, bool relu6) {
+  if (a.nparam != (relu6 ? 4 : 2) || !a.is(0, -1, -1, -1, -1)) return 1;
+  const int64_t n = a.shape(0)[0], c = a.shape(0)[1], h = a.shape(0)[2], w = a.shape(0)[3];
+  if (relu6 && (!a.is(1, n, c, h, w) || !a.is(2, n, c, h, w) || !a.is_vector(3, c))) return 1;
+  if (!relu6 && !a.is_vector(1, c)) return 1;
+  const float* dy = a.in(0);
+  const float* y = relu6 ? a.in(1) : nullptr;
+  float* dz = relu6 ? a.out(2) : nullptr;
+  float* db = a.out(relu6 ? 3 : 1);
+  const int64_t plane = h * w;
+  parallel_for(c, [&](int64_t begin, int64_t end) {
+    for (int64_t ch = begin; ch < end; ++ch) {
+      double sum = 0.0;
+      for (int64_t img = 0; img < n; ++img) {
+        const int64_t offset = (img * c + ch) * plane;
+        const float* __restrict__ d = dy + offset;
+        for (int64_t start = 0; start < plane; start += SUM_RUN) {
+          const int64_t stop = std::min(plane, start + SUM_RUN);
+          float run = 0.0f;
+          if (relu6) {
+            const float* __restrict__ out = y + offset;
+            float* __restrict__ g = dz + offset;
+#pragma omp simd reduction(+ : run)
+            for (int64_t i = start; i < stop; ++i) {
+              g[i] = (out[i] > 0.0f && out[i] < 6.0f) ? d[i] : 0.0f;
+              run += g[i];
+            }
+          } else {
+#pragma omp simd reduction(+ : run)
+            for (int64_t i = start; i < stop; ++i) run += d[i];
+          }
+          sum += run;
+        }
+      }
+      db[ch] = static_cast<float>(sum);
     }
   });
   return 0;
@@ -1292,6 +1431,8 @@ MBV2_ENTRY(pw_forward_bias_s1, pw_forward(args, true, false))
 MBV2_ENTRY(pw_forward_bias_relu6_s1, pw_forward(args, true, true))
 MBV2_ENTRY(pw_grad_input_s1, pw_grad_input(args))
 MBV2_ENTRY(pw_grad_weight_s1, pw_grad_weight(args))
+MBV2_ENTRY(bias_grad, bias_grad(args, false))
+MBV2_ENTRY(bias_relu6_grad, bias_grad(args, true))
 
 // Thread count of the kernels from now on (n > 0), or back to the default (n <= 0):
 // $MBV2_KERNEL_THREADS, else the CPUs this process may run on. Called by fast_conv.py

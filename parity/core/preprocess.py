@@ -1,6 +1,9 @@
 """Input preprocessing constants shared by both twins' pipelines."""
 from __future__ import annotations
 
+from fractions import Fraction
+from typing import Tuple
+
 # ImageNet statistics on the 0-255 scale (the pipelines normalise uint8 pixels).
 MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 STD_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -15,3 +18,10 @@ def eval_resize_size(image_size: int) -> int:
 
 # Train: random resized crop, aspect ratio (w/h) drawn from this range (both twins).
 RANDOM_CROP_RATIO = (0.75, 1.333)
+
+
+def whole_view_counts(whole_prob: float, max_count: int = 20) -> Tuple[int, int]:
+    """(whole, crop) copies for a uniform random choice that draws the whole-photo training view with
+    probability `whole_prob` (to within 1/max_count), as both twins' `train_transforms` do."""
+    share = Fraction(whole_prob).limit_denominator(max_count)
+    return share.numerator, share.denominator - share.numerator

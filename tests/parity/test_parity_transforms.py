@@ -85,3 +85,41 @@ def test_train_transforms_of_both_twins_give_normalised_crops():
     assert first.shape == ms_out.shape == (3, 64, 64) and first.dtype == ms_out.dtype == np.float32
     low, high = (0 - max(preprocess.MEAN_RGB)) / min(preprocess.STD_RGB), 255 / min(preprocess.STD_RGB)
     assert low <= first.min() and first.max() <= high
+
+
+@pytest.mark.parametrize("image_size", [96, 224])
+def test_whole_photo_pipelines_match_on_generated_jpegs(image_size):
+    """`tta: flip+whole` and `feature_whole` use the whole photo squashed to a square: the same pixels in both
+    twins to within 3 grey levels (MindSpore's PILCUBIC rounds differently from PIL's for some unequal axis
+    scales, e.g. 173x101 -> 96x96; most sizes are bit exact)."""
+    from mindspore.dataset import transforms
+
+    from ms_impl import transforms as ms_transforms
+    from pt_impl import transforms as pt_transforms
+
+    rng = np.random.default_rng(image_size + 1)
+    for height, width in compare.JPEG_SIZES:
+        data = compare.make_jpeg(height, width, rng)
+        ms_out = transforms.Compose(ms_transforms.whole_transforms(image_size))(np.frombuffer(data, np.uint8))
+        pt_out = pt_transforms.apply(pt_transforms.whole_transforms(image_size), data).numpy()
+        assert pt_out.shape == (3, image_size, image_size)
+        grey_levels = np.abs(ms_out - pt_out) * np.asarray(preprocess.STD_RGB, np.float32)[:, None, None]
+        assert grey_levels.max() <= 3.0 + 1e-3, (height, width)
+
+
+def test_pytorch_train_transforms_mix_whole_photo_views():
+    """The PyTorch twin's `whole_prob`, as the MindSpore one's (tests/test_whole_view.py): a 3:1 photo of red,
+    green and blue thirds; crops of at most 10% of the area never show red and blue at once, whole views do."""
+    from pt_impl import transforms as pt_transforms
+
+    pixels = np.zeros((32, 96, 3), np.uint8)
+    pixels[:, :32], pixels[:, 32:64], pixels[:, 64:] = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+    encoded = io.BytesIO()
+    Image.fromarray(pixels).save(encoded, format="PNG")
+    for whole_prob in (0.0, 0.25, 1.0):
+        ops = pt_transforms.train_transforms(32, scale=(0.05, 0.1), color_jitter=0.0, whole_prob=whole_prob,
+                                             rng=np.random.default_rng(4))
+        views = [pt_transforms.apply(ops, encoded.getvalue()).numpy() for _ in range(400)]
+        whole = sum(abs(float(v[0, 16, 2]) - float(v[0, 16, 29])) > 1.0 and abs(float(v[2, 16, 2]) - float(v[2, 16, 29])) > 1.0
+                    for v in views)  # red at one edge, blue at the other
+        assert abs(whole / 400 - whole_prob) < 0.09, whole_prob
