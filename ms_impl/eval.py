@@ -62,8 +62,7 @@ def _evaluate(argv: Optional[List[str]], parser: argparse.ArgumentParser) -> int
     cfg, known = parse_config(argv, description=__doc__.split("\n\n")[0], parents=[parser])
     if known.report_dir is not None:  # checked before the (long) evaluation
         check_writable_folder(known.report_dir, "--report_dir")
-    given = sys.argv[1:] if argv is None else list(argv)
-    if not any(a == "--tta" or a.startswith("--tta=") for a in given):
+    if "tta" not in known.command_line_keys:
         cfg.tta = recorded_tta(known.checkpoint) or cfg.tta  # the checkpoint's run's own evaluation, when known
     set_device(cfg.device, cfg.mode)
     data_path, image_size, synthetic = dataset.resolve_data(cfg)

@@ -172,3 +172,13 @@ def test_eval_and_predict_default_to_the_tta_of_the_checkpoints_run(tmp_path):
     for text in ("{not json", json.dumps({"tta": "sideways"}), json.dumps(["tta"])):
         summary.write_text(text, encoding="utf-8")
         assert recorded_tta(checkpoint) is None
+
+
+def test_parse_config_reports_the_keys_the_command_line_sets():
+    """eval.py keeps an explicit --tta (even one equal to the default) and otherwise uses the checkpoint's."""
+    from ms_impl.trainer.config import parse_config
+
+    cfg, known = parse_config(["--tta", "none", "--epochs", "3"])
+    assert known.command_line_keys == {"tta", "epochs"} and cfg.tta == "none"
+    _, known = parse_config(["--device", "CPU", "--pretrained", "w.pth"])  # the recipe's values are not the user's
+    assert known.command_line_keys == {"device", "pretrained"}

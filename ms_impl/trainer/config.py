@@ -294,7 +294,10 @@ def _add_options(parser: argparse.ArgumentParser, schema: Dict[str, Option], def
 
 def parse_config(argv: Optional[Sequence[str]] = None, description: str = "",
                  parents: Sequence[argparse.ArgumentParser] = ()) -> Tuple[EasyDict, argparse.Namespace]:
-    """(config, namespace of the `parents`' own options) from `argv`; `--help` prints every option and exits."""
+    """(config, namespace of the `parents`' own options) from `argv`; `--help` prints every option and exits.
+
+    The namespace also holds `command_line_keys`: the config keys `argv` sets explicitly (a tool may
+    then tell a default from a choice, as eval.py does for `--tta`)."""
     front, _ = _front_parser(add_help=False).parse_known_args(argv)  # which file; the rest is parsed below
     path = front.config or DEFAULT_CONFIG[front.device or "CPU"]
     chain = _file_chain(Path(path))
@@ -357,6 +360,7 @@ def parse_config(argv: Optional[Sequence[str]] = None, description: str = "",
 
     cfg.classes = load_classes(cfg.classes_file)
     extras = argparse.Namespace(**{k: v for k, v in given.items() if k not in schema and k not in ("config", "device")})
+    extras.command_line_keys = frozenset(key for key, where in origin.items() if where.startswith("--"))
     return cfg, extras
 
 
