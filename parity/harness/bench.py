@@ -353,6 +353,9 @@ def kernel_cases(batch: int) -> List[Tuple[str, str, Tuple[int, ...], Tuple[int,
         (f"stem fwd s2 3->32@224, batch {batch}", "dense_forward_s2", (batch, 3, 224, 224), (32, 3, 3, 3), 2),
         (f"stem grad weight s2 3->32@224, batch {batch}", "dense_grad_weight_s2", (batch, 3, 224, 224),
          (32, 3, 3, 3), 2),
+        *((f"pointwise grad weight {k}->{m}@{size}, batch {batch}", "pw_grad_weight_s1", (batch, k, size, size),
+           (m, k, 1, 1), 1) for k, m, size in ((16, 96, 112), (96, 24, 56), (144, 24, 56), (24, 144, 56), (192, 32, 28),
+                                                (32, 192, 28), (384, 64, 14), (960, 320, 7))),
     ]
 
 
