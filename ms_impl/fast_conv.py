@@ -302,6 +302,17 @@ def _self_test_entry_points(path: Path) -> None:
                                                                                     "grad_weight")):
                 if status != 0 or abs(float(value) - inner) > 1e-3 * max(1.0, abs(inner)):
                     raise FastConvUnavailable(f"self-test: {kind}_{name}_s{stride} gives wrong results")
+            if kind == "dw":  # the fused backward of the folded layer: the separate kernels' results, bit for bit
+                y = np.clip(want + bias[None, :, None, None], 0.0, 6.0).astype(np.float32)
+                dz = np.where((y > 0) & (y < 6), dy, 0).astype(np.float32)
+                status, (dx_all, dw_all, db_all) = call_entry_point(
+                    library, f"dw_bias_relu6_grad_s{stride}", [dy, y, x, w, np.zeros(x.shape), np.zeros(w.shape),
+                                                               np.zeros(cout)], outputs=3)
+                parts = [call_entry_point(library, f"dw_grad_input_s{stride}", [dz, w, x, np.zeros(x.shape)])[1],
+                         call_entry_point(library, f"dw_grad_weight_s{stride}", [x, dz, np.zeros(w.shape)])[1],
+                         call_entry_point(library, "bias_grad", [dz, np.zeros(cout)])[1]]
+                if status != 0 or not all(np.array_equal(a, b) for a, b in zip((dx_all, dw_all, db_all), parts)):
+                    raise FastConvUnavailable(f"self-test: dw_bias_relu6_grad_s{stride} gives wrong results")
             status, _ = call_entry_point(library, f"{kind}_forward_s{stride}", [x, w, np.zeros((1, cout, 1, 1))])
             if status != 1:
                 raise FastConvUnavailable(f"self-test: {kind}_forward_s{stride} accepts a wrong output shape")
@@ -496,10 +507,18 @@ def _kernel_ops(kind: str, stride: int) -> Tuple[ops.Custom, ops.Custom, Optiona
         dz, dbias = grad_bias_relu6(dout, out)
         return grad_input(dz, w, x), grad_weight(x, dz), dbias
 
+    if kind == "dw":  # the three gradients in one kernel, the masked gradient never stored
+        whole_grad = ops.Custom(f"{library}:dw_bias_relu6_grad_s{stride}", out_shape=lambda dy, y, x, w: (x, w, (w[0],)),
+                                out_dtype=lambda *dtypes: (dtypes[0],) * 3, func_type="aot")
+
+        def depthwise_bias_relu6_bprop(x, w, bias, out, dout):
+            return whole_grad(dout, out, x, w)
+
     forward_shape = _forward_shape(stride)
     with_bias = custom("forward_bias", lambda x, w, bias: forward_shape(x, w), bias_bprop) if kind == "pw" else None
     return (custom("forward", forward_shape, bprop),
-            custom("forward_bias_relu6", lambda x, w, bias: forward_shape(x, w), bias_relu6_bprop), with_bias)
+            custom("forward_bias_relu6", lambda x, w, bias: forward_shape(x, w),
+                   depthwise_bias_relu6_bprop if kind == "dw" else bias_relu6_bprop), with_bias)
 
 
 class FastConv3x3(nn.Conv2d):

@@ -11,6 +11,8 @@
 //   dw_forward_bias_relu6_s{1,2} (x, w, b[C])            -> y = min(max(conv + b, 0), 6)
 //   dw_grad_input_s{1,2} (dy[N,C,Ho,Wo], w, x)           -> dx[N,C,H,W]   (x only for its shape)
 //   dw_grad_weight_s{1,2}(x, dy)                         -> dw[C,1,3,3]
+//   dw_bias_relu6_grad_s{1,2} (dy, y, x, w)              -> dx, dw, db[C]: the whole backward of
+//                        dw_forward_bias_relu6 (y its output), in one pass per plane
 //   dense_forward_s{1,2}     (x[N,Ci,H,W], w[Co,Ci,3,3]) -> y[N,Co,Ho,Wo]
 //   dense_forward_bias_relu6_s{1,2} (x, w, b[Co])        -> y = min(max(conv + b, 0), 6)
 //   dense_grad_input_s{1,2}  (dy, w, x)                  -> dx[N,Ci,H,W]
@@ -464,6 +466,9 @@ float* scratch(int64_t floats) {
   return buffer.data();
 }
 
+// Sums over a plane: float over runs of SUM_RUN values (vectorized), the runs added in double.
+constexpr int64_t SUM_RUN = 256;
+
 // y = min(max(y + bias, 0), 6) over one plane: the folded BatchNorm and ReLU6 of inference.
 void bias_relu6_plane(float* __restrict__ y, int64_t count, float bias) {
 #pragma omp simd
@@ -593,6 +598,73 @@ int dw_grad_weight(const Args& a, int stride) {
         }
       }
       for (int k = 0; k < 9; ++k) dw[ch * 9 + k] = static_cast<float>(acc[k]);
+    }
+  });
+  return 0;
+}
+
+// The whole backward of a depthwise layer with its folded BatchNorm and ReLU6 (training with frozen
+// BatchNorm): (dy, y, x, w) -> (dx, dw, db[C]) with dz = dy where 0 < y < 6 (as bias_relu6_grad),
+// dx = the input gradient of dz, dw = the weight gradient of (x, dz), db = sum of dz. Per channel and
+// image, dz lives in a scratch plane only: dy, y and x are read once and dx written once, where the
+// three separate kernels write dz and read it twice. Split over channels; every sum runs in the order
+// of the separate kernels, so the results are theirs bit for bit.
+int dw_bias_relu6_grad(const Args& a, int stride) {
+  if (a.nparam != 7 || !a.is(2, -1, -1, -1, -1)) return 1;
+  const int64_t n = a.shape(2)[0], c = a.shape(2)[1];
+  const Geometry g(a.shape(2)[2], a.shape(2)[3], stride);
+  if (!a.is(0, n, c, g.out_height, g.out_width) || !a.is(1, n, c, g.out_height, g.out_width) ||
+      !a.is(3, c, 1, 3, 3) || !a.is(4, n, c, g.height, g.width) || !a.is(5, c, 1, 3, 3) || !a.is_vector(6, c))
+    return 1;
+  const float* dy = a.in(0);
+  const float* y = a.in(1);
+  const float* x = a.in(2);
+  const float* w = a.in(3);
+  float* dx = a.out(4);
+  float* dw = a.out(5);
+  float* db = a.out(6);
+  const int64_t in_plane = g.height * g.width, out_plane = g.out_height * g.out_width;
+  const int64_t grad_work = std::max(g.plane, (g.out_height + 3) * (g.out_width + 1));
+  parallel_for(c, [&](int64_t begin, int64_t end) {
+    float* dz = scratch(out_plane + grad_work + g.plane + g.out_height * g.pitch);
+    float* grad_padded = dz + out_plane;
+    float* x_padded = grad_padded + grad_work;
+    float* flat = x_padded + g.plane;
+    for (int64_t ch = begin; ch < end; ++ch) {
+      const float* wp = w + ch * 9;
+      float flipped[9];
+      for (int k = 0; k < 9; ++k) flipped[k] = wp[8 - k];
+      double acc[9] = {0};
+      double bias_sum = 0.0;
+      for (int64_t b = 0; b < n; ++b) {
+        const int64_t p = b * c + ch;
+        const float* __restrict__ d = dy + p * out_plane;
+        const float* __restrict__ out = y + p * out_plane;
+        for (int64_t start = 0; start < out_plane; start += SUM_RUN) {
+          const int64_t stop = std::min(out_plane, start + SUM_RUN);
+          float run = 0.0f;
+#pragma omp simd reduction(+ : run)
+          for (int64_t i = start; i < stop; ++i) {
+            dz[i] = (out[i] > 0.0f && out[i] < 6.0f) ? d[i] : 0.0f;
+            run += dz[i];
+          }
+          bias_sum += run;
+        }
+        if (stride == 1) {
+          pad_plane(g, dz, grad_padded);
+          forward_plane(g, grad_padded, flipped, dx + p * in_plane, false);
+        } else {
+          gather_plane_s2(g, dz, wp, dx + p * in_plane, grad_padded);
+        }
+        pad_plane(g, x + p * in_plane, x_padded);
+        if (stride == 1) {
+          weight_grad_plane_flat(g, x_padded, dz, acc, flat);
+        } else {
+          weight_grad_plane(g, x_padded, dz, acc);
+        }
+      }
+      for (int k = 0; k < 9; ++k) dw[ch * 9 + k] = static_cast<float>(acc[k]);
+      db[ch] = static_cast<float>(bias_sum);
     }
   });
   return 0;
@@ -738,7 +810,6 @@ int dense_grad_weight(const Args& a, int stride) {
 // z dgamma / M). Work is split over channels (no reduction across threads);
 // sums are float over runs of SUM_RUN values, then double.
 
-constexpr int64_t SUM_RUN = 256;
 
 // Sum and centred sum of squares of one plane (len values), Chan-combined into (count, mean, m2).
 void plane_moments(const float* __restrict__ x, int64_t len, double& count, double& mean, double& m2) {
@@ -1410,6 +1481,8 @@ MBV2_ENTRY(dw_grad_input_s1, dw_grad_input(args, 1))
 MBV2_ENTRY(dw_grad_input_s2, dw_grad_input(args, 2))
 MBV2_ENTRY(dw_grad_weight_s1, dw_grad_weight(args, 1))
 MBV2_ENTRY(dw_grad_weight_s2, dw_grad_weight(args, 2))
+MBV2_ENTRY(dw_bias_relu6_grad_s1, dw_bias_relu6_grad(args, 1))
+MBV2_ENTRY(dw_bias_relu6_grad_s2, dw_bias_relu6_grad(args, 2))
 MBV2_ENTRY(dense_forward_s1, dense_forward(args, 1, false))
 MBV2_ENTRY(dense_forward_s2, dense_forward(args, 2, false))
 MBV2_ENTRY(dense_forward_bias_relu6_s1, dense_forward(args, 1, true))
