@@ -50,8 +50,8 @@ def train_transforms(
     """Decode, random resized crop, horizontal flip, colour jitter, normalise, HWC->CHW.
 
     `whole_prob`: the fraction of views that are the whole photo resized to a square
-    (the view `whole_transforms` makes) instead of a random resized crop, so a model
-    scored with `tta: flip+whole` has seen such views.
+    (the framing of `whole_transforms`, resized bilinearly like the crops) instead of a
+    random resized crop, so a model scored with `tta: flip+whole` has seen such views.
     """
     from mindspore.dataset import transforms, vision
 

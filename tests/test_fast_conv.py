@@ -615,7 +615,17 @@ def test_entry_points_refuse_wrong_shapes_and_survive_failures(fast_conv):
         ("dense_grad_input_s1", [np.zeros((1, 3, 6, 5)), dense_w, x, np.zeros(x.shape)]),  # batch of dy
         ("dense_grad_weight_s1", [x, np.zeros((1, 3, 6, 5)), np.zeros((3, 4, 3, 3))]),  # batch of dy
         ("dw_forward_bias_relu6_s2", [x, dw_w, np.zeros(3), y]),  # bias length
+        # the folded layers' backward: (dy, y, x, w) -> (dx, dw, db); (dy[, y]) -> ([dz,] db)
+        ("dw_bias_relu6_grad_s2", [y, np.zeros((2, 4, 3, 2)), x, dw_w, np.zeros(x.shape), np.zeros(dw_w.shape),
+                                   np.zeros(4)]),  # y's shape is not dy's
+        ("dw_bias_relu6_grad_s2", [y, y, x, dw_w, np.zeros(x.shape), np.zeros(dw_w.shape), np.zeros(3)]),  # db length
+        ("dw_bias_relu6_grad_s1", [y, y, x, dw_w, np.zeros(x.shape), np.zeros(dw_w.shape), np.zeros(4)]),  # stride
+        ("bias_grad", [x, np.zeros(3)]),  # db length
+        ("bias_relu6_grad", [x, np.zeros((2, 4, 6, 4)), np.zeros(x.shape), np.zeros(4)]),  # y's shape
+        ("bias_relu6_grad", [x, x, np.zeros((2, 4, 6, 4)), np.zeros(4)]),  # dz's shape
     ]
+    assert call(library, "dw_bias_relu6_grad_s2", [y, y, x, dw_w, np.zeros(x.shape), np.zeros(dw_w.shape), np.zeros(4)],
+                outputs=3)[0] == 0
     for name, arrays in refused:
         assert call(library, name, arrays)[0] == 1, name
     # Shapes that pass the checks but whose scratch space cannot be allocated: the C++ exception
@@ -771,7 +781,7 @@ def test_bench_reports_every_peer_and_the_ratios(ms_pynative, capsys):
             median, low, high = (float(v) for v in cell.replace("(", " ").replace(")", " ").replace("-", " ").split())
             assert 0 < low <= median <= high, (peer, cell)
     assert rows[bench.ORT][0] == "skipped: inference only"
-    assert rows[bench.MS_UNFOLDED][0] == "skipped: training never folds"
+    assert rows[bench.MS_UNFOLDED][0] == "skipped: training with batch statistics never folds"
     train_line = next(ln for ln in out.splitlines() if ln.startswith("- train step:"))
     eval_line = next(ln for ln in out.splitlines() if ln.startswith("- eval forward:"))
     assert "the best PyTorch peer (PyTorch" in train_line and "ONNX Runtime" in eval_line

@@ -55,17 +55,64 @@ def test_train_transforms_mix_whole_photo_views_at_train_whole_prob(tmp_path, wh
 
     encoded = _encoded_stripes(tmp_path)
     draws = 400
+    seed = ds.config.get_seed()
     ds.config.set_seed(5)
-    data = ds.NumpySlicesDataset({"image": [encoded] * draws}, shuffle=False)
-    # crops of at most 10% of the area are narrower than a stripe: they never show red and blue at once
-    data = data.map(train_transforms(32, scale=(0.05, 0.1), color_jitter=0.0, whole_prob=whole_prob), input_columns="image")
-    red, blue = _normalised((255, 0, 0)), _normalised((0, 0, 255))
-    whole_views = 0
-    for (view,) in data.create_tuple_iterator(output_numpy=True):
-        left, right = view[:, 16, 2], view[:, 16, 29]  # red | blue, or blue | red when flipped
-        whole_views += any(np.allclose(a, left, atol=1e-3) and np.allclose(b, right, atol=1e-3) for a, b in ((red, blue), (blue, red)))
+    try:
+        data = ds.NumpySlicesDataset({"image": [encoded] * draws}, shuffle=False)
+        # crops of at most 10% of the area are narrower than a stripe: they never show red and blue at once
+        data = data.map(train_transforms(32, scale=(0.05, 0.1), color_jitter=0.0, whole_prob=whole_prob), input_columns="image")
+        views = [view for (view,) in data.create_tuple_iterator(output_numpy=True)]
+    finally:
+        ds.config.set_seed(seed)
     # binomial(400, 0.25): 4 standard deviations = 0.087
-    assert abs(whole_views / draws - whole_prob) < 0.09
+    assert abs(_count_whole_views(views) / draws - whole_prob) < 0.09
+
+
+def _count_whole_views(views) -> int:
+    """Views of the stripes photo that show red at one edge and blue at the other: whole-photo views."""
+    red, blue = _normalised((255, 0, 0)), _normalised((0, 0, 255))
+    count = 0
+    for view in views:
+        left, right = view[:, 16, 2], view[:, 16, 29]  # red | blue, or blue | red when flipped
+        count += any(np.allclose(a, left, atol=1e-3) and np.allclose(b, right, atol=1e-3) for a, b in ((red, blue), (blue, red)))
+    return count
+
+
+@pytest.mark.parametrize("whole_prob", [0.0, 1.0])
+def test_trainer_dataset_draws_whole_views_at_train_whole_prob(tmp_path, whole_prob):
+    """The trainer's own pipeline (dataset.train_dataset) applies cfg.train_whole_prob."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from ms_impl.trainer import dataset
+
+    folder = tmp_path / "data" / "train" / "Stripes"
+    folder.mkdir(parents=True)
+    pixels = np.zeros((32, 96, 3), np.uint8)
+    pixels[:, :32], pixels[:, 32:64], pixels[:, 64:] = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+    for i in range(8):
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    images = dataset.scan_split(tmp_path / "data", "train", ["Stripes"])
+    cfg = SimpleNamespace(seed=0, crop_scale_min=0.05, color_jitter=0.0, hflip_prob=0.5, train_whole_prob=whole_prob,
+                          train_augment=True, num_workers=1, batch_size=4)
+    # the crop's scale range is (crop_scale_min, 1): crops may show both edges too, so count on the crops' absence
+    views = [v for batch in dataset.train_dataset(images, cfg, 32, epoch=0).create_tuple_iterator(output_numpy=True, num_epochs=1)
+             for v in batch[0]]
+    assert len(views) == 8
+    whole = _count_whole_views(views)
+    assert whole == 8 if whole_prob == 1.0 else whole < 8
+
+
+def test_train_whole_prob_rules():
+    from ms_impl.trainer.config import load_config
+    from ms_impl.trainer.errors import UsageError
+
+    with pytest.raises(UsageError, match="train_whole_prob.*cached features"):
+        load_config(["--pretrained", "w.pth", "--freeze_backbone", "true", "--train_whole_prob", "0.5"])
+    with pytest.raises(UsageError, match="train_whole_prob.*below 0.05"):
+        load_config(["--train_whole_prob", "0.01"])
+    assert load_config(["--train_whole_prob", "0.05"]).train_whole_prob == 0.05
 
 
 def test_whole_views_have_their_own_cache_key_and_need_one_view():

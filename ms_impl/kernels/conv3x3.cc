@@ -41,7 +41,8 @@
 // dtype or any of the shapes above disagrees, or when the call fails (an
 // allocation or a thread): no C++ exception crosses into MindSpore, which
 // raises on a non-zero status. `mbv2_set_threads(n)` sets the thread count.
-// The bias_relu6 forms serve inference with a BatchNorm folded into w and b.
+// The bias_relu6 forms serve layers with a BatchNorm on its moving statistics folded into w and b
+// (inference, and training with frozen BatchNorm).
 //
 // Scheme: every input plane is copied once into a zero-padded plane
 // ((H+2) rows). For stride 2 each padded row is stored de-interleaved (even

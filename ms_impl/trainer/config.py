@@ -118,6 +118,13 @@ def check_relations(cfg: EasyDict, source: Callable[[str], str]) -> None:
     if cfg.get("head_first_epochs") and (cfg.freeze_backbone or not cfg.pretrained):
         raise UsageError(f"{source('head_first_epochs')}: only for fine-tuning pretrained weights "
                          "(--pretrained W, --freeze_backbone false)")
+    whole_prob = cfg.get("train_whole_prob", 0.0)
+    if whole_prob and cfg.freeze_backbone:
+        raise UsageError(f"{source('train_whole_prob')}: whole-photo views for training the network; a frozen "
+                         "backbone's head trains on cached features (--feature_whole true)")
+    if 0 < whole_prob < 0.05:
+        raise UsageError(f"{source('train_whole_prob')}: {whole_prob} is below 0.05, the smallest share drawn "
+                         "(1 view in 20); 0 for none")
     if cfg.freeze_backbone and cfg.resume:
         raise UsageError(f"{source('resume')}: a frozen-backbone run is not resumed; run it again (its features are cached)")
 

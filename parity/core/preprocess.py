@@ -24,4 +24,6 @@ def whole_view_counts(whole_prob: float, max_count: int = 20) -> Tuple[int, int]
     """(whole, crop) copies for a uniform random choice that draws the whole-photo training view with
     probability `whole_prob` (to within 1/max_count), as both twins' `train_transforms` do."""
     share = Fraction(whole_prob).limit_denominator(max_count)
+    if whole_prob > 0 and share.numerator == 0:
+        raise ValueError(f"whole_prob {whole_prob} is below 1/{max_count}, the smallest share drawn")
     return share.numerator, share.denominator - share.numerator

@@ -285,7 +285,7 @@ def _whole_network(args: argparse.Namespace, workers: Workers) -> Tuple[Dict[str
     train = _interleave({PEER_NAMES[p]: workers.timed(p, "train") for p in trainable}, args.warmup, args.steps,
                         sequential)
     train[ORT] = Timing(skipped="inference only")
-    train[MS_UNFOLDED] = Timing(skipped="training never folds")
+    train[MS_UNFOLDED] = Timing(skipped="training with batch statistics never folds")
     if args.skip_compile:
         train[PT_COMPILED] = Timing(skipped="--skip-compile")
     return train, evaluation

@@ -314,7 +314,7 @@ class MindSporePeer:
 
     def train(self) -> None:
         if self.unfolded:
-            raise RuntimeError("training never folds")
+            raise RuntimeError("training with batch statistics never folds")
         if self._train_step is None:
             from mindspore import nn
 
