@@ -31,6 +31,7 @@ import yaml
 from easydict import EasyDict
 
 from ms_impl.trainer.errors import UsageError
+from parity.core import preprocess
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 BASE_CONFIG = CONFIG_DIR / "garbage26_base.yaml"
@@ -122,9 +123,10 @@ def check_relations(cfg: EasyDict, source: Callable[[str], str]) -> None:
     if whole_prob and cfg.freeze_backbone:
         raise UsageError(f"{source('train_whole_prob')}: whole-photo views for training the network; a frozen "
                          "backbone's head trains on cached features (--feature_whole true)")
-    if 0 < whole_prob < 0.05:
-        raise UsageError(f"{source('train_whole_prob')}: {whole_prob} is below 0.05, the smallest share drawn "
-                         "(1 view in 20); 0 for none")
+    copies = preprocess.WHOLE_VIEW_COPIES
+    if 0 < whole_prob < 1 / copies:
+        raise UsageError(f"{source('train_whole_prob')}: {whole_prob} is below {_number(1 / copies)}, the smallest "
+                         f"share drawn (1 view in {copies}); 0 for none")
     if cfg.freeze_backbone and cfg.resume:
         raise UsageError(f"{source('resume')}: a frozen-backbone run is not resumed; run it again (its features are cached)")
 

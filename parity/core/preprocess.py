@@ -20,7 +20,11 @@ def eval_resize_size(image_size: int) -> int:
 RANDOM_CROP_RATIO = (0.75, 1.333)
 
 
-def whole_view_counts(whole_prob: float, max_count: int = 20) -> Tuple[int, int]:
+# Train: the whole-photo view's share is drawn as whole:crop copies of at most this many in all.
+WHOLE_VIEW_COPIES = 20
+
+
+def whole_view_counts(whole_prob: float, max_count: int = WHOLE_VIEW_COPIES) -> Tuple[int, int]:
     """(whole, crop) copies for a uniform random choice that draws the whole-photo training view with
     probability `whole_prob` (to within 1/max_count), as both twins' `train_transforms` do."""
     share = Fraction(whole_prob).limit_denominator(max_count)
