@@ -1,11 +1,14 @@
 """Training steps with frozen BatchNorm, folded into our convolutions or not, interleaved in one process.
 
-    flock /tmp/heavy.lock python experiments/frozen_bn_fold.py [--batch 32] [--image-size 224] [--steps 20]
+    flock /tmp/heavy.lock python experiments/frozen_bn_fold.py [--batch 32] [--image-size 224] [--steps 20] \
+        [--against unfolded|separate]
 
 GRAPH mode, 2 threads, fast_conv=auto, 1000 classes, BatchNorm on its moving statistics
 (the fine-tuning recipe's freeze_bn). Two copies of the same network: one folds every
 BatchNorm into the convolution before it (the default), the other keeps it as a pass of
-its own (`fold_bn = False`). Their steps alternate (A, B, A, B, ...), so load hits both
+its own (`fold_bn = False`); with `--against separate`, the other folds too but runs each
+block's expand and depthwise layers on their own kernels (`expand_into_depthwise = False`:
+the expand layer's bias and ReLU6 in its own pass). Their steps alternate (A, B, A, B, ...), so load hits both
 alike; prints the median and range of img/s of each, and their losses after the steps
 (the same weights and data: they agree to rounding). Used for issue 13 (docs/design.md, section 7).
 """
@@ -22,6 +25,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--against", choices=("unfolded", "separate"), default="unfolded",
+                        help="the second network: BatchNorm not folded, or folded with separate expand/depthwise kernels")
     args = parser.parse_args()
     os.environ.setdefault("GLOG_v", "3")
     os.environ["OMP_NUM_THREADS"] = os.environ["MBV2_KERNEL_THREADS"] = "2"
@@ -39,14 +44,16 @@ def main() -> None:
     reference = MobileNetV2(num_classes=1000, fast_conv="auto")
     weights = {p.name: p.asnumpy() for p in reference.get_parameters()}
     steps = {}
-    for name, fold in (("folded", True), ("unfolded", False)):
+    for name in ("folded", args.against):
         net = MobileNetV2(num_classes=1000, fast_conv="auto")
         ms.load_param_into_net(net, {k: ms.Parameter(v, name=k) for k, v in weights.items()})
         for _, cell in net.cells_and_names():
             if isinstance(cell, nn.BatchNorm2d):
                 cell.use_batch_statistics = False
-            if not fold and isinstance(cell, (ConvBNReLU, InvertedResidual)):
+            if name == "unfolded" and isinstance(cell, (ConvBNReLU, InvertedResidual)):
                 cell.fold_bn = False
+            if name == "separate" and isinstance(cell, InvertedResidual):
+                cell.expand_into_depthwise = False
         step = nn.TrainOneStepCell(nn.WithLossCell(net, smoothed_cross_entropy(0.1)),
                                    build_optimizer(net.trainable_params(), np.full(1000, 0.01, np.float32)))
         step.set_train(True)

@@ -313,6 +313,27 @@ def _self_test_entry_points(path: Path) -> None:
                          call_entry_point(library, "bias_grad", [dz, np.zeros(cout)])[1]]
                 if status != 0 or not all(np.array_equal(a, b) for a, b in zip((dx_all, dw_all, db_all), parts)):
                     raise FastConvUnavailable(f"self-test: dw_bias_relu6_grad_s{stride} gives wrong results")
+                # The expand layer's bias + ReLU6 moved onto the input (z + a = x): the same results, bit for bit.
+                a = rng.standard_normal(cout).astype(np.float32)
+                z = (x - a[None, :, None, None]).astype(np.float32)
+                x_relu6 = np.clip(z + a[None, :, None, None], 0.0, 6.0).astype(np.float32)
+                status, y_relu6 = call_entry_point(library, f"dw_forward_bias_relu6_s{stride}",
+                                                   [x_relu6, w, bias, np.zeros(want.shape)])
+                dx_relu6, dw_relu6, db_relu6 = call_entry_point(
+                    library, f"dw_bias_relu6_grad_s{stride}", [dy, y_relu6, x_relu6, w, np.zeros(x.shape),
+                                                               np.zeros(w.shape), np.zeros(cout)], outputs=3)[1]
+                dz_relu6, da_relu6 = call_entry_point(library, "bias_relu6_grad", [dx_relu6, x_relu6, np.zeros(x.shape),
+                                                                                   np.zeros(cout)], outputs=2)[1]
+                status_forward, y_moved = call_entry_point(library, f"dw_forward_relu6_input_s{stride}",
+                                                           [z, a, w, bias, np.zeros(want.shape)])
+                status_grad, moved = call_entry_point(
+                    library, f"dw_relu6_input_grad_s{stride}", [dy, y_moved, z, a, w, np.zeros(x.shape), np.zeros(w.shape),
+                                                                np.zeros(cout), np.zeros(cout)], outputs=4)
+                expected = (y_relu6, dz_relu6, dw_relu6, db_relu6, da_relu6)
+                if status or status_forward or status_grad or not all(
+                        np.array_equal(p, q) for p, q in zip((y_moved,) + moved, expected)):
+                    raise FastConvUnavailable(f"self-test: dw_forward_relu6_input_s{stride} / dw_relu6_input_grad_s{stride} "
+                                              "give wrong results")
             status, _ = call_entry_point(library, f"{kind}_forward_s{stride}", [x, w, np.zeros((1, cout, 1, 1))])
             if status != 1:
                 raise FastConvUnavailable(f"self-test: {kind}_forward_s{stride} accepts a wrong output shape")
@@ -431,6 +452,7 @@ def forget_resolution() -> None:
     _batch_norm_ops.cache_clear()
     _affine_op.cache_clear()
     _bias_grad_ops.cache_clear()
+    _relu6_input_op.cache_clear()
     _state["warned"] = False
 
 
@@ -521,6 +543,26 @@ def _kernel_ops(kind: str, stride: int) -> Tuple[ops.Custom, ops.Custom, Optiona
                    depthwise_bias_relu6_bprop if kind == "dw" else bias_relu6_bprop), with_bias)
 
 
+@functools.lru_cache(maxsize=None)
+def _relu6_input_op(stride: int) -> ops.Custom:
+    """The depthwise layer with the expanding 1x1 layer's folded bias and ReLU6 applied to its input:
+    (z, a[C], w, b[C]) -> relu6(conv(relu6(z + a), w) + b), with its bprop, one kernel pass each way."""
+    library = _cached_library()[0]
+    if not library:
+        raise FastConvUnavailable(_cached_library()[1])
+    grad = ops.Custom(f"{library}:dw_relu6_input_grad_s{stride}",
+                      out_shape=lambda dy, y, z, a, w: (z, w, (w[0],), (w[0],)),
+                      out_dtype=lambda *dtypes: (dtypes[0],) * 4, func_type="aot")
+
+    def bprop(z, input_bias, w, bias, out, dout):
+        dz, dw, dbias, dinput_bias = grad(dout, out, z, input_bias, w)
+        return dz, dinput_bias, dw, dbias
+
+    forward_shape = _forward_shape(stride)
+    return ops.Custom(f"{library}:dw_forward_relu6_input_s{stride}", out_shape=lambda z, a, w, b: forward_shape(z, w),
+                      out_dtype=_same_dtype, func_type="aot", bprop=bprop)
+
+
 class FastConv3x3(nn.Conv2d):
     """3x3, padding 1, stride 1 or 2, no bias, depthwise or dense: an nn.Conv2d computed by our CPU kernels."""
 
@@ -536,6 +578,7 @@ class FastConv3x3(nn.Conv2d):
         else:
             raise ValueError(f"FastConv3x3 is depthwise or dense, got group={group} for {in_channels}->{out_channels}")
         self.kernel, self.kernel_bias_relu6, _ = _kernel_ops(kind, stride)
+        self.kernel_relu6_input = _relu6_input_op(stride) if kind == "dw" else None
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         return self.kernel(x, self.weight)
@@ -543,6 +586,12 @@ class FastConv3x3(nn.Conv2d):
     def bias_relu6(self, x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor) -> ms.Tensor:
         """relu6(conv(x, weight) + bias) in one pass, with `weight` in place of the layer's own (a folded BN)."""
         return self.kernel_bias_relu6(x, weight, bias)
+
+    def relu6_input_bias_relu6(self, z: ms.Tensor, input_bias: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor) -> ms.Tensor:
+        """relu6(conv(relu6(z + input_bias), weight) + bias) in one pass (depthwise only): the layer before's
+        folded bias and ReLU6 applied here, so that layer stores its product z alone and its ReLU6
+        gradient is taken in this layer's backward pass (ms_impl/mobilenetv2.py, InvertedResidual)."""
+        return self.kernel_relu6_input(z, input_bias, weight, bias)
 
 
 class FastConv1x1(nn.Conv2d):
@@ -561,6 +610,10 @@ class FastConv1x1(nn.Conv2d):
     def bias_relu6(self, x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor) -> ms.Tensor:
         """relu6(conv(x, weight) + bias) in one pass, with `weight` in place of the layer's own (a folded BN)."""
         return self.kernel_bias_relu6(x, weight, bias)
+
+    def with_weight(self, x: ms.Tensor, weight: ms.Tensor) -> ms.Tensor:
+        """conv(x, weight), with `weight` in place of the layer's own (a folded BN whose bias comes later)."""
+        return self.kernel(x, weight)
 
     def with_bias(self, x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor) -> ms.Tensor:
         """conv(x, weight) + bias in one pass (a folded BatchNorm without ReLU6: the linear projections)."""

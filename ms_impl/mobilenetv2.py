@@ -21,7 +21,9 @@ kernels for them are up to 14-27x slower than PyTorch's. Wherever BatchNorm runs
 on its moving statistics (eval mode, and training with frozen BatchNorm, the
 trainer's `freeze_bn`) the convolutions fold it into their weights and apply the
 bias (+ ReLU6) in the same kernel pass (`ConvBNReLU.folded_forward`,
-`InvertedResidual.folded_forward`); gradients reach gamma and beta through the fold.
+`InvertedResidual.folded_forward`); the expanding 1x1 layer's bias and ReLU6 run inside
+the depthwise layer's kernels (`InvertedResidual.expanded_depthwise`). Gradients reach
+gamma and beta through the fold.
 The device is read from MindSpore's context when the network is built: call
 `ms.set_device(...)` first; on GPU and Ascend "auto"
 and "on" keep MindSpore's own kernels. A framework difference, so the PyTorch
@@ -75,12 +77,16 @@ class ConvBNReLU(nn.Cell):
         self.fuse_bn_relu6 = isinstance(bn, fast_conv_kernels.FastBatchNorm2d)
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
-        if self.fold_bn and not self.features[1].uses_batch_statistics():
+        if self.folds_now():
             return self.folded_forward(x)
         if self.fuse_bn_relu6:
             # One kernel pass, forward and backward.
             return self.features[1].relu6(self.features[0](x))
         return self.features(x)
+
+    def folds_now(self) -> bool:
+        """Whether this pass folds the BatchNorm (our kernels, BatchNorm on its moving statistics)."""
+        return self.fold_bn and not self.features[1].uses_batch_statistics()
 
     def folded_forward(self, x: ms.Tensor) -> ms.Tensor:
         """The output with the BatchNorm on its moving statistics folded: relu6(conv(x, w * s) + beta - mean * s),
@@ -109,6 +115,8 @@ class InvertedResidual(nn.Cell):
         self.has_expand = block.expand is not None
         # BN on moving statistics with our 1x1 kernel: the projection's BN folded into it, bias added in its own pass.
         self.fold_bn = isinstance(projection, fast_conv_kernels.FastConv1x1) and isinstance(self.conv[-1], fast_conv_kernels.FastBatchNorm2d)
+        # Both BNs folded: the expand layer's bias and ReLU6 run in the depthwise layer's kernels (expanded_depthwise).
+        self.expand_into_depthwise = self.has_expand
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         out = self.folded_forward(x) if self.fold_bn and not self.conv[-1].uses_batch_statistics() else self.conv(x)
@@ -119,12 +127,27 @@ class InvertedResidual(nn.Cell):
     def folded_forward(self, x: ms.Tensor) -> ms.Tensor:
         """The body with the projection's BatchNorm on its moving statistics folded into it (see ConvBNReLU.folded_forward)."""
         if self.has_expand:
-            hidden = self.conv[1](self.conv[0](x))
+            expand, depthwise = self.conv[0], self.conv[1]
+            if self.expand_into_depthwise and expand.folds_now() and depthwise.folds_now():
+                hidden = self.expanded_depthwise(x)
+            else:
+                hidden = depthwise(expand(x))
             weight, bias = folded_batch_norm(self.conv[2], self.conv[3])
             return self.conv[2].with_bias(hidden, weight, bias)
         hidden = self.conv[0](x)
         weight, bias = folded_batch_norm(self.conv[1], self.conv[2])
         return self.conv[1].with_bias(hidden, weight, bias)
+
+    def expanded_depthwise(self, x: ms.Tensor) -> ms.Tensor:
+        """Expand and depthwise layers, both BatchNorms folded, in two kernel passes: the 1x1 product z alone,
+        then relu6(dwconv(relu6(z + expand bias)) + depthwise bias). The expand layer's bias and ReLU6 run
+        where the depthwise layer reads z, and their gradient inside its backward: the widest tensor of the
+        block is not gated and stored again by a pass of its own. Same values as the two layers' folded_forward."""
+        expand, depthwise = self.conv[0], self.conv[1]
+        expand_weight, expand_bias = folded_batch_norm(expand.features[0], expand.features[1])
+        weight, bias = folded_batch_norm(depthwise.features[0], depthwise.features[1])
+        return depthwise.features[0].relu6_input_bias_relu6(expand.features[0].with_weight(x, expand_weight),
+                                                            expand_bias, weight, bias)
 
 
 class MobileNetV2Backbone(nn.Cell):

@@ -139,6 +139,51 @@ def test_depthwise_bias_relu6_matches_torch(fast_conv, n, c, h, w, stride):
     _check_bias_relu6(fast_conv, c, c, c, n, h, w, stride)
 
 
+@pytest.mark.parametrize("n,c,h,w,stride", [(1, 2, 1, 1, 1), (3, 5, 9, 7, 2), (2, 16, 12, 10, 2), (3, 7, 15, 8, 1),
+                                             (1, 4, 1, 3, 2)])
+def test_depthwise_with_relu6_input_matches_torch_and_the_separate_kernels(fast_conv, n, c, h, w, stride):
+    """relu6(dwconv(relu6(z + a), w) + b), the expand layer's bias and ReLU6 moved into the depthwise
+    kernels: output and the four gradients (z, a, w, b) against torch autograd, and bit for bit the
+    results of the separate kernels (1x1 epilogue, then dw_bias_relu6_grad and bias_relu6_grad)."""
+    import ctypes
+
+    import mindspore as ms
+
+    rng = np.random.default_rng(c * 11 + h + stride)
+    layer = fast_conv.FastConv3x3(c, c, stride, c, "HeNormal")
+    z = (rng.standard_normal((n, c, h, w)) * 3 + 2).astype(np.float32)  # relu6(z + a) on both sides of 0 and 6
+    a = rng.uniform(-1.0, 2.0, c).astype(np.float32)
+    weight, bias = layer.weight.asnumpy(), rng.uniform(-1.0, 3.0, c).astype(np.float32)
+    out_shape = (n, c, (h - 1) // stride + 1, (w - 1) // stride + 1)
+    upstream = rng.standard_normal(out_shape).astype(np.float32)
+
+    def objective(*inputs):
+        return (layer.relu6_input_bias_relu6(*inputs) * ms.Tensor(upstream)).sum()
+
+    args = tuple(ms.Tensor(v) for v in (z, a, weight, bias))
+    got = (layer.relu6_input_bias_relu6(*args).asnumpy(),
+           *(g.asnumpy() for g in ms.grad(objective, grad_position=(0, 1, 2, 3))(*args)))
+    tensors = [torch.from_numpy(v).requires_grad_(True) for v in (z, a, weight, bias)]
+    x = torch.nn.functional.relu6(tensors[0] + tensors[1][None, :, None, None])
+    y = torch.nn.functional.relu6(torch.nn.functional.conv2d(x, tensors[2], tensors[3], stride=stride, padding=1,
+                                                             groups=c))
+    (y * torch.from_numpy(upstream)).sum().backward()
+    want = (y.detach().numpy(), *(t.grad.numpy() for t in tensors))
+    for name, mine, ref in zip(("forward", "grad z", "grad input bias", "grad weight", "grad bias"), got, want):
+        _assert_close(mine, ref, f"relu6-input depthwise {name} vs torch")
+    library, call = ctypes.CDLL(str(fast_conv.kernel_library())), fast_conv.call_entry_point
+    x = np.clip(z + a[None, :, None, None], 0.0, 6.0).astype(np.float32)  # the 1x1 kernel's epilogue
+    status, separate_y = call(library, f"dw_forward_bias_relu6_s{stride}", [x, weight, bias, np.zeros(out_shape)])
+    status_dw, (dx, dw, db) = call(library, f"dw_bias_relu6_grad_s{stride}",
+                                   [upstream, separate_y, x, weight, np.zeros(x.shape), np.zeros(weight.shape),
+                                    np.zeros(c)], outputs=3)
+    status_bias, (dz, da) = call(library, "bias_relu6_grad", [dx, x, np.zeros(x.shape), np.zeros(c)], outputs=2)
+    assert status == status_dw == status_bias == 0
+    for name, mine, separate in zip(("forward", "grad z", "grad input bias", "grad weight", "grad bias"), got,
+                                    (separate_y, dz, da, dw, db)):
+        np.testing.assert_array_equal(mine, separate, err_msg=name)
+
+
 @pytest.mark.parametrize("n,cin,cout,h,w,stride", [(1, 3, 32, 9, 11, 2), (3, 5, 7, 8, 5, 1)])
 def test_dense_bias_relu6_matches_torch(fast_conv, n, cin, cout, h, w, stride):
     _check_bias_relu6(fast_conv, cin, cout, 1, n, h, w, stride)
@@ -246,11 +291,12 @@ def test_frozen_batchnorm_training_folds_and_matches_unfolded_gradients(fast_con
     folding = [c for _, c in nets["on"].cells_and_names() if isinstance(c, (ConvBNReLU, InvertedResidual)) and c.fold_bn]
     assert len(folding) == 35 + 17
     folded_calls = []
-    for cls in (ConvBNReLU, InvertedResidual):
-        def counted(self, inputs, _forward=cls.folded_forward):
-            folded_calls.append(self)
+    for cls, method in ((ConvBNReLU, "folded_forward"), (InvertedResidual, "folded_forward"),
+                        (InvertedResidual, "expanded_depthwise")):
+        def counted(self, inputs, _forward=getattr(cls, method), _method=method):
+            folded_calls.append((self, _method))
             return _forward(self, inputs)
-        monkeypatch.setattr(cls, "folded_forward", counted)
+        monkeypatch.setattr(cls, method, counted)
     moving_before = {p.name: p.asnumpy().copy() for p in nets["on"].get_parameters() if "moving" in p.name}
     results = {}
     for mode, net in nets.items():
@@ -258,7 +304,13 @@ def test_frozen_batchnorm_training_folds_and_matches_unfolded_gradients(fast_con
         params = net.trainable_params()
         loss, grads = ms.value_and_grad(lambda inputs, target: loss_fn(net(inputs), target), None, params)(x, labels)
         results[mode] = (float(loss.asnumpy()), {p.name: g.asnumpy() for p, g in zip(params, grads)})
-    assert {id(c) for c in folded_calls} == {id(c) for c in folding}  # the "on" network took the folded path
+    # The "on" network took the folded path: every block's expand and depthwise layers in one pair of
+    # kernels (expanded_depthwise), the other layers each on its own.
+    paired = [cell for cell, method in folded_calls if method == "expanded_depthwise"]
+    assert len(paired) == 16 and all(cell.has_expand for cell in paired)
+    covered = [cell for cell, method in folded_calls if method == "folded_forward"]
+    covered += [layer for cell in paired for layer in (cell.conv[0], cell.conv[1])]
+    assert sorted(id(c) for c in covered) == sorted(id(c) for c in folding)
     assert abs(results["on"][0] - results["off"][0]) <= 1e-5 * max(1.0, abs(results["off"][0]))
     assert len(results["on"][1]) == len(results["off"][1]) == 3 * 52 + 2  # conv weight, gamma, beta per layer; dense
     for name, want in results["off"][1].items():
@@ -620,12 +672,23 @@ def test_entry_points_refuse_wrong_shapes_and_survive_failures(fast_conv):
                                    np.zeros(4)]),  # y's shape is not dy's
         ("dw_bias_relu6_grad_s2", [y, y, x, dw_w, np.zeros(x.shape), np.zeros(dw_w.shape), np.zeros(3)]),  # db length
         ("dw_bias_relu6_grad_s1", [y, y, x, dw_w, np.zeros(x.shape), np.zeros(dw_w.shape), np.zeros(4)]),  # stride
+        # the depthwise layer with the expand layer's bias + ReLU6 on its input: (z, a, w, b) -> y and
+        # (dy, y, z, a, w) -> (dz, dw, db, da)
+        ("dw_forward_relu6_input_s2", [x, np.zeros(3), dw_w, np.zeros(4), y]),  # a's length
+        ("dw_forward_relu6_input_s2", [x, np.zeros(4), dw_w, np.zeros(4), np.zeros((2, 4, 6, 5))]),  # y's shape (stride)
+        ("dw_relu6_input_grad_s2", [y, y, x, np.zeros(4), dw_w, np.zeros(x.shape), np.zeros(dw_w.shape), np.zeros(4),
+                                    np.zeros(3)]),  # da length
+        ("dw_relu6_input_grad_s2", [y, y, x, np.zeros(4), dw_w, np.zeros((2, 4, 6, 4)), np.zeros(dw_w.shape),
+                                    np.zeros(4), np.zeros(4)]),  # dz's shape is not z's
         ("bias_grad", [x, np.zeros(3)]),  # db length
         ("bias_relu6_grad", [x, np.zeros((2, 4, 6, 4)), np.zeros(x.shape), np.zeros(4)]),  # y's shape
         ("bias_relu6_grad", [x, x, np.zeros((2, 4, 6, 4)), np.zeros(4)]),  # dz's shape
     ]
     assert call(library, "dw_bias_relu6_grad_s2", [y, y, x, dw_w, np.zeros(x.shape), np.zeros(dw_w.shape), np.zeros(4)],
                 outputs=3)[0] == 0
+    assert call(library, "dw_forward_relu6_input_s2", [x, np.zeros(4), dw_w, np.zeros(4), y])[0] == 0
+    assert call(library, "dw_relu6_input_grad_s2", [y, y, x, np.zeros(4), dw_w, np.zeros(x.shape), np.zeros(dw_w.shape),
+                                                    np.zeros(4), np.zeros(4)], outputs=4)[0] == 0
     for name, arrays in refused:
         assert call(library, name, arrays)[0] == 1, name
     # Shapes that pass the checks but whose scratch space cannot be allocated: the C++ exception

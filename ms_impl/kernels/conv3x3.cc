@@ -13,6 +13,10 @@
 //   dw_grad_weight_s{1,2}(x, dy)                         -> dw[C,1,3,3]
 //   dw_bias_relu6_grad_s{1,2} (dy, y, x, w)              -> dx, dw, db[C]: the whole backward of
 //                        dw_forward_bias_relu6 (y its output), in one pass per plane
+//   dw_forward_relu6_input_s{1,2} (z, a[C], w, b[C])      -> y = min(max(conv(x) + b, 0), 6) with
+//                        x = min(max(z + a, 0), 6): the expanding 1x1 layer's folded bias and ReLU6 applied
+//                        where the depthwise layer reads its output z (which is stored without them)
+//   dw_relu6_input_grad_s{1,2} (dy, y, z, a, w)           -> dz, dw, db[C], da[C]: its whole backward
 //   dense_forward_s{1,2}     (x[N,Ci,H,W], w[Co,Ci,3,3]) -> y[N,Co,Ho,Wo]
 //   dense_forward_bias_relu6_s{1,2} (x, w, b[Co])        -> y = min(max(conv + b, 0), 6)
 //   dense_grad_input_s{1,2}  (dy, w, x)                  -> dx[N,Ci,H,W]
@@ -227,8 +231,9 @@ int64_t mbv2_threads_now() {
   return requested_threads.load() > 0 ? requested_threads.load() : default_thread_count();
 }
 
-// Copies one H x W plane into a zero-padded plane (layout of Geometry).
-void pad_plane(const Geometry& g, const float* __restrict__ src, float* __restrict__ dst) {
+// Copies one H x W plane into a zero-padded plane (layout of Geometry), each value through `f`.
+template <typename F>
+inline void pad_plane_with(const Geometry& g, const float* __restrict__ src, float* __restrict__ dst, F f) {
   // Only the border is zeroed: the top and bottom rows, and in every row padded columns 0 and W + 1
   // and the spare last float; every other float is written from src.
   std::memset(dst, 0, sizeof(float) * g.pitch);
@@ -241,18 +246,28 @@ void pad_plane(const Geometry& g, const float* __restrict__ src, float* __restri
     row[right] = 0.0f;
     row[g.pitch - 1] = 0.0f;
     if (g.stride == 1) {
-      std::memcpy(row + 1, in, sizeof(float) * g.width);
+#pragma omp simd
+      for (int64_t i = 0; i < g.width; ++i) row[1 + i] = f(in[i]);
     } else {
       float* __restrict__ odd = row + g.even_len;
       float* __restrict__ even = row + 1;
       // input column iw sits at padded column iw + 1: even iw -> odd half, odd iw -> even half.
       for (int64_t m = 0; m < pairs; ++m) {
-        odd[m] = in[2 * m];
-        even[m] = in[2 * m + 1];
+        odd[m] = f(in[2 * m]);
+        even[m] = f(in[2 * m + 1]);
       }
-      if (g.width % 2) odd[pairs] = in[g.width - 1];
+      if (g.width % 2) odd[pairs] = f(in[g.width - 1]);
     }
   }
+}
+
+void pad_plane(const Geometry& g, const float* __restrict__ src, float* __restrict__ dst) {
+  pad_plane_with(g, src, dst, [](float v) { return v; });
+}
+
+// pad_plane of relu6(src + bias): the padding stays 0 (it pads the activation).
+void pad_plane_bias_relu6(const Geometry& g, const float* __restrict__ src, float bias, float* __restrict__ dst) {
+  pad_plane_with(g, src, dst, [bias](float v) { return std::min(std::max(v + bias, 0.0f), 6.0f); });
 }
 
 // y (Ho x Wo) (+)= correlation of the padded plane with the 3x3 kernel w.
@@ -476,6 +491,32 @@ void bias_relu6_plane(float* __restrict__ y, int64_t count, float bias) {
   for (int64_t i = 0; i < count; ++i) y[i] = std::min(std::max(y[i] + bias, 0.0f), 6.0f);
 }
 
+// x = min(max(z + bias, 0), 6) over one plane, into another: the same values as the 1x1 kernel's
+// bias + ReLU6 epilogue (one add, then the clamps), so moving it here changes no result.
+void bias_relu6_copy(const float* __restrict__ z, int64_t count, float bias, float* __restrict__ x) {
+#pragma omp simd
+  for (int64_t i = 0; i < count; ++i) x[i] = std::min(std::max(z[i] + bias, 0.0f), 6.0f);
+}
+
+// g[i] = d[i] where 0 < y[i] < 6, else 0 (ReLU6's gradient read from its clamped output y), over
+// [start, stop); returns the run's float sum of g. The one masked sum of bias_relu6_grad and the
+// fused depthwise backwards: the same loop everywhere, so their sums agree bit for bit.
+inline __attribute__((always_inline)) float relu6_gate_run(const float* __restrict__ d, const float* __restrict__ y,
+                                                           float* __restrict__ g, int64_t start, int64_t stop) {
+  float run = 0.0f;
+#pragma omp simd reduction(+ : run)
+  for (int64_t i = start; i < stop; ++i) {
+    g[i] = (y[i] > 0.0f && y[i] < 6.0f) ? d[i] : 0.0f;
+    run += g[i];
+  }
+  return run;
+}
+
+// relu6_gate_run over a whole plane in runs of SUM_RUN, the runs added to `sum` in double.
+inline void relu6_gate_plane(const float* d, const float* y, float* g, int64_t count, double& sum) {
+  for (int64_t start = 0; start < count; start += SUM_RUN) sum += relu6_gate_run(d, y, g, start, std::min(count, start + SUM_RUN));
+}
+
 // ---- depthwise: channel c of x meets channel c of w ----
 
 // (x, w[, bias]) -> y; with `fused`, y = relu6(conv + bias[c]).
@@ -639,18 +680,7 @@ int dw_bias_relu6_grad(const Args& a, int stride) {
       double bias_sum = 0.0;
       for (int64_t b = 0; b < n; ++b) {
         const int64_t p = b * c + ch;
-        const float* __restrict__ d = dy + p * out_plane;
-        const float* __restrict__ out = y + p * out_plane;
-        for (int64_t start = 0; start < out_plane; start += SUM_RUN) {
-          const int64_t stop = std::min(out_plane, start + SUM_RUN);
-          float run = 0.0f;
-#pragma omp simd reduction(+ : run)
-          for (int64_t i = start; i < stop; ++i) {
-            dz[i] = (out[i] > 0.0f && out[i] < 6.0f) ? d[i] : 0.0f;
-            run += dz[i];
-          }
-          bias_sum += run;
-        }
+        relu6_gate_plane(dy + p * out_plane, y + p * out_plane, dz, out_plane, bias_sum);
         if (stride == 1) {
           pad_plane(g, dz, grad_padded);
           forward_plane(g, grad_padded, flipped, dx + p * in_plane, false);
@@ -666,6 +696,98 @@ int dw_bias_relu6_grad(const Args& a, int stride) {
       }
       for (int k = 0; k < 9; ++k) dw[ch * 9 + k] = static_cast<float>(acc[k]);
       db[ch] = static_cast<float>(bias_sum);
+    }
+  });
+  return 0;
+}
+
+// The depthwise layer of an inverted residual block with the expanding 1x1 layer's folded bias and
+// ReLU6 moved in (BatchNorm on its moving statistics: inference, and training with frozen BatchNorm):
+// (z, a, w, b) -> y = relu6(conv(x, w) + b), x = relu6(z + a). The 1x1 layer stores its product z
+// alone; x exists per plane only, where this layer pads its input, and the backward below gates the
+// input gradient itself, so the block's widest tensor is no longer masked, written and read back by a
+// bias_relu6_grad pass of its own. The values are those of the two layers' separate kernels.
+int dw_forward_relu6_input(const Args& a, int stride) {
+  if (a.nparam != 5 || !a.is(0, -1, -1, -1, -1)) return 1;
+  const int64_t n = a.shape(0)[0], c = a.shape(0)[1];
+  const Geometry g(a.shape(0)[2], a.shape(0)[3], stride);
+  if (!a.is_vector(1, c) || !a.is(2, c, 1, 3, 3) || !a.is_vector(3, c) || !a.is(4, n, c, g.out_height, g.out_width))
+    return 1;
+  const float* z = a.in(0);
+  const float* in_bias = a.in(1);
+  const float* w = a.in(2);
+  const float* bias = a.in(3);
+  float* y = a.out(4);
+  const int64_t in_plane = g.height * g.width, out_plane = g.out_height * g.out_width;
+  parallel_for(n * c, [&](int64_t begin, int64_t end) {
+    float* padded = scratch(g.plane);
+    for (int64_t p = begin; p < end; ++p) {
+      pad_plane_bias_relu6(g, z + p * in_plane, in_bias[p % c], padded);
+      forward_plane(g, padded, w + (p % c) * 9, y + p * out_plane, false);
+      bias_relu6_plane(y + p * out_plane, out_plane, bias[p % c]);
+    }
+  });
+  return 0;
+}
+
+// The whole backward of dw_forward_relu6_input: (dy, y, z, a, w) -> (dz, dw, db[C], da[C]) with
+// g = dy where 0 < y < 6, dz = the input gradient of g where 0 < x < 6 (x = relu6(z + a)), dw = the
+// weight gradient of (x, g), db = sum of g, da = sum of dz. Split over channels; per channel and image
+// g, x and the ungated input gradient live in scratch planes. Every sum runs in the order of
+// dw_bias_relu6_grad followed by bias_relu6_grad, so the results are theirs bit for bit.
+int dw_relu6_input_grad(const Args& a, int stride) {
+  if (a.nparam != 9 || !a.is(2, -1, -1, -1, -1)) return 1;
+  const int64_t n = a.shape(2)[0], c = a.shape(2)[1];
+  const Geometry g(a.shape(2)[2], a.shape(2)[3], stride);
+  if (!a.is(0, n, c, g.out_height, g.out_width) || !a.is(1, n, c, g.out_height, g.out_width) || !a.is_vector(3, c) ||
+      !a.is(4, c, 1, 3, 3) || !a.is(5, n, c, g.height, g.width) || !a.is(6, c, 1, 3, 3) || !a.is_vector(7, c) ||
+      !a.is_vector(8, c))
+    return 1;
+  const float* dy = a.in(0);
+  const float* y = a.in(1);
+  const float* z = a.in(2);
+  const float* in_bias = a.in(3);
+  const float* w = a.in(4);
+  float* dz = a.out(5);
+  float* dw = a.out(6);
+  float* db = a.out(7);
+  float* da = a.out(8);
+  const int64_t in_plane = g.height * g.width, out_plane = g.out_height * g.out_width;
+  const int64_t grad_work = std::max(g.plane, (g.out_height + 3) * (g.out_width + 1));
+  parallel_for(c, [&](int64_t begin, int64_t end) {
+    float* gated = scratch(out_plane + grad_work + g.plane + g.out_height * g.pitch + 2 * in_plane);
+    float* grad_padded = gated + out_plane;
+    float* x_padded = grad_padded + grad_work;
+    float* flat = x_padded + g.plane;
+    float* x = flat + g.out_height * g.pitch;
+    float* dx = x + in_plane;
+    for (int64_t ch = begin; ch < end; ++ch) {
+      const float* wp = w + ch * 9;
+      float flipped[9];
+      for (int k = 0; k < 9; ++k) flipped[k] = wp[8 - k];
+      double acc[9] = {0};
+      double bias_sum = 0.0, in_bias_sum = 0.0;
+      for (int64_t b = 0; b < n; ++b) {
+        const int64_t p = b * c + ch;
+        relu6_gate_plane(dy + p * out_plane, y + p * out_plane, gated, out_plane, bias_sum);
+        if (stride == 1) {
+          pad_plane(g, gated, grad_padded);
+          forward_plane(g, grad_padded, flipped, dx, false);
+        } else {
+          gather_plane_s2(g, gated, wp, dx, grad_padded);
+        }
+        bias_relu6_copy(z + p * in_plane, in_plane, in_bias[ch], x);
+        relu6_gate_plane(dx, x, dz + p * in_plane, in_plane, in_bias_sum);
+        pad_plane(g, x, x_padded);
+        if (stride == 1) {
+          weight_grad_plane_flat(g, x_padded, gated, acc, flat);
+        } else {
+          weight_grad_plane(g, x_padded, gated, acc);
+        }
+      }
+      for (int k = 0; k < 9; ++k) dw[ch * 9 + k] = static_cast<float>(acc[k]);
+      db[ch] = static_cast<float>(bias_sum);
+      da[ch] = static_cast<float>(in_bias_sum);
     }
   });
   return 0;
@@ -1439,13 +1561,7 @@ int bias_grad(const Args& a, bool relu6) {
           const int64_t stop = std::min(plane, start + SUM_RUN);
           float run = 0.0f;
           if (relu6) {
-            const float* __restrict__ out = y + offset;
-            float* __restrict__ g = dz + offset;
-#pragma omp simd reduction(+ : run)
-            for (int64_t i = start; i < stop; ++i) {
-              g[i] = (out[i] > 0.0f && out[i] < 6.0f) ? d[i] : 0.0f;
-              run += g[i];
-            }
+            run = relu6_gate_run(d, y + offset, dz + offset, start, stop);
           } else {
 #pragma omp simd reduction(+ : run)
             for (int64_t i = start; i < stop; ++i) run += d[i];
@@ -1484,6 +1600,10 @@ MBV2_ENTRY(dw_grad_weight_s1, dw_grad_weight(args, 1))
 MBV2_ENTRY(dw_grad_weight_s2, dw_grad_weight(args, 2))
 MBV2_ENTRY(dw_bias_relu6_grad_s1, dw_bias_relu6_grad(args, 1))
 MBV2_ENTRY(dw_bias_relu6_grad_s2, dw_bias_relu6_grad(args, 2))
+MBV2_ENTRY(dw_forward_relu6_input_s1, dw_forward_relu6_input(args, 1))
+MBV2_ENTRY(dw_forward_relu6_input_s2, dw_forward_relu6_input(args, 2))
+MBV2_ENTRY(dw_relu6_input_grad_s1, dw_relu6_input_grad(args, 1))
+MBV2_ENTRY(dw_relu6_input_grad_s2, dw_relu6_input_grad(args, 2))
 MBV2_ENTRY(dense_forward_s1, dense_forward(args, 1, false))
 MBV2_ENTRY(dense_forward_s2, dense_forward(args, 2, false))
 MBV2_ENTRY(dense_forward_bias_relu6_s1, dense_forward(args, 1, true))
