@@ -645,12 +645,64 @@ int dw_grad_weight(const Args& a, int stride) {
   return 0;
 }
 
-// The whole backward of a depthwise layer with its folded BatchNorm and ReLU6 (training with frozen
-// BatchNorm): (dy, y, x, w) -> (dx, dw, db[C]) with dz = dy where 0 < y < 6 (as bias_relu6_grad),
-// dx = the input gradient of dz, dw = the weight gradient of (x, dz), db = sum of dz. Per channel and
-// image, dz lives in a scratch plane only: dy, y and x are read once and dx written once, where the
-// three separate kernels write dz and read it twice. Split over channels; every sum runs in the order
-// of the separate kernels, so the results are theirs bit for bit.
+// The backward of a depthwise layer with its folded BatchNorm and ReLU6 (training with frozen
+// BatchNorm), split over channels: g = dy where 0 < y < 6, dw = the weight gradient of (x, g),
+// db = sum of g, and the input gradient of g into dx. Without `in_bias`, `input` is the layer's input
+// x and dx its gradient (dw_bias_relu6_grad). With it, `input` is the expansion's product z, the layer's
+// input is x = relu6(z + in_bias), and dx is the gradient of z: the input gradient gated where
+// 0 < x < 6, summed into da (dw_relu6_input_grad). Per channel and image, g, x and the ungated input
+// gradient live in scratch planes only; dy, y and the input are read once and dx written once. Every
+// sum runs in the order of the separate kernels (dw_grad_input, dw_grad_weight, bias_relu6_grad), so
+// the results are theirs bit for bit.
+void depthwise_bias_relu6_backward(const Geometry& g, int64_t n, int64_t c, const float* dy, const float* y,
+                                   const float* input, const float* in_bias, const float* w, float* dx, float* dw,
+                                   float* db, float* da) {
+  const int64_t in_plane = g.height * g.width, out_plane = g.out_height * g.out_width;
+  const int64_t grad_work = std::max(g.plane, (g.out_height + 3) * (g.out_width + 1));
+  parallel_for(c, [&](int64_t begin, int64_t end) {
+    float* gated = scratch(out_plane + grad_work + g.plane + g.out_height * g.pitch + 2 * in_plane);
+    float* grad_padded = gated + out_plane;
+    float* x_padded = grad_padded + grad_work;
+    float* flat = x_padded + g.plane;
+    float* activated = flat + g.out_height * g.pitch;
+    float* ungated = activated + in_plane;
+    for (int64_t ch = begin; ch < end; ++ch) {
+      const float* wp = w + ch * 9;
+      float flipped[9];
+      for (int k = 0; k < 9; ++k) flipped[k] = wp[8 - k];
+      double acc[9] = {0};
+      double bias_sum = 0.0, in_bias_sum = 0.0;
+      for (int64_t b = 0; b < n; ++b) {
+        const int64_t p = b * c + ch;
+        relu6_gate_plane(dy + p * out_plane, y + p * out_plane, gated, out_plane, bias_sum);
+        float* input_grad = in_bias != nullptr ? ungated : dx + p * in_plane;
+        if (g.stride == 1) {
+          pad_plane(g, gated, grad_padded);
+          forward_plane(g, grad_padded, flipped, input_grad, false);
+        } else {
+          gather_plane_s2(g, gated, wp, input_grad, grad_padded);
+        }
+        const float* x = input + p * in_plane;
+        if (in_bias != nullptr) {
+          bias_relu6_copy(x, in_plane, in_bias[ch], activated);
+          relu6_gate_plane(ungated, activated, dx + p * in_plane, in_plane, in_bias_sum);
+          x = activated;
+        }
+        pad_plane(g, x, x_padded);
+        if (g.stride == 1) {
+          weight_grad_plane_flat(g, x_padded, gated, acc, flat);
+        } else {
+          weight_grad_plane(g, x_padded, gated, acc);
+        }
+      }
+      for (int k = 0; k < 9; ++k) dw[ch * 9 + k] = static_cast<float>(acc[k]);
+      db[ch] = static_cast<float>(bias_sum);
+      if (in_bias != nullptr) da[ch] = static_cast<float>(in_bias_sum);
+    }
+  });
+}
+
+// (dy, y, x, w) -> (dx, dw, db[C]): the whole backward of dw_forward_bias_relu6 (y its output).
 int dw_bias_relu6_grad(const Args& a, int stride) {
   if (a.nparam != 7 || !a.is(2, -1, -1, -1, -1)) return 1;
   const int64_t n = a.shape(2)[0], c = a.shape(2)[1];
@@ -658,53 +710,15 @@ int dw_bias_relu6_grad(const Args& a, int stride) {
   if (!a.is(0, n, c, g.out_height, g.out_width) || !a.is(1, n, c, g.out_height, g.out_width) ||
       !a.is(3, c, 1, 3, 3) || !a.is(4, n, c, g.height, g.width) || !a.is(5, c, 1, 3, 3) || !a.is_vector(6, c))
     return 1;
-  const float* dy = a.in(0);
-  const float* y = a.in(1);
-  const float* x = a.in(2);
-  const float* w = a.in(3);
-  float* dx = a.out(4);
-  float* dw = a.out(5);
-  float* db = a.out(6);
-  const int64_t in_plane = g.height * g.width, out_plane = g.out_height * g.out_width;
-  const int64_t grad_work = std::max(g.plane, (g.out_height + 3) * (g.out_width + 1));
-  parallel_for(c, [&](int64_t begin, int64_t end) {
-    float* dz = scratch(out_plane + grad_work + g.plane + g.out_height * g.pitch);
-    float* grad_padded = dz + out_plane;
-    float* x_padded = grad_padded + grad_work;
-    float* flat = x_padded + g.plane;
-    for (int64_t ch = begin; ch < end; ++ch) {
-      const float* wp = w + ch * 9;
-      float flipped[9];
-      for (int k = 0; k < 9; ++k) flipped[k] = wp[8 - k];
-      double acc[9] = {0};
-      double bias_sum = 0.0;
-      for (int64_t b = 0; b < n; ++b) {
-        const int64_t p = b * c + ch;
-        relu6_gate_plane(dy + p * out_plane, y + p * out_plane, dz, out_plane, bias_sum);
-        if (stride == 1) {
-          pad_plane(g, dz, grad_padded);
-          forward_plane(g, grad_padded, flipped, dx + p * in_plane, false);
-        } else {
-          gather_plane_s2(g, dz, wp, dx + p * in_plane, grad_padded);
-        }
-        pad_plane(g, x + p * in_plane, x_padded);
-        if (stride == 1) {
-          weight_grad_plane_flat(g, x_padded, dz, acc, flat);
-        } else {
-          weight_grad_plane(g, x_padded, dz, acc);
-        }
-      }
-      for (int k = 0; k < 9; ++k) dw[ch * 9 + k] = static_cast<float>(acc[k]);
-      db[ch] = static_cast<float>(bias_sum);
-    }
-  });
+  depthwise_bias_relu6_backward(g, n, c, a.in(0), a.in(1), a.in(2), nullptr, a.in(3), a.out(4), a.out(5), a.out(6),
+                                nullptr);
   return 0;
 }
 
 // The depthwise layer of an inverted residual block with the expanding 1x1 layer's folded bias and
-// ReLU6 moved in (BatchNorm on its moving statistics: inference, and training with frozen BatchNorm):
+// ReLU6 moved in (training with frozen BatchNorm, InvertedResidual.expanded_depthwise in ms_impl/mobilenetv2.py):
 // (z, a, w, b) -> y = relu6(conv(x, w) + b), x = relu6(z + a). The 1x1 layer stores its product z
-// alone; x exists per plane only, where this layer pads its input, and the backward below gates the
+// alone; x exists per plane only, where this layer pads its input, and its backward (above) gates the
 // input gradient itself, so the block's widest tensor is no longer masked, written and read back by a
 // bias_relu6_grad pass of its own. The values are those of the two layers' separate kernels.
 int dw_forward_relu6_input(const Args& a, int stride) {
@@ -730,11 +744,7 @@ int dw_forward_relu6_input(const Args& a, int stride) {
   return 0;
 }
 
-// The whole backward of dw_forward_relu6_input: (dy, y, z, a, w) -> (dz, dw, db[C], da[C]) with
-// g = dy where 0 < y < 6, dz = the input gradient of g where 0 < x < 6 (x = relu6(z + a)), dw = the
-// weight gradient of (x, g), db = sum of g, da = sum of dz. Split over channels; per channel and image
-// g, x and the ungated input gradient live in scratch planes. Every sum runs in the order of
-// dw_bias_relu6_grad followed by bias_relu6_grad, so the results are theirs bit for bit.
+// (dy, y, z, a, w) -> (dz, dw, db[C], da[C]): the whole backward of dw_forward_relu6_input.
 int dw_relu6_input_grad(const Args& a, int stride) {
   if (a.nparam != 9 || !a.is(2, -1, -1, -1, -1)) return 1;
   const int64_t n = a.shape(2)[0], c = a.shape(2)[1];
@@ -743,53 +753,8 @@ int dw_relu6_input_grad(const Args& a, int stride) {
       !a.is(4, c, 1, 3, 3) || !a.is(5, n, c, g.height, g.width) || !a.is(6, c, 1, 3, 3) || !a.is_vector(7, c) ||
       !a.is_vector(8, c))
     return 1;
-  const float* dy = a.in(0);
-  const float* y = a.in(1);
-  const float* z = a.in(2);
-  const float* in_bias = a.in(3);
-  const float* w = a.in(4);
-  float* dz = a.out(5);
-  float* dw = a.out(6);
-  float* db = a.out(7);
-  float* da = a.out(8);
-  const int64_t in_plane = g.height * g.width, out_plane = g.out_height * g.out_width;
-  const int64_t grad_work = std::max(g.plane, (g.out_height + 3) * (g.out_width + 1));
-  parallel_for(c, [&](int64_t begin, int64_t end) {
-    float* gated = scratch(out_plane + grad_work + g.plane + g.out_height * g.pitch + 2 * in_plane);
-    float* grad_padded = gated + out_plane;
-    float* x_padded = grad_padded + grad_work;
-    float* flat = x_padded + g.plane;
-    float* x = flat + g.out_height * g.pitch;
-    float* dx = x + in_plane;
-    for (int64_t ch = begin; ch < end; ++ch) {
-      const float* wp = w + ch * 9;
-      float flipped[9];
-      for (int k = 0; k < 9; ++k) flipped[k] = wp[8 - k];
-      double acc[9] = {0};
-      double bias_sum = 0.0, in_bias_sum = 0.0;
-      for (int64_t b = 0; b < n; ++b) {
-        const int64_t p = b * c + ch;
-        relu6_gate_plane(dy + p * out_plane, y + p * out_plane, gated, out_plane, bias_sum);
-        if (stride == 1) {
-          pad_plane(g, gated, grad_padded);
-          forward_plane(g, grad_padded, flipped, dx, false);
-        } else {
-          gather_plane_s2(g, gated, wp, dx, grad_padded);
-        }
-        bias_relu6_copy(z + p * in_plane, in_plane, in_bias[ch], x);
-        relu6_gate_plane(dx, x, dz + p * in_plane, in_plane, in_bias_sum);
-        pad_plane(g, x, x_padded);
-        if (stride == 1) {
-          weight_grad_plane_flat(g, x_padded, gated, acc, flat);
-        } else {
-          weight_grad_plane(g, x_padded, gated, acc);
-        }
-      }
-      for (int k = 0; k < 9; ++k) dw[ch * 9 + k] = static_cast<float>(acc[k]);
-      db[ch] = static_cast<float>(bias_sum);
-      da[ch] = static_cast<float>(in_bias_sum);
-    }
-  });
+  depthwise_bias_relu6_backward(g, n, c, a.in(0), a.in(1), a.in(2), a.in(3), a.in(4), a.out(5), a.out(6), a.out(7),
+                                a.out(8));
   return 0;
 }
 
