@@ -519,6 +519,26 @@ inline void relu6_gate_plane(const float* d, const float* y, float* g, int64_t c
 
 // ---- depthwise: channel c of x meets channel c of w ----
 
+// y = conv(x, w), per (image, channel) plane (split over planes); with `bias`, y = relu6(conv + bias[c]).
+// With `in_bias` too, `input` is the expansion's product z and x = relu6(z + in_bias), applied where
+// each plane is padded (dw_forward_relu6_input); without, `input` is x.
+void depthwise_forward(const Geometry& g, int64_t n, int64_t c, const float* input, const float* in_bias,
+                       const float* w, const float* bias, float* y) {
+  const int64_t in_plane = g.height * g.width, out_plane = g.out_height * g.out_width;
+  parallel_for(n * c, [&](int64_t begin, int64_t end) {
+    float* padded = scratch(g.plane);
+    for (int64_t p = begin; p < end; ++p) {
+      if (in_bias != nullptr) {
+        pad_plane_bias_relu6(g, input + p * in_plane, in_bias[p % c], padded);
+      } else {
+        pad_plane(g, input + p * in_plane, padded);
+      }
+      forward_plane(g, padded, w + (p % c) * 9, y + p * out_plane, false);
+      if (bias != nullptr) bias_relu6_plane(y + p * out_plane, out_plane, bias[p % c]);
+    }
+  });
+}
+
 // (x, w[, bias]) -> y; with `fused`, y = relu6(conv + bias[c]).
 int dw_forward(const Args& a, int stride, bool fused) {
   if (a.nparam != (fused ? 4 : 3) || !a.is(0, -1, -1, -1, -1)) return 1;
@@ -527,19 +547,7 @@ int dw_forward(const Args& a, int stride, bool fused) {
   const int y_index = fused ? 3 : 2;
   if (!a.is(1, c, 1, 3, 3) || !a.is(y_index, n, c, g.out_height, g.out_width)) return 1;
   if (fused && !a.is_vector(2, c)) return 1;
-  const float* x = a.in(0);
-  const float* w = a.in(1);
-  const float* bias = fused ? a.in(2) : nullptr;
-  float* y = a.out(y_index);
-  const int64_t in_plane = g.height * g.width, out_plane = g.out_height * g.out_width;
-  parallel_for(n * c, [&](int64_t begin, int64_t end) {
-    float* padded = scratch(g.plane);
-    for (int64_t p = begin; p < end; ++p) {
-      pad_plane(g, x + p * in_plane, padded);
-      forward_plane(g, padded, w + (p % c) * 9, y + p * out_plane, false);
-      if (fused) bias_relu6_plane(y + p * out_plane, out_plane, bias[p % c]);
-    }
-  });
+  depthwise_forward(g, n, c, a.in(0), nullptr, a.in(1), fused ? a.in(2) : nullptr, a.out(y_index));
   return 0;
 }
 
@@ -727,20 +735,7 @@ int dw_forward_relu6_input(const Args& a, int stride) {
   const Geometry g(a.shape(0)[2], a.shape(0)[3], stride);
   if (!a.is_vector(1, c) || !a.is(2, c, 1, 3, 3) || !a.is_vector(3, c) || !a.is(4, n, c, g.out_height, g.out_width))
     return 1;
-  const float* z = a.in(0);
-  const float* in_bias = a.in(1);
-  const float* w = a.in(2);
-  const float* bias = a.in(3);
-  float* y = a.out(4);
-  const int64_t in_plane = g.height * g.width, out_plane = g.out_height * g.out_width;
-  parallel_for(n * c, [&](int64_t begin, int64_t end) {
-    float* padded = scratch(g.plane);
-    for (int64_t p = begin; p < end; ++p) {
-      pad_plane_bias_relu6(g, z + p * in_plane, in_bias[p % c], padded);
-      forward_plane(g, padded, w + (p % c) * 9, y + p * out_plane, false);
-      bias_relu6_plane(y + p * out_plane, out_plane, bias[p % c]);
-    }
-  });
+  depthwise_forward(g, n, c, a.in(0), a.in(1), a.in(2), a.in(3), a.out(4));
   return 0;
 }
 
