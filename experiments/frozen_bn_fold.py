@@ -10,7 +10,8 @@ its own (`fold_bn = False`); with `--against separate`, the other folds too but 
 block's expand and depthwise layers on their own kernels (`expand_into_depthwise = False`:
 the expand layer's bias and ReLU6 in its own pass). Their steps alternate (A, B, A, B, ...), so load hits both
 alike; prints the median and range of img/s of each, and their losses after the steps
-(the same weights and data: they agree to rounding). Used for issue 13 (docs/design.md, section 7).
+(the same weights and data, no dropout: unfolded, they agree to rounding; `separate` computes
+the same values bit for bit, so its losses are identical). Used for issue 13 (docs/design.md, section 7).
 """
 from __future__ import annotations
 
@@ -41,11 +42,11 @@ def main() -> None:
     from ms_impl.optim import build_optimizer
 
     ms.set_seed(0)
-    reference = MobileNetV2(num_classes=1000, fast_conv="auto")
+    reference = MobileNetV2(num_classes=1000, dropout=0.0, fast_conv="auto")
     weights = {p.name: p.asnumpy() for p in reference.get_parameters()}
     steps = {}
     for name in ("folded", args.against):
-        net = MobileNetV2(num_classes=1000, fast_conv="auto")
+        net = MobileNetV2(num_classes=1000, dropout=0.0, fast_conv="auto")
         ms.load_param_into_net(net, {k: ms.Parameter(v, name=k) for k, v in weights.items()})
         for _, cell in net.cells_and_names():
             if isinstance(cell, nn.BatchNorm2d):
@@ -71,6 +72,7 @@ def main() -> None:
             start = time.perf_counter()
             losses[name] = float(step(x, y).asnumpy())
             rates[name].append(args.batch / (time.perf_counter() - start))
+    print(f"last losses identical: {len(set(losses.values())) == 1}")
     for name, values in rates.items():
         print(f"{name}: {statistics.median(values):.1f} img/s ({min(values):.1f}-{max(values):.1f}) over {args.steps} "
               f"interleaved steps, last loss {losses[name]:.5f}")

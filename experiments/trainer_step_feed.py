@@ -58,12 +58,17 @@ def main() -> None:
             batches = dataset.train_dataset(data.train, cfg, data.image_size, epoch).create_tuple_iterator(num_epochs=1)
             return next(batches)
 
+    dropout = network.head.dropout
+    global_step = 0
     for _ in range(args.rounds):
         rates = []
         for feed in (lambda: fixed, pipeline_batch):
             start = time.perf_counter()
             for _ in range(args.block):
+                if hasattr(dropout, "draw"):  # the trainer's host-side dropout mask, as train_one_epoch draws it
+                    dropout.draw(cfg.seed, global_step)
                 step(*feed()).asnumpy()
+                global_step += 1
             rates.append(args.block * cfg.batch_size / (time.perf_counter() - start))
         print(f"fixed batch {rates[0]:.1f} img/s, pipeline-fed {rates[1]:.1f} img/s", flush=True)
 

@@ -314,23 +314,26 @@ def _self_test_entry_points(path: Path) -> None:
                 if status != 0 or not all(np.array_equal(a, b) for a, b in zip((dx_all, dw_all, db_all), parts)):
                     raise FastConvUnavailable(f"self-test: dw_bias_relu6_grad_s{stride} gives wrong results")
                 # The expand layer's bias + ReLU6 moved onto the input (z + a = x): the same results, bit for bit.
+                # relu6(z + a) on both sides of 0 and 6.
                 a = rng.standard_normal(cout).astype(np.float32)
-                z = (x - a[None, :, None, None]).astype(np.float32)
+                z = (4 * x + 3 - a[None, :, None, None]).astype(np.float32)
                 x_relu6 = np.clip(z + a[None, :, None, None], 0.0, 6.0).astype(np.float32)
-                status, y_relu6 = call_entry_point(library, f"dw_forward_bias_relu6_s{stride}",
-                                                   [x_relu6, w, bias, np.zeros(want.shape)])
-                dx_relu6, dw_relu6, db_relu6 = call_entry_point(
+                statuses = []
+                for name, arrays, outputs in (
+                        (f"dw_forward_bias_relu6_s{stride}", [x_relu6, w, bias, np.zeros(want.shape)], 1),
+                        (f"dw_forward_relu6_input_s{stride}", [z, a, w, bias, np.zeros(want.shape)], 1)):
+                    statuses.append(call_entry_point(library, name, arrays, outputs=outputs))
+                (status_separate, y_relu6), (status_forward, y_moved) = statuses
+                status_dw, (dx_relu6, dw_relu6, db_relu6) = call_entry_point(
                     library, f"dw_bias_relu6_grad_s{stride}", [dy, y_relu6, x_relu6, w, np.zeros(x.shape),
-                                                               np.zeros(w.shape), np.zeros(cout)], outputs=3)[1]
-                dz_relu6, da_relu6 = call_entry_point(library, "bias_relu6_grad", [dx_relu6, x_relu6, np.zeros(x.shape),
-                                                                                   np.zeros(cout)], outputs=2)[1]
-                status_forward, y_moved = call_entry_point(library, f"dw_forward_relu6_input_s{stride}",
-                                                           [z, a, w, bias, np.zeros(want.shape)])
+                                                               np.zeros(w.shape), np.zeros(cout)], outputs=3)
+                status_bias, (dz_relu6, da_relu6) = call_entry_point(
+                    library, "bias_relu6_grad", [dx_relu6, x_relu6, np.zeros(x.shape), np.zeros(cout)], outputs=2)
                 status_grad, moved = call_entry_point(
                     library, f"dw_relu6_input_grad_s{stride}", [dy, y_moved, z, a, w, np.zeros(x.shape), np.zeros(w.shape),
                                                                 np.zeros(cout), np.zeros(cout)], outputs=4)
                 expected = (y_relu6, dz_relu6, dw_relu6, db_relu6, da_relu6)
-                if status or status_forward or status_grad or not all(
+                if status_separate or status_dw or status_bias or status_forward or status_grad or not all(
                         np.array_equal(p, q) for p, q in zip((y_moved,) + moved, expected)):
                     raise FastConvUnavailable(f"self-test: dw_forward_relu6_input_s{stride} / dw_relu6_input_grad_s{stride} "
                                               "give wrong results")
@@ -578,7 +581,8 @@ class FastConv3x3(nn.Conv2d):
         else:
             raise ValueError(f"FastConv3x3 is depthwise or dense, got group={group} for {in_channels}->{out_channels}")
         self.kernel, self.kernel_bias_relu6, _ = _kernel_ops(kind, stride)
-        self.kernel_relu6_input = _relu6_input_op(stride) if kind == "dw" else None
+        # One channel is the dense kind above, and depthwise too: the relu6-input form is depthwise only.
+        self.kernel_relu6_input = _relu6_input_op(stride) if group == in_channels == out_channels else None
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         return self.kernel(x, self.weight)

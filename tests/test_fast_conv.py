@@ -139,8 +139,10 @@ def test_depthwise_bias_relu6_matches_torch(fast_conv, n, c, h, w, stride):
     _check_bias_relu6(fast_conv, c, c, c, n, h, w, stride)
 
 
-@pytest.mark.parametrize("n,c,h,w,stride", [(1, 2, 1, 1, 1), (3, 5, 9, 7, 2), (2, 16, 12, 10, 2), (3, 7, 15, 8, 1),
-                                             (1, 4, 1, 3, 2)])
+# Batch 1, one channel (a FastConv3x3 of the dense kind, whose depthwise form this is), odd sizes, stride 1
+# and 2, and planes of more than 256 values (the masked sums run in pieces of 256) with a partial last piece.
+@pytest.mark.parametrize("n,c,h,w,stride", [(1, 1, 1, 1, 1), (1, 2, 1, 1, 1), (3, 5, 9, 7, 2), (2, 16, 12, 10, 2),
+                                             (3, 7, 15, 8, 1), (1, 4, 1, 3, 2), (2, 3, 23, 19, 2), (1, 2, 17, 17, 1)])
 def test_depthwise_with_relu6_input_matches_torch_and_the_separate_kernels(fast_conv, n, c, h, w, stride):
     """relu6(dwconv(relu6(z + a), w) + b), the expand layer's bias and ReLU6 moved into the depthwise
     kernels: output and the four gradients (z, a, w, b) against torch autograd, and bit for bit the

@@ -13,7 +13,7 @@
 //   dw_grad_weight_s{1,2}(x, dy)                         -> dw[C,1,3,3]
 //   dw_bias_relu6_grad_s{1,2} (dy, y, x, w)              -> dx, dw, db[C]: the whole backward of
 //                        dw_forward_bias_relu6 (y its output), in one pass per plane
-//   dw_forward_relu6_input_s{1,2} (z, a[C], w, b[C])      -> y = min(max(conv(x) + b, 0), 6) with
+//   dw_forward_relu6_input_s{1,2} (z, a[C], w, b[C])      -> y = min(max(conv(x, w) + b, 0), 6) with
 //                        x = min(max(z + a, 0), 6): the expanding 1x1 layer's folded bias and ReLU6 applied
 //                        where the depthwise layer reads its output z (which is stored without them)
 //   dw_relu6_input_grad_s{1,2} (dy, y, z, a, w)           -> dz, dw, db[C], da[C]: its whole backward
@@ -668,12 +668,12 @@ void depthwise_bias_relu6_backward(const Geometry& g, int64_t n, int64_t c, cons
   const int64_t in_plane = g.height * g.width, out_plane = g.out_height * g.out_width;
   const int64_t grad_work = std::max(g.plane, (g.out_height + 3) * (g.out_width + 1));
   parallel_for(c, [&](int64_t begin, int64_t end) {
-    float* gated = scratch(out_plane + grad_work + g.plane + g.out_height * g.pitch + 2 * in_plane);
+    float* gated = scratch(out_plane + grad_work + g.plane + g.out_height * g.pitch + (in_bias != nullptr ? 2 * in_plane : 0));
     float* grad_padded = gated + out_plane;
     float* x_padded = grad_padded + grad_work;
     float* flat = x_padded + g.plane;
-    float* activated = flat + g.out_height * g.pitch;
-    float* ungated = activated + in_plane;
+    float* activated = in_bias != nullptr ? flat + g.out_height * g.pitch : nullptr;  // with in_bias only
+    float* ungated = in_bias != nullptr ? activated + in_plane : nullptr;
     for (int64_t ch = begin; ch < end; ++ch) {
       const float* wp = w + ch * 9;
       float flipped[9];
