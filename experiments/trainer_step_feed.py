@@ -40,8 +40,9 @@ def main() -> None:
     data = trainer.build_datasets(cfg)
     network = trainer.build_network(cfg)
     optimizer = trainer.build_optimizer(cfg, network, trainer.build_lr_schedule(cfg, data.steps_per_epoch))
-    step = build_train_step(network, smoothed_cross_entropy(cfg.label_smoothing, data.class_weights), optimizer)
-    print(f"freeze_bn {cfg.freeze_bn}, num_workers {cfg.num_workers}, batch {cfg.batch_size}, train_whole_prob "
+    step = build_train_step(network, smoothed_cross_entropy(cfg.label_smoothing, data.class_weights), optimizer,
+                            cfg.freeze_layers)
+    print(f"freeze_bn {cfg.freeze_bn}, freeze_layers {cfg.freeze_layers}, num_workers {cfg.num_workers}, batch {cfg.batch_size}, train_whole_prob "
           f"{cfg.train_whole_prob}", flush=True)
     epoch = 0
     batches = dataset.train_dataset(data.train, cfg, data.image_size, epoch).create_tuple_iterator(num_epochs=1)

@@ -255,6 +255,12 @@ def build_network(cfg, ctx: DistributedContext = dist.SINGLE_PROCESS):
         for _, cell in network.cells_and_names():
             if isinstance(cell, nn.BatchNorm2d):
                 cell.use_batch_statistics = False
+    if cfg.freeze_layers:
+        from ms_impl.trainer.transfer import freeze_leading_layers
+
+        freeze_leading_layers(network, cfg.freeze_layers)  # before the optimizer: they leave the trainable set
+        log.info("fine-tuning: features.0-%d keep their pretrained weights (--freeze_layers %d)",
+                 cfg.freeze_layers - 1, cfg.freeze_layers)
     return network
 
 
@@ -404,7 +410,8 @@ def train(cfg, data: Data, network, optimizer, lr: np.ndarray, state: TrainState
     from ms_impl.trainer.train_step import build_train_step
     from ms_impl.weights import nonfinite_parameter
 
-    step_fn = build_train_step(network, smoothed_cross_entropy(cfg.label_smoothing, data.class_weights), optimizer)
+    step_fn = build_train_step(network, smoothed_cross_entropy(cfg.label_smoothing, data.class_weights), optimizer,
+                               cfg.freeze_layers)
     val_batches = dataset.eval_dataset(data.val, data.image_size, cfg.batch_size, cfg.num_workers, ctx.num_shards, ctx.shard_id)
     metrics_file = out / "metrics.csv"
     rows = [r for r in report.read_metrics(metrics_file) if int(r["epoch"]) <= state.epoch]
@@ -558,7 +565,10 @@ def train_head_first(cfg, data: Data, network, out: Path) -> None:
         lr_init=head["lr_init"], lr_end=head["lr_end"], warmup_epochs=head["warmup_epochs"], momentum=cfg.momentum,
         weight_decay=head["weight_decay"], label_smoothing=head["label_smoothing"], dropout=head["dropout"], seed=cfg.seed,
         on_epoch=on_epoch, feature_norm=head["feature_norm"], feature_flip=head["feature_flip"])
-    log.info("stage 1 done in %.1f s; stage 2 of 2: fine-tune everything", time.perf_counter() - started)
+    layers = len(network.backbone.features)
+    trained = ("everything" if not cfg.freeze_layers else "the head" if cfg.freeze_layers == layers
+               else f"features.{cfg.freeze_layers}-{layers - 1} and the head")
+    log.info("stage 1 done in %.1f s; stage 2 of 2: fine-tune %s", time.perf_counter() - started, trained)
 
 
 def write_final_report(cfg, data: Data, result, rows: List[dict], state: TrainState, out: Path, seconds: float,

@@ -276,3 +276,80 @@ def check_freeze_bn(cfg_args, torch_model) -> None:
     assert statistics and all(np.array_equal(before[n], after[n]) for n in statistics)
     assert not np.array_equal(before["features.0.features.1.gamma"], after["features.0.features.1.gamma"])
     assert not np.array_equal(before["features.0.features.0.weight"], after["features.0.features.0.weight"])
+
+
+@pytest.mark.slow  # two graph compilations, ~30 s on 2 loaded cores
+def test_freeze_layers_keeps_the_first_layers_and_trains_the_rest_with_the_same_gradient(
+        pretrained_with_statistics, synthetic_cache, tmp_path):
+    """--freeze_layers 4: features.0-3 get no gradient (zero, not merely unused) and keep weights and BatchNorm
+    statistics through training steps; every later parameter gets the gradient of the network without the
+    cut, and later BatchNorms (batch statistics here) still update."""
+    import mindspore as ms
+
+    from ms_impl.loss import smoothed_cross_entropy
+    from ms_impl.train import build_config, build_lr_schedule, build_network, build_optimizer
+    from ms_impl.trainer.train_step import NetWithLoss, build_train_step
+
+    path, _ = pretrained_with_statistics
+    ms.set_device("CPU")
+    mode = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE)  # the trainer's mode: the unrolled loop of NetWithLoss is what is checked
+    try:
+        args = TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(tmp_path), "--pretrained", str(path),
+                       "--freeze_bn", "false", "--dropout", "0", "--lr_max", "0.5"]
+        cfg = build_config(args + ["--freeze_layers", "4"])
+        assert cfg.freeze_layers == 4
+        frozen, reference = build_network(cfg), build_network(build_config(args))
+        prefix = tuple(f"features.{i}." for i in range(4))
+        trainable = {p.name for p in frozen.trainable_params()}
+        assert trainable and not any(n.startswith(prefix) for n in trainable)
+        assert trainable == {p.name for p in reference.trainable_params() if not p.name.startswith(prefix)}
+        # the reference cuts nothing: the same prefix BatchNorms on moving statistics, gradients through everything
+        for _, cell in reference.cells_and_names():
+            if isinstance(cell, ms.nn.BatchNorm2d) and cell.gamma.name.startswith(prefix):
+                cell.use_batch_statistics = False
+
+        rng = np.random.default_rng(0)
+        images = ms.Tensor(rng.normal(size=(cfg.batch_size, 3, 32, 32)).astype(np.float32))
+        labels = ms.Tensor(rng.integers(0, 26, cfg.batch_size).astype(np.int32))
+        every = [p for p in frozen.get_parameters() if p.name.startswith(prefix) and "moving" not in p.name]
+        later = [p for p in frozen.trainable_params()]
+        cut = NetWithLoss(frozen, smoothed_cross_entropy(0.1), cfg.freeze_layers)
+        cut.set_train(True)
+        loss, grads = ms.value_and_grad(cut, grad_position=None, weights=every + later)(images, labels)
+        assert all(not g.asnumpy().any() for g in grads[:len(every)])  # nothing reaches the frozen layers
+        whole = NetWithLoss(reference, smoothed_cross_entropy(0.1))
+        whole.set_train(True)
+        names = {p.name for p in later}
+        ref_loss, ref_grads = ms.value_and_grad(whole, grad_position=None,
+                                                weights=[p for p in reference.trainable_params() if p.name in names])(images, labels)
+        np.testing.assert_allclose(float(loss.asnumpy()), float(ref_loss.asnumpy()), rtol=1e-5)
+        for param, grad, ref_grad in zip(later, grads[len(every):], ref_grads):
+            expected = ref_grad.asnumpy()
+            assert np.linalg.norm(grad.asnumpy() - expected) <= 1e-4 * np.linalg.norm(expected) + 1e-7, param.name
+
+        before = {p.name: p.asnumpy().copy() for p in frozen.get_parameters()}
+        step = build_train_step(frozen, smoothed_cross_entropy(0.1), build_optimizer(cfg, frozen, build_lr_schedule(cfg, 4)),
+                                cfg.freeze_layers)
+        for _ in range(2):  # the schedule's first LR is lr_init = 0
+            assert np.isfinite(float(step(images, labels).asnumpy()))
+        after = {p.name: p.asnumpy() for p in frozen.get_parameters()}
+        assert all(np.array_equal(before[n], after[n]) for n in before if n.startswith(prefix))
+        for name in ("features.4.conv.0.features.0.weight", "features.4.conv.0.features.1.moving_mean", "dense.weight"):
+            assert not np.array_equal(before[name], after[name]), name
+    finally:
+        ms.set_context(mode=mode)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--freeze_layers", "2"], "--freeze_layers: only for fine-tuning pretrained weights"),
+    (["--freeze_layers", "2", "--pretrained", "W", "--freeze_backbone", "true"], "--freeze_layers: only for fine-tuning"),
+    (["--freeze_layers", "20", "--pretrained", "W"], "--freeze_layers"),
+])
+def test_freeze_layers_outside_fine_tuning_or_range_is_a_usage_error(extra, message, synthetic_cache, tmp_path, capsys):
+    from ms_impl.train import main
+
+    code = main(TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(tmp_path / "run")] + extra)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

@@ -32,6 +32,7 @@ from easydict import EasyDict
 
 from ms_impl.trainer.errors import UsageError
 from parity.core import preprocess
+from parity.core.spec import INVERTED_RESIDUAL_SETTING
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 BASE_CONFIG = CONFIG_DIR / "garbage26_base.yaml"
@@ -71,6 +72,8 @@ POSITIVE = Range(0, None, low_open=True)
 NON_NEGATIVE = Range(0, None)
 FRACTION = Range(0, 1)  # [0, 1]
 PROPER_FRACTION = Range(0, 1, high_open=True)  # [0, 1)
+# The trainer's network: the stem, the inverted residual blocks and the last 1x1 layer (`features.0` ... `features.18`).
+FEATURE_LAYERS = 2 + sum(repeats for _, _, repeats, _ in INVERTED_RESIDUAL_SETTING)
 
 # Allowed words (a tuple) or numeric range (a Range) of the keys that have them.
 KEY_RULES: Dict[str, Any] = {
@@ -107,6 +110,7 @@ KEY_RULES: Dict[str, Any] = {
     "feature_norm": ("none", "center", "standardize"),
     "tta": ("none", "flip", "flip+whole"),
     "head_first_epochs": NON_NEGATIVE,
+    "freeze_layers": Range(0, FEATURE_LAYERS),
 }
 
 
@@ -118,6 +122,9 @@ def check_relations(cfg: EasyDict, source: Callable[[str], str]) -> None:
         raise UsageError(f"{source('output_dir')}: empty; name the run's folder (it is never the current folder)")
     if cfg.get("head_first_epochs") and (cfg.freeze_backbone or not cfg.pretrained):
         raise UsageError(f"{source('head_first_epochs')}: only for fine-tuning pretrained weights "
+                         "(--pretrained W, --freeze_backbone false)")
+    if cfg.get("freeze_layers") and (cfg.freeze_backbone or not cfg.pretrained):
+        raise UsageError(f"{source('freeze_layers')}: only for fine-tuning pretrained weights "
                          "(--pretrained W, --freeze_backbone false)")
     whole_prob = cfg.get("train_whole_prob", 0.0)
     if whole_prob and cfg.freeze_backbone:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import mindspore as ms
-from mindspore import Parameter, Tensor, nn
+from mindspore import Parameter, Tensor, nn, ops
 
 
 def dropout_keep_mask(rng: np.random.Generator, shape, p: float) -> np.ndarray:
@@ -54,17 +54,33 @@ class ReplayableDropout(nn.Cell):
 
 
 class NetWithLoss(nn.Cell):
-    def __init__(self, network: nn.Cell, loss_fn: nn.Cell) -> None:
+    """loss(network(images), labels). With `frozen_layers` n > 0 (a MobileNetV2, its first n feature layers
+    fixed by `transfer.freeze_leading_layers`) no gradient flows into those layers: their output is a constant
+    of the backward pass, so none of their backward kernels run."""
+
+    def __init__(self, network: nn.Cell, loss_fn: nn.Cell, frozen_layers: int = 0) -> None:
         super().__init__(auto_prefix=False)
         self.network = network
         self.loss_fn = loss_fn
+        self.frozen_layers = frozen_layers
+        self.num_layers = len(network.backbone.features) if frozen_layers else 0
 
     def construct(self, images: ms.Tensor, labels: ms.Tensor) -> ms.Tensor:
-        return self.loss_fn(self.network(images), labels)
+        if self.frozen_layers == 0:
+            return self.loss_fn(self.network(images), labels)
+        features = self.network.backbone.features
+        x = images
+        for i in range(self.frozen_layers):
+            x = features[i](x)
+        x = ops.stop_gradient(x)
+        for i in range(self.frozen_layers, self.num_layers):
+            x = features[i](x)
+        return self.loss_fn(self.network.forward_head(x), labels)
 
 
-def build_train_step(network: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer) -> nn.Cell:
-    """`step(images, labels) -> loss`: forward, backward and one optimizer update."""
-    step = nn.TrainOneStepCell(NetWithLoss(network, loss_fn), optimizer)
+def build_train_step(network: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, frozen_layers: int = 0) -> nn.Cell:
+    """`step(images, labels) -> loss`: forward, backward and one optimizer update; the first `frozen_layers`
+    feature layers forward only (see NetWithLoss)."""
+    step = nn.TrainOneStepCell(NetWithLoss(network, loss_fn, frozen_layers), optimizer)
     step.set_train(True)
     return step

@@ -3,6 +3,8 @@
 - `train_head_on_features`: the frozen-backbone path; the real `MobileNetV2Head`
   (dropout + dense) trains on cached pooled features, fed as (N, C, 1, 1) so
   the head's global pooling is the identity. Seconds instead of hours on CPU.
+- `freeze_leading_layers`: fine-tuning with the stem and first blocks kept as
+  pretrained (`--freeze_layers N`); the train step skips their backward pass.
 - `backbone_lr_scale`: full fine-tuning with the backbone's learning rate
   scaled (e.g. 0.1) relative to the head's, through the twin's one optimizer
   builder (`ms_impl.optim.build_optimizer`, weight decay by the shared rule).
@@ -42,6 +44,30 @@ class HeadTrainingResult:
     seconds: float
     losses: List[float] = field(default_factory=list)
     val_top1: List[float] = field(default_factory=list)
+
+
+def freeze_leading_layers(net, count: int) -> None:
+    """Fine-tuning with the first `count` layers of `net.backbone.features` (0 = the stem, 1-17 the blocks,
+    18 the last 1x1) kept as pretrained: their parameters leave the trainable set (no update, no weight decay),
+    their BatchNorms normalise with the moving statistics and never update them, and their blocks run the
+    eval-form kernels. The train step (`train_step.NetWithLoss(frozen_layers=count)`) stops the gradient at
+    their output, so the backward pass skips them: the early, high-resolution layers are the slowest per
+    FLOP on CPU (experiments/kernel_layers.py)."""
+    from mindspore import nn
+
+    from ms_impl.mobilenetv2 import InvertedResidual
+
+    layers = net.backbone.features
+    if not 0 <= count <= len(layers):
+        raise ValueError(f"freeze_layers must be in [0, {len(layers)}], got {count}")
+    for index in range(count):
+        for param in layers[index].get_parameters():
+            param.requires_grad = False
+        for _, cell in layers[index].cells_and_names():
+            if isinstance(cell, nn.BatchNorm2d):
+                cell.use_batch_statistics = False
+            if isinstance(cell, InvertedResidual):
+                cell.expand_into_depthwise = False  # forward only: the eval pair is the faster one
 
 
 def backbone_lr_scale(net, scale: float) -> Callable[[object], float]:
