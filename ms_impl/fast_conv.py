@@ -407,6 +407,20 @@ def _self_test_entry_points(path: Path) -> None:
     status, dw = call_entry_point(library, "pw_grad_weight_s1", [x, dy, np.zeros((5, 4, 1, 1))])
     if status != 0 or not np.allclose(dw[:, :, 0, 0], np.einsum("nmhw,nkhw->mk", dy, x), rtol=1e-4, atol=1e-3):
         raise FastConvUnavailable("self-test: pw_grad_weight_s1 gives wrong results (many pixels)")
+    # Expansion and depthwise in one pass (inference): the two kernels' results, bit for bit.
+    for stride in (1, 2):
+        x = rng.standard_normal((2, 5, 5, 4)).astype(np.float32) * 2
+        expand_weight, depthwise_weight = rng.standard_normal((7, 5, 1, 1)), rng.standard_normal((7, 1, 3, 3))
+        expand_bias, bias = rng.uniform(-1.0, 3.0, 7), rng.uniform(-1.0, 3.0, 7)
+        out_shape = (2, 7, (5 - 1) // stride + 1, (4 - 1) // stride + 1)
+        status_pw, expanded = call_entry_point(library, "pw_forward_bias_relu6_s1",
+                                               [x, expand_weight, expand_bias, np.zeros((2, 7, 5, 4))])
+        status_dw, separate = call_entry_point(library, f"dw_forward_bias_relu6_s{stride}",
+                                               [expanded, depthwise_weight, bias, np.zeros(out_shape)])
+        status, fused = call_entry_point(library, f"pw_dw_forward_s{stride}",
+                                         [x, expand_weight, expand_bias, depthwise_weight, bias, np.zeros(out_shape)])
+        if status or status_pw or status_dw or not np.array_equal(fused, separate):
+            raise FastConvUnavailable(f"self-test: pw_dw_forward_s{stride} gives wrong results")
     x = rng.standard_normal((3, 5, 3, 7)).astype(np.float32)
     if call_entry_point(library, "pw_forward_s1", [x, w, np.zeros((3, 12, 3, 7))])[0] != 1:
         raise FastConvUnavailable("self-test: pw_forward_s1 accepts a wrong output shape")
@@ -456,6 +470,7 @@ def forget_resolution() -> None:
     _affine_op.cache_clear()
     _bias_grad_ops.cache_clear()
     _relu6_input_op.cache_clear()
+    _expansion_depthwise_op.cache_clear()
     _state["warned"] = False
 
 
@@ -566,6 +581,19 @@ def _relu6_input_op(stride: int) -> ops.Custom:
                       out_dtype=_same_dtype, func_type="aot", bprop=bprop)
 
 
+@functools.lru_cache(maxsize=None)
+def _expansion_depthwise_op(stride: int) -> ops.Custom:
+    """A block's expansion and depthwise layers, both BatchNorms folded, in one pass without storing the
+    expansion: (x, we[M,K,1,1], be[M], wd[M,1,3,3], bd[M]) -> relu6(dwconv(relu6(conv1x1(x, we) + be), wd) + bd).
+    Inference only: no bprop (training keeps the expansion's output for its backward pass)."""
+    library = _cached_library()[0]
+    if not library:
+        raise FastConvUnavailable(_cached_library()[1])
+    forward_shape = _forward_shape(stride)
+    return ops.Custom(f"{library}:pw_dw_forward_s{stride}", out_shape=lambda x, we, be, wd, bd: forward_shape(x, we),
+                      out_dtype=_same_dtype, func_type="aot")
+
+
 class FastConv3x3(nn.Conv2d):
     """3x3, padding 1, stride 1 or 2, no bias, depthwise or dense: an nn.Conv2d computed by our CPU kernels."""
 
@@ -582,7 +610,9 @@ class FastConv3x3(nn.Conv2d):
             raise ValueError(f"FastConv3x3 is depthwise or dense, got group={group} for {in_channels}->{out_channels}")
         self.kernel, self.kernel_bias_relu6, _ = _kernel_ops(kind, stride)
         # One channel is the dense kind above, and depthwise too: the relu6-input form is depthwise only.
-        self.kernel_relu6_input = _relu6_input_op(stride) if group == in_channels == out_channels else None
+        depthwise = group == in_channels == out_channels
+        self.kernel_relu6_input = _relu6_input_op(stride) if depthwise else None
+        self.kernel_after_expansion = _expansion_depthwise_op(stride) if depthwise else None
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         return self.kernel(x, self.weight)
@@ -596,6 +626,13 @@ class FastConv3x3(nn.Conv2d):
         folded bias and ReLU6 applied here, so that layer stores its product z alone and its ReLU6
         gradient is taken in this layer's backward pass (ms_impl/mobilenetv2.py, InvertedResidual)."""
         return self.kernel_relu6_input(z, input_bias, weight, bias)
+
+    def after_expansion(self, x: ms.Tensor, expand_weight: ms.Tensor, expand_bias: ms.Tensor, weight: ms.Tensor,
+                        bias: ms.Tensor) -> ms.Tensor:
+        """relu6(conv(relu6(conv1x1(x, expand_weight) + expand_bias), weight) + bias) in one pass (depthwise only,
+        inference: no gradient): the expanding 1x1 layer before this one computed a band of rows at a time,
+        its output never stored (ms_impl/mobilenetv2.py, InvertedResidual)."""
+        return self.kernel_after_expansion(x, expand_weight, expand_bias, weight, bias)
 
 
 class FastConv1x1(nn.Conv2d):

@@ -21,8 +21,10 @@ kernels for them are up to 14-27x slower than PyTorch's. Wherever BatchNorm runs
 on its moving statistics (eval mode, and training with frozen BatchNorm, the
 trainer's `freeze_bn`) the convolutions fold it into their weights and apply the
 bias (+ ReLU6) in the same kernel pass (`ConvBNReLU.folded_forward`,
-`InvertedResidual.folded_forward`); in training, the expanding 1x1 layer's bias and
-ReLU6 run inside the depthwise layer's kernels (`InvertedResidual.expanded_depthwise`).
+`InvertedResidual.folded_forward`); in inference, each block's expanding 1x1 and
+depthwise layers are one kernel pass that never stores the expansion's output
+(`InvertedResidual.expansion_depthwise_inference`); in training, the expanding 1x1
+layer's bias and ReLU6 run inside the depthwise layer's kernels (`InvertedResidual.expanded_depthwise`).
 Gradients reach gamma and beta through the fold.
 The device is read from MindSpore's context when the network is built: call
 `ms.set_device(...)` first; on GPU and Ascend "auto"
@@ -119,6 +121,11 @@ class InvertedResidual(nn.Cell):
         # layer's kernels (expanded_depthwise). Not in eval: there the 1x1 kernel applies them for free in its
         # epilogue, while the depthwise kernel pays for them (experiments/kernel_layers.py: 215 vs 222 ms of forward).
         self.expand_into_depthwise = self.has_expand
+        # Inference with both folded: expand and depthwise in one kernel pass, the expansion computed a band
+        # of rows at a time and never stored (expansion_depthwise_inference).
+        self.fuse_expansion_inference = self.has_expand
+        # Set for a block that never receives a gradient (the trainer's --freeze_layers): inference kernels in training too.
+        self.inference_only = False
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         out = self.folded_forward(x) if self.fold_bn and not self.conv[-1].uses_batch_statistics() else self.conv(x)
@@ -130,7 +137,10 @@ class InvertedResidual(nn.Cell):
         """The body with the projection's BatchNorm on its moving statistics folded into it (see ConvBNReLU.folded_forward)."""
         if self.has_expand:
             expand, depthwise = self.conv[0], self.conv[1]
-            if self.training and self.expand_into_depthwise and expand.folds_now() and depthwise.folds_now():
+            both_fold = expand.folds_now() and depthwise.folds_now()
+            if both_fold and self.fuse_expansion_inference and (self.inference_only or not self.training):
+                hidden = self.expansion_depthwise_inference(x)
+            elif both_fold and self.expand_into_depthwise:
                 hidden = self.expanded_depthwise(x)
             else:
                 hidden = depthwise(expand(x))
@@ -139,6 +149,14 @@ class InvertedResidual(nn.Cell):
         hidden = self.conv[0](x)
         weight, bias = folded_batch_norm(self.conv[1], self.conv[2])
         return self.conv[1].with_bias(hidden, weight, bias)
+
+    def expansion_depthwise_inference(self, x: ms.Tensor) -> ms.Tensor:
+        """Expand and depthwise layers, both BatchNorms folded, in one kernel pass that never stores the
+        expansion's output (inference: no gradient). The same values as the two layers' folded_forward."""
+        expand, depthwise = self.conv[0], self.conv[1]
+        expand_weight, expand_bias = folded_batch_norm(expand.features[0], expand.features[1])
+        weight, bias = folded_batch_norm(depthwise.features[0], depthwise.features[1])
+        return depthwise.features[0].after_expansion(x, expand_weight, expand_bias, weight, bias)
 
     def expanded_depthwise(self, x: ms.Tensor) -> ms.Tensor:
         """Expand and depthwise layers, both BatchNorms folded, in two kernel passes: the 1x1 product z alone,

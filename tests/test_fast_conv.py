@@ -186,6 +186,45 @@ def test_depthwise_with_relu6_input_matches_torch_and_the_separate_kernels(fast_
         np.testing.assert_array_equal(mine, separate, err_msg=name)
 
 
+# (batch, in, expanded, height, width, stride): odd sizes, batch 1, 1x1 planes, channels not a multiple of a
+# register panel, and the network's own first block (96 channels at 112x112: several bands of rows per image).
+EXPANSION_SHAPES = [(1, 3, 7, 1, 1, 1), (1, 3, 7, 1, 1, 2), (2, 5, 13, 7, 9, 1), (3, 4, 30, 9, 7, 2),
+                    (1, 8, 6, 17, 17, 2), (2, 16, 96, 23, 19, 1), (1, 24, 144, 15, 16, 2), (1, 16, 96, 112, 112, 2)]
+
+
+@pytest.mark.parametrize("n,cin,hidden,h,w,stride", EXPANSION_SHAPES)
+def test_expansion_and_depthwise_in_one_pass_match_torch_and_the_two_kernels(fast_conv, n, cin, hidden, h, w, stride):
+    """relu6(dwconv(relu6(conv1x1(x, we) + be), wd) + bd) in one kernel (inference): against torch's two
+    convolutions, and bit for bit the 1x1 kernel's output fed to the depthwise kernel."""
+    import ctypes
+
+    import mindspore as ms
+
+    rng = np.random.default_rng(hidden * 7 + h + stride)
+    layer = fast_conv.FastConv3x3(hidden, hidden, stride, hidden, "HeNormal")
+    x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
+    expand_weight = (rng.standard_normal((hidden, cin, 1, 1)) * 3 / np.sqrt(cin)).astype(np.float32)
+    expand_bias = rng.uniform(-1.0, 3.0, hidden).astype(np.float32)  # relu6 on both sides of 0 and 6
+    weight, bias = layer.weight.asnumpy(), rng.uniform(-1.0, 3.0, hidden).astype(np.float32)
+    values = (x, expand_weight, expand_bias, weight, bias)
+    got = layer.after_expansion(*(ms.Tensor(v) for v in values)).asnumpy()
+    hidden_t = torch.nn.functional.relu6(torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(expand_weight),
+                                                                    torch.from_numpy(expand_bias)))
+    want = torch.nn.functional.relu6(torch.nn.functional.conv2d(hidden_t, torch.from_numpy(weight), torch.from_numpy(bias),
+                                                                stride=stride, padding=1, groups=hidden)).numpy()
+    _assert_close(got, want, "expansion + depthwise vs torch")
+    library, call = ctypes.CDLL(str(fast_conv.kernel_library())), fast_conv.call_entry_point
+    status_pw, expanded = call(library, "pw_forward_bias_relu6_s1", [x, expand_weight, expand_bias, np.zeros((n, hidden, h, w))])
+    status_dw, separate = call(library, f"dw_forward_bias_relu6_s{stride}", [expanded, weight, bias, np.zeros(got.shape)])
+    status, direct = call(library, f"pw_dw_forward_s{stride}", [*values, np.zeros(got.shape)])
+    assert status == status_pw == status_dw == 0
+    np.testing.assert_array_equal(got, separate)
+    np.testing.assert_array_equal(direct, separate)
+    wrong = (n, hidden, got.shape[2] + 1, got.shape[3])  # an output of another size is refused, nothing written
+    assert call(library, f"pw_dw_forward_s{stride}", [*values, np.zeros(wrong)])[0] == 1
+    assert call(library, f"pw_dw_forward_s{stride}", [x, expand_weight, expand_bias, weight, bias[:-1], np.zeros(got.shape)])[0] == 1
+
+
 @pytest.mark.parametrize("n,cin,cout,h,w,stride", [(1, 3, 32, 9, 11, 2), (3, 5, 7, 8, 5, 1)])
 def test_dense_bias_relu6_matches_torch(fast_conv, n, cin, cout, h, w, stride):
     _check_bias_relu6(fast_conv, cin, cout, 1, n, h, w, stride)
@@ -233,9 +272,10 @@ def test_pointwise_weight_gradient_does_not_depend_on_the_thread_count(fast_conv
 
 
 @pytest.mark.parametrize("width", (0.35, 1.0))
-def test_folded_batchnorm_eval_matches_unfolded(fast_conv, width):
-    """Eval mode with our kernels folds BN into the conv (bias + ReLU6 in the kernel): same logits as
-    the unfolded network with MindSpore's own convolutions, and the same as before the folding."""
+def test_folded_batchnorm_eval_matches_unfolded(fast_conv, width, monkeypatch):
+    """Eval mode with our kernels folds BN into the conv (bias + ReLU6 in the kernel; each block's expansion and
+    depthwise layers in one pass): same logits as the unfolded network with MindSpore's own convolutions,
+    and the same as before the folding; bit for bit those of the expansion and depthwise kernels run apart."""
     import mindspore as ms
 
     from ms_impl.mobilenetv2 import ConvBNReLU, InvertedResidual, MobileNetV2
@@ -256,8 +296,17 @@ def test_folded_batchnorm_eval_matches_unfolded(fast_conv, width):
     ms.load_param_into_net(plain, {p.name: ms.Parameter(p.asnumpy(), name=p.name) for p in folded.get_parameters()})
     plain.set_train(False)
     want = plain(x).asnumpy()
+    calls = []
+    original = fast_conv.FastConv3x3.after_expansion
+    monkeypatch.setattr(fast_conv.FastConv3x3, "after_expansion", lambda self, *a: calls.append(1) or original(self, *a))
     got = folded(x).asnumpy()
+    assert len(calls) == 16  # every block with an expansion: expansion and depthwise in one pass
     assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+    for _, cell in folded.cells_and_names():  # the two kernels one after the other: the same logits, bit for bit
+        if isinstance(cell, InvertedResidual):
+            cell.fuse_expansion_inference = False
+    np.testing.assert_array_equal(folded(x).asnumpy(), got)
+    assert len(calls) == 16
     folded.set_train(True)  # training with batch statistics never folds
     plain.set_train(True)
     train_want, train_got = plain(x).asnumpy(), folded(x).asnumpy()

@@ -50,7 +50,7 @@ def freeze_leading_layers(net, count: int) -> None:
     """Fine-tuning with the first `count` layers of `net.backbone.features` (0 = the stem, 1-17 the blocks,
     18 the last 1x1) kept as pretrained: their parameters leave the trainable set (no update, no weight decay),
     their BatchNorms normalise with the moving statistics and never update them, and their blocks run the
-    eval-form kernels. The train step (`train_step.NetWithLoss(frozen_layers=count)`) stops the gradient at
+    inference kernels. The train step (`train_step.NetWithLoss(frozen_layers=count)`) stops the gradient at
     their output, so the backward pass skips them: the early, high-resolution layers are the slowest per
     FLOP on CPU (experiments/kernel_layers.py)."""
     from mindspore import nn
@@ -67,7 +67,7 @@ def freeze_leading_layers(net, count: int) -> None:
             if isinstance(cell, nn.BatchNorm2d):
                 cell.use_batch_statistics = False
             if isinstance(cell, InvertedResidual):
-                cell.expand_into_depthwise = False  # forward only: the eval pair is the faster one
+                cell.inference_only = True  # forward only: the inference kernels (expansion and depthwise in one pass)
 
 
 def backbone_lr_scale(net, scale: float) -> Callable[[object], float]:
