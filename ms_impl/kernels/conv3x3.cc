@@ -1229,6 +1229,21 @@ inline __attribute__((always_inline)) void tile_product(const float* __restrict_
   }
 }
 
+// A tile row's epilogue: + *bias (when given), then ReLU6 (with `relu6`): one add, then the clamps. Every
+// product that feeds a ReLU6 layer ends here, so its two forms (pointwise_product, pointwise_columns) agree bit for bit.
+inline __attribute__((always_inline)) void bias_relu6_epilogue(vecf& lo, vecf& hi, const float* bias, bool relu6) {
+  if (bias != nullptr) {
+    lo += splat(bias);
+    hi += splat(bias);
+  }
+  if (relu6) {
+    const float six_value = 6.0f;
+    const vecf zero = vecf{}, six = splat(&six_value);
+    lo = lo < zero ? zero : (lo > six ? six : lo);
+    hi = hi < zero ? zero : (hi > six ? six : hi);
+  }
+}
+
 // Row panels of the (rows x depth) matrix A[i, j] = a[i * row_stride + j * col_stride]:
 // packed[panel][j][r], rows past the end zero.
 std::vector<float> pack_rows(const float* a, int64_t rows, int64_t depth, int64_t row_stride, int64_t col_stride) {
@@ -1298,16 +1313,7 @@ void pointwise_product(const std::vector<float>& a, int64_t rows, int64_t depth,
           for (int r = 0; r < MR; ++r) {
             if (r >= valid_rows) break;
             vecf lo = tile.acc[r][0], hi = tile.acc[r][1];
-            if (bias != nullptr) {
-              lo += splat(bias + m0 + r);
-              hi += splat(bias + m0 + r);
-            }
-            if (relu6) {
-              const float six_value = 6.0f;
-              const vecf zero = vecf{}, six = splat(&six_value);
-              lo = lo < zero ? zero : (lo > six ? six : lo);
-              hi = hi < zero ? zero : (hi > six ? six : hi);
-            }
+            bias_relu6_epilogue(lo, hi, bias == nullptr ? nullptr : bias + m0 + r, relu6);
             if (whole) {
               float* out = y + (b0 * rows + m0 + r) * pixels + p0;
               store(out, lo);
@@ -1381,8 +1387,6 @@ void pointwise_columns(const float* a, int64_t rows, int64_t depth, const float*
         for (int64_t j = 0; j < NR; ++j) panel[k * NR + j] = c0 + j < col1 ? x[k * pixels + c0 + j] : 0.0f;
     }
   }
-  const float six_value = 6.0f;
-  const vecf zero = vecf{}, six = splat(&six_value);
   for (int64_t mb = p0; mb < p1; ++mb) {
     const int64_t m0 = mb * MR;
     const int valid_rows = static_cast<int>(std::min<int64_t>(MR, rows - m0));
@@ -1393,9 +1397,8 @@ void pointwise_columns(const float* a, int64_t rows, int64_t depth, const float*
 #pragma GCC unroll 16
       for (int r = 0; r < MR; ++r) {
         if (r >= valid_rows) break;
-        vecf lo = tile.acc[r][0] + splat(bias + m0 + r), hi = tile.acc[r][1] + splat(bias + m0 + r);
-        lo = lo < zero ? zero : (lo > six ? six : lo);
-        hi = hi < zero ? zero : (hi > six ? six : hi);
+        vecf lo = tile.acc[r][0], hi = tile.acc[r][1];
+        bias_relu6_epilogue(lo, hi, bias + m0 + r, true);
         float* row = out + (m0 - p0 * MR + r) * out_stride + c0;
         if (valid == NR) {
           store(row, lo);
