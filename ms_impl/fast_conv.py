@@ -585,13 +585,29 @@ def _relu6_input_op(stride: int) -> ops.Custom:
 def _expansion_depthwise_op(stride: int) -> ops.Custom:
     """A block's expansion and depthwise layers, both BatchNorms folded, in one pass without storing the
     expansion: (x, we[M,K,1,1], be[M], wd[M,1,3,3], bd[M]) -> relu6(dwconv(relu6(conv1x1(x, we) + be), wd) + bd).
-    Inference only: no bprop (training keeps the expansion's output for its backward pass)."""
+    For inference; its bprop recomputes the expansion and runs the two layers' own backward kernels, so a
+    gradient through it (saliency on an eval-mode network) is right, only slower than training's own forms."""
     library = _cached_library()[0]
     if not library:
         raise FastConvUnavailable(_cached_library()[1])
+    expand = _kernel_ops("pw", 1)[1]
+    grad_bias_relu6 = _bias_grad_ops()[1]
+    depthwise_grad = ops.Custom(f"{library}:dw_bias_relu6_grad_s{stride}", out_shape=lambda dy, y, x, w: (x, w, (w[0],)),
+                                out_dtype=lambda *dtypes: (dtypes[0],) * 3, func_type="aot")
+    grad_input = ops.Custom(f"{library}:pw_grad_input_s1", out_shape=lambda dy, w, x: x, out_dtype=_same_dtype,
+                            func_type="aot")
+    grad_weight = ops.Custom(f"{library}:pw_grad_weight_s1", out_shape=lambda x, dy: (dy[1], x[1], 1, 1),
+                             out_dtype=_same_dtype, func_type="aot")
+
+    def bprop(x, expand_weight, expand_bias, weight, bias, out, dout):
+        hidden = expand(x, expand_weight, expand_bias)
+        dhidden, dweight, dbias = depthwise_grad(dout, out, hidden, weight)
+        dz, dexpand_bias = grad_bias_relu6(dhidden, hidden)
+        return grad_input(dz, expand_weight, x), grad_weight(x, dz), dexpand_bias, dweight, dbias
+
     forward_shape = _forward_shape(stride)
     return ops.Custom(f"{library}:pw_dw_forward_s{stride}", out_shape=lambda x, we, be, wd, bd: forward_shape(x, we),
-                      out_dtype=_same_dtype, func_type="aot")
+                      out_dtype=_same_dtype, func_type="aot", bprop=bprop)
 
 
 class FastConv3x3(nn.Conv2d):
@@ -630,8 +646,8 @@ class FastConv3x3(nn.Conv2d):
     def after_expansion(self, x: ms.Tensor, expand_weight: ms.Tensor, expand_bias: ms.Tensor, weight: ms.Tensor,
                         bias: ms.Tensor) -> ms.Tensor:
         """relu6(conv(relu6(conv1x1(x, expand_weight) + expand_bias), weight) + bias) in one pass (depthwise only,
-        inference: no gradient): the expanding 1x1 layer before this one computed a band of rows at a time,
-        its output never stored (ms_impl/mobilenetv2.py, InvertedResidual)."""
+        for inference): the expanding 1x1 layer before this one computed a band of rows at a time, its output
+        never stored (ms_impl/mobilenetv2.py, InvertedResidual). Its gradient recomputes the expansion."""
         return self.kernel_after_expansion(x, expand_weight, expand_bias, weight, bias)
 
 

@@ -152,7 +152,8 @@ class InvertedResidual(nn.Cell):
 
     def expansion_depthwise_inference(self, x: ms.Tensor) -> ms.Tensor:
         """Expand and depthwise layers, both BatchNorms folded, in one kernel pass that never stores the
-        expansion's output (inference: no gradient). The same values as the two layers' folded_forward."""
+        expansion's output (inference; a gradient through it recomputes the expansion). The same values as
+        the two layers' folded_forward, bit for bit."""
         expand, depthwise = self.conv[0], self.conv[1]
         expand_weight, expand_bias = folded_batch_norm(expand.features[0], expand.features[1])
         weight, bias = folded_batch_norm(depthwise.features[0], depthwise.features[1])

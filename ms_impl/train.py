@@ -259,18 +259,16 @@ def build_network(cfg, ctx: DistributedContext = dist.SINGLE_PROCESS):
         from ms_impl.trainer.transfer import freeze_leading_layers
 
         freeze_leading_layers(network, cfg.freeze_layers)  # before the optimizer: they leave the trainable set
-        log.info("fine-tuning: features.0-%d keep their pretrained weights (--freeze_layers %d)",
-                 cfg.freeze_layers - 1, cfg.freeze_layers)
+        kept = "features.0" if cfg.freeze_layers == 1 else f"features.0-{cfg.freeze_layers - 1}"
+        log.info("fine-tuning: %s keep their pretrained weights (--freeze_layers %d)", kept, cfg.freeze_layers)
     return network
 
 
 def network_params(network) -> Dict[str, object]:
     """The parameters a checkpoint holds, by their official names (Parameter.name, not the attribute path)."""
-    from ms_impl.trainer.train_step import ReplayableDropout
+    from ms_impl.trainer.train_step import model_parameters
 
-    # The dropout mask is trainer state, not model state (MindSpore renames it on assignment, so match by identity).
-    masks = {id(cell.keep_mask) for _, cell in network.cells_and_names() if isinstance(cell, ReplayableDropout)}
-    return {p.name: p for p in network.get_parameters() if id(p) not in masks}
+    return model_parameters(network)
 
 
 def build_lr_schedule(cfg, steps_per_epoch: int, ctx: DistributedContext = dist.SINGLE_PROCESS) -> np.ndarray:
@@ -297,12 +295,13 @@ def build_optimizer(cfg, network, lr_per_step: np.ndarray):
 
 
 def restore(cfg, path: Path, network, optimizer, steps_per_epoch: int) -> TrainState:
-    state = checkpoint.restore_training_checkpoint(path, network_params(network), optimizer)
-    mismatch = {k: (getattr(state, k), v) for k, v in
-                {"seed": cfg.seed, "epochs": cfg.epochs, "steps_per_epoch": steps_per_epoch}.items() if getattr(state, k) != v}
+    saved = checkpoint.train_state_of(path)  # checked before anything is loaded
+    now = {"seed": cfg.seed, "epochs": cfg.epochs, "steps_per_epoch": steps_per_epoch, "freeze_layers": cfg.freeze_layers}
+    mismatch = {k: (getattr(saved, k), v) for k, v in now.items() if getattr(saved, k) != v}
     if mismatch:
         details = ", ".join(f"{k} {old} in the checkpoint vs {new} now" for k, (old, new) in mismatch.items())
         raise UsageError(f"{path}: another run's schedule ({details}); resume with the same config")
+    state = checkpoint.restore_training_checkpoint(path, network_params(network), optimizer)
     log.info("resumed from %s: epoch %d, step %d of %d", path, state.epoch, state.step_in_epoch, steps_per_epoch)
     return state
 
@@ -665,7 +664,8 @@ def run_training(argv: Optional[List[str]] = None) -> int:
             network = build_network(cfg, ctx)
             lr = build_lr_schedule(cfg, data.steps_per_epoch, ctx)
             optimizer = build_optimizer(cfg, network, lr)
-            state = TrainState(seed=cfg.seed, epochs=cfg.epochs, steps_per_epoch=data.steps_per_epoch)
+            state = TrainState(seed=cfg.seed, epochs=cfg.epochs, steps_per_epoch=data.steps_per_epoch,
+                               freeze_layers=cfg.freeze_layers)
             if resume_from is not None:
                 state = restore(cfg, resume_from, network, optimizer, data.steps_per_epoch)
             elif cfg.resume == "auto":

@@ -195,7 +195,8 @@ EXPANSION_SHAPES = [(1, 3, 7, 1, 1, 1), (1, 3, 7, 1, 1, 2), (2, 5, 13, 7, 9, 1),
 @pytest.mark.parametrize("n,cin,hidden,h,w,stride", EXPANSION_SHAPES)
 def test_expansion_and_depthwise_in_one_pass_match_torch_and_the_two_kernels(fast_conv, n, cin, hidden, h, w, stride):
     """relu6(dwconv(relu6(conv1x1(x, we) + be), wd) + bd) in one kernel (inference): against torch's two
-    convolutions, and bit for bit the 1x1 kernel's output fed to the depthwise kernel."""
+    convolutions, and bit for bit the 1x1 kernel's output fed to the depthwise kernel; its gradients (the
+    expansion recomputed) against torch autograd."""
     import ctypes
 
     import mindspore as ms
@@ -207,12 +208,18 @@ def test_expansion_and_depthwise_in_one_pass_match_torch_and_the_two_kernels(fas
     expand_bias = rng.uniform(-1.0, 3.0, hidden).astype(np.float32)  # relu6 on both sides of 0 and 6
     weight, bias = layer.weight.asnumpy(), rng.uniform(-1.0, 3.0, hidden).astype(np.float32)
     values = (x, expand_weight, expand_bias, weight, bias)
-    got = layer.after_expansion(*(ms.Tensor(v) for v in values)).asnumpy()
-    hidden_t = torch.nn.functional.relu6(torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(expand_weight),
-                                                                    torch.from_numpy(expand_bias)))
-    want = torch.nn.functional.relu6(torch.nn.functional.conv2d(hidden_t, torch.from_numpy(weight), torch.from_numpy(bias),
-                                                                stride=stride, padding=1, groups=hidden)).numpy()
-    _assert_close(got, want, "expansion + depthwise vs torch")
+    args = tuple(ms.Tensor(v) for v in values)
+    got = layer.after_expansion(*args).asnumpy()
+    upstream = rng.standard_normal(got.shape).astype(np.float32)
+    grads = ms.grad(lambda *a: (layer.after_expansion(*a) * ms.Tensor(upstream)).sum(), grad_position=(0, 1, 2, 3, 4))(*args)
+    tensors = [torch.from_numpy(v).requires_grad_(True) for v in values]
+    hidden_t = torch.nn.functional.relu6(torch.nn.functional.conv2d(tensors[0], tensors[1], tensors[2]))
+    y = torch.nn.functional.relu6(torch.nn.functional.conv2d(hidden_t, tensors[3], tensors[4], stride=stride, padding=1,
+                                                             groups=hidden))
+    (y * torch.from_numpy(upstream)).sum().backward()
+    _assert_close(got, y.detach().numpy(), "expansion + depthwise vs torch")
+    for name, mine, tensor in zip(("x", "expand weight", "expand bias", "weight", "bias"), grads, tensors):
+        _assert_close(mine.asnumpy(), tensor.grad.numpy(), f"expansion + depthwise: gradient of {name} vs torch")
     library, call = ctypes.CDLL(str(fast_conv.kernel_library())), fast_conv.call_entry_point
     status_pw, expanded = call(library, "pw_forward_bias_relu6_s1", [x, expand_weight, expand_bias, np.zeros((n, hidden, h, w))])
     status_dw, separate = call(library, f"dw_forward_bias_relu6_s{stride}", [expanded, weight, bias, np.zeros(got.shape)])
@@ -221,8 +228,9 @@ def test_expansion_and_depthwise_in_one_pass_match_torch_and_the_two_kernels(fas
     np.testing.assert_array_equal(got, separate)
     np.testing.assert_array_equal(direct, separate)
     wrong = (n, hidden, got.shape[2] + 1, got.shape[3])  # an output of another size is refused, nothing written
-    assert call(library, f"pw_dw_forward_s{stride}", [*values, np.zeros(wrong)])[0] == 1
-    assert call(library, f"pw_dw_forward_s{stride}", [x, expand_weight, expand_bias, weight, bias[:-1], np.zeros(got.shape)])[0] == 1
+    for arrays in ([*values, np.zeros(wrong)], [x, expand_weight, expand_bias, weight, bias[:-1], np.zeros(got.shape)]):
+        status, untouched = call(library, f"pw_dw_forward_s{stride}", arrays)
+        assert status == 1 and not untouched.any()
 
 
 @pytest.mark.parametrize("n,cin,cout,h,w,stride", [(1, 3, 32, 9, 11, 2), (3, 5, 7, 8, 5, 1)])

@@ -353,3 +353,29 @@ def test_freeze_layers_outside_fine_tuning_or_range_is_a_usage_error(extra, mess
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_another_freeze_layers_before_loading_anything(pretrained, synthetic_cache, tmp_path, ms_pynative):
+    """The optimizer holds state for the trained layers only: a checkpoint resumes with the freeze_layers it ran with;
+    another value is refused naming both, before the network or optimizer is touched."""
+    from ms_impl.train import build_config, build_lr_schedule, build_network, build_optimizer, restore
+    from ms_impl.trainer.checkpoint import TrainState, save_training_checkpoint
+    from ms_impl.trainer.errors import UsageError
+    from ms_impl.trainer.train_step import model_parameters
+
+    def setup(count):
+        cfg = build_config(TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(tmp_path / "run"),
+                                   "--pretrained", str(pretrained["files"]["torchvision.pth"]), "--freeze_layers", str(count)])
+        network = build_network(cfg)
+        return cfg, network, build_optimizer(cfg, network, build_lr_schedule(cfg, 4))
+
+    cfg, network, optimizer = setup(4)
+    path = tmp_path / "last.ckpt"
+    save_training_checkpoint(path, model_parameters(network), optimizer,
+                             TrainState(epoch=1, seed=cfg.seed, epochs=cfg.epochs, steps_per_epoch=4, freeze_layers=4))
+    other_cfg, other, other_optimizer = setup(2)
+    before = {name: p.asnumpy().copy() for name, p in model_parameters(other).items()}
+    with pytest.raises(UsageError, match="freeze_layers 4 in the checkpoint vs 2 now"):
+        restore(other_cfg, path, other, other_optimizer, 4)
+    assert all(np.array_equal(before[name], p.asnumpy()) for name, p in model_parameters(other).items())
+    assert restore(cfg, path, network, optimizer, 4).freeze_layers == 4

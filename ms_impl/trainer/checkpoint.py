@@ -46,6 +46,7 @@ class TrainState:
     seed: int = 0
     epochs: int = 0
     steps_per_epoch: int = 0
+    freeze_layers: int = 0    # fine-tuning's frozen leading layers: the optimizer holds state for the others only
 
 
 def epoch_checkpoint_name(epoch: int, steps_per_epoch: int) -> str:

@@ -220,8 +220,13 @@ def average_batchnorm_statistics(network, ctx: DistributedContext) -> None:
     if not ctx.distributed:
         return
     import mindspore as ms
+    from mindspore import nn
 
-    stats = [p for p in network.get_parameters() if _is_batchnorm_statistic(p.name)]
+    # Statistics a BatchNorm never updates (--freeze_bn, --freeze_layers) are alike on all ranks already: left
+    # exactly as they are (a sum over ranks divided again can move them by a rounding).
+    fixed = {id(p) for _, cell in network.cells_and_names() if isinstance(cell, nn.BatchNorm2d)
+             and cell.use_batch_statistics is False for p in (cell.moving_mean, cell.moving_variance)}
+    stats = [p for p in network.get_parameters() if _is_batchnorm_statistic(p.name) and id(p) not in fixed]
     if not stats:
         return
     flat = np.concatenate([p.asnumpy().astype(np.float32).ravel() for p in stats])
@@ -234,11 +239,13 @@ def average_batchnorm_statistics(network, ctx: DistributedContext) -> None:
 
 
 def replicated_state(network) -> Dict[str, object]:
-    """The parameters every rank must hold identically: trainable weights and BatchNorm statistics.
+    """The parameters every rank must hold identically: all weights (frozen ones too) and BatchNorm statistics.
 
     (Per-rank state, such as a dropout mask for the rank's own samples, is left out.)
     """
-    return {p.name: p for p in network.get_parameters() if p.requires_grad or _is_batchnorm_statistic(p.name)}
+    from ms_impl.trainer.train_step import model_parameters
+
+    return model_parameters(network)
 
 
 def any_rank(flag: bool, ctx: DistributedContext) -> bool:

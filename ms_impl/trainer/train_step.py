@@ -53,6 +53,14 @@ class ReplayableDropout(nn.Cell):
         self.keep_mask.set_data(Tensor(np.ascontiguousarray(mask[self.shard_id::self.num_shards])))
 
 
+def model_parameters(network: nn.Cell) -> dict:
+    """{name: Parameter} of the model's own state (weights, BatchNorm statistics): what checkpoints hold and every
+    data-parallel rank holds alike. The dropout masks are trainer state, per rank (MindSpore renames a parameter
+    on assignment, so they are matched by identity)."""
+    masks = {id(cell.keep_mask) for _, cell in network.cells_and_names() if isinstance(cell, ReplayableDropout)}
+    return {p.name: p for p in network.get_parameters() if id(p) not in masks}
+
+
 class NetWithLoss(nn.Cell):
     """loss(network(images), labels). With `frozen_layers` n > 0 (a MobileNetV2, its first n feature layers
     fixed by `transfer.freeze_leading_layers`) no gradient flows into those layers: their output is a constant
@@ -68,6 +76,7 @@ class NetWithLoss(nn.Cell):
     def construct(self, images: ms.Tensor, labels: ms.Tensor) -> ms.Tensor:
         if self.frozen_layers == 0:
             return self.loss_fn(self.network(images), labels)
+        # MobileNetV2.construct (features, then the head), cut after the frozen layers
         features = self.network.backbone.features
         x = images
         for i in range(self.frozen_layers):
