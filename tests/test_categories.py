@@ -163,6 +163,7 @@ def test_pretrained_alone_resolves_to_the_fine_tuning_recipe():
     # the measured fine-tuning recipe (README): head first, then everything with frozen BatchNorm and a tiny backbone LR
     assert (cfg.head_first_epochs, cfg.epochs, cfg.lr_max, cfg.backbone_lr_scale) == (30, 10, 0.005, 0.02)
     assert (cfg.freeze_bn, cfg.crop_scale_min, cfg.color_jitter, cfg.train_whole_prob, cfg.tta) == (True, 0.35, 0.1, 0.25, "flip+whole")
+    assert cfg.freeze_layers == 4  # the stem and the first 3 blocks stay as pretrained (README: same CV, a faster step)
 
 
 @pytest.mark.parametrize("device", ["CPU", "GPU", "Ascend"])
