@@ -84,7 +84,7 @@ def test_backbone_lr_scale_in_full_fine_tuning(pretrained, synthetic_cache, tmp_
         cfg = build_config(base + extra)
         network = build_network(cfg)
         optimizer = build_optimizer(cfg, network, lr)
-        conv = network.backbone.features[0].features[0].weight
+        conv = network.backbone.features[-1].features[0].weight  # the last 1x1: trained by every recipe
         np.testing.assert_allclose(lr_of(optimizer, conv), lr * scale, rtol=1e-6)
         np.testing.assert_allclose(lr_of(optimizer, network.head.dense.weight), lr, rtol=1e-6)
 
@@ -215,8 +215,10 @@ def test_freeze_bn_train_step_matches_eval_forward_and_the_pytorch_twin(pretrain
     mode = ms.get_context("mode")
     ms.set_context(mode=ms.GRAPH_MODE)  # the trainer's mode: the compiled train and eval graphs are what is checked
     try:
+        # every layer trained (the recipe's freeze_layers off): the stem's gradient is compared below
         check_freeze_bn(cfg_args=TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(tmp_path), "--pretrained",
-                                         str(path), "--freeze_bn", "true", "--fast_conv", "auto", "--dropout", "0.2", "--lr_max", "0.5"],
+                                         str(path), "--freeze_bn", "true", "--fast_conv", "auto", "--dropout", "0.2", "--lr_max", "0.5",
+                                         "--freeze_layers", "0"],
                         torch_model=torch_model)
     finally:
         ms.set_context(mode=mode)
