@@ -344,8 +344,12 @@ def train_one_epoch(cfg, data: Data, step_fn, network, optimizer, lr: np.ndarray
     flag, so every rank logs the global loss and all ranks stop (diverged or
     interrupted) at the same step.
     """
+    from mindspore import Tensor
     from tqdm import tqdm
 
+    from ms_impl.trainer.mixing import MixSettings, mix_batch
+
+    mixing = MixSettings(cfg.mixup_alpha, cfg.cutmix_alpha)
     batches = dataset.train_dataset(data.train, cfg, data.image_size, state.epoch,
                                     ctx.num_shards, ctx.shard_id).create_tuple_iterator(num_epochs=1)
     stop.arm()
@@ -362,7 +366,12 @@ def train_one_epoch(cfg, data: Data, step_fn, network, optimizer, lr: np.ndarray
         dropout = network.head.dropout
         if hasattr(dropout, "draw"):
             dropout.draw(cfg.seed, state.global_step)
-        loss = float(step_fn(images, labels).asnumpy())
+        if mixing.enabled:
+            mixed, partner_labels, lam = mix_batch(images.asnumpy(), labels.asnumpy(), mixing, cfg.seed, state.global_step,
+                                                   ctx.shard_id)
+            loss = float(step_fn(Tensor(mixed), labels, Tensor(partner_labels), Tensor(np.float32(lam))).asnumpy())
+        else:
+            loss = float(step_fn(images, labels).asnumpy())
         stop.arm()
         stop_requested = bool(stop.signum)
         if ctx.distributed:
@@ -692,6 +701,10 @@ def run_training(argv: Optional[List[str]] = None) -> int:
                  f" ({cfg.batch_size} per worker x {ctx.world_size} workers)" if ctx.distributed else "",
                  cfg.lr_init * scale, cfg.lr_max * scale, cfg.lr_end * scale,
                  f" (--scale_lr: x{scale}, linear rule)" if cfg.scale_lr else "")
+        if cfg.mixup_alpha or cfg.cutmix_alpha:
+            from ms_impl.trainer.mixing import MixSettings
+
+            log.info("mixing each training batch: %s", MixSettings(cfg.mixup_alpha, cfg.cutmix_alpha).describe())
         if cfg.freeze_backbone:
             result, rows = train_frozen(cfg, data, network, optimizer, state, out)
         else:

@@ -95,6 +95,8 @@ KEY_RULES: Dict[str, Any] = {
     "color_jitter": NON_NEGATIVE,
     "hflip_prob": FRACTION,
     "train_whole_prob": FRACTION,
+    "mixup_alpha": NON_NEGATIVE,
+    "cutmix_alpha": NON_NEGATIVE,
     "width_mult": POSITIVE,
     "dropout": PROPER_FRACTION,
     "lr_init": NON_NEGATIVE,
@@ -134,6 +136,10 @@ def check_relations(cfg: EasyDict, source: Callable[[str], str]) -> None:
     if 0 < whole_prob < 1 / copies:
         raise UsageError(f"{source('train_whole_prob')}: {whole_prob} is below {_number(1 / copies)}, the smallest "
                          f"share drawn (1 view in {copies}); 0 for none")
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        if cfg.get(key) and cfg.freeze_backbone:
+            raise UsageError(f"{source(key)}: mixes the images the network trains on; a frozen backbone's head trains "
+                             "on cached features")
     if cfg.freeze_backbone and cfg.resume:
         raise UsageError(f"{source('resume')}: a frozen-backbone run is not resumed; run it again (its features are cached)")
 

@@ -64,7 +64,8 @@ def model_parameters(network: nn.Cell) -> dict:
 class NetWithLoss(nn.Cell):
     """loss(network(images), labels). With `frozen_layers` n > 0 (a MobileNetV2, its first n feature layers
     fixed by `transfer.freeze_leading_layers`) no gradient flows into those layers: their output is a constant
-    of the backward pass, so none of their backward kernels run."""
+    of the backward pass, so none of their backward kernels run. With `partner_labels` and `lam` (a mixed
+    batch, `mixing.mix_batch`): lam * loss(logits, labels) + (1 - lam) * loss(logits, partner_labels)."""
 
     def __init__(self, network: nn.Cell, loss_fn: nn.Cell, frozen_layers: int = 0) -> None:
         super().__init__(auto_prefix=False)
@@ -73,9 +74,9 @@ class NetWithLoss(nn.Cell):
         self.frozen_layers = frozen_layers
         self.num_layers = len(network.backbone.features) if frozen_layers else 0
 
-    def construct(self, images: ms.Tensor, labels: ms.Tensor) -> ms.Tensor:
+    def logits(self, images: ms.Tensor) -> ms.Tensor:
         if self.frozen_layers == 0:
-            return self.loss_fn(self.network(images), labels)
+            return self.network(images)
         # MobileNetV2.construct (features, then the head), cut after the frozen layers
         features = self.network.backbone.features
         x = images
@@ -84,12 +85,18 @@ class NetWithLoss(nn.Cell):
         x = ops.stop_gradient(x)
         for i in range(self.frozen_layers, self.num_layers):
             x = features[i](x)
-        return self.loss_fn(self.network.forward_head(x), labels)
+        return self.network.forward_head(x)
+
+    def construct(self, images: ms.Tensor, labels: ms.Tensor, partner_labels=None, lam=None) -> ms.Tensor:
+        logits = self.logits(images)
+        if partner_labels is None:
+            return self.loss_fn(logits, labels)
+        return lam * self.loss_fn(logits, labels) + (1.0 - lam) * self.loss_fn(logits, partner_labels)
 
 
 def build_train_step(network: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, frozen_layers: int = 0) -> nn.Cell:
-    """`step(images, labels) -> loss`: forward, backward and one optimizer update; the first `frozen_layers`
-    feature layers forward only (see NetWithLoss)."""
+    """`step(images, labels[, partner_labels, lam]) -> loss`: forward, backward and one optimizer update; the first
+    `frozen_layers` feature layers forward only (see NetWithLoss)."""
     step = nn.TrainOneStepCell(NetWithLoss(network, loss_fn, frozen_layers), optimizer)
     step.set_train(True)
     return step
