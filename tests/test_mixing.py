@@ -1,0 +1,119 @@
+"""Mixup and CutMix (--mixup_alpha, --cutmix_alpha): the mixed batch, its loss, replay, and the trainer using them."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ms_impl.trainer.mixing import MixSettings, mix_batch
+from tests.helpers import TINY_TRAIN
+
+
+def batch(n=8, size=12):
+    rng = np.random.default_rng(3)
+    return rng.normal(size=(n, 3, size, size)).astype(np.float32), np.arange(n, dtype=np.int32) % 5
+
+
+def test_mixup_is_a_convex_blend_with_the_partner_and_its_label():
+    images, labels = batch()
+    mixed, partner_labels, lam = mix_batch(images, labels, MixSettings(mixup_alpha=0.4), seed=1, global_step=7)
+    assert 0.0 < lam < 1.0 and mixed.dtype == np.float32 and mixed.shape == images.shape
+    # the partner of each image: the one image whose blend reproduces it
+    for i in range(len(images)):
+        j = [k for k in range(len(images))
+             if np.allclose(mixed[i], lam * images[i] + (1 - lam) * images[k], atol=1e-6)]
+        assert len(j) == 1 and partner_labels[i] == labels[j[0]]
+    assert sorted(partner_labels.tolist()) == sorted(labels.tolist())  # a permutation of the batch
+
+
+def test_cutmix_pastes_one_box_of_the_partner_and_lam_is_the_area_left():
+    images, labels = batch(size=16)
+    for step in range(20):
+        mixed, partner_labels, lam = mix_batch(images, labels, MixSettings(cutmix_alpha=1.0), seed=2, global_step=step)
+        changed = np.any(mixed != images, axis=(0, 1))  # pixels taken from a partner, any image
+        rows, cols = np.nonzero(changed)
+        if rows.size:  # the box is a rectangle, and lam is exactly the share outside it
+            box = changed[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+            assert box.all()
+            assert lam == pytest.approx(1.0 - box.size / changed.size)
+            for i in range(len(images)):  # inside the box: one other image of the batch, with that image's label
+                inside = mixed[i][:, rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+                sources = [k for k in range(len(images))
+                           if np.array_equal(inside, images[k][:, rows.min():rows.max() + 1, cols.min():cols.max() + 1])]
+                assert labels[sources[0]] == partner_labels[i]
+        else:  # an empty box (clipped away or a zero share): nothing mixed
+            assert lam == 1.0
+
+
+def test_mixing_replays_from_seed_and_step_and_is_off_by_default():
+    images, labels = batch()
+    settings = MixSettings(mixup_alpha=0.2, cutmix_alpha=1.0)
+    a = mix_batch(images, labels, settings, seed=5, global_step=11)
+    b = mix_batch(images, labels, settings, seed=5, global_step=11)
+    c = mix_batch(images, labels, settings, seed=5, global_step=12)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]  # a resumed run draws the same
+    assert not np.array_equal(a[0], c[0])
+    assert not np.array_equal(mix_batch(images, labels, settings, 5, 11, shard_id=1)[0], a[0])  # each rank its own draw
+    # both on: each batch is one of the two (CutMix leaves pixels untouched, mixup none)
+    kinds = {bool(np.any(mix_batch(images, labels, settings, 5, s)[0] == images)) for s in range(30)}
+    assert kinds == {True, False}
+    off = mix_batch(images, labels, MixSettings(), seed=5, global_step=11)
+    assert off[0] is images and off[1] is labels and off[2] == 1.0
+
+
+def test_mixed_loss_is_lam_weighted_cross_entropy_of_both_labels(ms_pynative):
+    import mindspore as ms
+    from mindspore import nn
+
+    from ms_impl.loss import smoothed_cross_entropy
+    from ms_impl.trainer.train_step import NetWithLoss
+
+    rng = np.random.default_rng(0)
+    x = ms.Tensor(rng.normal(size=(6, 10)).astype(np.float32))
+    labels = ms.Tensor(np.array([0, 1, 2, 3, 4, 0], np.int32))
+    partner = ms.Tensor(np.array([4, 4, 1, 0, 2, 3], np.int32))
+    net = NetWithLoss(nn.Dense(10, 5), smoothed_cross_entropy(0.1))
+    plain, other = float(net(x, labels).asnumpy()), float(net(x, partner).asnumpy())
+    lam = np.float32(0.3)
+    mixed = float(net(x, labels, partner, ms.Tensor(lam)).asnumpy())
+    assert mixed == pytest.approx(lam * plain + (1 - lam) * other, rel=1e-6)
+    assert float(net(x, labels, labels, ms.Tensor(np.float32(1.0))).asnumpy()) == pytest.approx(plain, rel=1e-6)
+
+
+def test_the_trainer_mixes_every_step(synthetic_cache, tmp_path, monkeypatch):
+    """The option reaches the epoch loop: every step's batch goes through mix_batch with the run's seed and its
+    global step (what makes a resumed run replay the same mixing), and the mixed loss trains."""
+    from ms_impl.train import main as train_main
+    from ms_impl.trainer import mixing
+
+    calls = []
+    real = mixing.mix_batch
+
+    def spy(images, labels, settings, seed, global_step, shard_id=0):
+        out = real(images, labels, settings, seed, global_step, shard_id)
+        calls.append((seed, global_step, settings, out[2]))
+        return out
+
+    monkeypatch.setattr(mixing, "mix_batch", spy)
+    code = train_main(TINY_TRAIN + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(tmp_path / "run"),
+                                    "--mode", "pynative", "--epochs", "2", "--seed", "4",
+                                    "--mixup_alpha", "0.2", "--cutmix_alpha", "1.0"])
+    assert code == 0
+    steps = len(calls)
+    assert steps > 0 and [c[1] for c in calls] == list(range(steps)) and {c[0] for c in calls} == {4}
+    assert calls[0][2] == MixSettings(0.2, 1.0) and any(c[3] < 1.0 for c in calls)
+    log = (tmp_path / "run" / "train.log").read_text(encoding="utf-8")
+    assert "mixing each training batch: mixup alpha 0.2 and CutMix alpha 1" in log
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--mixup_alpha", "0.2", "--pretrained", "W", "--freeze_backbone", "true"], "--mixup_alpha: mixes the images"),
+    (["--cutmix_alpha", "-1"], "--cutmix_alpha"),
+])
+def test_mixing_usage_errors(extra, message, synthetic_cache, tmp_path, capsys):
+    from ms_impl.train import main as train_main
+
+    out = tmp_path / "run"
+    code = train_main(TINY_TRAIN + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(out), *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
