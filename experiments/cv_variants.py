@@ -78,6 +78,9 @@ VARIANTS: Dict[str, dict] = {
     "pad": dict(rows=[("pad",), ("pad-flip",)]),
     "center+pad_rows": dict(rows=[C, CF, ("pad",), ("pad-flip",)]),
     "center+squash+pad_rows": dict(rows=[C, CF, S, SF, ("pad",), ("pad-flip",)]),
+    # mixup of the head's training rows (features of two images blended, lam ~ Beta(a, a))
+    "center+squash_rows_mixup0.2": dict(rows=[C, CF, S, SF], sgd=dict(mixup_alpha=0.2)),
+    "center+squash_rows_mixup1": dict(rows=[C, CF, S, SF], sgd=dict(mixup_alpha=1.0)),
 }
 
 
@@ -173,7 +176,8 @@ def fit_predict(feats: dict, variant: dict, train_idx: np.ndarray, test_split: s
     net = MobileNetV2Head(x.shape[1], classes, dropout=0.0)
     train_head_on_features(net, x, y, epochs=r["epochs"], batch_size=r["batch_size"], lr_max=r["lr_max"],
                            warmup_epochs=r["warmup_epochs"], weight_decay=r["weight_decay"],
-                           label_smoothing=r["label_smoothing"], dropout=r["dropout"], seed=seed)
+                           label_smoothing=r["label_smoothing"], dropout=r["dropout"], seed=seed,
+                           mixup_alpha=r.get("mixup_alpha", 0.0))
     return np.mean([head_logits(net, t) for t in tests], axis=0)
 
 

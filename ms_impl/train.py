@@ -516,7 +516,7 @@ def train_frozen(cfg, data: Data, network, optimizer, state: TrainState, out: Pa
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr_max=cfg.lr_max, lr_init=cfg.lr_init, lr_end=cfg.lr_end,
         warmup_epochs=cfg.warmup_epochs, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
         label_smoothing=cfg.label_smoothing, dropout=cfg.dropout, seed=cfg.seed, on_epoch=on_epoch,
-        class_weights=data.class_weights, balanced_sampling=cfg.class_balance == "sampler",
+        class_weights=data.class_weights, balanced_sampling=cfg.class_balance == "sampler", mixup_alpha=cfg.mixup_alpha,
         feature_norm=cfg.feature_norm, feature_flip=cfg.feature_flip, feature_whole=cfg.feature_whole, tta=cfg.tta, progress=True)
     for name, cached in (("train", run.train_features), ("val", run.val_features)):
         how = "reused" if cached.reused else f"extracted at {cached.images_per_second:.1f} img/s"

@@ -80,8 +80,9 @@ def test_mixed_loss_is_lam_weighted_cross_entropy_of_both_labels(ms_pynative):
 
 
 def test_the_trainer_mixes_every_step(synthetic_cache, tmp_path, monkeypatch):
-    """The option reaches the epoch loop: every step's batch goes through mix_batch with the run's seed and its
-    global step (what makes a resumed run replay the same mixing), and the mixed loss trains."""
+    """The option reaches the epoch loop (GRAPH mode, the trainer's: the step compiled with the partner labels and
+    lam): every step's batch goes through mix_batch with the run's seed and its global step (what makes a resumed
+    run replay the same mixing)."""
     from ms_impl.train import main as train_main
     from ms_impl.trainer import mixing
 
@@ -95,7 +96,7 @@ def test_the_trainer_mixes_every_step(synthetic_cache, tmp_path, monkeypatch):
 
     monkeypatch.setattr(mixing, "mix_batch", spy)
     code = train_main(TINY_TRAIN + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(tmp_path / "run"),
-                                    "--mode", "pynative", "--epochs", "2", "--seed", "4",
+                                    "--epochs", "2", "--seed", "4",
                                     "--mixup_alpha", "0.2", "--cutmix_alpha", "1.0"])
     assert code == 0
     steps = len(calls)
@@ -105,8 +106,38 @@ def test_the_trainer_mixes_every_step(synthetic_cache, tmp_path, monkeypatch):
     assert "mixing each training batch: mixup alpha 0.2 and CutMix alpha 1" in log
 
 
+def test_frozen_head_mixup_mixes_the_feature_rows(ms_pynative, monkeypatch):
+    """--mixup_alpha with a frozen backbone: the head's batches of cached features are mixed (seeded by the run's
+    seed and the step), so the trained head differs from the unmixed one and two runs agree exactly."""
+    from ms_impl.mobilenetv2 import MobileNetV2Head
+    from ms_impl.trainer import mixing
+    from ms_impl.trainer.transfer import train_head_on_features
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 8)
+    features = (rng.normal(size=(32, 16)) + 2.0 * np.eye(4, 16)[labels]).astype(np.float32)
+    calls = []
+    real = mixing.mix_batch
+    monkeypatch.setattr(mixing, "mix_batch", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+
+    def trained(alpha):
+        head = MobileNetV2Head(16, 4, dropout=0.0)
+        for p in head.get_parameters():  # the same start for every head
+            p.set_data(type(p)(np.full(p.shape, 0.01, np.float32)))
+        result = train_head_on_features(head, features, labels, epochs=3, batch_size=8, lr_max=0.1, seed=7,
+                                        mixup_alpha=alpha)
+        return head.dense.weight.asnumpy(), result.losses
+
+    plain, _ = trained(0.0)
+    assert calls == []
+    mixed, losses = trained(0.4)
+    assert calls == list(range(12)) and np.all(np.isfinite(losses))  # 4 steps x 3 epochs, one draw per step
+    again, _ = trained(0.4)
+    assert np.array_equal(mixed, again) and not np.allclose(mixed, plain)
+
+
 @pytest.mark.parametrize("extra, message", [
-    (["--mixup_alpha", "0.2", "--pretrained", "W", "--freeze_backbone", "true"], "--mixup_alpha: mixes the images"),
+    (["--cutmix_alpha", "1", "--pretrained", "W", "--freeze_backbone", "true"], "--cutmix_alpha: pastes image regions"),
     (["--cutmix_alpha", "-1"], "--cutmix_alpha"),
 ])
 def test_mixing_usage_errors(extra, message, synthetic_cache, tmp_path, capsys):

@@ -12,6 +12,7 @@
     distributed    msrun detection, collectives, replica checks
     device         selecting CPU/GPU/Ascend with a one-line error
     train_step     the compiled training step and the replayable dropout
+    mixing         mixup and CutMix of a training batch, replayable from (seed, step)
     checkpoint     training checkpoints: save, rotate, resume (from the newest intact one)
     run_folder     the run folder: one trainer at a time (lock), old runs moved aside, never deleted
     pretrained     loading a pretrained backbone for transfer learning

@@ -136,10 +136,9 @@ def check_relations(cfg: EasyDict, source: Callable[[str], str]) -> None:
     if 0 < whole_prob < 1 / copies:
         raise UsageError(f"{source('train_whole_prob')}: {whole_prob} is below {_number(1 / copies)}, the smallest "
                          f"share drawn (1 view in {copies}); 0 for none")
-    for key in ("mixup_alpha", "cutmix_alpha"):
-        if cfg.get(key) and cfg.freeze_backbone:
-            raise UsageError(f"{source(key)}: mixes the images the network trains on; a frozen backbone's head trains "
-                             "on cached features")
+    if cfg.get("cutmix_alpha") and cfg.freeze_backbone:
+        raise UsageError(f"{source('cutmix_alpha')}: pastes image regions for training the network; a frozen backbone's "
+                         "head trains on cached features (--mixup_alpha mixes those)")
     if cfg.freeze_backbone and cfg.resume:
         raise UsageError(f"{source('resume')}: a frozen-backbone run is not resumed; run it again (its features are cached)")
 

@@ -150,12 +150,15 @@ def train_head_on_features(
     on_epoch: Optional[Callable[["EpochReport"], None]] = None,
     class_weights: Optional[Sequence[float]] = None,
     balanced_sampling: bool = False,
+    mixup_alpha: float = 0.0,
 ) -> HeadTrainingResult:
     """Train `head` in place on cached features; shuffles with `seed` each epoch.
 
     `class_weights` weigh the loss per class; `balanced_sampling` draws each
     epoch's samples class-balanced (`balance.balanced_order`) instead of a
-    shuffle of all of them (the trainer's `class_balance: weights | sampler`).
+    shuffle of all of them (the trainer's `class_balance: weights | sampler`). `mixup_alpha` > 0: each batch is
+    mixed with a shuffled copy of itself, lam ~ Beta(a, a) (`mixing.mix_batch` on the features, seeded by `seed`
+    and the step).
 
     `dropout` is applied here, on the host, to the pooled features (keep masks
     drawn from `seed`, scaled by 1 / (1 - p)): the same place and distribution as
@@ -182,7 +185,11 @@ def train_head_on_features(
                           total_epochs=epochs, steps_per_epoch=steps_per_epoch)
     optimizer = build_optimizer(head.trainable_params(), lr, momentum=momentum, weight_decay=weight_decay)
     criterion = smoothed_cross_entropy(label_smoothing, class_weights)
-    step = nn.TrainOneStepCell(nn.WithLossCell(head, criterion), optimizer)
+    from ms_impl.trainer.mixing import MixSettings, mix_batch
+    from ms_impl.trainer.train_step import NetWithLoss
+
+    mixing = MixSettings(mixup_alpha=mixup_alpha)
+    step = nn.TrainOneStepCell(NetWithLoss(head, criterion) if mixing.enabled else nn.WithLossCell(head, criterion), optimizer)
     step.set_train(True)
     if ms.get_context("mode") == ms.PYNATIVE_MODE:
         # a step on cached features is tiny: compiled it runs ~20x faster than op by op
@@ -201,7 +208,11 @@ def train_head_on_features(
             batch = feats4d[idx]
             if dropout > 0:
                 batch = batch * dropout_keep_mask(rng, batch.shape, dropout)
-            loss = step(ms.Tensor(batch), ms.Tensor(labels32[idx]))
+            if mixing.enabled:
+                batch, partner, lam = mix_batch(batch, labels32[idx], mixing, seed, epoch * steps_per_epoch + s)
+                loss = step(ms.Tensor(batch), ms.Tensor(labels32[idx]), ms.Tensor(partner), ms.Tensor(np.float32(lam)))
+            else:
+                loss = step(ms.Tensor(batch), ms.Tensor(labels32[idx]))
             losses.append(float(loss.asnumpy()))
         result.losses.append(float(np.mean(losses)))
         epoch_seconds = time.perf_counter() - epoch_start
@@ -261,7 +272,7 @@ def train_frozen_backbone(
     mean over the eval crop, the whole photo and the mirror images of both.
     `head_training`: the other keywords of `train_head_on_features` (epochs,
     lr_max, lr_init, lr_end, warmup_epochs, momentum, weight_decay,
-    label_smoothing, seed, on_epoch, class_weights, balanced_sampling).
+    label_smoothing, seed, on_epoch, class_weights, balanced_sampling, mixup_alpha).
     """
     import dataclasses
 
