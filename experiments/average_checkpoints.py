@@ -48,16 +48,20 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for fold in range(args.folds):
             run = args.runs / f"{args.name}_fold{fold}"
-            steps = json.loads((run / "summary.json").read_text())["steps_per_epoch"]
-            weights = average_weights([run / "checkpoints" / f"mobilenetv2-{e}_{steps}.ckpt" for e in epochs])
+            summary = json.loads((run / "summary.json").read_text())
+            paths = [run / "checkpoints" / f"mobilenetv2-{e}_{summary['steps_per_epoch']}.ckpt" for e in epochs]
+            missing = [str(p) for p in paths if not p.is_file()]
+            if missing:  # the trainer keeps the newest keep_checkpoint_max epochs only
+                sys.exit(f"error: {', '.join(missing)}: not found (rotated away? see keep_checkpoint_max)")
+            weights = average_weights(paths)
             ckpt = Path(tmp) / f"fold{fold}.ckpt"
             ms.save_checkpoint([{"name": n, "data": ms.Tensor(v)} for n, v in weights.items()], str(ckpt))
             report = Path(tmp) / f"report{fold}"
             subprocess.run([sys.executable, str(repo / "ms_impl" / "eval.py"), "--checkpoint", str(ckpt), "--device", "CPU",
                             "--data_path", str(args.work / f"{args.split}_fold{fold}_of_{args.folds}"), "--tta", args.tta,
-                            "--report_dir", str(report)], check=True, capture_output=True)
+                            "--report_dir", str(report)], check=True)
             averaged.append(json.loads((report / "eval.json").read_text())["top1"])
-            own.append(json.loads((run / "summary.json").read_text())["final"]["val_top1"])
+            own.append(summary["final"]["val_top1"])
             print(f"fold {fold}: averaged epochs {args.epochs} top-1 {averaged[-1]:.4f}, the run's last weights {own[-1]:.4f}",
                   flush=True)
     print(f"{args.name}: mean top-1 averaged {100 * np.mean(averaged):.1f}%, last weights {100 * np.mean(own):.1f}%")

@@ -704,7 +704,8 @@ def run_training(argv: Optional[List[str]] = None) -> int:
         if cfg.mixup_alpha or cfg.cutmix_alpha:
             from ms_impl.trainer.mixing import MixSettings
 
-            log.info("mixing each training batch: %s", MixSettings(cfg.mixup_alpha, cfg.cutmix_alpha).describe())
+            log.info("mixing each training batch%s: %s", " of cached features" if cfg.freeze_backbone else "",
+                     MixSettings(cfg.mixup_alpha, cfg.cutmix_alpha).describe())
         if cfg.freeze_backbone:
             result, rows = train_frozen(cfg, data, network, optimizer, state, out)
         else:

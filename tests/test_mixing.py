@@ -8,6 +8,21 @@ from ms_impl.trainer.mixing import MixSettings, mix_batch
 from tests.helpers import TINY_TRAIN
 
 
+def kind_of(mixed, images, lam):
+    """"cutmix" when every image differs from itself only inside one box (lam = the share outside it), "mixup"
+    when the batch is lam * images + (1 - lam) * a permutation of them; "none" when nothing changed."""
+    changed = np.any(mixed != images, axis=(0, 1))
+    if not changed.any():
+        return "none"
+    rows, cols = np.nonzero(changed)
+    box = changed[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    if box.all() and lam == pytest.approx(1.0 - box.size / changed.size):
+        return "cutmix"
+    partners = [[k for k in range(len(images)) if np.allclose(m, lam * x + (1 - lam) * images[k], atol=1e-5)]
+                for m, x in zip(mixed, images)]
+    return "mixup" if all(partners) else "other"
+
+
 def batch(n=8, size=12):
     rng = np.random.default_rng(3)
     return rng.normal(size=(n, 3, size, size)).astype(np.float32), np.arange(n, dtype=np.int32) % 5
@@ -40,7 +55,7 @@ def test_cutmix_pastes_one_box_of_the_partner_and_lam_is_the_area_left():
                 sources = [k for k in range(len(images))
                            if np.array_equal(inside, images[k][:, rows.min():rows.max() + 1, cols.min():cols.max() + 1])]
                 assert labels[sources[0]] == partner_labels[i]
-        else:  # an empty box (clipped away or a zero share): nothing mixed
+        else:  # a box of zero size (a share that rounds to no pixel): nothing mixed
             assert lam == 1.0
 
 
@@ -53,9 +68,16 @@ def test_mixing_replays_from_seed_and_step_and_is_off_by_default():
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]  # a resumed run draws the same
     assert not np.array_equal(a[0], c[0])
     assert not np.array_equal(mix_batch(images, labels, settings, 5, 11, shard_id=1)[0], a[0])  # each rank its own draw
-    # both on: each batch is one of the two (CutMix leaves pixels untouched, mixup none)
-    kinds = {bool(np.any(mix_batch(images, labels, settings, 5, s)[0] == images)) for s in range(30)}
-    assert kinds == {True, False}
+    # both on: each batch is one of the two, and both occur
+    def kinds(settings):
+        draws = [mix_batch(images, labels, settings, 5, step) for step in range(30)]
+        return {kind_of(mixed, images, lam) for mixed, _, lam in draws}
+
+    assert kinds(settings) == {"cutmix", "mixup"}
+    assert kinds(MixSettings(mixup_alpha=0.2)) <= {"mixup", "none"}
+    assert kinds(MixSettings(cutmix_alpha=1.0)) <= {"cutmix", "none"}
+    with pytest.raises(ValueError, match="mixup_alpha must be a finite number >= 0"):
+        MixSettings(mixup_alpha=-0.5)
     off = mix_batch(images, labels, MixSettings(), seed=5, global_step=11)
     assert off[0] is images and off[1] is labels and off[2] == 1.0
 
@@ -86,22 +108,38 @@ def test_the_trainer_mixes_every_step(synthetic_cache, tmp_path, monkeypatch):
     from ms_impl.train import main as train_main
     from ms_impl.trainer import mixing
 
-    calls = []
-    real = mixing.mix_batch
+    from ms_impl.trainer import train_step
+
+    calls, stepped = [], []
+    real_mix, real_build = mixing.mix_batch, train_step.build_train_step
 
     def spy(images, labels, settings, seed, global_step, shard_id=0):
-        out = real(images, labels, settings, seed, global_step, shard_id)
-        calls.append((seed, global_step, settings, out[2]))
+        out = real_mix(images, labels, settings, seed, global_step, shard_id)
+        calls.append((seed, global_step, settings, out[2], shard_id, out))
         return out
 
+    def build_spy(*args, **kwargs):
+        step = real_build(*args, **kwargs)
+
+        def recorded(*inputs):
+            stepped.append([t.asnumpy() for t in inputs])
+            return step(*inputs)
+        return recorded
+
     monkeypatch.setattr(mixing, "mix_batch", spy)
+    monkeypatch.setattr(train_step, "build_train_step", build_spy)
     code = train_main(TINY_TRAIN + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(tmp_path / "run"),
                                     "--epochs", "2", "--seed", "4",
                                     "--mixup_alpha", "0.2", "--cutmix_alpha", "1.0"])
     assert code == 0
     steps = len(calls)
     assert steps > 0 and [c[1] for c in calls] == list(range(steps)) and {c[0] for c in calls} == {4}
-    assert calls[0][2] == MixSettings(0.2, 1.0) and any(c[3] < 1.0 for c in calls)
+    assert calls[0][2] == MixSettings(0.2, 1.0) and any(c[3] < 1.0 for c in calls) and {c[4] for c in calls} == {0}
+    # each step trains on what mix_batch returned: the mixed images, both label sets and lam
+    assert len(stepped) == steps
+    for (*_, (mixed, partner_labels, lam)), (images, labels, partners, lam_in) in zip(calls, stepped):
+        assert np.array_equal(images, mixed) and np.array_equal(partners, partner_labels) and lam_in == np.float32(lam)
+        assert labels.shape == partners.shape
     log = (tmp_path / "run" / "train.log").read_text(encoding="utf-8")
     assert "mixing each training batch: mixup alpha 0.2 and CutMix alpha 1" in log
 
@@ -139,6 +177,7 @@ def test_frozen_head_mixup_mixes_the_feature_rows(ms_pynative, monkeypatch):
 @pytest.mark.parametrize("extra, message", [
     (["--cutmix_alpha", "1", "--pretrained", "W", "--freeze_backbone", "true"], "--cutmix_alpha: pastes image regions"),
     (["--cutmix_alpha", "-1"], "--cutmix_alpha"),
+    (["--mixup_alpha", "0.2", "--batch_size", "1"], "--mixup_alpha: mixes the images of a batch with each other"),
 ])
 def test_mixing_usage_errors(extra, message, synthetic_cache, tmp_path, capsys):
     from ms_impl.train import main as train_main

@@ -339,6 +339,12 @@ def test_freeze_layers_keeps_the_first_layers_and_trains_the_rest_with_the_same_
         assert all(np.array_equal(before[n], after[n]) for n in before if n.startswith(prefix))
         for name in ("features.4.conv.0.features.0.weight", "features.4.conv.0.features.1.moving_mean", "dense.weight"):
             assert not np.array_equal(before[name], after[name]), name
+        # a mixed batch's step (--mixup_alpha/--cutmix_alpha: partner labels and lam) compiles with the cut too
+        partner = ms.Tensor(np.roll(labels.asnumpy(), 1))
+        assert np.isfinite(float(step(images, labels, partner, ms.Tensor(np.float32(0.7))).asnumpy()))
+        mixed = {p.name: p.asnumpy() for p in frozen.get_parameters()}
+        assert all(np.array_equal(before[n], mixed[n]) for n in before if n.startswith(prefix))
+        assert not np.array_equal(after["dense.weight"], mixed["dense.weight"])
     finally:
         ms.set_context(mode=mode)
 

@@ -136,6 +136,10 @@ def check_relations(cfg: EasyDict, source: Callable[[str], str]) -> None:
     if 0 < whole_prob < 1 / copies:
         raise UsageError(f"{source('train_whole_prob')}: {whole_prob} is below {_number(1 / copies)}, the smallest "
                          f"share drawn (1 view in {copies}); 0 for none")
+    mixing = [key for key in ("mixup_alpha", "cutmix_alpha") if cfg.get(key)]
+    if mixing and cfg.batch_size < 2:
+        raise UsageError(f"{source(mixing[0])}: mixes the images of a batch with each other; batch_size is "
+                         f"{cfg.batch_size} (from {source('batch_size')}), at least 2 needed")
     if cfg.get("cutmix_alpha") and cfg.freeze_backbone:
         raise UsageError(f"{source('cutmix_alpha')}: pastes image regions for training the network; a frozen backbone's "
                          "head trains on cached features (--mixup_alpha mixes those)")

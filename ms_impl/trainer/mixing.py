@@ -4,7 +4,7 @@ Mixup (Zhang et al. 2018): every image becomes lam * image + (1 - lam) * partner
 CutMix (Yun et al. 2019): a box of the partner's pixels is pasted into every image; the box covers about
 1 - lam of the area, lam ~ Beta(a, a), and lam is then set to the share the box left uncovered (the box is
 clipped at the borders). With both on, each batch draws one of the two with equal odds (timm's default).
-The partner of image i is image perm[i] of the same batch; the loss is lam * CE(logits, labels) +
+A batch of one is never mixed (its partner is itself). The partner of image i is image perm[i] of the same batch; the loss is lam * CE(logits, labels) +
 (1 - lam) * CE(logits, labels[perm]) (`train_step.NetWithLoss`). In data parallel each rank mixes within
 its own shard of the global batch (its own draw: (seed, step, shard)).
 """
@@ -16,10 +16,21 @@ from typing import Tuple
 import numpy as np
 
 
+# The mixing draws' own random stream: numpy pads short seed lists with zeros, so a small tag here would replay
+# another stream of the trainer's ([seed, epoch, ...] in dataset.py, [seed, 2, step] for dropout).
+MIX_STREAM = 0x6D6978  # "mix"
+
+
 @dataclass(frozen=True)
 class MixSettings:
     mixup_alpha: float = 0.0   # 0 = no mixup
     cutmix_alpha: float = 0.0  # 0 = no CutMix
+
+    def __post_init__(self) -> None:
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
 
     @property
     def enabled(self) -> bool:
@@ -49,7 +60,7 @@ def mix_batch(images: np.ndarray, labels: np.ndarray, settings: MixSettings, see
     Mixing off: the batch itself, its own labels and lam 1."""
     if not settings.enabled:
         return images, labels, 1.0
-    rng = np.random.default_rng([seed, 4, global_step, shard_id])
+    rng = np.random.default_rng([seed, MIX_STREAM, global_step, shard_id])
     perm = rng.permutation(len(images))
     use_cutmix = settings.cutmix_alpha > 0 and (settings.mixup_alpha <= 0 or rng.random() < 0.5)
     if use_cutmix:
@@ -57,7 +68,7 @@ def mix_batch(images: np.ndarray, labels: np.ndarray, settings: MixSettings, see
         height, width = images.shape[-2:]
         top, bottom, left, right = cutmix_box(height, width, 1.0 - lam, rng)
         mixed = images.copy()
-        mixed[..., top:bottom, left:right] = images[perm][..., top:bottom, left:right]
+        mixed[..., top:bottom, left:right] = images[perm, ..., top:bottom, left:right]
         lam = 1.0 - (bottom - top) * (right - left) / float(height * width)
     else:
         lam = float(rng.beta(settings.mixup_alpha, settings.mixup_alpha))

@@ -173,7 +173,8 @@ def train_head_on_features(
 
     from ms_impl.loss import smoothed_cross_entropy
     from ms_impl.optim import build_optimizer
-    from ms_impl.trainer.train_step import dropout_keep_mask
+    from ms_impl.trainer.mixing import MixSettings, mix_batch
+    from ms_impl.trainer.train_step import NetWithLoss, dropout_keep_mask
 
     if len(features) == 0 or len(features) != len(labels):
         raise ValueError(f"need matching, non-empty features and labels, got {len(features)} and {len(labels)}")
@@ -185,11 +186,8 @@ def train_head_on_features(
                           total_epochs=epochs, steps_per_epoch=steps_per_epoch)
     optimizer = build_optimizer(head.trainable_params(), lr, momentum=momentum, weight_decay=weight_decay)
     criterion = smoothed_cross_entropy(label_smoothing, class_weights)
-    from ms_impl.trainer.mixing import MixSettings, mix_batch
-    from ms_impl.trainer.train_step import NetWithLoss
-
     mixing = MixSettings(mixup_alpha=mixup_alpha)
-    step = nn.TrainOneStepCell(NetWithLoss(head, criterion) if mixing.enabled else nn.WithLossCell(head, criterion), optimizer)
+    step = nn.TrainOneStepCell(NetWithLoss(head, criterion), optimizer)
     step.set_train(True)
     if ms.get_context("mode") == ms.PYNATIVE_MODE:
         # a step on cached features is tiny: compiled it runs ~20x faster than op by op
