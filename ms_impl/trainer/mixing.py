@@ -4,9 +4,9 @@ Mixup (Zhang et al. 2018): every image becomes lam * image + (1 - lam) * partner
 CutMix (Yun et al. 2019): a box of the partner's pixels is pasted into every image; the box covers about
 1 - lam of the area, lam ~ Beta(a, a), and lam is then set to the share the box left uncovered (the box is
 clipped at the borders). With both on, each batch draws one of the two with equal odds (timm's default).
-A batch of one is never mixed (its partner is itself). The partner of image i is image perm[i] of the same batch; the loss is lam * CE(logits, labels) +
-(1 - lam) * CE(logits, labels[perm]) (`train_step.NetWithLoss`). In data parallel each rank mixes within
-its own shard of the global batch (its own draw: (seed, step, shard)).
+The partner of image i is image perm[i] of the same batch (a batch of one is its own partner: nothing mixes);
+the loss is lam * CE(logits, labels) + (1 - lam) * CE(logits, labels[perm]) (`train_step.NetWithLoss`). In data
+parallel each rank mixes within its own shard of the global batch (its own draw: (seed, step, shard)).
 """
 from __future__ import annotations
 
