@@ -51,7 +51,7 @@ from ms_impl.trainer import checkpoint, dataset, report
 from ms_impl.trainer.balance import describe, inverse_frequency_weights
 from ms_impl.trainer import distributed as dist
 from ms_impl.trainer.checkpoint import TrainState
-from ms_impl.trainer.config import dump_config, load_config
+from ms_impl.trainer.config import dump_config, load_config, trajectory_settings
 from ms_impl.trainer.distributed import DistributedContext
 from ms_impl.trainer.errors import UsageError
 from ms_impl.trainer.run_folder import FEATURE_CACHE_FOLDER, RunLock, holds_run, move_aside
@@ -298,9 +298,13 @@ def restore(cfg, path: Path, network, optimizer, steps_per_epoch: int) -> TrainS
     saved = checkpoint.train_state_of(path)  # checked before anything is loaded
     now = {"seed": cfg.seed, "epochs": cfg.epochs, "steps_per_epoch": steps_per_epoch, "freeze_layers": cfg.freeze_layers}
     mismatch = {k: (getattr(saved, k), v) for k, v in now.items() if getattr(saved, k) != v}
+    settings = trajectory_settings(cfg)  # a checkpoint from before settings were kept compares the schedule only
+    mismatch.update({k: (old, settings[k]) for k, old in saved.settings.items()
+                     if k in settings and k not in mismatch and old != settings[k]})
     if mismatch:
         details = ", ".join(f"{k} {old} in the checkpoint vs {new} now" for k, (old, new) in mismatch.items())
-        raise UsageError(f"{path}: another run's schedule ({details}); resume with the same config")
+        raise UsageError(f"{path}: another run's settings ({details}); resume with the run's config "
+                         f"(--config {Path(cfg.output_dir) / 'config.yaml'} --resume auto)")
     state = checkpoint.restore_training_checkpoint(path, network_params(network), optimizer)
     log.info("resumed from %s: epoch %d, step %d of %d", path, state.epoch, state.step_in_epoch, steps_per_epoch)
     return state
@@ -674,7 +678,7 @@ def run_training(argv: Optional[List[str]] = None) -> int:
             lr = build_lr_schedule(cfg, data.steps_per_epoch, ctx)
             optimizer = build_optimizer(cfg, network, lr)
             state = TrainState(seed=cfg.seed, epochs=cfg.epochs, steps_per_epoch=data.steps_per_epoch,
-                               freeze_layers=cfg.freeze_layers)
+                               freeze_layers=cfg.freeze_layers, settings=trajectory_settings(cfg))
             if resume_from is not None:
                 state = restore(cfg, resume_from, network, optimizer, data.steps_per_epoch)
             elif cfg.resume == "auto":

@@ -229,6 +229,32 @@ def test_kill_during_the_first_checkpoint_write_then_resume_auto(blocked, resume
     assert summary["epochs"] == 2 and len((out / "metrics.csv").read_text().splitlines()) == 3
 
 
+@pytest.mark.slow
+def test_resume_with_other_training_settings_is_refused_and_the_run_kept(tmp_path, train):
+    """A resumed run continues the same trajectory: an option that shapes it (the LR, the augmentation, mixing)
+    differing from the checkpoint's is refused naming both values, before anything changes; options that only say
+    where the run executes or how it is finally evaluated may change."""
+    out = tmp_path / "run"
+    code, err = train("--output_dir", str(out), "--epochs", "2", "--lr_max", "0.1", "--mixup_alpha", "0.2")
+    assert code == 0, err
+    (out / "checkpoints" / "mobilenetv2-2_3.ckpt").rename(out / "resume-from.ckpt")  # epoch 1 of 2 stays the newest
+    for name in ("mobilenetv2-last.ckpt", "mobilenetv2-best.ckpt"):
+        (out / "checkpoints" / name).unlink()
+    before = snapshot(out)
+    for changed, needle in ((["--lr_max", "0.05"], "lr_max 0.1 in the checkpoint vs 0.05 now"),
+                            (["--mixup_alpha", "0"], "mixup_alpha 0.2 in the checkpoint vs 0.0 now")):
+        code, err = train("--output_dir", str(out), "--epochs", "2", "--lr_max", "0.1", "--mixup_alpha", "0.2",
+                          "--resume", "auto", *changed)
+        assert code == 2
+        one_error_line(err, "mobilenetv2-1_3.ckpt", "another run's settings", needle, str(out / "config.yaml"))
+        assert snapshot(out) == before
+    code, err = train("--output_dir", str(out), "--epochs", "2", "--lr_max", "0.1", "--mixup_alpha", "0.2",
+                      "--resume", "auto", "--tta", "flip", "--num_workers", "1")
+    assert code == 0, err
+    assert "resumed from" in err and "mobilenetv2-1_3.ckpt: epoch 1, step 0" in err
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 2
+
+
 # ---------------------------------------------------------------- 3. one trainer per run folder
 
 HOLD_LOCK = """

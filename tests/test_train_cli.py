@@ -36,12 +36,14 @@ EPOCHS = 10
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, synthetic_cache, cli_env, repo_root):
-    """An uninterrupted 10-epoch, 80-step run: the reference for learning, run files and resume."""
+    """An uninterrupted 10-epoch, 80-step run: the reference for learning, run files and resume. Mixup and CutMix
+    are on, so the resume test also shows that an interrupted run mixes its batches as this one did."""
     out = tmp_path_factory.mktemp("full")
     classes = out.parent / "four_classes.yaml"
     classes.write_text(FOUR_CLASSES, encoding="utf-8")
     args = TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(out), "--epochs", str(EPOCHS),
-                   "--lr_max", "0.01", "--synthetic_train_per_class", "32", "--classes_file", str(classes)]
+                   "--lr_max", "0.01", "--synthetic_train_per_class", "32", "--classes_file", str(classes),
+                   "--mixup_alpha", "0.2", "--cutmix_alpha", "1.0"]
     result = train_cli(args, cli_env)
     assert result.returncode == 0, result.stderr[-3000:]
     return out, args, result

@@ -5,7 +5,8 @@ A checkpoint is one MindSpore .ckpt file holding
   so it loads into `MobileNetV2` (and into the backbone alone) like an official one,
 - the optimizer state: momentum buffers `moments.<param>` and `global_step`,
 - the training position as JSON (`train_state`): completed epochs, steps done in
-  the current epoch, global step, best top-1 and its epoch, seed, schedule shape.
+  the current epoch, global step, best top-1 and its epoch, seed, schedule shape,
+  and the options that shape the run (a resume with other values is refused).
 Every random stream of the trainer (shuffling, augmentation, dropout masks) is a
 function of (seed, epoch, step), so seed and position restore the RNG too.
 
@@ -18,9 +19,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ms_impl.trainer.errors import UsageError
 from parity.core.converter import first_nonfinite
@@ -47,6 +48,8 @@ class TrainState:
     epochs: int = 0
     steps_per_epoch: int = 0
     freeze_layers: int = 0    # fine-tuning's frozen leading layers: the optimizer holds state for the others only
+    # the options that shape the trajectory (config.trajectory_settings); empty in checkpoints from before they were kept
+    settings: Dict[str, Any] = field(default_factory=dict)
 
 
 def epoch_checkpoint_name(epoch: int, steps_per_epoch: int) -> str:

@@ -116,6 +116,20 @@ KEY_RULES: Dict[str, Any] = {
 }
 
 
+# Keys a resumed run may change: where it runs, where its files are, what the final evaluation averages. Every
+# other key shapes the training trajectory, so a checkpoint records them and resumes only with the same values.
+RESUME_FREE_KEYS = frozenset({
+    "device", "mode", "fast_conv", "output_dir", "force", "resume", "distributed", "num_workers", "classes_file",
+    "data_path", "synthetic_cache_dir", "keep_checkpoint_max", "pretrained", "feature_cache_dir", "tta",
+    "recipe_frozen", "recipe_finetune",  # their values are resolved into the keys themselves, which are compared
+})
+
+
+def trajectory_settings(cfg: EasyDict) -> Dict[str, Any]:
+    """The options that decide what a run computes step by step (all but RESUME_FREE_KEYS), as plain values."""
+    return {key: _plain(cfg[key]) for key in read_yaml(BASE_CONFIG) if key != BASE_KEY and key not in RESUME_FREE_KEYS}
+
+
 def check_relations(cfg: EasyDict, source: Callable[[str], str]) -> None:
     """Rules between keys; `source(key)` names where the value came from."""
     if cfg.warmup_epochs > cfg.epochs:
