@@ -4,7 +4,7 @@
         --name blocks_freeze4 --alphas 0.25,0.5,0.75 [--work runs/cv_ft] [--split blocks] [--tta flip+whole]
 
 For each fold k the model weights of `<runs>/<base_name>_fold<k>` (the frozen recipe: ImageNet backbone and a
-head trained on its features) and `<runs>/<name>_fold<k>` (fine-tuned from the same backbone), both from
+head trained on its features, nearly what fine-tuning's stage 1 starts stage 2 from) and `<runs>/<name>_fold<k>` (fine-tuned from the same backbone), both from
 `checkpoints/mobilenetv2-last.ckpt`, are mixed as (1 - alpha) x base + alpha x fine-tuned, every weight and
 BatchNorm statistic, and evaluated with `ms_impl/eval.py --tta T` on the fold's val split. alpha 0 is the
 frozen run, alpha 1 the fine-tuned one. With the fine-tuning recipe's frozen BatchNorm the two runs share their

@@ -294,6 +294,15 @@ def build_optimizer(cfg, network, lr_per_step: np.ndarray):
     return momentum_optimizer(network.trainable_params(), lr_per_step, cfg.momentum, cfg.weight_decay, lr_scale)
 
 
+def describe_change(key: str, old, new) -> str:
+    """`key old in the checkpoint vs new now`; for lists (the class names) only the first difference."""
+    if isinstance(old, list) and isinstance(new, list):
+        index = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+        old_name, new_name = (repr(names[index]) if index < len(names) else "nothing" for names in (old, new))
+        return f"{key}[{index}] {old_name} in the checkpoint vs {new_name} now"
+    return f"{key} {old} in the checkpoint vs {new} now"
+
+
 def restore(cfg, path: Path, network, optimizer, steps_per_epoch: int) -> TrainState:
     saved = checkpoint.train_state_of(path)  # checked before anything is loaded
     now = {"seed": cfg.seed, "epochs": cfg.epochs, "steps_per_epoch": steps_per_epoch, "freeze_layers": cfg.freeze_layers}
@@ -302,10 +311,13 @@ def restore(cfg, path: Path, network, optimizer, steps_per_epoch: int) -> TrainS
     mismatch.update({k: (old, settings[k]) for k, old in saved.settings.items()
                      if k in settings and k not in mismatch and old != settings[k]})
     if mismatch:
-        details = ", ".join(f"{k} {old} in the checkpoint vs {new} now" for k, (old, new) in mismatch.items())
-        raise UsageError(f"{path}: another run's settings ({details}); resume with the run's config "
-                         f"(--config {Path(cfg.output_dir) / 'config.yaml'} --resume auto)")
+        details = ", ".join(describe_change(k, old, new) for k, (old, new) in mismatch.items())
+        run_config = Path(path).resolve().parent.parent / "config.yaml"  # <run>/checkpoints/<file>
+        how = (f"--config {run_config} --resume {'auto' if cfg.resume == 'auto' else path}" if run_config.is_file()
+               else "the flags it ran with")
+        raise UsageError(f"{path}: another run's settings ({details}); resume with the run's config ({how})")
     state = checkpoint.restore_training_checkpoint(path, network_params(network), optimizer)
+    state.settings = settings  # later checkpoints record them, also when this one predates them
     log.info("resumed from %s: epoch %d, step %d of %d", path, state.epoch, state.step_in_epoch, steps_per_epoch)
     return state
 
@@ -728,7 +740,8 @@ def run_training(argv: Optional[List[str]] = None) -> int:
         print(f"error: training diverged: {e}; {kept}", file=sys.stderr)
         return EXIT_DIVERGED
     except Interrupted as e:
-        print(f"interrupted by {e}: continue with --resume auto --output_dir {cfg.output_dir}", file=sys.stderr)
+        print(f"interrupted by {e}: continue with --resume auto --config {Path(cfg.output_dir) / 'config.yaml'}",
+              file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:  # Ctrl+C before the training loop took over the signals
         where = "during setup; nothing in the output folder was changed" if not setup_done else "before any step was saved"

@@ -142,6 +142,43 @@ def test_dumped_config_reads_back_to_the_same_config(tmp_path, monkeypatch):
     assert {k: v for k, v in again.items() if k not in derived} == {k: v for k, v in cfg.items() if k not in derived}
 
 
+@pytest.mark.parametrize("argv, chosen", [
+    (["--pretrained", "weights.pth", "--lr_max", "0.01", "--freeze_layers", "2"], {"lr_max": 0.01, "freeze_layers": 2}),
+    (["--pretrained", "weights.pth", "--freeze_backbone", "true", "--epochs", "7"], {"epochs": 7})],
+    ids=["finetune", "frozen"])
+def test_a_recipe_run_saved_config_reproduces_its_choices(argv, chosen, tmp_path):
+    """Reading a recipe run's config.yaml back applies the recipe again: the values the command line chose instead
+    of the recipe's (saved in their own keys) must survive it, or `--config runs/X/config.yaml` is another run."""
+    from ms_impl.trainer.config import trajectory_settings
+
+    cfg = load_config(argv + ["--output_dir", str(tmp_path / "run")])
+    saved = tmp_path / "config.yaml"
+    saved.write_text(dump_config(cfg), encoding="utf-8")
+    again = load_config(["--config", str(saved)])
+    assert trajectory_settings(again) == trajectory_settings(cfg)
+    assert again.recipe_applied == cfg.recipe_applied and again.pretrained == cfg.pretrained
+    recipe = cfg[f"recipe_{cfg.recipe}"]
+    for key, value in chosen.items():  # the recipe has its own value for each: the choice is what is tested
+        assert key in recipe and recipe[key] != value and cfg[key] == again[key] == value
+
+
+def test_resume_free_keys_are_config_keys_and_settings_survive_json():
+    """A typo in RESUME_FREE_KEYS would silently compare (or free) the wrong key; a checkpoint stores the settings as
+    JSON, and what it reads back must compare equal to a fresh run's."""
+    import json
+
+    from ms_impl.trainer.config import BASE_CONFIG, RESUME_FREE_KEYS, read_yaml, trajectory_settings
+
+    keys = set(read_yaml(BASE_CONFIG)) - {"base"}
+    assert RESUME_FREE_KEYS <= keys
+    cfg = load_config(["--pretrained", "weights.pth", "--mixup_alpha", "0.2"])
+    settings = trajectory_settings(cfg)
+    assert json.loads(json.dumps(settings)) == settings
+    assert {"lr_max", "mixup_alpha", "crop_scale_min", "freeze_layers", "batch_size"} <= settings.keys()
+    assert not RESUME_FREE_KEYS & settings.keys()
+    assert settings["pretrained_weights"] is True and len(settings["class_names"]) == 26
+
+
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(UsageError, match="nope.yaml: config file not found"):
         load_config(["--config", str(tmp_path / "nope.yaml")])

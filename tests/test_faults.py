@@ -237,21 +237,24 @@ def test_resume_with_other_training_settings_is_refused_and_the_run_kept(tmp_pat
     out = tmp_path / "run"
     code, err = train("--output_dir", str(out), "--epochs", "2", "--lr_max", "0.1", "--mixup_alpha", "0.2")
     assert code == 0, err
-    (out / "checkpoints" / "mobilenetv2-2_3.ckpt").rename(out / "resume-from.ckpt")  # epoch 1 of 2 stays the newest
-    for name in ("mobilenetv2-last.ckpt", "mobilenetv2-best.ckpt"):
-        (out / "checkpoints" / name).unlink()
+    for name in ("mobilenetv2-2_3.ckpt", "mobilenetv2-last.ckpt", "mobilenetv2-best.ckpt"):
+        (out / "checkpoints" / name).unlink()  # epoch 1 of 2 is the newest checkpoint
+    epoch1 = out / "checkpoints" / "mobilenetv2-1_3.ckpt"
     before = snapshot(out)
-    for changed, needle in ((["--lr_max", "0.05"], "lr_max 0.1 in the checkpoint vs 0.05 now"),
-                            (["--mixup_alpha", "0"], "mixup_alpha 0.2 in the checkpoint vs 0.0 now")):
-        code, err = train("--output_dir", str(out), "--epochs", "2", "--lr_max", "0.1", "--mixup_alpha", "0.2",
-                          "--resume", "auto", *changed)
-        assert code == 2
-        one_error_line(err, "mobilenetv2-1_3.ckpt", "another run's settings", needle, str(out / "config.yaml"))
+    for changed, needle in ((["--resume", "auto", "--lr_max", "0.05"], "lr_max 0.1 in the checkpoint vs 0.05 now"),
+                            (["--resume", "auto", "--mixup_alpha", "0"], "mixup_alpha 0.2 in the checkpoint vs 0.0 now"),
+                            (["--resume", str(epoch1), "--crop_scale_min", "0.5"],
+                             "crop_scale_min 0.08 in the checkpoint vs 0.5 now")):
+        code, err = train("--output_dir", str(out), "--epochs", "2", "--lr_max", "0.1", "--mixup_alpha", "0.2", *changed)
+        assert code == 2, err
+        # the line says how to resume: the run's own config and the same --resume
+        how = f"--config {out / 'config.yaml'} --resume {changed[1]}"
+        one_error_line(err, str(epoch1), "another run's settings", needle, how)
         assert snapshot(out) == before
-    code, err = train("--output_dir", str(out), "--epochs", "2", "--lr_max", "0.1", "--mixup_alpha", "0.2",
-                      "--resume", "auto", "--tta", "flip", "--num_workers", "1")
+    # the run's config.yaml, as the line says, resumes it; where it runs and the final evaluation may change
+    code, err = train("--config", str(out / "config.yaml"), "--resume", "auto", "--tta", "flip", "--num_workers", "1")
     assert code == 0, err
-    assert "resumed from" in err and "mobilenetv2-1_3.ckpt: epoch 1, step 0" in err
+    assert f"resumed from {epoch1}: epoch 1, step 0" in err
     assert json.loads((out / "summary.json").read_text())["epochs"] == 2
 
 

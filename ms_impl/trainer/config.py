@@ -121,13 +121,21 @@ KEY_RULES: Dict[str, Any] = {
 RESUME_FREE_KEYS = frozenset({
     "device", "mode", "fast_conv", "output_dir", "force", "resume", "distributed", "num_workers", "classes_file",
     "data_path", "synthetic_cache_dir", "keep_checkpoint_max", "pretrained", "feature_cache_dir", "tta",
-    "recipe_frozen", "recipe_finetune",  # their values are resolved into the keys themselves, which are compared
+    # the recipes' values are resolved into the keys, which are compared; stage 1 reads recipe_frozen itself, and a
+    # resumed run never reruns stage 1
+    "recipe_frozen", "recipe_finetune",
 })
 
 
 def trajectory_settings(cfg: EasyDict) -> Dict[str, Any]:
-    """The options that decide what a run computes step by step (all but RESUME_FREE_KEYS), as plain values."""
-    return {key: _plain(cfg[key]) for key in read_yaml(BASE_CONFIG) if key != BASE_KEY and key not in RESUME_FREE_KEYS}
+    """The options that decide what a run computes step by step (all but RESUME_FREE_KEYS), as plain values.
+
+    Of the free paths, what changes the run is kept in their stead: whether pretrained weights were named (the
+    backbone's LR scale depends on it) and the class names in order (the dense layer's rows)."""
+    settings = {key: _plain(cfg[key]) for key in read_yaml(BASE_CONFIG) if key != BASE_KEY and key not in RESUME_FREE_KEYS}
+    settings["pretrained_weights"] = bool(cfg.pretrained)
+    settings["class_names"] = [c.name for c in cfg.classes]
+    return settings
 
 
 def check_relations(cfg: EasyDict, source: Callable[[str], str]) -> None:
@@ -424,7 +432,12 @@ def dump_config(cfg: EasyDict) -> str:
     lines = [f"# Resolved config of a run (from {cfg.config_path} and the command line).",
              "# Rerun it: python ms_impl/train.py --config <this file>"]
     for key, option in schema.items():
-        text = yaml.safe_dump({key: _plain(cfg[key])}, default_flow_style=True, allow_unicode=True, width=10**6).strip()
+        value = cfg[key]
+        if key == f"recipe_{cfg.get('recipe')}" and "recipe_applied" in cfg:
+            # only the values the recipe set in this run: on reading back the recipe is applied again, and a value
+            # the command line chose instead (saved in its own key) must not be replaced by the recipe's
+            value = {k: v for k, v in value.items() if k in cfg.recipe_applied}
+        text = yaml.safe_dump({key: _plain(value)}, default_flow_style=True, allow_unicode=True, width=10**6).strip()
         text = text[1:-1] if text.startswith("{") else text  # flow style wraps a mapping in braces
         lines.append(f"{text}  # {option.help}" if option.help else text)
     return "\n".join(lines) + "\n"

@@ -8,7 +8,8 @@
 
 A key given on the command line always wins over the recipe's value. The
 resolved name replaces `recipe` in the config, and the values the recipe set
-are kept in `recipe_applied`, so the run's config.yaml and log say what ran.
+are kept in `recipe_applied`: the log says what ran, and the run's config.yaml
+saves just those as `recipe_<name>`, so reading it back reproduces the run.
 """
 from __future__ import annotations
 
