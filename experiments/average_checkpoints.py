@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,19 +31,38 @@ def average_weights(paths):
     return {n: np.mean([c[n].asnumpy() for c in loaded], axis=0).astype(np.float32) for n in names}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def fold_run_parser(description: str) -> argparse.ArgumentParser:
+    """The options of the scripts that score weights made from cv_finetune.py's fold runs."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--runs", type=Path, required=True, help="folder of the fold runs (cv_finetune.py's <work>/runs)")
     parser.add_argument("--name", required=True, help="the CV run's name (cv_finetune.py --name)")
     parser.add_argument("--work", type=Path, default=Path("runs/cv_ft"), help="cv_finetune.py --work (the fold folders)")
     parser.add_argument("--split", default="blocks")
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--epochs", default="8,9,10", help="comma-separated epochs to average")
     parser.add_argument("--tta", default="flip+whole")
-    args = parser.parse_args()
+    return parser
+
+
+def score_weights(weights: dict, args, fold: int, folder: Path) -> float:
+    """Top-1 of `weights` on fold `fold`'s val split, evaluated by ms_impl/eval.py like the run's final evaluation."""
     import mindspore as ms
 
+    ckpt, report = folder / f"fold{fold}.ckpt", folder / f"report{fold}"
+    ms.save_checkpoint([{"name": n, "data": ms.Tensor(v)} for n, v in weights.items()], str(ckpt))
     repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(repo / "ms_impl" / "eval.py"), "--checkpoint", str(ckpt), "--device", "CPU",
+                    "--data_path", str(args.work / f"{args.split}_fold{fold}_of_{args.folds}"), "--tta", args.tta,
+                    "--report_dir", str(report)], check=True, stdout=subprocess.DEVNULL)
+    top1 = json.loads((report / "eval.json").read_text())["top1"]
+    shutil.rmtree(report)
+    ckpt.unlink()
+    return top1
+
+
+def main() -> int:
+    parser = fold_run_parser(__doc__.splitlines()[0])
+    parser.add_argument("--epochs", default="8,9,10", help="comma-separated epochs to average")
+    args = parser.parse_args()
     epochs = [int(e) for e in args.epochs.split(",")]
     averaged, own = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,14 +73,7 @@ def main() -> int:
             missing = [str(p) for p in paths if not p.is_file()]
             if missing:  # the trainer keeps the newest keep_checkpoint_max epochs only
                 sys.exit(f"error: {', '.join(missing)}: not found (rotated away? see keep_checkpoint_max)")
-            weights = average_weights(paths)
-            ckpt = Path(tmp) / f"fold{fold}.ckpt"
-            ms.save_checkpoint([{"name": n, "data": ms.Tensor(v)} for n, v in weights.items()], str(ckpt))
-            report = Path(tmp) / f"report{fold}"
-            subprocess.run([sys.executable, str(repo / "ms_impl" / "eval.py"), "--checkpoint", str(ckpt), "--device", "CPU",
-                            "--data_path", str(args.work / f"{args.split}_fold{fold}_of_{args.folds}"), "--tta", args.tta,
-                            "--report_dir", str(report)], check=True)
-            averaged.append(json.loads((report / "eval.json").read_text())["top1"])
+            averaged.append(score_weights(average_weights(paths), args, fold, Path(tmp)))
             own.append(summary["final"]["val_top1"])
             print(f"fold {fold}: averaged epochs {args.epochs} top-1 {averaged[-1]:.4f}, the run's last weights {own[-1]:.4f}",
                   flush=True)

@@ -12,14 +12,15 @@ statistics, so the mix is a plain interpolation of weights. Prints each fold's t
 """
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from average_checkpoints import fold_run_parser, score_weights  # noqa: E402  (a sibling script)
 
 
 def model_weights(path: Path) -> dict:
@@ -29,19 +30,10 @@ def model_weights(path: Path) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, required=True, help="folder of the fold runs (cv_finetune.py's <work>/runs)")
+    parser = fold_run_parser(__doc__.splitlines()[0])
     parser.add_argument("--base_name", required=True, help="the frozen-backbone CV run's name (alpha 0)")
-    parser.add_argument("--name", required=True, help="the fine-tuning CV run's name (alpha 1)")
-    parser.add_argument("--work", type=Path, default=Path("runs/cv_ft"), help="cv_finetune.py --work (the fold folders)")
-    parser.add_argument("--split", default="blocks")
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--alphas", default="0.25,0.5,0.75", help="comma-separated weights of the fine-tuned run")
-    parser.add_argument("--tta", default="flip+whole")
+    parser.add_argument("--alphas", default="0.25,0.5,0.75", help="comma-separated weights of the fine-tuned run (--name)")
     args = parser.parse_args()
-    import mindspore as ms
-
-    repo = Path(__file__).resolve().parents[1]
     alphas = [float(a) for a in args.alphas.split(",")]
     scores = {a: [] for a in alphas}
     ends = {"base": [], "fine-tuned": []}
@@ -57,15 +49,8 @@ def main() -> int:
             ends["base"].append(json.loads((base_run / "summary.json").read_text())["final"]["val_top1"])
             ends["fine-tuned"].append(json.loads((tuned_run / "summary.json").read_text())["final"]["val_top1"])
             for alpha in alphas:
-                ckpt = Path(tmp) / f"fold{fold}_{alpha}.ckpt"
-                mixed = [{"name": n, "data": ms.Tensor(((1 - alpha) * base[n] + alpha * tuned[n]).astype(np.float32))}
-                         for n in base]
-                ms.save_checkpoint(mixed, str(ckpt))
-                report = Path(tmp) / f"report{fold}_{alpha}"
-                subprocess.run([sys.executable, str(repo / "ms_impl" / "eval.py"), "--checkpoint", str(ckpt),
-                                "--device", "CPU", "--data_path", str(args.work / f"{args.split}_fold{fold}_of_{args.folds}"),
-                                "--tta", args.tta, "--report_dir", str(report)], check=True, stdout=subprocess.DEVNULL)
-                scores[alpha].append(json.loads((report / "eval.json").read_text())["top1"])
+                mixed = {n: ((1 - alpha) * base[n] + alpha * tuned[n]).astype(np.float32) for n in base}
+                scores[alpha].append(score_weights(mixed, args, fold, Path(tmp)))
             print(f"fold {fold}: base {ends['base'][-1]:.4f}, fine-tuned {ends['fine-tuned'][-1]:.4f}, "
                   + ", ".join(f"alpha {a}: {scores[a][-1]:.4f}" for a in alphas), flush=True)
     print(f"means: base {100 * np.mean(ends['base']):.1f}%, fine-tuned {100 * np.mean(ends['fine-tuned']):.1f}%, "
