@@ -11,4 +11,5 @@
     preprocess    preprocessing constants both twins use
     difference    max abs / max rel difference, cosine similarity, share within 1e-3: one table's figures
     tolerances    every parity tolerance, with its reason
+    verdict       cross-framework verdicts against a float64 golden: error <= k x the float32 noise floor
 """

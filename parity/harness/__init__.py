@@ -6,6 +6,8 @@
     bench_convert  timing of the converter CLI
     diff           `python -m parity diff`: the first stage where two checkpoints or two frameworks part ways
     verify         run a checkpoint and its conversion in the two twins (`--verify`)
+    golden         the PyTorch twin in float64, ReLU6 masks captured from and applied to each side
+    sample_weights checkpoints like real ones (calibrated, extreme BatchNorm), and a block changed by 1%
     convert_cli    the converter's command line
     command        the one way its command-line tools run: parse, run, exit codes, one error line
 """

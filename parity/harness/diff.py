@@ -15,8 +15,13 @@ the reference's gradient of the loss with respect to stage i's output, so a
 difference in stage 7 shows in stage 7's gradients and nowhere else (in one
 end-to-end backward it would reach every earlier stage too).
 
+Verdicts: across frameworks each row is judged against the PyTorch twin in float64 on the
+reference's weights: the candidate's error (and a MindSpore reference's) must be within
+NOISE_MULTIPLE x the float32 PyTorch twin's own error, the noise floor (parity.core.verdict);
+gradients are compared along each side's own ReLU6 masks (parity.harness.golden). Within one
+framework rows must be bit-exact. `--atol/--rtol` replace both with a direct rule.
+
 Exit 0 when every row is within tolerance, 1 when one is not, 2 for bad input.
-Tolerances come from `parity.core.tolerances` unless `--atol/--rtol` are given.
 """
 from __future__ import annotations
 
@@ -36,8 +41,11 @@ from parity.core.converter import FRAMEWORK_OF_LAYOUT, Checkpoint, ConversionErr
 from parity.core.difference import WITHIN_REL, Difference, difference
 from parity.core.files import WriteError, atomic_path, atomic_write_text
 from parity.core.layouts import name_map
+from parity.core.verdict import Calibrated, calibrated, calibrated_tensors, within_noise
 from parity.harness.command import run_command
 from parity.harness.compare import positive_int
+from parity.harness.golden import (flipped, float64_twin, masks_of, mindspore_relu6_inputs, mindspore_stage_ops,
+                                   torch_relu6_inputs, torch_stage_ops, use_masks)
 from parity.harness.verify import build_twin, random_batch
 
 __all__ = ["Row", "Side", "DiffReport", "Options", "diff_checkpoints", "format_report", "plot_report", "main"]
@@ -64,15 +72,25 @@ class Row:
     rtol: float
     passed: bool
     detail: str = ""
+    calibration: Optional[Calibrated] = None  # cross-framework rows: judged against the float64 golden
+
+    def judge(self, verdict: Calibrated) -> None:
+        """The row's verdict becomes the float64-calibrated one (the direct difference stays as figures)."""
+        self.calibration, self.passed = verdict, verdict.passed
 
     def as_json(self) -> Dict[str, object]:
         def number(value: float) -> Optional[float]:
             return value if math.isfinite(value) else None  # JSON has no inf / nan
 
-        return {"name": self.name, "stage": self.stage, "kind": self.kind, "shape": list(self.shape),
-                "max_abs": number(self.figures.max_abs), "max_rel": number(self.figures.max_rel),
-                "cosine": number(self.figures.cosine), "within_1e-3": number(self.figures.within),
-                "atol": self.atol, "rtol": self.rtol, "pass": self.passed}
+        result = {"name": self.name, "stage": self.stage, "kind": self.kind, "shape": list(self.shape),
+                  "max_abs": number(self.figures.max_abs), "max_rel": number(self.figures.max_rel),
+                  "cosine": number(self.figures.cosine), "within_1e-3": number(self.figures.within),
+                  "atol": self.atol, "rtol": self.rtol, "pass": self.passed}
+        if self.calibration is not None:
+            c = self.calibration
+            result.update({"error_vs_float64": number(c.error), "float32_noise": number(c.noise),
+                           "noise_ratio": number(c.ratio), "noise_multiple": tolerances.NOISE_MULTIPLE})
+        return result
 
 
 def compare_row(name: str, stage: str, kind: str, reference: np.ndarray, candidate: np.ndarray, atol: float,
@@ -164,33 +182,30 @@ class Options:
 # ----------------------------------------------------------------------------- running one twin stage by stage
 
 class TorchStages:
-    """The PyTorch twin, run stage by stage (and op by op) with every output kept."""
+    """The PyTorch twin, run stage by stage (and op by op) with every output kept.
+
+    `float64`: the twin in float64, ReLU6 backward along given masks: the golden of the verdicts."""
 
     framework = "torch"
 
-    def __init__(self, ckpt: Checkpoint) -> None:
+    def __init__(self, ckpt: Checkpoint, float64: bool = False) -> None:
         import torch
 
         self.torch = torch
         self.ckpt = ckpt
         self.net = build_twin("torch", ckpt, dropout=0.0)
+        self.dtype = np.float64 if float64 else np.float32
+        if float64:
+            self.net = float64_twin(self.net)
         self.stages = list(self.net.features)
         self.head = getattr(self.net, "classifier", None)
 
+    def _tensor(self, array: np.ndarray):
+        return self.torch.from_numpy(np.ascontiguousarray(array, dtype=self.dtype))
+
     def ops(self, index: int) -> List[Tuple[str, object]]:
         """(name inside the stage, module) of every conv, BN and ReLU6, in order; names as torchvision's."""
-        from pt_impl.mobilenetv2 import InvertedResidual
-
-        stage = self.stages[index]
-        children, prefix = (list(stage.conv), "conv.") if isinstance(stage, InvertedResidual) else ([stage], "")
-        found = []
-        for position, child in enumerate(children):
-            if isinstance(child, self.torch.nn.Sequential):  # a ConvBNReLU
-                leaf_prefix = f"{prefix}{position}." if prefix else ""
-                found += [(f"{leaf_prefix}{j}", leaf) for j, leaf in enumerate(child)]
-            else:
-                found.append((f"{prefix}{position}", child))
-        return found
+        return torch_stage_ops(self.stages[index])
 
     def set_train(self, train: bool) -> None:
         self.net.train(train)
@@ -199,7 +214,7 @@ class TorchStages:
         torch = self.torch
         outputs: List[Tuple[str, np.ndarray]] = []
         with torch.no_grad():
-            x = torch.from_numpy(batch)
+            x = self._tensor(batch)
             for index, stage in enumerate(self.stages):
                 if per_op:
                     y = x
@@ -222,10 +237,10 @@ class TorchStages:
 
         `target`: class labels (int) with a head; without one, a fixed projection of the pooled features."""
         torch = self.torch
-        x = torch.from_numpy(features).requires_grad_(True)
+        x = self._tensor(features).requires_grad_(True)
         pooled = torch.mean(x, (2, 3))
         if self.head is None:
-            loss = (pooled * torch.from_numpy(target)).sum()
+            loss = (pooled * self._tensor(target)).sum()
             params: Dict[str, object] = {}
         else:
             from pt_impl import loss as pt_loss
@@ -238,15 +253,18 @@ class TorchStages:
         return x.grad.numpy(), {n: p.grad.numpy().copy() for n, p in params.items()}, float(loss.item())
 
     def stage_backward(self, index: int, stage_input: np.ndarray, upstream: np.ndarray,
-                       ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
-        """Stage `index` on `stage_input`, backward from `upstream`: (input gradient, parameter gradients)."""
-        torch = self.torch
+                       masks: Optional[Dict[str, np.ndarray]] = None,
+                       ) -> Tuple[np.ndarray, Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+        """Stage `index` on `stage_input`, backward from `upstream`: (input gradient, parameter gradients, the
+        ReLU6 inputs of its forward). `masks`: the float64 twin's ReLU6 backward follows them."""
         stage = self.stages[index]
         stage.zero_grad(set_to_none=True)
-        x = torch.from_numpy(stage_input.copy()).requires_grad_(True)
-        (stage(x) * torch.from_numpy(upstream)).sum().backward()
+        prefix = f"features.{index}."
+        x = self._tensor(stage_input.copy()).requires_grad_(True)
+        with use_masks(stage, masks, prefix), torch_relu6_inputs(stage, prefix) as pre_activations:
+            (stage(x) * self._tensor(upstream)).sum().backward()
         grads = {f"features.{index}.{n}": p.grad.numpy().copy() for n, p in stage.named_parameters()}
-        return x.grad.numpy(), grads
+        return x.grad.numpy(), grads, pre_activations
 
 
 class MindSporeStages:
@@ -268,19 +286,7 @@ class MindSporeStages:
 
     def ops(self, index: int) -> List[Tuple[str, object]]:
         """(name inside the stage, cell) of every conv, BN and ReLU6, in order; names as torchvision's."""
-        from ms_impl.mobilenetv2 import ConvBNReLU, InvertedResidual
-
-        stage = self.stages[index]
-        children, prefix = (([stage.conv[i] for i in range(len(stage.conv))], "conv.")
-                            if isinstance(stage, InvertedResidual) else ([stage], ""))
-        found = []
-        for position, child in enumerate(children):
-            if isinstance(child, ConvBNReLU):
-                leaf_prefix = f"{prefix}{position}." if prefix else ""
-                found += [(f"{leaf_prefix}{j}", child.features[j]) for j in range(len(child.features))]
-            else:
-                found.append((f"{prefix}{position}", child))
-        return found
+        return mindspore_stage_ops(self.stages[index])
 
     def set_train(self, train: bool) -> None:
         self.net.set_train(train)
@@ -332,7 +338,7 @@ class MindSporeStages:
         return input_grad.asnumpy(), grads, float(loss.asnumpy())
 
     def stage_backward(self, index: int, stage_input: np.ndarray, upstream: np.ndarray,
-                       ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+                       ) -> Tuple[np.ndarray, Dict[str, np.ndarray], Dict[str, np.ndarray]]:
         ms = self.ms
         stage = self.stages[index]
         weights = ms.Tensor(upstream)
@@ -342,7 +348,9 @@ class MindSporeStages:
             return (stage(x) * weights).sum()
 
         input_grad, param_grads = ms.grad(weighted_output, grad_position=0, weights=params)(ms.Tensor(stage_input))
-        return input_grad.asnumpy(), {self.torch_name[p.name]: g.asnumpy() for p, g in zip(params, param_grads)}
+        pre_activations = mindspore_relu6_inputs(self.stages, index, stage_input)[0]
+        return (input_grad.asnumpy(), {self.torch_name[p.name]: g.asnumpy() for p, g in zip(params, param_grads)},
+                pre_activations)
 
 
 def twin_stages(side: Side):
@@ -352,12 +360,9 @@ def twin_stages(side: Side):
 # ----------------------------------------------------------------------------- comparing
 
 def default_tolerance(kind: str, mode: str, cross_framework: bool) -> Tuple[float, float]:
-    """(atol, rtol) of parity.core.tolerances for one kind of row."""
-    if kind == "gradient":
-        return 0.0, tolerances.STAGE_GRAD_REL if cross_framework else tolerances.STAGE_SAME_FRAMEWORK_REL
-    if not cross_framework:
-        return 0.0, tolerances.STAGE_SAME_FRAMEWORK_REL
-    return 0.0, tolerances.STAGE_TRAIN_REL if mode == "train" else tolerances.STAGE_EVAL_REL
+    """(atol, rtol) of the direct rule: bit-exact within one framework. Rows across frameworks are judged
+    against float64 instead (`_Golden`), or by --atol/--rtol, whose missing half is then 0."""
+    return 0.0, (0.0 if cross_framework else tolerances.STAGE_SAME_FRAMEWORK_REL)
 
 
 def _stage_of(name: str) -> str:
@@ -365,10 +370,101 @@ def _stage_of(name: str) -> str:
     return ".".join(parts[:2]) if parts[0] == "features" else parts[0]
 
 
+def _both(first: Calibrated, second: Optional[Calibrated]) -> Calibrated:
+    """One verdict for two judged sides: both must pass; the figures are the worse side's."""
+    if second is None:
+        return first
+    worst = max((first, second), key=lambda c: (not c.passed, c.ratio))
+    return Calibrated(worst.error, worst.noise, first.passed and second.passed, worst.where)
+
+
+class _Golden:
+    """The float64 golden of the cross-framework rows and their noise floor (parity.core.verdict).
+
+    Golden: the PyTorch twin in float64 with the reference's weights. Noise floor: the PyTorch twin in float32
+    with the same weights (the reference itself when it runs in PyTorch). The candidate is judged against
+    the golden, and so is a reference that runs in MindSpore: each framework's twin is held to the float32
+    noise of PyTorch's."""
+
+    def __init__(self, reference: Side, ref_twin) -> None:
+        self.twin = TorchStages(reference.ckpt, float64=True)
+        self.reference_is_noise = ref_twin.framework == "torch"
+        self.noise_twin = ref_twin if self.reference_is_noise else TorchStages(reference.ckpt)
+        self.on_ref: Dict[str, np.ndarray] = {}
+        self.on_cand: Dict[str, np.ndarray] = {}
+        self.noise: Dict[str, np.ndarray] = {}
+        self.ms_flips = self.pt_flips = 0
+
+    def forward(self, ref_input: np.ndarray, cand_input: np.ndarray, train: bool, per_op: bool,
+                ref_outputs: Dict[str, np.ndarray]) -> None:
+        self.twin.set_train(train)
+        self.on_ref = dict(self.twin.forward(ref_input, per_op))
+        self.on_cand = self.on_ref if cand_input is ref_input else dict(self.twin.forward(cand_input, per_op))
+        if self.reference_is_noise:
+            self.noise = ref_outputs
+        else:
+            self.noise_twin.set_train(train)
+            self.noise = dict(self.noise_twin.forward(ref_input, per_op))
+
+    def judge_output(self, name: str, ref_value: np.ndarray, cand_value: np.ndarray) -> Calibrated:
+        candidate = calibrated(cand_value, self.noise[name], self.on_cand[name], self.on_ref[name])
+        reference = None if self.reference_is_noise else calibrated(ref_value, self.noise[name], self.on_ref[name])
+        return _both(candidate, reference)
+
+    def judge_loss(self, ref_loss: float, cand_loss: float, features_name: str, target: np.ndarray) -> Calibrated:
+        golden_loss = self.twin.head_backward(self.on_ref[features_name], target)[2]
+        noise_loss = self.noise_twin.head_backward(self.noise[features_name], target)[2]
+        candidate = calibrated(np.float64(cand_loss), np.float64(noise_loss), np.float64(golden_loss))
+        reference = (None if self.reference_is_noise
+                     else calibrated(np.float64(ref_loss), np.float64(noise_loss), np.float64(golden_loss)))
+        return _both(candidate, reference)
+
+    def head_gradients(self, features: np.ndarray, target: np.ndarray, ref_grads: Dict[str, np.ndarray],
+                       ) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+        """(golden, noise) gradients of the head's parameters: no ReLU6 there, one golden for both sides."""
+        golden = self.twin.head_backward(features, target)[1]
+        noise = ref_grads if self.reference_is_noise else self.noise_twin.head_backward(features, target)[1]
+        return golden, noise
+
+    def stage_gradients(self, index: int, stage_input: np.ndarray, upstream: np.ndarray,
+                        ref: Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray], str],
+                        cand: Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray], str]) -> Dict[str, object]:
+        """Stage `index`'s golden gradients along each side's ReLU6 masks, and the noise floor's gradients.
+        `ref`, `cand`: (gradients, ReLU6 inputs, framework) of each side."""
+        if self.reference_is_noise:
+            noise_grads, noise_pre = ref[0], ref[1]
+        else:
+            _, noise_grads, noise_pre = self.noise_twin.stage_backward(index, stage_input, upstream)
+        _, golden_noise, golden_pre = self.twin.stage_backward(index, stage_input, upstream, masks_of(noise_pre))
+        golden_masks = masks_of(golden_pre)
+        found: Dict[str, object] = {"noise": noise_grads, "golden_noise": golden_noise}
+        for key, (grads, pre, framework) in (("cand", cand), ("ref", ref)):
+            if key == "ref" and self.reference_is_noise:
+                continue
+            found[f"golden_{key}"] = self.twin.stage_backward(index, stage_input, upstream, masks_of(pre))[1]
+        for _, pre, framework in {ref[2]: ref, cand[2]: cand}.values():
+            count = flipped(masks_of(pre), golden_masks)
+            if framework == "mindspore":
+                self.ms_flips += count
+            else:
+                self.pt_flips += count
+        return found
+
+    def judge_gradients(self, ref_grads: Dict[str, np.ndarray], cand_grads: Dict[str, np.ndarray],
+                        goldens: Dict[str, object], floor: float) -> Calibrated:
+        candidate = calibrated_tensors(cand_grads, goldens["noise"], goldens["golden_cand"],
+                                       golden_for_reference=goldens["golden_noise"], floor=floor)
+        reference = None if self.reference_is_noise else calibrated_tensors(
+            ref_grads, goldens["noise"], goldens["golden_ref"], golden_for_reference=goldens["golden_noise"],
+            floor=floor)
+        return _both(candidate, reference)
+
+
 def diff_checkpoints(reference: Side, candidate: Side, batch: Tuple[np.ndarray, np.ndarray], options: Options,
                      input_label: str = "") -> DiffReport:
     """Compare the two sides on `batch` (reference's input, candidate's input: the same array unless each
-    twin preprocessed an image itself)."""
+    twin preprocessed an image itself). Rows across frameworks are judged against the float64 golden
+    (unless --atol/--rtol set a direct rule); rows within one framework must be bit-exact."""
     cross = reference.framework != candidate.framework
     report = DiffReport(reference, candidate, options.mode, input_label)
 
@@ -382,11 +478,16 @@ def diff_checkpoints(reference: Side, candidate: Side, batch: Tuple[np.ndarray, 
                                        tolerances.PREPROCESS_ABS if options.atol is None else options.atol,
                                        0.0 if options.rtol is None else options.rtol))
     ref_twin, cand_twin = twin_stages(reference), twin_stages(candidate)
+    golden = _Golden(reference, ref_twin) if cross and options.atol is None and options.rtol is None else None
     train = options.mode == "train"
     ref_twin.set_train(train)
     cand_twin.set_train(train)
     ref_outputs = ref_twin.forward(ref_input, options.per_op)
     cand_outputs = dict(cand_twin.forward(cand_input, options.per_op))
+    if golden is not None:
+        golden.forward(ref_input, cand_input, train, options.per_op, dict(ref_outputs))
+        report.notes.append(f"across frameworks each row is judged against the PyTorch twin in float64: error <= "
+                            f"{tolerances.NOISE_MULTIPLE:g} x the float32 PyTorch twin's own error (noise floor)")
     atol, rtol = tolerance("output")
     for name, ref_value in ref_outputs:
         if name not in cand_outputs:  # logits of a backbone-only candidate
@@ -396,7 +497,10 @@ def diff_checkpoints(reference: Side, candidate: Side, batch: Tuple[np.ndarray, 
         if ref_value.shape != cand_value.shape:
             report.stopped = f"{name}: shapes {tuple(ref_value.shape)} and {tuple(cand_value.shape)} differ"
             break
-        report.rows.append(compare_row(name, _stage_of(name), "output", ref_value, cand_value, atol, rtol))
+        row = compare_row(name, _stage_of(name), "output", ref_value, cand_value, atol, rtol)
+        if golden is not None:
+            row.judge(golden.judge_output(name, ref_value, cand_value))
+        report.rows.append(row)
     else:
         if "logits" in cand_outputs and ref_twin.head is None:
             report.notes.append("logits not compared: the reference has no classifier head")
@@ -407,16 +511,17 @@ def diff_checkpoints(reference: Side, candidate: Side, batch: Tuple[np.ndarray, 
             report.notes.append("gradients not compared: the backbones' shapes differ")
         else:
             _compare_gradients(report, ref_twin, cand_twin, dict(ref_outputs), cand_outputs, ref_input, options,
-                               tolerance("gradient"))
+                               tolerance("gradient"), golden)
     return report
 
 
 def _compare_gradients(report: DiffReport, ref_twin, cand_twin, ref_outputs: Dict[str, np.ndarray],
                        cand_outputs: Dict[str, np.ndarray], ref_input: np.ndarray, options: Options,
-                       tolerance: Tuple[float, float]) -> None:
+                       tolerance: Tuple[float, float], golden: Optional[_Golden]) -> None:
     """Stage by stage from the loss down, each side fed the reference's stage input and upstream gradient."""
     rng = np.random.default_rng(options.seed + 1)
-    features = ref_outputs[f"features.{len(ref_twin.stages) - 1}"]
+    features_name = f"features.{len(ref_twin.stages) - 1}"
+    features = ref_outputs[features_name]
     if ref_twin.head is not None:
         target = rng.integers(0, ref_twin.ckpt.num_classes, features.shape[0])
         what = f"smoothed cross entropy ({LABEL_SMOOTHING}) on labels {target.tolist()}"
@@ -427,21 +532,33 @@ def _compare_gradients(report: DiffReport, ref_twin, cand_twin, ref_outputs: Dic
     heads_match = (ref_twin.head is not None and cand_twin.head is not None
                    and ref_twin.ckpt.num_classes == cand_twin.ckpt.num_classes)
     cand_grads: Dict[str, np.ndarray] = {}
+    goldens: Dict[str, Dict[str, object]] = {}
     if heads_match or (ref_twin.head is None and cand_twin.head is None):
         _, cand_grads, _ = cand_twin.head_backward(features, target)
         # The loss row is each side's own forward, like the other output rows.
-        cand_loss = cand_twin.head_backward(cand_outputs[f"features.{len(cand_twin.stages) - 1}"], target)[2]
-        report.rows.append(compare_row("loss", "loss", "output", np.float64(ref_loss), np.float64(cand_loss),
-                                       0.0, tolerances.LOSS_REL if options.rtol is None else options.rtol))
+        cand_loss = cand_twin.head_backward(cand_outputs[features_name], target)[2]
+        row = compare_row("loss", "loss", "output", np.float64(ref_loss), np.float64(cand_loss),
+                          0.0, tolerances.LOSS_REL if options.rtol is None else options.rtol)
+        if golden is not None:
+            row.judge(golden.judge_loss(ref_loss, cand_loss, features_name, target))
+            head_golden, head_noise = golden.head_gradients(features, target, ref_grads)
+            goldens[HEAD_STAGE] = {"noise": head_noise, "golden_noise": head_golden, "golden_cand": head_golden,
+                                   "golden_ref": head_golden}
+        report.rows.append(row)
     else:
         report.notes.append("classifier gradients not compared: the heads differ")
     grad_rows: List[Row] = []
     stage_grads: List[Tuple[str, Dict[str, np.ndarray], Dict[str, np.ndarray]]] = [(HEAD_STAGE, ref_grads, cand_grads)]
     for index in reversed(range(len(ref_twin.stages))):
         stage_input = ref_input if index == 0 else ref_outputs[f"features.{index - 1}"]
-        next_upstream, ref_stage_grads = ref_twin.stage_backward(index, stage_input, upstream)
-        _, cand_stage_grads = cand_twin.stage_backward(index, stage_input, upstream)
-        stage_grads.append((f"features.{index}", ref_stage_grads, cand_stage_grads))
+        next_upstream, ref_stage_grads, ref_pre = ref_twin.stage_backward(index, stage_input, upstream)
+        _, cand_stage_grads, cand_pre = cand_twin.stage_backward(index, stage_input, upstream)
+        stage = f"features.{index}"
+        stage_grads.append((stage, ref_stage_grads, cand_stage_grads))
+        if golden is not None:
+            goldens[stage] = golden.stage_gradients(index, stage_input, upstream,
+                                                    (ref_stage_grads, ref_pre, ref_twin.framework),
+                                                    (cand_stage_grads, cand_pre, cand_twin.framework))
         upstream = next_upstream
     largest = max((float(np.max(np.abs(g))) for _, grads, _ in stage_grads for g in grads.values()), default=0.0)
     floor = tolerances.GRAD_FLOOR * largest
@@ -451,14 +568,31 @@ def _compare_gradients(report: DiffReport, ref_twin, cand_twin, ref_outputs: Dic
             continue
         rows = [compare_row(name, stage, "gradient", ref_stage_grads[name], cand_stage_grads[name],
                             atol, rtol, floor) for name in ref_stage_grads]
+        stage_verdict = None
+        if golden is not None:
+            stage_verdict = golden.judge_gradients(ref_stage_grads, cand_stage_grads, goldens[stage], floor)
+            for row in rows:  # each tensor against the stage's noise floor: one small tensor's max is no floor
+                only = {key: {row.name: value[row.name]} for key, value in goldens[stage].items()}
+                error = golden.judge_gradients({row.name: ref_stage_grads[row.name]},
+                                               {row.name: cand_stage_grads[row.name]}, only, floor).error
+                row.judge(Calibrated(error, stage_verdict.noise, within_noise(error, stage_verdict.noise)))
         for row in rows:
             row.name += " (grad)"
-        grad_rows += rows if options.per_op else [stage_gradient_row(
-            f"{stage} (grad)", stage, rows, list(ref_stage_grads.values()),
-            [cand_stage_grads[name] for name in ref_stage_grads])]
+        if options.per_op:
+            grad_rows += rows
+            continue
+        stage_row = stage_gradient_row(f"{stage} (grad)", stage, rows, list(ref_stage_grads.values()),
+                                       [cand_stage_grads[name] for name in ref_stage_grads])
+        if stage_verdict is not None:
+            stage_row.judge(stage_verdict)
+        grad_rows.append(stage_row)
     report.rows += grad_rows
     report.notes.append(f"gradients of {what}; each stage fed the reference's input and upstream gradient; "
                         f"scales floored at {tolerances.GRAD_FLOOR:g} x the largest gradient ({largest:.3g})")
+    if golden is not None:
+        report.notes.append(f"ReLU6 kinks: {golden.ms_flips} MindSpore / {golden.pt_flips} PyTorch elements fell on "
+                            f"the other side of 0 or 6 than in float64; each side's gradients are compared with "
+                            f"float64 along its own masks")
 
 
 def _model_text(ckpt: Checkpoint) -> str:
@@ -472,21 +606,29 @@ def _format_value(value: float, spec: str) -> str:
     return format(value, spec) if math.isfinite(value) else str(value)
 
 
+def _rule(row: Row) -> str:
+    if row.calibration is not None:
+        return f"<= {tolerances.NOISE_MULTIPLE:g}x noise"
+    return f"{row.atol:g} + {row.rtol:g} x max|ref|" if row.atol else f"rel {row.rtol:g}"
+
+
 def format_report(report: DiffReport) -> str:
     lines = [f"reference: {report.reference.label}", f"candidate: {report.candidate.label}",
              f"mode: {report.mode}; input: {report.input}", ""]
-    header = ("", "row", "shape", "max abs diff", "max rel diff", "cosine", f"within {WITHIN_REL:g}", "tolerance",
-              "result")
+    header = ("", "row", "shape", "max abs diff", "max rel diff", "cosine", f"within {WITHIN_REL:g}", "err vs f64",
+              "f32 noise", "ratio", "rule", "result")
     first = report.first_divergent
     first_gradient = report.first_divergent_gradient
     table = [header]
     for row in report.rows:
         marker = ">>" if row.name in (first, first_gradient) else ""
-        tolerance = f"{row.atol:g} + {row.rtol:g} x max|ref|" if row.atol else f"rel {row.rtol:g}"
+        c = row.calibration
+        verdict = (("-", "-", "-") if c is None else
+                   (_format_value(c.error, ".2e"), _format_value(c.noise, ".2e"), _format_value(c.ratio, ".2f")))
         table.append((marker, row.name, "x".join(str(n) for n in row.shape) or "scalar",
                       _format_value(row.figures.max_abs, ".3e"), _format_value(row.figures.max_rel, ".3e"),
                       _format_value(row.figures.cosine, ".8f"), _format_value(100 * row.figures.within, ".2f") + "%",
-                      tolerance, "PASS" if row.passed else "FAIL"))
+                      *verdict, _rule(row), "PASS" if row.passed else "FAIL"))
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for index, cells in enumerate(table):
         lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(cells)).rstrip())
@@ -500,6 +642,15 @@ def format_report(report: DiffReport) -> str:
     return "\n".join(lines)
 
 
+def _row_figures(row: Row) -> str:
+    text = f"max rel diff {row.figures.max_rel:.3e}, cosine {row.figures.cosine:.6f}"
+    if row.calibration is not None:
+        c = row.calibration
+        return (f"error vs float64 {c.error:.3e}, {_format_value(c.ratio, '.1f')} x the float32 noise {c.noise:.3e}, "
+                f"limit {tolerances.NOISE_MULTIPLE:g}x; {text}")
+    return f"{text}, tolerance rel {row.rtol:g}"
+
+
 def conclusion(report: DiffReport) -> str:
     """The last line of the report: the first divergent row, or that all agree."""
     if report.first_divergent is None and report.stopped:
@@ -507,8 +658,7 @@ def conclusion(report: DiffReport) -> str:
     if report.first_divergent is None:
         return f"all stages agree: {len(report.rows)} rows within tolerance"
     row = next(r for r in report.rows if r.name == report.first_divergent)
-    text = (f"first divergence: {row.name} (max rel diff {row.figures.max_rel:.3e}, cosine {row.figures.cosine:.6f}, "
-            f"tolerance rel {row.rtol:g})")
+    text = f"first divergence: {row.name} ({_row_figures(row)})"
     if report.first_divergent_gradient and report.first_divergent_gradient != row.name:
         gradient = next(r for r in report.rows if r.name == report.first_divergent_gradient)
         text += f"; first failing gradient: {gradient.stage} ({gradient.detail or gradient.name})"
@@ -533,12 +683,22 @@ def plot_report(report: DiffReport, path: Path) -> None:
     for label, rows, colour in series:
         xs = list(range(len(rows))) if label == "outputs" else [
             stage_names.index(r.stage) if r.stage in stage_names else len(stage_names) - 1 for r in rows]
-        ys = [max(r.figures.max_rel, tiny) if math.isfinite(r.figures.max_rel) else 1.0 for r in rows]
-        axis.semilogy(xs, ys, marker="o", markersize=3, color=colour, label=f"max rel diff, {label}")
+        calibrated_rows = bool(rows) and all(r.calibration is not None for r in rows)
+
+        def figure_of(r: Row) -> float:
+            value = r.calibration.error if calibrated_rows else r.figures.max_rel
+            return max(value, tiny) if math.isfinite(value) else 1.0
+
+        ys = [figure_of(r) for r in rows]
+        what = "error vs float64" if calibrated_rows else "max rel diff"
+        axis.semilogy(xs, ys, marker="o", markersize=3, color=colour, label=f"{what}, {label}")
         failed = [(x, y) for x, y, r in zip(xs, ys, rows) if not r.passed]
         if failed:
             axis.scatter(*zip(*failed), s=36, facecolors="none", edgecolors="red", zorder=3)
-        if rows:
+        if rows and calibrated_rows:
+            axis.semilogy(xs, [max(r.calibration.limit, tiny) for r in rows], color=colour, linestyle="--",
+                          linewidth=1, alpha=0.7, label=f"limit, {label} ({tolerances.NOISE_MULTIPLE:g}x float32 noise)")
+        elif rows:
             axis.axhline(rows[0].rtol, color=colour, linestyle="--", linewidth=1, alpha=0.7,
                          label=f"tolerance, {label} (rel {rows[0].rtol:g})")
     first = next((r for r in outputs if not r.passed), None)
@@ -548,7 +708,7 @@ def plot_report(report: DiffReport, path: Path) -> None:
     step = max(1, len(stage_names) // 40)
     axis.set_xticks(range(0, len(stage_names), step))
     axis.set_xticklabels([n.replace("features.", "f.") for n in stage_names[::step]], rotation=90, fontsize=7)
-    axis.set_ylabel("max |cand - ref| / max |ref|")
+    axis.set_ylabel("relative error (log)")
     axis.set_title(f"{Path(report.reference.path).name} ({TWIN_NAME[report.reference.framework]}) vs "
                    f"{Path(report.candidate.path).name} ({TWIN_NAME[report.candidate.framework]}), {report.mode}",
                    fontsize=9)
@@ -601,9 +761,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=positive_int, default=224, metavar="PX", help="input side in pixels (default 224)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random batch and labels (default 0)")
     parser.add_argument("--atol", type=_non_negative_float,
-                        help="absolute tolerance of every row (default: parity/core/tolerances.py, 0)")
+                        help="a direct rule instead of the float64 verdict: absolute tolerance of every row "
+                             "(default 0 when --rtol is given)")
     parser.add_argument("--rtol", type=_non_negative_float,
-                        help="tolerance relative to the row's max |reference| (default: parity/core/tolerances.py)")
+                        help="a direct rule instead of the float64 verdict: tolerance relative to the row's "
+                             "max |reference| (default 0 when --atol is given)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the report as JSON")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="draw the per-stage error (log scale)")
     parser.add_argument("--force", action="store_true", help="overwrite existing --json / --plot files")

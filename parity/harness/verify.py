@@ -10,6 +10,7 @@ import numpy as np
 
 from parity.core import tolerances
 from parity.core.converter import FRAMEWORK_OF_LAYOUT, Checkpoint, ConversionError, convert
+from parity.core.verdict import Calibrated, calibrated
 
 __all__ = ["VerifyReport", "verify_conversion", "run_twin", "build_twin", "random_batch"]
 
@@ -21,10 +22,16 @@ class VerifyReport:
     compared: str  # "logits", or "pooled features" for backbone-only checkpoints
     reference: str  # twin that ran the source, e.g. "mindspore (ms-official)"
     candidate: str  # twin that ran the result
+    calibration: Calibrated  # each MindSpore side against the PyTorch twin in float64 (parity.core.verdict)
 
     @property
     def ok(self) -> bool:
-        return self.max_abs <= tolerances.EVAL_LOGITS_ABS
+        return self.calibration.passed
+
+    def verdict_text(self) -> str:
+        c = self.calibration
+        return (f"error vs float64 {c.error:.3e} = {c.ratio:.2f} x the float32 noise {c.noise:.3e} "
+                f"(limit {tolerances.NOISE_MULTIPLE:g}x)")
 
 
 def build_twin(framework: str, ckpt: Checkpoint, dropout: float = 0.0):
@@ -51,12 +58,16 @@ def build_twin(framework: str, ckpt: Checkpoint, dropout: float = 0.0):
     return net
 
 
-def run_twin(framework: str, ckpt: Checkpoint, batch: np.ndarray) -> np.ndarray:
-    """Eval-mode output of the `framework` twin loaded with `ckpt` (renamed to that twin's layout)."""
+def run_twin(framework: str, ckpt: Checkpoint, batch: np.ndarray, float64: bool = False) -> np.ndarray:
+    """Eval-mode output of the `framework` twin loaded with `ckpt` (renamed to that twin's layout).
+    `float64`: the PyTorch twin in float64, the golden of the verdicts."""
     net = build_twin(framework, ckpt)
     if framework == "torch":
         import torch
 
+        if float64:
+            net = net.double()
+            batch = batch.astype(np.float64)
         with torch.no_grad():
             output = net(torch.from_numpy(batch)).numpy()
     else:
@@ -92,6 +103,17 @@ def verify_conversion(source: Checkpoint, result: Checkpoint, *, batch_size: int
         raise ConversionError(f"verify: output shapes differ: {expected.shape} vs {found.shape}")
     max_abs = float(np.max(np.abs(expected.astype(np.float64) - found)))
     max_rel = max_abs / max(float(np.max(np.abs(expected))), np.finfo(np.float32).tiny)
+    # The golden and the noise floor come from the source's weights: the result must compute the same thing.
+    golden = run_twin("torch", source, batch, float64=True)
+    noise = expected if source_framework == "torch" else run_twin("torch", source, batch)
+    verdict = calibrated(found, noise, golden)
+    if source_framework != "torch":  # the MindSpore twin ran the source: held to the golden as well
+        verdict = _worse(verdict, calibrated(expected, noise, golden))
     return VerifyReport(max_abs, max_rel, "pooled features" if result.num_classes is None else "logits",
                         f"{source_framework} twin with the source ({source.layout})",
-                        f"{other} twin with the result ({result.layout})")
+                        f"{other} twin with the result ({result.layout})", verdict)
+
+
+def _worse(first: Calibrated, second: Calibrated) -> Calibrated:
+    worst = max((first, second), key=lambda c: (not c.passed, c.ratio))
+    return Calibrated(worst.error, worst.noise, first.passed and second.passed, worst.where)
