@@ -16,7 +16,7 @@ a model trained from scratch starts alike in both frameworks.
 
 `fast_conv` ("auto" by default, "on", "off"; MindSpore only): computes the
 convolutions and BatchNorm (+ ReLU6) with our CPU kernels (`ms_impl/fast_conv/`),
-because MindSpore's own CPU kernels for them are up to 10-75x slower than
+because MindSpore's own CPU kernels for them are up to 14-27x slower than
 PyTorch's; with them the blocks are `ms_impl/fast_conv/blocks.py`'s subclasses of
 ConvBNReLU and InvertedResidual, which fold BatchNorm into the convolutions and
 fuse layers. The device is read from MindSpore's context when the network is

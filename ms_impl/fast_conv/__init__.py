@@ -1,7 +1,7 @@
 """Our CPU kernels for the MindSpore twin: 3x3 and 1x1 convolutions, BatchNorm (+ ReLU6), fused blocks.
 
-MindSpore 2.10's CPU kernels run these layers (NCHW layouts) through oneDNN's reference code, up to 10-75x
-slower than PyTorch (docs/design.md section 7). This package compiles `ms_impl/kernels/*.cc` with the
+MindSpore 2.10's CPU kernels run these layers (NCHW layouts) through oneDNN's reference code, the 3x3 ones
+14-27x slower than PyTorch (docs/design.md section 7). This package compiles `ms_impl/kernels/*.cc` with the
 system C++ compiler on first use and registers their functions through `ops.Custom(func_type="aot")`, each
 with a backward (`bprop`), so the layers train in GRAPH and PYNATIVE mode.
 
