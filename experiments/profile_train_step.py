@@ -32,7 +32,8 @@ def summarize(out_dir: str) -> None:
         for row in csv.DictReader(handle):
             name, kind = row["full_op_name"], row["op_type"]
             if kind == "Custom":
-                stem = "/features-SequentialCell/0-ConvBNReLU/features-SequentialCell/0-" in name
+                stem = any(f"/features-SequentialCell/0-{block}/features-SequentialCell/0-" in name
+                           for block in ("ConvBNReLU", "FusedConvBNReLU"))  # the kernels' block: a subclass
                 kind = "Custom BatchNorm" if "BatchNorm" in name else ("Custom stem" if stem else (
                     "Custom pointwise" if "FastConv1x1" in name else "Custom depthwise"))
             key = ("backward " if name.startswith("Gradients") else "forward ") + kind

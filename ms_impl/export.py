@@ -24,32 +24,11 @@ import os
 import sys
 from typing import Optional, Sequence
 
-import numpy as np
-
+from ms_impl.export_model import SUFFIX, UNSUPPORTED, export_model
 from ms_impl.trainer.model_io import CheckpointError, load_model
-from parity.core.files import WriteError, atomic_path, is_disk_full, one_line
+from parity.core.files import WriteError
 
-SUFFIX = {"MINDIR": ".mindir", "ONNX": ".onnx"}
-UNSUPPORTED = {"AIR": "AIR export needs the Ascend backend; MindSpore on CPU/GPU exports MINDIR or ONNX only"}
 EXIT_INPUT_ERROR = 2
-
-
-def export_model(net, output: str, file_format: str, image_size: int, batch_size: int = 1) -> str:
-    """Write `net` to `output` atomically (`parity.core.files.atomic_path`); WriteError names `output`."""
-    import mindspore as ms
-
-    dummy = ms.Tensor(np.zeros((batch_size, 3, image_size, image_size), dtype=np.float32))
-    with atomic_path(output, suffix=SUFFIX[file_format]) as temp:
-        stem = str(temp)[: -len(SUFFIX[file_format])]  # mindspore.export appends the format's suffix
-        try:
-            ms.export(net, dummy, file_name=stem, file_format=file_format)
-        except (RuntimeError, ValueError) as exc:  # MindSpore's I/O errors; a full disk becomes its own line
-            if is_disk_full(exc):
-                raise
-            raise WriteError(f"{output}: cannot write ({one_line(exc)})") from exc
-        if not temp.is_file() or temp.stat().st_size == 0:
-            raise WriteError(f"{output}: mindspore.export wrote no {file_format} file")
-    return output
 
 
 def build_parser() -> argparse.ArgumentParser:

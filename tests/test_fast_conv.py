@@ -328,6 +328,7 @@ def test_frozen_batchnorm_training_folds_and_matches_unfolded_gradients(fast_con
     import mindspore as ms
     from mindspore import nn
 
+    from ms_impl.fast_conv.blocks import ConvBNReLUFusion, InvertedResidualFusion
     from ms_impl.mobilenetv2 import ConvBNReLU, InvertedResidual, MobileNetV2
 
     rng = np.random.default_rng(12)
@@ -350,8 +351,8 @@ def test_frozen_batchnorm_training_folds_and_matches_unfolded_gradients(fast_con
     folding = [c for _, c in nets["on"].cells_and_names() if isinstance(c, (ConvBNReLU, InvertedResidual)) and c.fold_bn]
     assert len(folding) == 35 + 17
     folded_calls = []
-    for cls, method in ((ConvBNReLU, "folded_forward"), (InvertedResidual, "folded_forward"),
-                        (InvertedResidual, "expanded_depthwise")):
+    for cls, method in ((ConvBNReLUFusion, "folded_forward"), (InvertedResidualFusion, "folded_forward"),
+                        (InvertedResidualFusion, "expanded_depthwise")):
         def counted(self, inputs, _forward=getattr(cls, method), _method=method):
             folded_calls.append((self, _method))
             return _forward(self, inputs)
@@ -776,6 +777,138 @@ def test_build_cache_concurrent_first_use(fresh_build_state, tmp_path):
     assert built == [results[0]] and built[0].suffix == ".so"  # no temp files left behind
     mtime = built[0].stat().st_mtime_ns
     assert fast_conv.kernel_library() == results[0] and built[0].stat().st_mtime_ns == mtime  # cache hit
+
+
+def test_build_cache_key_covers_every_source_file_and_the_march(fresh_build_state, monkeypatch, tmp_path):
+    """Editing any kernel file, the shared header included, or naming another -march target builds a new
+    library; the target is part of its name."""
+    import shutil
+
+    from ms_impl.fast_conv import build
+
+    fast_conv = fresh_build_state
+    sources = tmp_path / "kernels"
+    shutil.copytree(build.KERNEL_DIR, sources)
+    monkeypatch.setattr(build, "KERNEL_DIR", sources)
+    monkeypatch.setenv("CXX", _fake_compiler(tmp_path, "copying", str(tmp_path / "no-library")))
+    monkeypatch.delenv(build.MARCH_VARIABLE, raising=False)
+    names = [fast_conv.kernel_library().name]
+    assert names[0].startswith("mbv2-kernels-native-") and _builds(tmp_path) == 1
+    assert fast_conv.kernel_library().name == names[0] and _builds(tmp_path) == 1  # a cache hit
+    for edited in ("common.h", "threads.cc", "pointwise.cc"):
+        with open(sources / edited, "a", encoding="utf-8") as handle:
+            handle.write("// edited\n")
+        names.append(fast_conv.kernel_library().name)
+    assert len(set(names)) == 4 and _builds(tmp_path) == 4
+    if build.platform.machine() in ("x86_64", "AMD64"):  # the fake compiler accepts any -march; the name shows it
+        monkeypatch.setattr(build, "cpu_flags", lambda: ("", []))
+        monkeypatch.setenv(build.MARCH_VARIABLE, "x86-64-v2")
+        assert fast_conv.kernel_library().name.startswith("mbv2-kernels-x86-64-v2-")
+
+
+def _march_error(fast_conv, monkeypatch, value: str) -> str:
+    """The one error a bad MBV2_KERNEL_MARCH gives: raised with fast_conv="on", one warning and MindSpore's
+    own layers with "auto"."""
+    from mindspore import nn
+
+    monkeypatch.setenv(fast_conv.MARCH_VARIABLE, value)
+    fast_conv.forget_resolution()
+    with pytest.raises(fast_conv.FastConvUnavailable) as raised:
+        fast_conv.resolve_fast_conv("on")
+    message = str(raised.value)
+    assert f"MBV2_KERNEL_MARCH={value!r}" in message and "\n" not in message
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not fast_conv.resolve_fast_conv("auto") and not fast_conv.resolve_fast_conv("auto")
+        assert type(fast_conv.conv2d(8, 8, 3, 1, 8, "HeNormal", "auto")) is nn.Conv2d
+    assert [str(w.message) for w in caught] == [f"fast_conv='auto': using nn.Conv2d, the CPU kernels are unavailable: "
+                                               f"{message.split('unavailable: ', 1)[1]}"]
+    return message
+
+
+def test_bad_kernel_march_is_one_clear_error(fresh_build_state, monkeypatch, tmp_path):
+    from ms_impl.fast_conv import build
+
+    fast_conv = fresh_build_state
+    assert "not a -march target" in _march_error(fast_conv, monkeypatch, "native -O0")
+    assert "does not accept -march=x86-64-v9" in _march_error(fast_conv, monkeypatch, "x86-64-v9")
+    if build.platform.machine() in ("x86_64", "AMD64"):
+        # A target whose instructions this CPU lacks is refused before its library could be loaded (SIGILL).
+        monkeypatch.setattr(build, "cpu_flags", lambda: ("an old CPU", ["fpu", "sse2"]))
+        message = _march_error(fast_conv, monkeypatch, "x86-64-v3")
+        assert "this CPU lacks " in message and " avx2, " in message and "avx512" not in message
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())  # nothing was built
+
+
+def _has_x86_64_v3() -> bool:
+    from ms_impl.fast_conv import build
+
+    flags = build.cpu_flags()[1]
+    return build.platform.machine() == "x86_64" and {"avx2", "fma", "bmi2", "movbe"} <= set(flags)
+
+
+@pytest.mark.slow
+def test_kernel_march_x86_64_v3_builds_its_own_library_with_the_same_results(fast_conv, monkeypatch, tmp_path):
+    """MBV2_KERNEL_MARCH=x86-64-v3 (a library for every AVX2 CPU): a cached file of its own, the self-test
+    passes, MindSpore runs it, and every kind of kernel gives the native build's results (within the
+    kernels' tolerance: on an AVX-512 CPU native code sums in another order)."""
+    import ctypes
+
+    if not _has_x86_64_v3():
+        pytest.skip("x86-64-v3 code needs an x86-64 CPU with AVX2, FMA, BMI2 and MOVBE")
+    monkeypatch.delenv(fast_conv.MARCH_VARIABLE, raising=False)
+    native = fast_conv.kernel_library()  # the session's build
+    monkeypatch.setenv("MBV2_KERNEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(fast_conv.MARCH_VARIABLE, "x86-64-v3")
+    fast_conv.forget_resolution()
+    try:
+        assert fast_conv.resolve_fast_conv("on")  # built, self-tested, run through MindSpore
+        portable = fast_conv.kernel_library()
+    finally:
+        monkeypatch.undo()  # the session's library again for the tests after this one
+        fast_conv.forget_resolution()
+    assert portable.name.startswith("mbv2-kernels-x86-64-v3-") and native.name.startswith("mbv2-kernels-native-")
+    assert [p.name for p in (tmp_path / "cache").glob("*.so")] == [portable.name]
+    fast_conv.check_entry_points(portable)
+    libraries = [ctypes.CDLL(str(path)) for path in (native, portable)]
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 24, 17, 15), dtype=np.float32)
+    dw_w = rng.standard_normal((24, 1, 3, 3), dtype=np.float32)
+    dense_w = rng.standard_normal((8, 24, 3, 3), dtype=np.float32)
+    pw_w, bias = rng.standard_normal((40, 24, 1, 1), dtype=np.float32), rng.standard_normal(40, dtype=np.float32)
+    gamma, beta = rng.uniform(0.5, 2, 24).astype(np.float32), rng.uniform(-1, 3, 24).astype(np.float32)
+    dy = rng.standard_normal((2, 24, 9, 8), dtype=np.float32)
+    cases = [
+        ("dw_forward_s2", [x, dw_w, np.zeros((2, 24, 9, 8))], 1),
+        ("dw_grad_weight_s2", [x, dy, np.zeros(dw_w.shape)], 1),
+        ("dense_forward_bias_relu6_s1", [x, dense_w, bias[:8], np.zeros((2, 8, 17, 15))], 1),
+        ("pw_forward_bias_relu6_s1", [x, pw_w, bias, np.zeros((2, 40, 17, 15))], 1),
+        ("pw_grad_weight_s1", [x, rng.standard_normal((2, 40, 17, 15)), np.zeros(pw_w.shape)], 1),
+        ("pw_dw_forward_s2", [x, pw_w, bias, rng.standard_normal((40, 1, 3, 3)), bias, np.zeros((2, 40, 9, 8))], 1),
+        ("bn_relu6_train_forward", [x, gamma, beta, np.zeros(24), np.ones(24), np.array([1e-5, 0.1]), np.zeros(x.shape),
+                                    np.zeros((2, 24)), np.zeros(24), np.zeros(24)], 4),
+    ]
+    for name, arrays, outputs in cases:
+        (status_native, want), (status_portable, got) = (
+            fast_conv.call_entry_point(library, name, arrays, outputs=outputs) for library in libraries)
+        assert status_native == status_portable == 0, name
+        for mine, reference in zip(*((got, want) if outputs > 1 else ((got,), (want,)))):
+            _assert_close(mine, reference, f"{name}: x86-64-v3 vs native")
+
+
+def test_blocks_are_the_twins_own_classes_or_their_fused_subclasses(fast_conv):
+    """With the kernels, the twin's blocks are subclasses of its own ConvBNReLU and InvertedResidual (the
+    fold and fusion paths); without them, its own classes, as in the PyTorch twin."""
+    from ms_impl.mobilenetv2 import ConvBNReLU, InvertedResidual, MobileNetV2
+
+    fused = fast_conv.fused_blocks(ConvBNReLU, InvertedResidual)
+    assert fast_conv.block_classes(ConvBNReLU, InvertedResidual, "on") == fused
+    assert fast_conv.block_classes(ConvBNReLU, InvertedResidual, "off") == (ConvBNReLU, InvertedResidual)
+    assert issubclass(fused[0], ConvBNReLU) and issubclass(fused[1], InvertedResidual)
+    for mode, (layer, block) in (("on", fused), ("off", (ConvBNReLU, InvertedResidual))):
+        net = MobileNetV2(num_classes=10, width_mult=0.35, fast_conv=mode)
+        kinds = [type(cell) for _, cell in net.cells_and_names() if isinstance(cell, (ConvBNReLU, InvertedResidual))]
+        assert kinds.count(layer) == 35 and kinds.count(block) == 17 and len(kinds) == 52
 
 
 @pytest.mark.parametrize("width", (0.35, 1.0))

@@ -3,8 +3,10 @@
 Rules (see parity/__init__.py and docs/design.md):
 - `parity.core` imports no twin (`ms_impl`, `pt_impl`) and no harness module;
 - a twin never imports the other twin, nor the harness;
-- the MindSpore twin's model files never import the trainer or a command-line tool;
+- the MindSpore twin's model files (its kernels included) never import the trainer or a command-line tool;
 - the trainer engine never imports a command-line tool;
+- the harness and the experiments never import a command-line tool (they use the modules under them);
+- no import cycle among the project's modules;
 - no module imports another module's private (underscore) name.
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("ms_impl", "pt_impl", "parity")
-MS_TWIN = {f"ms_impl.{m}" for m in ("mobilenetv2", "loss", "optim", "transforms", "weights", "fast_conv")}
+MS_TWIN = [f"ms_impl.{m}" for m in ("mobilenetv2", "loss", "optim", "transforms", "weights", "export_model", "fast_conv")]
 MS_TOOLS = {f"ms_impl.{m}" for m in ("train", "eval", "predict", "export", "datatools", "bench_distributed")}
 HARNESS = ("parity.harness", "parity.convert", "parity.__main__")
 
@@ -87,11 +89,91 @@ def test_twins_import_neither_each_other_nor_the_harness():
 
 
 def test_model_files_import_no_trainer_and_no_tool():
-    assert violations(lambda i, t: i in MS_TWIN and within(t, ["ms_impl.trainer", *MS_TOOLS])) == []
+    assert violations(lambda i, t: within(i, MS_TWIN) and within(t, ["ms_impl.trainer", *MS_TOOLS])) == []
 
 
 def test_trainer_engine_imports_no_command_line_tool():
     assert violations(lambda i, t: within(i, ["ms_impl.trainer"]) and t in MS_TOOLS) == []
+
+
+def experiment_imports() -> List[str]:
+    """'experiments/x.py:line imports module' for every project module the experiment scripts import."""
+    modules = all_modules()
+    found = []
+    for path in sorted((REPO / "experiments").glob("*.py")):
+        for target, names, line in imports_of(path):
+            for module in [target] + [f"{target}.{name}" for name in names if f"{target}.{name}" in modules]:
+                found.append((f"experiments/{path.name}:{line}", module))
+    return [f"{where} imports {module}" for where, module in found]
+
+
+def test_harness_imports_no_command_line_tool():
+    assert violations(lambda i, t: within(i, HARNESS) and t in MS_TOOLS) == []
+
+
+def test_experiments_import_no_command_line_tool():
+    assert [line for line in experiment_imports() if line.rpartition(" imports ")[2] in MS_TOOLS] == []
+
+
+def test_the_experiment_walk_sees_their_imports():
+    assert any(line.endswith(" imports ms_impl.fast_conv") for line in experiment_imports())
+
+
+def module_graph() -> Dict[str, set]:
+    """Module -> the project modules it imports (`from package import module` counts as the module)."""
+    modules = all_modules()
+    graph: Dict[str, set] = {name: set() for name in modules}
+    for importer, path in modules.items():
+        for target, names, _ in imports_of(path):
+            submodules = [f"{target}.{name}" for name in names if f"{target}.{name}" in modules]
+            for module in submodules or ([target] if target in modules else []):
+                if module != importer:
+                    graph[importer].add(module)
+    return graph
+
+
+def import_cycles(graph: Dict[str, set]) -> List[List[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: Dict[str, int] = {}
+    low: Dict[str, int] = {}
+    stack: List[str] = []
+    on_stack = set()
+    cycles = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(cycles)
+
+
+def test_the_cycle_search_finds_a_cycle():
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert import_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle_among_project_modules():
+    assert import_cycles(module_graph()) == []
 
 
 def test_no_module_imports_a_private_name_of_another():
@@ -100,8 +182,8 @@ def test_no_module_imports_a_private_name_of_another():
     assert found == []
 
 
-@pytest.mark.parametrize("package", ["ms_impl", "ms_impl.trainer", "pt_impl", "parity", "parity.core",
-                                     "parity.harness"])
+@pytest.mark.parametrize("package", ["ms_impl", "ms_impl.trainer", "ms_impl.fast_conv", "pt_impl", "parity",
+                                     "parity.core", "parity.harness"])
 def test_every_package_docstring_maps_its_modules(package):
     folder = REPO / package.replace(".", "/")
     doc = ast.get_docstring(ast.parse((folder / "__init__.py").read_text(encoding="utf-8"))) or ""

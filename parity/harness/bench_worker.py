@@ -90,9 +90,9 @@ def _ms_tensors(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
 
 
 def _export_onnx(settings: Settings, state: Dict[str, np.ndarray], path: Path) -> None:
-    """The project's ONNX export (ms_impl/export.py) of these weights: the MindSpore twin on its own convolutions."""
+    """The project's ONNX export (ms_impl/export_model.py) of these weights: the MindSpore twin on its own layers."""
     from ms_impl import weights as ms_weights
-    from ms_impl.export import export_model
+    from ms_impl.export_model import export_model
     from ms_impl.mobilenetv2 import MobileNetV2 as MsNet
 
     _start_mindspore(settings)
@@ -277,8 +277,7 @@ class MindSporePeer:
         import mindspore as ms
 
         from ms_impl import weights as ms_weights
-        from ms_impl.fast_conv import resolve_fast_conv
-        from ms_impl.mobilenetv2 import ConvBNReLU, InvertedResidual
+        from ms_impl.fast_conv import ConvBNReLUFusion, InvertedResidualFusion, resolve_fast_conv
         from ms_impl.mobilenetv2 import MobileNetV2 as MsNet
 
         _start_mindspore(settings)
@@ -294,7 +293,7 @@ class MindSporePeer:
         ms_weights.load_into(self.net, tensors, strict=True)
         if peer == MS_UNFOLDED:
             folding = [cell for _, cell in self.net.cells_and_names()
-                       if isinstance(cell, (ConvBNReLU, InvertedResidual)) and cell.fold_bn]
+                       if isinstance(cell, (ConvBNReLUFusion, InvertedResidualFusion)) and cell.fold_bn]
             if not folding:
                 raise RuntimeError("nothing folded (kernels off)")
             for cell in folding:

@@ -1,0 +1,375 @@
+// The MindSpore twin's CPU kernels: what every kernel file shares (ms_impl/kernels/*.cc, one library).
+//
+// MindSpore 2.10 hands oneDNN plain NCHW tensors for the twin's layers and gets its reference (scalar)
+// implementation: a depthwise 3x3 layer ran ~14x slower than PyTorch's, the stem ~27x, and 1x1
+// convolutions and BatchNorm + ReLU6 were the next costs (docs/design.md section 7). These
+// kernels are registered through `mindspore.ops.Custom(func_type="aot")` by ms_impl/fast_conv/, which
+// compiles every .cc file here into one shared library (one thread pool, one build, one cache entry).
+//
+// Files, by op (each lists its entry points at its top):
+//   threads.cc              the persistent thread pool, per-thread scratch, mbv2_set_threads / mbv2_thread_count
+//   dense3x3.cc             dense 3x3 convolutions (the stem): forward (+ bias, ReLU6), gradients
+//   depthwise.cc            depthwise 3x3 convolutions: forward (+ bias, ReLU6; + the expansion's bias and
+//                           ReLU6 on the input), gradients, the fused backward of the folded forms
+//   pointwise.cc            1x1 convolutions as packed matrix products: forward (+ bias, ReLU6), gradients
+//   expansion_depthwise.cc  a block's expanding 1x1 and depthwise layers in one pass (inference)
+//   batchnorm.cc            BatchNorm (+ ReLU6) with batch statistics, on moving statistics (affine), and
+//                           the gradient of a folded BatchNorm's bias
+//
+// Calling convention (MindSpore's AOT signature): every entry point takes (nparam, params, ndims, shapes,
+// dtypes, stream, extra), inputs first, then the outputs, and returns 0, or 1 when a dtype or any shape
+// disagrees with its documented signature, or when the call fails (an allocation or a thread): no C++
+// exception crosses into MindSpore, which raises on a non-zero status (MBV2_ENTRY below).
+//
+// Scheme of the 3x3 kernels: every input plane is copied once into a zero-padded plane ((H+2) rows). For
+// stride 2 each padded row is stored de-interleaved (even columns, then odd columns), so that for every
+// kernel column kw the taps x[s*ow + kw] of one output row are a contiguous run: all inner loops are
+// unit-stride and vectorize. Work is split over a persistent pool of threads (threads.cc).
+#ifndef MBV2_KERNELS_COMMON_H_
+#define MBV2_KERNELS_COMMON_H_
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <vector>
+
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
+namespace mbv2 {
+
+// ---- geometry of a 3x3 layer (padding 1, stride 1 or 2) ----
+
+struct Geometry {
+  int64_t height, width;        // input plane
+  int64_t out_height, out_width;
+  int stride;
+  int64_t even_len;             // stride 2: padded columns 0, 2, 4, ... stored first
+  int64_t pitch;                // floats per padded row
+  int64_t plane;                // floats per padded plane
+
+  Geometry(int64_t h, int64_t w, int s) : height(h), width(w), stride(s) {
+    out_height = (h - 1) / s + 1;
+    out_width = (w - 1) / s + 1;
+    const int64_t padded = w + 2;
+    even_len = (padded + 1) / 2;
+    pitch = (s == 1 ? padded : even_len + padded / 2) + 1;  // +1: tap "even + 1" stays in bounds
+    plane = (h + 2) * pitch;
+  }
+
+  // Offset, within a padded row, of padded column j (input column j - 1).
+  int64_t column(int64_t j) const { return stride == 1 ? j : (j % 2 == 0 ? j / 2 : even_len + j / 2); }
+  // Offset of the run holding taps x[s*ow + kw], ow = 0.. , within a padded row.
+  int64_t tap(int kw) const { return stride == 1 ? kw : (kw == 1 ? even_len : kw / 2); }
+};
+
+// ---- threads (threads.cc): one persistent pool per process, created on first use ----
+
+// Runs body(begin, end) over [0, total) split into chunks over the pool's threads; throws if a chunk threw
+// (the entry point then returns 1).
+void parallel_for(int64_t total, const std::function<void(int64_t, int64_t)>& body);
+
+// The thread count parallel_for will use next.
+int64_t threads_now();
+
+// A scratch buffer of at least `floats` floats per thread, kept between calls (the pool's threads live as
+// long as the process). One buffer per thread: a kernel holds one pointer into it at a time.
+float* scratch(int64_t floats);
+
+// ---- the arguments of one call ----
+
+inline bool is_f32(const char* dtype) { return std::strcmp(dtype, "float32") == 0 || std::strcmp(dtype, "float") == 0; }
+
+// The arguments of one call, checked: every shape the header promises, so a caller's mistake
+// is an error (return 1), never an out-of-bounds access.
+struct Args {
+  int nparam;
+  void** params;
+  int* ndims;
+  int64_t** shapes;
+  const char** dtypes;
+
+  // Parameter i is an fp32 tensor of shape (a, b, c, d); a negative entry is not compared.
+  bool is(int i, int64_t a, int64_t b, int64_t c, int64_t d) const {
+    if (i >= nparam || ndims[i] != 4 || !is_f32(dtypes[i])) return false;
+    const int64_t want[4] = {a, b, c, d};
+    for (int k = 0; k < 4; ++k) {
+      if (want[k] >= 0 ? shapes[i][k] != want[k] : shapes[i][k] < 0) return false;
+    }
+    return true;
+  }
+  // Parameter i is an fp32 vector of length n.
+  bool is_vector(int i, int64_t n) const {
+    return i < nparam && ndims[i] == 1 && is_f32(dtypes[i]) && shapes[i][0] == n;
+  }
+  // Parameter i is an fp32 matrix of shape (r, c).
+  bool is_matrix(int i, int64_t r, int64_t c) const {
+    return i < nparam && ndims[i] == 2 && is_f32(dtypes[i]) && shapes[i][0] == r && shapes[i][1] == c;
+  }
+  const int64_t* shape(int i) const { return shapes[i]; }
+  const float* in(int i) const { return static_cast<const float*>(params[i]); }
+  float* out(int i) const { return static_cast<float*>(params[i]); }
+};
+
+// ---- plane helpers of the 3x3 kernels (dense3x3.cc, depthwise.cc, expansion_depthwise.cc) ----
+
+// Sums over a plane: float over runs of SUM_RUN values (vectorized), the runs added in double.
+constexpr int64_t SUM_RUN = 256;
+
+// y = min(max(y + bias, 0), 6) over one plane: the folded BatchNorm and ReLU6 of inference.
+inline void bias_relu6_plane(float* __restrict__ y, int64_t count, float bias) {
+#pragma omp simd
+  for (int64_t i = 0; i < count; ++i) y[i] = std::min(std::max(y[i] + bias, 0.0f), 6.0f);
+}
+
+// Copies one input row (W values, each through `f`) into its padded row (layout of Geometry): padded
+// columns 0 and W + 1 and the spare last float zero, every other float written.
+template <typename F>
+inline void pad_row_with(const Geometry& g, const float* __restrict__ in, float* __restrict__ row, F f) {
+  const int64_t right = g.column(g.width + 1), pairs = g.width / 2;
+  row[0] = 0.0f;
+  row[right] = 0.0f;
+  row[g.pitch - 1] = 0.0f;
+  if (g.stride == 1) {
+#pragma omp simd
+    for (int64_t i = 0; i < g.width; ++i) row[1 + i] = f(in[i]);
+  } else {
+    float* __restrict__ odd = row + g.even_len;
+    float* __restrict__ even = row + 1;
+    // input column iw sits at padded column iw + 1: even iw -> odd half, odd iw -> even half.
+    for (int64_t m = 0; m < pairs; ++m) {
+      odd[m] = f(in[2 * m]);
+      even[m] = f(in[2 * m + 1]);
+    }
+    if (g.width % 2) odd[pairs] = f(in[g.width - 1]);
+  }
+}
+
+// Copies one H x W plane into a zero-padded plane (layout of Geometry), each value through `f`.
+template <typename F>
+inline void pad_plane_with(const Geometry& g, const float* __restrict__ src, float* __restrict__ dst, F f) {
+  // Only the border is zeroed: the top and bottom rows, and in every row padded columns 0 and W + 1
+  // and the spare last float; every other float is written from src.
+  std::memset(dst, 0, sizeof(float) * g.pitch);
+  std::memset(dst + (g.height + 1) * g.pitch, 0, sizeof(float) * g.pitch);
+  for (int64_t h = 0; h < g.height; ++h) pad_row_with(g, src + h * g.width, dst + (h + 1) * g.pitch, f);
+}
+
+inline void pad_plane(const Geometry& g, const float* __restrict__ src, float* __restrict__ dst) {
+  pad_plane_with(g, src, dst, [](float v) { return v; });
+}
+
+// pad_plane of relu6(src + bias): the padding stays 0 (it pads the activation).
+inline void pad_plane_bias_relu6(const Geometry& g, const float* __restrict__ src, float bias, float* __restrict__ dst) {
+  pad_plane_with(g, src, dst, [bias](float v) { return std::min(std::max(v + bias, 0.0f), 6.0f); });
+}
+
+// `rows` output rows (+)= correlation of padded rows with the 3x3 kernel w: `padded` is the padded
+// row of the first one's top taps (padded row stride * oh of a whole plane), `y` its output row.
+inline void forward_rows(const Geometry& g, const float* __restrict__ padded, const float* w, float* __restrict__ y,
+                  int64_t rows, bool accumulate) {
+  const int64_t wo = g.out_width;
+  const float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5], w6 = w[6], w7 = w[7], w8 = w[8];
+  const int64_t t0 = g.tap(0), t1 = g.tap(1), t2 = g.tap(2);
+  for (int64_t oh = 0; oh < rows; ++oh) {
+    float* __restrict__ out = y + oh * wo;
+    // All 9 taps in one pass: each output element is loaded/stored once.
+    const float* top = padded + (g.stride * oh) * g.pitch;
+    const float* mid = top + g.pitch;
+    const float* bot = mid + g.pitch;
+    const float* __restrict__ a0 = top + t0;
+    const float* __restrict__ a1 = top + t1;
+    const float* __restrict__ a2 = top + t2;
+    const float* __restrict__ b0 = mid + t0;
+    const float* __restrict__ b1 = mid + t1;
+    const float* __restrict__ b2 = mid + t2;
+    const float* __restrict__ c0 = bot + t0;
+    const float* __restrict__ c1 = bot + t1;
+    const float* __restrict__ c2 = bot + t2;
+#pragma omp simd
+    for (int64_t ow = 0; ow < wo; ++ow) {
+      const float sum = w0 * a0[ow] + w1 * a1[ow] + w2 * a2[ow] + w3 * b0[ow] + w4 * b1[ow] + w5 * b2[ow] +
+                        w6 * c0[ow] + w7 * c1[ow] + w8 * c2[ow];
+      out[ow] = accumulate ? out[ow] + sum : sum;
+    }
+  }
+}
+
+// y (Ho x Wo) (+)= correlation of the padded plane with the 3x3 kernel w.
+inline void forward_plane(const Geometry& g, const float* __restrict__ padded, const float* w, float* __restrict__ y,
+                   bool accumulate) {
+  forward_rows(g, padded, w, y, g.out_height, accumulate);
+}
+
+// acc[9] += the 9 dot products of dy with the shifted taps of a padded plane.
+inline void weight_grad_plane(const Geometry& g, const float* __restrict__ padded, const float* __restrict__ dy,
+                       double* acc) {
+  const int64_t wo = g.out_width;
+  const int64_t t0 = g.tap(0), t1 = g.tap(1), t2 = g.tap(2);
+  for (int64_t oh = 0; oh < g.out_height; ++oh) {
+    // All 9 taps in one pass over the row (dy read once); per-row float sums (vectorized),
+    // rows summed in double: stable for large planes.
+    const float* top = padded + (g.stride * oh) * g.pitch;
+    const float* mid = top + g.pitch;
+    const float* bot = mid + g.pitch;
+    const float* __restrict__ a0 = top + t0;
+    const float* __restrict__ a1 = top + t1;
+    const float* __restrict__ a2 = top + t2;
+    const float* __restrict__ b0 = mid + t0;
+    const float* __restrict__ b1 = mid + t1;
+    const float* __restrict__ b2 = mid + t2;
+    const float* __restrict__ c0 = bot + t0;
+    const float* __restrict__ c1 = bot + t1;
+    const float* __restrict__ c2 = bot + t2;
+    const float* __restrict__ d = dy + oh * wo;
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, s8 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, s8)
+    for (int64_t ow = 0; ow < wo; ++ow) {
+      const float v = d[ow];
+      s0 += a0[ow] * v;
+      s1 += a1[ow] * v;
+      s2 += a2[ow] * v;
+      s3 += b0[ow] * v;
+      s4 += b1[ow] * v;
+      s5 += b2[ow] * v;
+      s6 += c0[ow] * v;
+      s7 += c1[ow] * v;
+      s8 += c2[ow] * v;
+    }
+    acc[0] += s0;
+    acc[1] += s1;
+    acc[2] += s2;
+    acc[3] += s3;
+    acc[4] += s4;
+    acc[5] += s5;
+    acc[6] += s6;
+    acc[7] += s7;
+    acc[8] += s8;
+  }
+}
+
+// g[i] = d[i] where 0 < y[i] < 6, else 0 (ReLU6's gradient read from its clamped output y), over
+// [start, stop); returns the run's float sum of g. The one masked sum of bias_relu6_grad and the
+// fused depthwise backwards: the same loop everywhere, so their sums agree bit for bit.
+inline __attribute__((always_inline)) float relu6_gate_run(const float* __restrict__ d, const float* __restrict__ y,
+                                                           float* __restrict__ g, int64_t start, int64_t stop) {
+  float run = 0.0f;
+#pragma omp simd reduction(+ : run)
+  for (int64_t i = start; i < stop; ++i) {
+    g[i] = (y[i] > 0.0f && y[i] < 6.0f) ? d[i] : 0.0f;
+    run += g[i];
+  }
+  return run;
+}
+
+// relu6_gate_run over a whole plane in runs of SUM_RUN, the runs added to `sum` in double.
+inline void relu6_gate_plane(const float* d, const float* y, float* g, int64_t count, double& sum) {
+  for (int64_t start = 0; start < count; start += SUM_RUN) sum += relu6_gate_run(d, y, g, start, std::min(count, start + SUM_RUN));
+}
+
+// ---- the register tile of the 1x1 products (pointwise.cc, expansion_depthwise.cc) ----
+//
+// One tile is MR rows x NR columns of a matrix product (`tile_product`): per step of the shared depth,
+// two vectors of a B panel meet MR broadcasts of an A panel. Both operands are packed first into
+// contiguous, zero-padded panels (A: [depth][MR], B: [depth][NR]), so the tile reads memory
+// sequentially whatever the layer's shape.
+#if defined(__AVX512F__)
+constexpr int VEC = 16;
+constexpr int MR = 12;  // 24 accumulators + 2 B vectors + 1 broadcast of 32 vector registers
+#else
+constexpr int VEC = 8;
+constexpr int MR = 6;  // 12 accumulators + 2 + 1 of 16 (AVX2)
+#endif
+constexpr int NR = 2 * VEC;
+typedef float vecf __attribute__((vector_size(VEC * sizeof(float))));
+typedef float vecf_u __attribute__((vector_size(VEC * sizeof(float)), aligned(alignof(float)), may_alias));
+
+inline vecf load(const float* p) { return *reinterpret_cast<const vecf_u*>(p); }
+inline void store(float* p, vecf v) { *reinterpret_cast<vecf_u*>(p) = v; }
+// One float in every lane. The intrinsics compile to one broadcast load; GCC turns `vecf{} + v` into an
+// add and a shuffle, which halves the tile's speed.
+#if defined(__AVX512F__)
+inline vecf splat(const float* p) { return (vecf)_mm512_set1_ps(*p); }
+#elif defined(__AVX__)
+inline vecf splat(const float* p) { return (vecf)_mm256_broadcast_ss(p); }
+#else
+inline vecf splat(const float* p) { return vecf{} + *p; }
+#endif
+
+struct Tile {
+  vecf acc[MR][2];
+};
+
+// acc = A_panel[depth][MR]^T B_panel[depth][NR]. Every index is a compile-time constant after unrolling:
+// an index known only at run time would keep the accumulators in memory.
+// The sums are local (copied out at the end): accumulating into `t` itself keeps them in memory.
+inline __attribute__((always_inline)) void tile_product(const float* __restrict__ a, const float* __restrict__ b,
+                                                        int64_t depth, Tile& t) {
+  vecf acc[MR][2];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = vecf{};
+  for (int64_t k = 0; k < depth; ++k) {
+    const vecf b0 = load(b + k * NR), b1 = load(b + k * NR + VEC);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const vecf w = splat(a + k * MR + r);
+      acc[r][0] += w * b0;
+      acc[r][1] += w * b1;
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+    t.acc[r][0] = acc[r][0];
+    t.acc[r][1] = acc[r][1];
+  }
+}
+
+// A tile row's epilogue: + *bias (when given), then ReLU6 (with `relu6`): one add, then the clamps. Every
+// product that feeds a ReLU6 layer ends here, so its two forms (pointwise_product, pointwise_columns) agree bit for bit.
+inline __attribute__((always_inline)) void bias_relu6_epilogue(vecf& lo, vecf& hi, const float* bias, bool relu6) {
+  if (bias != nullptr) {
+    lo += splat(bias);
+    hi += splat(bias);
+  }
+  if (relu6) {
+    const float six_value = 6.0f;
+    const vecf zero = vecf{}, six = splat(&six_value);
+    lo = lo < zero ? zero : (lo > six ? six : lo);
+    hi = hi < zero ? zero : (hi > six ? six : hi);
+  }
+}
+
+// Row panels of the (rows x depth) matrix A[i, j] = a[i * row_stride + j * col_stride]:
+// packed[panel][j][r], rows past the end zero.
+inline std::vector<float> pack_rows(const float* a, int64_t rows, int64_t depth, int64_t row_stride, int64_t col_stride) {
+  const int64_t panels = (rows + MR - 1) / MR;
+  std::vector<float> packed(panels * depth * MR, 0.0f);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < depth; ++j) packed[((i / MR) * depth + j) * MR + i % MR] = a[i * row_stride + j * col_stride];
+  return packed;
+}
+
+}  // namespace mbv2
+
+// Exported from the library (built with -fvisibility=hidden: nothing else is).
+#define MBV2_EXPORT extern "C" __attribute__((visibility("default")))
+
+// One entry point `name` computing `call` (an int status) from `args` (an mbv2::Args), used inside namespace
+// mbv2 (`call` names the file's kernels; the symbol is the bare `name`). Nothing may cross the
+// extern "C" boundary into MindSpore: an exception there (allocation, thread creation) would call
+// std::terminate and abort the process without a Python traceback.
+#define MBV2_ENTRY(name, call)                                                                              \
+  MBV2_EXPORT int name(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, \
+                       void*) {                                                                             \
+    try {                                                                                                   \
+      const mbv2::Args args{nparam, params, ndims, shapes, dtypes};                                         \
+      return call;                                                                                          \
+    } catch (...) {                                                                                         \
+      return 1;                                                                                             \
+    }                                                                                                       \
+  }
+
+#endif  // MBV2_KERNELS_COMMON_H_

@@ -1,0 +1,149 @@
+// A block's expansion and depthwise layers in one pass (inference, both BatchNorms folded; fp32, NCHW).
+//
+// Entry points (inputs first, then the outputs; Ho = (H - 1) / s + 1, Wo = (W - 1) / s + 1):
+//   pw_dw_forward_s{1,2}     (x[N,K,H,W], we[M,K,1,1], be[M], wd[M,1,3,3], bd[M]) -> y[N,M,Ho,Wo] =
+//                            relu6(dwconv(relu6(conv1x1(x, we) + be), wd) + bd), the expansion never stored
+#include "common.h"
+
+namespace mbv2 {
+namespace {
+
+// A block's expanding 1x1 layer writes its widest tensor (96 channels at 112x112 in the first blocks) for
+// the depthwise layer to read back: twice the tensor through memory. Here each task (one image, a group of
+// the expansion's channels) computes the expansion a band of input rows at a time into a window of padded
+// rows that stays in cache (L2/L3: WINDOW_FLOATS), and the depthwise layer consumes the window at once. Every value is computed
+// as by pw_forward_bias_relu6 then dw_forward_bias_relu6 (the same tile products and epilogue, the same
+// depthwise rows), so the output is theirs bit for bit.
+
+// A task's window and expansion rows, in floats: steps of many rows (past L2: fewer, longer products and
+// depthwise runs measured faster than windows within L2, 96K floats, which were slower than two passes).
+constexpr int64_t WINDOW_FLOATS = 256 << 10;
+
+// Rows of panels [p0, p1) of the packed A times columns [col0, col1) of one image's X (depth x pixels),
+// + bias, ReLU6 (pointwise_product's epilogue): out[(r - p0 MR) * out_stride + col - col0]. `panels`:
+// scratch for the B panels of the columns, ceil((col1 - col0) / NR) * depth * NR floats.
+void pointwise_columns(const float* a, int64_t rows, int64_t depth, const float* x, int64_t pixels, int64_t col0,
+                       int64_t col1, int64_t p0, int64_t p1, const float* bias, float* out, int64_t out_stride,
+                       float* panels) {
+  const int64_t columns = col1 - col0, tiles = (columns + NR - 1) / NR;
+  for (int64_t t = 0; t < tiles; ++t) {
+    float* panel = panels + t * depth * NR;
+    const int64_t c0 = col0 + t * NR;
+    if (c0 + NR <= col1) {
+      for (int64_t k = 0; k < depth; ++k) {
+        store(panel + k * NR, load(x + k * pixels + c0));
+        store(panel + k * NR + VEC, load(x + k * pixels + c0 + VEC));
+      }
+    } else {
+      for (int64_t k = 0; k < depth; ++k)
+        for (int64_t j = 0; j < NR; ++j) panel[k * NR + j] = c0 + j < col1 ? x[k * pixels + c0 + j] : 0.0f;
+    }
+  }
+  for (int64_t mb = p0; mb < p1; ++mb) {
+    const int64_t m0 = mb * MR;
+    const int valid_rows = static_cast<int>(std::min<int64_t>(MR, rows - m0));
+    for (int64_t t = 0; t < tiles; ++t) {
+      Tile tile;
+      tile_product(a + mb * depth * MR, panels + t * depth * NR, depth, tile);
+      const int64_t c0 = t * NR, valid = std::min<int64_t>(NR, columns - c0);
+#pragma GCC unroll 16
+      for (int r = 0; r < MR; ++r) {
+        if (r >= valid_rows) break;
+        vecf lo = tile.acc[r][0], hi = tile.acc[r][1];
+        bias_relu6_epilogue(lo, hi, bias + m0 + r, true);
+        float* row = out + (m0 - p0 * MR + r) * out_stride + c0;
+        if (valid == NR) {
+          store(row, lo);
+          store(row + VEC, hi);
+        } else {
+          float values[NR];
+          store(values, lo);
+          store(values + VEC, hi);
+          for (int64_t j = 0; j < valid; ++j) row[j] = values[j];
+        }
+      }
+    }
+  }
+}
+
+// (x[N,K,H,W], we[M,K,1,1], be[M], wd[M,1,3,3], bd[M]) -> y[N,M,Ho,Wo] =
+// relu6(dwconv(relu6(conv1x1(x, we) + be), wd) + bd): pw_forward_bias_relu6 then dw_forward_bias_relu6.
+int pw_dw_forward(const Args& a, int stride) {
+  if (a.nparam != 6 || !a.is(0, -1, -1, -1, -1) || !a.is(1, -1, a.shape(0)[1], 1, 1)) return 1;
+  const int64_t n = a.shape(0)[0], k = a.shape(0)[1], h = a.shape(0)[2], w = a.shape(0)[3], m = a.shape(1)[0];
+  const Geometry g(h, w, stride);
+  if (!a.is_vector(2, m) || !a.is(3, m, 1, 3, 3) || !a.is_vector(4, m) || !a.is(5, n, m, g.out_height, g.out_width))
+    return 1;
+  const std::vector<float> packed = pack_rows(a.in(1), m, k, k, 1);
+  const float *x = a.in(0), *expand_bias = a.in(2), *wd = a.in(3), *bias = a.in(4);
+  float* y = a.out(5);
+  const int64_t ho = g.out_height, wo = g.out_width, panels_total = (m + MR - 1) / MR;
+  // Channel groups: enough tasks for every thread (batch 1 too), and one output row's window in budget.
+  auto window_floats = [&](int64_t channels, int64_t rows_out) {
+    const int64_t window_rows = stride * (rows_out - 1) + 3, new_rows = std::max(window_rows, stride * rows_out);
+    return channels * (window_rows * g.pitch + new_rows * w);
+  };
+  int64_t groups = 1;
+  while (groups < panels_total &&
+         (n * groups < 2 * threads_now() || window_floats((panels_total + groups - 1) / groups * MR, 1) > WINDOW_FLOATS))
+    ++groups;
+  const int64_t group_panels = (panels_total + groups - 1) / groups;
+  groups = (panels_total + group_panels - 1) / group_panels;
+  int64_t rows_out = 1;  // output rows per step: as many as the budget allows
+  while (rows_out < ho && window_floats(group_panels * MR, rows_out + 1) <= WINDOW_FLOATS) ++rows_out;
+  const int64_t window_rows = stride * (rows_out - 1) + 3, new_rows = std::max(window_rows, stride * rows_out);
+  const int64_t max_columns = new_rows * w, tiles = (max_columns + NR - 1) / NR;
+  parallel_for(n * groups, [&](int64_t begin, int64_t end) {
+    const int64_t channels_max = group_panels * MR, window_plane = window_rows * g.pitch;
+    float* window = scratch(channels_max * (window_plane + max_columns) + tiles * k * NR);
+    float* expanded = window + channels_max * window_plane;
+    float* panels = expanded + channels_max * max_columns;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t img = task / groups, p0 = (task % groups) * group_panels;
+      const int64_t p1 = std::min(panels_total, p0 + group_panels), c0 = p0 * MR, c1 = std::min(m, p1 * MR);
+      const float* image = x + img * k * h * w;
+      int64_t held_begin = 0, held_end = 0;  // padded rows in the window: [held_begin, held_end)
+      for (int64_t o0 = 0; o0 < ho; o0 += rows_out) {
+        const int64_t o1 = std::min(ho, o0 + rows_out);
+        const int64_t need_begin = stride * o0, need_end = stride * (o1 - 1) + 3;  // padded rows
+        // Keep the rows both steps need (at the window's top), then compute the new ones after them.
+        const int64_t keep_begin = std::max(need_begin, held_begin), keep = std::max<int64_t>(0, held_end - keep_begin);
+        if (keep > 0 && keep_begin > held_begin)
+          for (int64_t c = c0; c < c1; ++c) {
+            float* plane = window + (c - c0) * window_plane;
+            std::memmove(plane, plane + (keep_begin - held_begin) * g.pitch, sizeof(float) * keep * g.pitch);
+          }
+        const int64_t fresh_begin = need_begin + keep;
+        // Padded row r holds input row r - 1; rows 0 and H + 1 are the zero padding.
+        const int64_t in_begin = std::max<int64_t>(fresh_begin - 1, 0), in_end = std::min<int64_t>(need_end - 1, h);
+        if (in_end > in_begin)
+          pointwise_columns(packed.data(), m, k, image, h * w, in_begin * w, in_end * w, p0, p1, expand_bias, expanded,
+                            max_columns, panels);
+        for (int64_t c = c0; c < c1; ++c) {
+          float* plane = window + (c - c0) * window_plane;
+          for (int64_t r = fresh_begin; r < need_end; ++r) {
+            float* row = plane + (r - need_begin) * g.pitch;
+            if (r == 0 || r == h + 1) {
+              std::memset(row, 0, sizeof(float) * g.pitch);
+            } else {
+              pad_row_with(g, expanded + (c - c0) * max_columns + (r - 1 - in_begin) * w, row, [](float v) { return v; });
+            }
+          }
+          float* out = y + ((img * m + c) * ho + o0) * wo;
+          forward_rows(g, plane, wd + c * 9, out, o1 - o0, false);
+          bias_relu6_plane(out, (o1 - o0) * wo, bias[c]);
+        }
+        held_begin = need_begin;
+        held_end = need_end;
+      }
+    }
+  });
+  return 0;
+}
+
+}  // namespace
+
+MBV2_ENTRY(pw_dw_forward_s1, pw_dw_forward(args, 1))
+MBV2_ENTRY(pw_dw_forward_s2, pw_dw_forward(args, 2))
+
+}  // namespace mbv2
