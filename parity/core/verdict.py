@@ -6,7 +6,8 @@ depth, activation magnitudes) and on the CPU's summation order. So every
 cross-framework row is judged against the computation's own noise floor:
 
     golden    the PyTorch twin in float64 on the same weights and inputs
-    noise     |float32 PyTorch twin - golden|, relative to max |golden|
+    noise     |float32 PyTorch twin - golden|, relative to max |golden| (for forward outputs: or the
+              golden's own spread under one-ulp perturbations, whichever is larger)
     error     |candidate - golden|, relative to the same scale
     PASS  iff error <= NOISE_MULTIPLE x noise + ABS_FLOOR_EPS x eps32
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Optional
+from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -76,15 +77,24 @@ def within_noise(error: float, noise: float) -> bool:
 
 
 def calibrated(candidate: np.ndarray, reference32: np.ndarray, golden: np.ndarray,
-               golden_for_reference: Optional[np.ndarray] = None) -> Calibrated:
+               golden_for_reference: Optional[np.ndarray] = None,
+               perturbed: Sequence[np.ndarray] = ()) -> Calibrated:
     """One array: the candidate's error and the float32 reference's, both against the golden.
 
     `golden_for_reference`: the reference's own golden where the two differ (gradients computed in
-    float64 with each side's own ReLU6 masks, see parity.harness.golden); the scale is the first's."""
+    float64 with each side's own ReLU6 masks, see parity.harness.golden); the scale is the first's.
+    `perturbed`: the golden recomputed with every weight and every op's output moved by up to one
+    float32 ulp (parity.harness.golden.perturbed_twin); the noise floor is the largest of their errors
+    and the reference's. One float32 run is one draw of its rounding: where the net amplifies rounding
+    (BatchNorm channels with tiny variance and large gamma), that draw can fall far below what another
+    float32 implementation gets, and the perturbed runs measure that sensitivity directly."""
     golden = np.asarray(golden, dtype=np.float64)
     scale = float(np.max(np.abs(golden))) if golden.size else 0.0
     error = relative_error(candidate, golden, scale)
     noise = relative_error(reference32, golden if golden_for_reference is None else golden_for_reference, scale)
+    for run in perturbed:
+        noise = max(noise, relative_error(run, golden if golden_for_reference is None else golden_for_reference,
+                                          scale))
     return Calibrated(error, noise, within_noise(error, noise))
 
 

@@ -43,7 +43,7 @@ from parity.core import schedule, tolerances
 from parity.core import spec as mbv2_spec
 from parity.core.difference import difference
 from parity.core.verdict import Calibrated, calibrated, calibrated_tensors
-from parity.harness.golden import (flipped, float64_twin, masks_of, mindspore_relu6_inputs, torch_relu6_inputs,
+from parity.harness.golden import (PERTURBED_RUNS, flipped, float64_twin, masks_of, perturbed_twin, mindspore_relu6_inputs, torch_relu6_inputs,
                                    use_masks)
 
 LABEL_SMOOTHING = 0.1
@@ -262,13 +262,19 @@ class Twins:
         self.pt_net.train()
         return logits
 
-    def golden_eval_logits(self, x: np.ndarray) -> np.ndarray:
-        """The PyTorch twin's current weights in float64: the golden of the eval rows."""
+    def golden_eval_logits(self, x: np.ndarray, perturb_seed: Optional[int] = None) -> np.ndarray:
+        """The PyTorch twin's current weights in float64: the golden of the eval rows (`perturb_seed`: moved by
+        up to one float32 ulp everywhere, see parity.harness.golden.perturbed_twin)."""
         import torch
 
         golden = float64_twin(self.pt_net).eval()
+        if perturb_seed is not None:
+            golden = perturbed_twin(golden, perturb_seed)
         with torch.no_grad():
             return golden(torch.from_numpy(np.asarray(x, dtype=np.float64))).numpy()
+
+    def perturbed_eval_logits(self, x: np.ndarray) -> List[np.ndarray]:
+        return [self.golden_eval_logits(x, seed) for seed in range(PERTURBED_RUNS)]
 
 
 def set_ms_mode(mode: str) -> None:
@@ -348,7 +354,8 @@ def check_eval_logits(twins: Twins, x: np.ndarray) -> CheckResult:
     ms_logits, pt_logits = twins.ms_eval_logits(x), twins.pt_eval_logits(x)
     diff, rel = _abs_rel(ms_logits, pt_logits)
     return CheckResult("eval logits", diff, rel, 0.0, "f64", f"max |logit| {np.abs(pt_logits).max():.3g}",
-                       _cosine(ms_logits, pt_logits), calibrated(ms_logits, pt_logits, twins.golden_eval_logits(x)))
+                       _cosine(ms_logits, pt_logits), calibrated(ms_logits, pt_logits, twins.golden_eval_logits(x),
+                                                                 perturbed=twins.perturbed_eval_logits(x)))
 
 
 class _TrainSteppers:
@@ -443,6 +450,17 @@ class _GoldenStepper:
         return _torch_state(self.net, self.case)
 
 
+def _perturbed_train_logits(golden, x: np.ndarray) -> List[np.ndarray]:
+    """Training-mode logits of the golden moved by up to one float32 ulp everywhere (statistics untouched)."""
+    import torch
+
+    logits = []
+    for seed in range(PERTURBED_RUNS):
+        with torch.no_grad():
+            logits.append(perturbed_twin(golden, seed).train()(torch.from_numpy(x.astype(np.float64))).numpy())
+    return logits
+
+
 def _ms_relu6_inputs(twins: Twins, x: np.ndarray, first: int = 0, last: Optional[int] = None) -> Dict[str, np.ndarray]:
     """The MindSpore twin's own ReLU6 inputs on `x` (stages `first`..`last`, PyNative, statistics kept)."""
     import mindspore as ms
@@ -477,6 +495,7 @@ def check_training(twins: Twins, rng: np.random.Generator) -> List[CheckResult]:
     for step in range(case.steps):
         x, labels = _inputs(case, rng)
         ms_masks = masks_of(_ms_relu6_inputs(twins, x))  # before the step moves the weights
+        perturbed = _perturbed_train_logits(golden_pt.net, x) if step == 0 else []
         ms_loss, ms_logits, ms_grads = steppers.ms_step(x, labels)
         with torch_relu6_inputs(twins.pt_net) as pt_pre:
             pt_loss, pt_logits, pt_grads = steppers.pt_step(x, labels)
@@ -487,7 +506,7 @@ def check_training(twins: Twins, rng: np.random.Generator) -> List[CheckResult]:
             diff, rel = _abs_rel(ms_logits, pt_logits)
             results.append(CheckResult("train-mode forward", diff, rel, 0.0, "f64",
                                        f"max |logit| {np.abs(pt_logits).max():.3g}", _cosine(ms_logits, pt_logits),
-                                       calibrated(ms_logits, pt_logits, gold_logits)))
+                                       calibrated(ms_logits, pt_logits, gold_logits, perturbed=perturbed)))
             diff, rel = _abs_rel(np.float64(ms_loss), np.float64(pt_loss))
             results.append(CheckResult("train loss (MS vs PT)", diff, rel, 0.0, "f64", f"loss {pt_loss:.6f}",
                                        calibration=calibrated(np.float64(ms_loss), np.float64(pt_loss),

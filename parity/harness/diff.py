@@ -44,7 +44,7 @@ from parity.core.layouts import name_map
 from parity.core.verdict import Calibrated, calibrated, calibrated_tensors, within_noise
 from parity.harness.command import run_command
 from parity.harness.compare import positive_int
-from parity.harness.golden import (flipped, float64_twin, masks_of, mindspore_relu6_inputs, mindspore_stage_ops,
+from parity.harness.golden import (PERTURBED_RUNS, flipped, float64_twin, masks_of, perturbed_twin, mindspore_relu6_inputs, mindspore_stage_ops,
                                    torch_relu6_inputs, torch_stage_ops, use_masks)
 from parity.harness.verify import build_twin, random_batch
 
@@ -184,11 +184,12 @@ class Options:
 class TorchStages:
     """The PyTorch twin, run stage by stage (and op by op) with every output kept.
 
-    `float64`: the twin in float64, ReLU6 backward along given masks: the golden of the verdicts."""
+    `float64`: the twin in float64, ReLU6 backward along given masks: the golden of the verdicts;
+    `perturb_seed`: that golden with every value and op output moved by up to one float32 ulp."""
 
     framework = "torch"
 
-    def __init__(self, ckpt: Checkpoint, float64: bool = False) -> None:
+    def __init__(self, ckpt: Checkpoint, float64: bool = False, perturb_seed: Optional[int] = None) -> None:
         import torch
 
         self.torch = torch
@@ -197,6 +198,8 @@ class TorchStages:
         self.dtype = np.float64 if float64 else np.float32
         if float64:
             self.net = float64_twin(self.net)
+            if perturb_seed is not None:
+                self.net = perturbed_twin(self.net, perturb_seed)
         self.stages = list(self.net.features)
         self.head = getattr(self.net, "classifier", None)
 
@@ -393,6 +396,7 @@ class _Golden:
         self.on_ref: Dict[str, np.ndarray] = {}
         self.on_cand: Dict[str, np.ndarray] = {}
         self.noise: Dict[str, np.ndarray] = {}
+        self.perturbed: List[Dict[str, np.ndarray]] = []
         self.ms_flips = self.pt_flips = 0
 
     def forward(self, ref_input: np.ndarray, cand_input: np.ndarray, train: bool, per_op: bool,
@@ -400,6 +404,11 @@ class _Golden:
         self.twin.set_train(train)
         self.on_ref = dict(self.twin.forward(ref_input, per_op))
         self.on_cand = self.on_ref if cand_input is ref_input else dict(self.twin.forward(cand_input, per_op))
+        self.perturbed = []
+        for seed in range(PERTURBED_RUNS):
+            twin = TorchStages(self.twin.ckpt, float64=True, perturb_seed=seed)
+            twin.set_train(train)
+            self.perturbed.append(dict(twin.forward(ref_input, per_op)))
         if self.reference_is_noise:
             self.noise = ref_outputs
         else:
@@ -407,8 +416,10 @@ class _Golden:
             self.noise = dict(self.noise_twin.forward(ref_input, per_op))
 
     def judge_output(self, name: str, ref_value: np.ndarray, cand_value: np.ndarray) -> Calibrated:
-        candidate = calibrated(cand_value, self.noise[name], self.on_cand[name], self.on_ref[name])
-        reference = None if self.reference_is_noise else calibrated(ref_value, self.noise[name], self.on_ref[name])
+        perturbed = [run[name] for run in self.perturbed]
+        candidate = calibrated(cand_value, self.noise[name], self.on_cand[name], self.on_ref[name], perturbed)
+        reference = (None if self.reference_is_noise
+                     else calibrated(ref_value, self.noise[name], self.on_ref[name], perturbed=perturbed))
         return _both(candidate, reference)
 
     def judge_loss(self, ref_loss: float, cand_loss: float, features_name: str, target: np.ndarray) -> Calibrated:

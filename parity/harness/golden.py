@@ -22,7 +22,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["float64_twin", "KinkReLU6", "use_masks", "torch_relu6_inputs", "mindspore_relu6_inputs", "masks_of",
+__all__ = ["float64_twin", "perturbed_twin", "PERTURBED_RUNS", "KinkReLU6", "use_masks", "torch_relu6_inputs", "mindspore_relu6_inputs", "masks_of",
            "flipped", "torch_stage_ops", "mindspore_stage_ops"]
 
 Masks = Dict[str, np.ndarray]
@@ -87,6 +87,33 @@ def float64_twin(pt_net):
             if isinstance(child, torch.nn.ReLU6):
                 setattr(module, child_name, KinkReLU6())
     return golden
+
+
+PERTURBED_RUNS = 2  # perturbed copies of the golden behind each forward noise floor
+
+
+def perturbed_twin(golden, seed: int):
+    """A copy of a float64 twin whose every weight and BatchNorm statistic, and every convolution's, BatchNorm's
+    and linear layer's output, is multiplied by (1 + u), u uniform in [-eps32, eps32] (one float32 ulp):
+    the float32 rounding of each value and each op, modelled in exact arithmetic. Its spread around the
+    golden is how far a float32 implementation may land from it in this net, whatever its summation order."""
+    import torch
+
+    eps = float(np.finfo(np.float32).eps)
+    copy_ = copy.deepcopy(golden)
+    generator = torch.Generator().manual_seed(seed)
+
+    def jitter(tensor):
+        return 1 + eps * (2 * torch.rand(tensor.shape, generator=generator, dtype=tensor.dtype) - 1)
+
+    with torch.no_grad():
+        for name, tensor in list(copy_.named_parameters()) + list(copy_.named_buffers()):
+            if tensor.is_floating_point():
+                tensor.mul_(jitter(tensor))
+    for module in copy_.modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.Linear)):
+            module.register_forward_hook(lambda _module, _inputs, output: output * jitter(output))
+    return copy_
 
 
 @contextlib.contextmanager
