@@ -613,6 +613,7 @@ def write_final_report(cfg, data: Data, result, rows: List[dict], state: TrainSt
         report.plot_category_confusion(out / "category_confusion.png", result.category_confusion, names, names_en,
                                        f"val categories, epoch {state.epoch}: accuracy {result.category_acc:.3f}")
     report.plot_curves(out / "curves.png", rows)
+    best = checkpoint_dir(cfg) / checkpoint.BEST
     report.write_json(out / "summary.json", {
         "data": "synthetic" if data.synthetic else str(cfg.data_path),
         "device": cfg.device, "mode": cfg.mode, "image_size": data.image_size, "width_mult": cfg.width_mult,
@@ -626,7 +627,7 @@ def write_final_report(cfg, data: Data, result, rows: List[dict], state: TrainSt
         "final": {"val_top1": result.top1, "val_top5": result.top5, "val_loss": result.loss,
                   "val_category_acc": result.category_acc, "val_images_evaluated": result.num_images},
         "best": {"val_top1": state.best_top1, "epoch": state.best_epoch,
-                 "checkpoint": str(checkpoint_dir(cfg) / checkpoint.BEST)},
+                 "checkpoint": str(best) if best.is_file() else None},  # never a file that is not there
         "train_img_per_s": [float(r["train_img_per_s"]) for r in rows],
         "wall_seconds_this_process": round(seconds, 1),
     })
@@ -711,6 +712,9 @@ def run_training(argv: Optional[List[str]] = None) -> int:
         dist.check_replicas_identical(dist.replicated_state(network), ctx, "weights at the start")
         if ctx.is_main_process:
             save_run_config(cfg, out, lr)
+            if resume_from is not None and cfg.resume == "auto":  # a crash may have cut the last epoch's writes short
+                checkpoint.complete_checkpoint_set(checkpoint_dir(cfg), resume_from, state, network_params(network),
+                                                   optimizer, log)
         scale = ctx.world_size if cfg.scale_lr else 1
         log.info("device %s, %s mode; %d epochs x %d steps, batch %d%s, lr %g -> %g -> %g%s",
                  cfg.device, cfg.mode, cfg.epochs, data.steps_per_epoch, data.global_batch,

@@ -40,6 +40,9 @@ DEVICES = ("CPU", "GPU", "Ascend")
 DEFAULT_CONFIG = {device: CONFIG_DIR / f"garbage26_{device.lower()}.yaml" for device in DEVICES}
 BASE_KEY = "base"  # names the file a config overrides; not an option
 PATH_KEYS = ("classes_file",)  # resolved against the file that sets them, saved absolute
+# How a run was started, not how it trains: a run's saved config.yaml holds their defaults, so that
+# `--config <run>/config.yaml` alone never resumes or replaces that run (the same flags must be given again).
+START_ONLY_KEYS = ("resume", "force")
 
 
 def _number(value: float) -> str:
@@ -432,7 +435,7 @@ def dump_config(cfg: EasyDict) -> str:
     lines = [f"# Resolved config of a run (from {cfg.config_path} and the command line).",
              "# Rerun it: python ms_impl/train.py --config <this file>"]
     for key, option in schema.items():
-        value = cfg[key]
+        value = option.default if key in START_ONLY_KEYS else cfg[key]
         if key == f"recipe_{cfg.get('recipe')}" and "recipe_applied" in cfg:
             # only the values the recipe set in this run: on reading back the recipe is applied again, and a value
             # the command line chose instead (saved in its own key) must not be replaced by the recipe's
