@@ -43,7 +43,7 @@ from ms_impl.trainer.images import IMAGE_EXTENSIONS, list_regular_files, not_reg
 from ms_impl.trainer.metrics import TTA_MODES, average_flip_logits, category_probabilities, softmax
 from ms_impl.trainer.model_io import CheckpointError, load_model
 from ms_impl.trainer.run_folder import recorded_tta
-from parity.core.files import WriteError, one_line
+from parity.core.files import WriteError, one_line, path_problem, shown_path
 
 EXIT_INPUT_ERROR = 2
 DEFAULT_IMAGE_SIZE = 224
@@ -59,7 +59,9 @@ def collect_images(inputs: Sequence[str]) -> Tuple[List[str], List[Dict[str, str
     files: List[str] = []
     errors: List[Dict[str, str]] = []
     for item in inputs:
-        if os.path.isdir(item):
+        if path_problem(item):
+            errors.append({"file": shown_path(item), "error": path_problem(item)})
+        elif os.path.isdir(item):
             try:
                 found = sorted(str(p) for p in list_regular_files(item, _warn, recursive=True, skip_hidden=False,
                                                                   suffixes=IMAGE_EXTENSIONS))
@@ -231,6 +233,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     try:
+        for option, value in (("--checkpoint", args.checkpoint), ("--config", args.config), ("--sheet", args.sheet)):
+            if value and path_problem(value):
+                raise ValueError(f"{option} {shown_path(value)}: {path_problem(value)}")
         classes = load_classes(args.config)
         image_size = args.image_size or configured_image_size(args.config) or DEFAULT_IMAGE_SIZE
         if args.top_k < 1 or image_size < 32:

@@ -55,7 +55,7 @@ from ms_impl.trainer.config import dump_config, load_config, trajectory_settings
 from ms_impl.trainer.distributed import DistributedContext
 from ms_impl.trainer.errors import UsageError
 from ms_impl.trainer.run_folder import FEATURE_CACHE_FOLDER, RunLock, holds_run, move_aside
-from parity.core.files import WriteError, atomic_path, atomic_write_text, one_line
+from parity.core.files import WriteError, atomic_path, atomic_write_text, is_path_error, one_line, path_error_line
 from ms_impl.trainer.recipes import describe as describe_recipe
 
 log = logging.getLogger("ms_impl.train")
@@ -737,6 +737,11 @@ def run_training(argv: Optional[List[str]] = None) -> int:
             write_final_report(cfg, data, result, rows, state, out, time.perf_counter() - started, ctx)
     except (UsageError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:
+        if not is_path_error(e):  # a path built from the options that no system call accepts (too long, looping links)
+            raise
+        print(f"error: {path_error_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except TrainingDiverged as e:
         last = checkpoint_dir(cfg) / checkpoint.LAST
