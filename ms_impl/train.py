@@ -20,8 +20,9 @@ gradients are averaged by MindSpore, evaluation counts are summed over the
 ranks, and only rank 0 writes files.
 
 Exit status: 0 done, 1 training diverged (non-finite loss or weights), 2 bad
-input (or an unwritable/full output folder), 130/143 interrupted by
-SIGINT/SIGTERM (resumable with --resume auto). One `error:` line each.
+input (or an unwritable/full output folder), 3 another msrun worker was lost
+(resumable with --resume auto), 130/143 interrupted by SIGINT/SIGTERM
+(resumable with --resume auto). One `error:` line each.
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ log = logging.getLogger("ms_impl.train")
 
 EXIT_DIVERGED = 1
 EXIT_USAGE = 2
+EXIT_WORKER_LOST = 3  # distributed: a collective failed because another worker (process or host) stopped
 EXIT_SIGINT = interrupts.EXIT_SIGINT
 MAX_SCHEDULE_STEPS = 10_000_000  # the per-step LR array is materialised: 40 MB at most
 
@@ -659,6 +661,7 @@ def run_training(argv: Optional[List[str]] = None) -> int:
     close_run_log()
     started = time.perf_counter()
     cfg = None
+    ctx = dist.SINGLE_PROCESS
     lock: Optional[RunLock] = None
     setup_done = False
     try:
@@ -748,6 +751,17 @@ def run_training(argv: Optional[List[str]] = None) -> int:
         kept = f"last good checkpoint kept: {last}" if last.is_file() else "no checkpoint had been saved yet"
         print(f"error: training diverged: {e}; {kept}", file=sys.stderr)
         return EXIT_DIVERGED
+    except RuntimeError as e:
+        if not (ctx.distributed and setup_done):
+            raise
+        # MindSpore reports a collective that lost its peer as a kernel failure: after setup, under msrun, that is
+        # another worker (or its host) gone; every completed epoch is saved
+        last = checkpoint_dir(cfg) / checkpoint.LAST
+        kept = ("rank 0 keeps the checkpoints" if not ctx.is_main_process
+                else f"the last checkpoint is {last}" if last.is_file() else "no epoch had completed")
+        print(f"error: distributed training stopped on rank {ctx.rank}: another worker or host was lost "
+              f"({one_line(e)}); {kept}; start every host's launch again with --resume auto", file=sys.stderr)
+        return EXIT_WORKER_LOST
     except Interrupted as e:
         print(f"interrupted by {e}: continue with --resume auto --config {Path(cfg.output_dir) / 'config.yaml'}",
               file=sys.stderr)

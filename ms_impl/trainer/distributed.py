@@ -117,7 +117,8 @@ def _diagnose(role: str, host: str, port: int) -> str:
     if role == ROLE_SCHEDULER:
         if _port_taken(host, port):
             return f"master port {port} on {host} is already in use by another process; pick a free --master_port"
-        return "the job ended abnormally: a worker failed or did not join in time (see the worker logs)"
+        return ("the job ended abnormally: a worker failed, was lost (its process or host stopped) or did not join "
+                "in time (see the worker logs)")
     try:
         with socket.create_connection((host, port), timeout=3):
             return (f"{host}:{port} accepts connections but no MindSpore scheduler answered: the port is taken "

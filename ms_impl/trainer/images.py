@@ -70,21 +70,19 @@ def list_regular_files(folder: Union[str, Path], warn: Callable[[str], None], re
     found: List[Path] = []
     pending = [Path(folder)]
     while pending:
-        current = pending.pop()
-        with os.scandir(current) as entries:
-            for entry in entries:
-                if skip_hidden and entry.name.startswith("."):
-                    continue
-                if entry.is_dir():
-                    if recursive and not entry.is_symlink():
-                        pending.append(Path(entry.path))
-                    continue
-                if suffixes and not entry.name.lower().endswith(suffixes):
-                    continue
-                if entry.is_file():
-                    found.append(Path(entry.path))
-                else:
-                    warn(f"skipping {entry.path}: {not_regular_reason(entry.path)} (not opened)")
+        for entry in pending.pop().iterdir():  # stat only (is_dir, is_file): nothing is opened
+            if skip_hidden and entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                if recursive and not entry.is_symlink():
+                    pending.append(entry)
+                continue
+            if suffixes and not entry.name.lower().endswith(suffixes):
+                continue
+            if entry.is_file():
+                found.append(entry)
+            else:
+                warn(f"skipping {entry}: {not_regular_reason(entry)} (not opened)")
     return sorted(found)
 
 

@@ -44,9 +44,12 @@ def one_line(exc: BaseException, limit: int = 200, with_type: bool = True) -> st
     """The first line of an error's message, at most `limit` characters, prefixed with its type.
 
     MindSpore's errors run over dozens of lines (a C++ call stack, "For
-    details..." links); the first line is the reason a user can act on.
+    details..." links); the first line is the reason a user can act on. Its
+    kernel errors open with a framed section title ("----", "- Kernel error:"),
+    skipped here for the line after it.
     """
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = [line.strip() for line in str(exc).splitlines()
+             if any(ch.isalnum() for ch in line) and not (line.startswith("- ") and line.rstrip().endswith(":"))]
     text = " ".join(lines[0].split(" For details")[0].split()) if lines else ""
     text = text[:limit] or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if with_type else text
