@@ -20,6 +20,7 @@ warning each, found by `stat`, never by opening them.
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
@@ -47,7 +48,7 @@ def not_regular_reason(path: Union[str, Path]) -> str:
         mode = os.stat(path).st_mode
     except OSError as exc:
         if os.path.islink(path):
-            return "a broken symbolic link"
+            return "a loop of symbolic links" if exc.errno == errno.ELOOP else "a broken symbolic link"
         return "no such file" if isinstance(exc, FileNotFoundError) else f"cannot be read ({exc.strerror or exc})"
     if stat.S_ISREG(mode):
         return ""
