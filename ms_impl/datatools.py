@@ -231,7 +231,11 @@ def validate_split_paths(src: Path, dst: Path, force: bool) -> None:
             raise InputError(f"{dst}: exists and is not a folder")
         if not force:
             raise InputError(f"{dst}: already exists (use --force to replace an earlier split; it is moved aside)")
-        if not is_earlier_split(dst) and any(dst.iterdir()):
+        try:
+            holds_something = any(dst.iterdir())
+        except OSError as exc:
+            raise InputError(f"{dst}: cannot list the folder ({exc.strerror or exc})") from None
+        if holds_something and not is_earlier_split(dst):
             raise InputError(f"{dst}: not a split written by this tool (no {MANIFEST} of one); refusing to replace "
                              "it, even with --force: choose a new DST")
     if not dst_real.parent.is_dir():

@@ -752,7 +752,7 @@ def run_training(argv: Optional[List[str]] = None) -> int:
         print(f"error: training diverged: {e}; {kept}", file=sys.stderr)
         return EXIT_DIVERGED
     except RuntimeError as e:
-        if not (ctx.distributed and setup_done):
+        if not (ctx.distributed and setup_done and dist.is_collective_failure(e)):
             raise
         # MindSpore reports a collective that lost its peer as a kernel failure: after setup, under msrun, that is
         # another worker (or its host) gone; every completed epoch is saved

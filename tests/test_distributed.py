@@ -114,6 +114,14 @@ def test_single_process_without_msrun_or_when_switched_off():
         dist.init_distributed("on", environ={})
 
 
+def test_a_lost_peer_is_told_from_other_runtime_errors():
+    # MindSpore's text when host 1's worker was killed during host 0's compiled step (MindSpore 2.10, CPU)
+    lost = RuntimeError("\n----\n- Kernel error:\n----\n"
+                        "Launch kernel failed: Default/grad_reducer-DistributedGradReducer/AllReduce-op0\n")
+    assert dist.is_collective_failure(lost)
+    assert not dist.is_collective_failure(RuntimeError("Allocate memory failed"))
+
+
 def test_digest_sees_a_single_changed_value():
     state = {"a": np.zeros((2, 3), np.float32), "b": np.ones(4, np.float32)}
     before = ms_weights.digest(state.items())
