@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
