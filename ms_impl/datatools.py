@@ -14,13 +14,16 @@ near-duplicates (perceptual hash, `ms_impl/trainer/photos.py`) within a
 class, across classes (label conflicts) and across splits (train/val
 leakage), and the class balance. Exit status: 0 no leakage and no label
 conflict (duplicates within a class and unreadable files are reported), 1
-leakage or label conflicts found, 2 bad input.
+leakage or label conflicts found, 2 bad input (also: no readable photo at all).
 
 `split` writes `DST/{train,val}/<class>/` from SRC (a folder per class, or a
 train/val tree to re-split), stratified per class, the same for the same
 seed, every near-duplicate group on one side, unreadable files left out;
 files are hard links to SRC's (copies with --copy; SRC is never changed) and
 `DST/manifest.csv` lists every file (file, class, split, group, sha256, source).
+An existing DST is replaced only with --force and only when it is an earlier
+split (it holds that manifest); it is then moved aside to `DST.old-<time>`,
+never deleted.
 
 `report` writes `report.png` (images per class and split, width x height
 scatter, duplicate groups as thumbnails side by side) and `report.txt`.
@@ -45,10 +48,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ms_impl.trainer.images import read_rgb
+from ms_impl.trainer.images import not_regular_reason, read_rgb
 from ms_impl.trainer.photos import (DEFAULT_THRESHOLD, HASH_BITS, DuplicateGroup, Photo, PhotoSet,
                                     duplicate_groups, find_photos, plan_split, scan_photos)
-from parity.core.files import WriteError, atomic_path, atomic_write_text, check_writable_folder, one_line
+from ms_impl.trainer.run_folder import aside_path
+from parity.core.files import (WriteError, atomic_path, atomic_write_text, check_writable_folder, is_path_error, one_line,
+                               path_argument, path_error_line)
 
 EXIT_CLEAN = 0
 EXIT_FOUND_PROBLEMS = 1
@@ -72,6 +77,10 @@ def scan(root: str, threshold: int) -> Tuple[PhotoSet, List[DuplicateGroup]]:
         photo_set = scan_photos(root, progress=sys.stderr.isatty())
     except ValueError as exc:
         raise InputError(str(exc)) from None
+    if not photo_set.readable:  # nothing to check, split or report on: the trainer refuses such a set too
+        first = photo_set.photos[0]
+        raise InputError(f"{root}: no readable photo among {len(photo_set.photos)} file(s) "
+                         f"(e.g. {_name(first, photo_set.root)}: {first.error})")
     return photo_set, duplicate_groups(photo_set.readable, threshold)
 
 
@@ -199,6 +208,18 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def is_earlier_split(folder: Path) -> bool:
+    """True when `folder` holds a split this tool wrote: its manifest.csv, starting with the manifest's header."""
+    manifest = folder / MANIFEST
+    if not_regular_reason(manifest):
+        return False
+    try:
+        with open(manifest, newline="", encoding="utf-8") as handle:
+            return next(csv.reader(handle), None) == list(MANIFEST_FIELDS)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+
+
 def validate_split_paths(src: Path, dst: Path, force: bool) -> None:
     if not src.is_dir():
         raise InputError(f"{src}: not a folder")
@@ -209,7 +230,14 @@ def validate_split_paths(src: Path, dst: Path, force: bool) -> None:
         if not dst.is_dir() or dst.is_symlink():
             raise InputError(f"{dst}: exists and is not a folder")
         if not force:
-            raise InputError(f"{dst}: already exists (use --force to replace it)")
+            raise InputError(f"{dst}: already exists (use --force to replace an earlier split; it is moved aside)")
+        try:
+            holds_something = any(dst.iterdir())
+        except OSError as exc:
+            raise InputError(f"{dst}: cannot list the folder ({exc.strerror or exc})") from None
+        if holds_something and not is_earlier_split(dst):
+            raise InputError(f"{dst}: not a split written by this tool (no {MANIFEST} of one); refusing to replace "
+                             "it, even with --force: choose a new DST")
     if not dst_real.parent.is_dir():
         raise InputError(f"{dst}: parent folder {dst_real.parent} does not exist")
 
@@ -249,11 +277,13 @@ def split_plan(photo_set: PhotoSet, groups: Sequence[DuplicateGroup], val_fracti
     return rows
 
 
-def write_split(photo_set: PhotoSet, rows, dst: Path, copy: bool) -> Tuple[int, int]:
-    """Build the tree in a temporary folder beside DST and rename it into place (replacing DST with --force).
+def write_split(photo_set: PhotoSet, rows, dst: Path, copy: bool) -> Tuple[int, int, Optional[Path]]:
+    """Build the tree in a temporary folder beside DST and rename it into place; an earlier split at DST (--force)
+    is moved aside to `DST.old-<time>` first, an empty folder removed.
 
-    Returns (files placed, of which copied).
+    Returns (files placed, of which copied, where the earlier split went or None).
     """
+    moved: Optional[Path] = None
     staging = dst.parent / f".{dst.name}.tmp-{os.getpid()}"
     copied = 0
     try:
@@ -272,11 +302,16 @@ def write_split(photo_set: PhotoSet, rows, dst: Path, copy: bool) -> Tuple[int, 
                                  _name(photo, photo_set.root)])
             for photo in photo_set.unreadable:
                 writer.writerow(["", photo.class_name, "excluded", "", photo.sha256, _name(photo, photo_set.root)])
+        if dst.is_dir() and not any(dst.iterdir()):
+            dst.rmdir()  # an empty folder: nothing to keep
         if dst.exists():
-            old = dst.parent / f".{dst.name}.old-{os.getpid()}"
-            os.rename(dst, old)
-            os.rename(staging, dst)
-            shutil.rmtree(old)
+            moved = aside_path(dst)
+            os.rename(dst, moved)
+            try:
+                os.rename(staging, dst)
+            except OSError:
+                os.rename(moved, dst)  # the earlier split back in its place
+                raise
         else:
             os.rename(staging, dst)
     except OSError as exc:
@@ -285,7 +320,7 @@ def write_split(photo_set: PhotoSet, rows, dst: Path, copy: bool) -> Tuple[int, 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return len(rows), copied
+    return len(rows), copied, moved
 
 
 def run_split(args) -> int:
@@ -294,10 +329,8 @@ def run_split(args) -> int:
     src, dst = Path(args.src), Path(args.dst)
     validate_split_paths(src, dst, args.force)
     photo_set, groups = scan(args.src, args.threshold)
-    if not photo_set.readable:
-        raise InputError(f"{src}: no readable photo")
     rows = split_plan(photo_set, groups, args.val, args.seed)
-    placed, copied = write_split(photo_set, rows, dst, args.copy)
+    placed, copied, moved = write_split(photo_set, rows, dst, args.copy)
 
     per_class = {c: Counter() for c in photo_set.classes}
     for photo, split, _, _ in rows:
@@ -321,6 +354,8 @@ def run_split(args) -> int:
         print(f"  {_name(photo, photo_set.root)}: {photo.error}")
     how = "copies" if args.copy else ("hard links" if not copied else f"hard links, {copied} copied (other file system)")
     print(f"wrote {dst}: {placed} files ({how}), {dst / MANIFEST}")
+    if moved is not None:
+        print(f"the earlier split was moved to {moved} (nothing deleted)")
     return EXIT_CLEAN
 
 
@@ -515,29 +550,30 @@ def build_parser() -> argparse.ArgumentParser:
                       f"(default {DEFAULT_THRESHOLD}; higher finds more, and more false matches)")
 
     check = sub.add_parser("check", help="unreadable files, duplicates, near-duplicates, leakage, label conflicts, balance")
-    check.add_argument("data_dir", help="<root>/<class>/ or <root>/{train,val}/<class>/")
+    check.add_argument("data_dir", type=path_argument, help="<root>/<class>/ or <root>/{train,val}/<class>/")
     check.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD, help=threshold_help)
-    check.add_argument("--json", default=None, help="also write the findings to this JSON file")
+    check.add_argument("--json", type=path_argument, default=None, help="also write the findings to this JSON file")
     check.add_argument("--force", action="store_true", help="overwrite an existing --json file")
 
     split = sub.add_parser("split", help="write DST/{train,val}/<class>/ from a folder per class (or re-split a tree)")
-    split.add_argument("src", help="<root>/<class>/ or <root>/{train,val}/<class>/ (never changed)")
-    split.add_argument("dst", help="new folder for {train,val}/<class>/ and manifest.csv")
+    split.add_argument("src", type=path_argument, help="<root>/<class>/ or <root>/{train,val}/<class>/ (never changed)")
+    split.add_argument("dst", type=path_argument, help="new folder for {train,val}/<class>/ and manifest.csv")
     split.add_argument("--val", type=float, default=0.2, help="fraction of each class for val (default 0.2)")
     split.add_argument("--seed", type=int, default=1, help="the same seed gives the same split (default 1)")
     split.add_argument("--copy", action="store_true", help="copy the files instead of hard-linking them")
     split.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD, help=threshold_help)
-    split.add_argument("--force", action="store_true", help="replace an existing DST")
+    split.add_argument("--force", action="store_true",
+                       help="replace an earlier split at DST (moved aside to DST.old-<time>, never deleted)")
 
     report = sub.add_parser("report", help="images per class, resolution scatter, corrupt files, duplicate groups "
                                            "-> report.png + report.txt")
-    report.add_argument("data_dir")
-    report.add_argument("--output", required=True, help="folder for report.png and report.txt")
+    report.add_argument("data_dir", type=path_argument)
+    report.add_argument("--output", type=path_argument, required=True, help="folder for report.png and report.txt")
     report.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD, help=threshold_help)
     report.add_argument("--force", action="store_true", help="overwrite an existing report")
 
     stats = sub.add_parser("stats", help="per-channel mean/std of all images")
-    stats.add_argument("data_dir")
+    stats.add_argument("data_dir", type=path_argument)
     stats.add_argument("--split", default=None, help="only this split (e.g. train)")
     stats.add_argument("--image-size", "--image_size", dest="image_size", type=int, default=None, help="resize to SxS first")
     stats.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -554,6 +590,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return COMMANDS[args.command](args)
     except (InputError, WriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except OSError as exc:
+        if not is_path_error(exc):
+            raise
+        print(f"error: {path_error_line(exc)}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     except KeyboardInterrupt:
         print("error: interrupted (SIGINT); no partial file was left", file=sys.stderr)

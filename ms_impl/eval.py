@@ -31,21 +31,30 @@ interrupts.watch_sigint(__name__, "mbv2-eval")  # Ctrl+C: one line, exit 130
 from ms_impl.trainer import report
 from ms_impl.trainer.metrics import evaluate
 from ms_impl.trainer.errors import UsageError
-from parity.core.files import WriteError, atomic_write_text, check_writable_folder
+from parity.core.files import WriteError, atomic_write_text, check_writable_folder, is_path_error, path_argument, path_error_line
 
 log = logging.getLogger("ms_impl.eval")
+
+
+def _path(text: str) -> Path:
+    return Path(path_argument(text))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(add_help=False)  # --help: config.parse_config lists these and every config key
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a .ckpt written by ms_impl/train.py")
-    parser.add_argument("--report_dir", type=Path, help="write per_class.csv, confusion_matrix.png, eval.json here")
+    parser.add_argument("--checkpoint", type=_path, required=True, help="a .ckpt written by ms_impl/train.py")
+    parser.add_argument("--report_dir", type=_path, help="write per_class.csv, confusion_matrix.png, eval.json here")
     interrupts.hand_over()
     try:
         return _evaluate(argv, parser)
     except (UsageError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if not is_path_error(e):
+            raise
+        print(f"error: {path_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted (SIGINT); no partial file was left", file=sys.stderr)

@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 
 from ms_impl.export_model import SUFFIX, UNSUPPORTED, export_model
 from ms_impl.trainer.model_io import CheckpointError, load_model
-from parity.core.files import WriteError
+from parity.core.files import WriteError, path_problem, shown_path
 
 EXIT_INPUT_ERROR = 2
 
@@ -65,6 +65,10 @@ def _export(args: argparse.Namespace) -> int:
     if args.image_size < 32 or args.batch_size < 1:
         print("error: --image-size must be >= 32 and --batch-size >= 1", file=sys.stderr)
         return EXIT_INPUT_ERROR
+    for option, value in (("--checkpoint", args.checkpoint), ("--output", args.output)):
+        if value and path_problem(value):
+            print(f"error: {option} {shown_path(value)}: {path_problem(value)}", file=sys.stderr)
+            return EXIT_INPUT_ERROR
     output = args.output or os.path.splitext(args.checkpoint)[0] + SUFFIX[args.format]
     other = {suffix: name for name, suffix in SUFFIX.items() if name != args.format}
     if os.path.splitext(output)[1].lower() in other:

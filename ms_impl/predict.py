@@ -39,33 +39,42 @@ import numpy as np
 
 from ms_impl.trainer.classes import ClassInfo, category_groups, load_classes
 from ms_impl.trainer.errors import UsageError
-from ms_impl.trainer.images import IMAGE_EXTENSIONS, pipeline_bytes, unreadable_reason
+from ms_impl.trainer.images import IMAGE_EXTENSIONS, list_regular_files, not_regular_reason, pipeline_bytes, unreadable_reason
 from ms_impl.trainer.metrics import TTA_MODES, average_flip_logits, category_probabilities, softmax
 from ms_impl.trainer.model_io import CheckpointError, load_model
 from ms_impl.trainer.run_folder import recorded_tta
-from parity.core.files import WriteError, one_line
+from parity.core.files import WriteError, one_line, path_problem, shown_path
 
 EXIT_INPUT_ERROR = 2
 DEFAULT_IMAGE_SIZE = 224
 
 
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def collect_images(inputs: Sequence[str]) -> Tuple[List[str], List[Dict[str, str]]]:
-    """Files named directly, plus image files found (recursively, sorted) under named folders."""
+    """Files named directly, plus image files found (recursively, sorted) under named folders.
+    A FIFO, socket or device is never opened: named directly it is an error, in a folder a warning."""
     files: List[str] = []
     errors: List[Dict[str, str]] = []
     for item in inputs:
-        if os.path.isdir(item):
-            found = sorted(
-                os.path.join(root, name)
-                for root, _, names in os.walk(item)
-                for name in names
-                if name.lower().endswith(IMAGE_EXTENSIONS)
-            )
+        if path_problem(item):
+            errors.append({"file": shown_path(item), "error": path_problem(item)})
+        elif os.path.isdir(item):
+            try:
+                found = sorted(str(p) for p in list_regular_files(item, _warn, recursive=True, skip_hidden=False,
+                                                                  suffixes=IMAGE_EXTENSIONS))
+            except OSError as exc:
+                errors.append({"file": item, "error": f"cannot list the folder ({exc.strerror or exc})"})
+                continue
             if not found:
                 errors.append({"file": item, "error": "folder holds no image files"})
             files.extend(found)
         elif os.path.isfile(item):
             files.append(item)
+        elif os.path.lexists(item):
+            errors.append({"file": item, "error": not_regular_reason(item)})
         else:
             errors.append({"file": item, "error": "no such file or folder"})
     return files, errors
@@ -224,6 +233,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     try:
+        for option, value in (("--checkpoint", args.checkpoint), ("--config", args.config), ("--sheet", args.sheet)):
+            if value and path_problem(value):
+                raise ValueError(f"{option} {shown_path(value)}: {path_problem(value)}")
         classes = load_classes(args.config)
         image_size = args.image_size or configured_image_size(args.config) or DEFAULT_IMAGE_SIZE
         if args.top_k < 1 or image_size < 32:

@@ -20,8 +20,9 @@ gradients are averaged by MindSpore, evaluation counts are summed over the
 ranks, and only rank 0 writes files.
 
 Exit status: 0 done, 1 training diverged (non-finite loss or weights), 2 bad
-input (or an unwritable/full output folder), 130/143 interrupted by
-SIGINT/SIGTERM (resumable with --resume auto). One `error:` line each.
+input (or an unwritable/full output folder), 3 another msrun worker was lost
+(resumable with --resume auto), 130/143 interrupted by SIGINT/SIGTERM
+(resumable with --resume auto). One `error:` line each.
 """
 from __future__ import annotations
 
@@ -55,13 +56,14 @@ from ms_impl.trainer.config import dump_config, load_config, trajectory_settings
 from ms_impl.trainer.distributed import DistributedContext
 from ms_impl.trainer.errors import UsageError
 from ms_impl.trainer.run_folder import FEATURE_CACHE_FOLDER, RunLock, holds_run, move_aside
-from parity.core.files import WriteError, atomic_path, atomic_write_text, one_line
+from parity.core.files import WriteError, atomic_path, atomic_write_text, is_path_error, one_line, path_error_line
 from ms_impl.trainer.recipes import describe as describe_recipe
 
 log = logging.getLogger("ms_impl.train")
 
 EXIT_DIVERGED = 1
 EXIT_USAGE = 2
+EXIT_WORKER_LOST = 3  # distributed: a collective failed because another worker (process or host) stopped
 EXIT_SIGINT = interrupts.EXIT_SIGINT
 MAX_SCHEDULE_STEPS = 10_000_000  # the per-step LR array is materialised: 40 MB at most
 
@@ -613,6 +615,7 @@ def write_final_report(cfg, data: Data, result, rows: List[dict], state: TrainSt
         report.plot_category_confusion(out / "category_confusion.png", result.category_confusion, names, names_en,
                                        f"val categories, epoch {state.epoch}: accuracy {result.category_acc:.3f}")
     report.plot_curves(out / "curves.png", rows)
+    best = checkpoint_dir(cfg) / checkpoint.BEST
     report.write_json(out / "summary.json", {
         "data": "synthetic" if data.synthetic else str(cfg.data_path),
         "device": cfg.device, "mode": cfg.mode, "image_size": data.image_size, "width_mult": cfg.width_mult,
@@ -626,7 +629,7 @@ def write_final_report(cfg, data: Data, result, rows: List[dict], state: TrainSt
         "final": {"val_top1": result.top1, "val_top5": result.top5, "val_loss": result.loss,
                   "val_category_acc": result.category_acc, "val_images_evaluated": result.num_images},
         "best": {"val_top1": state.best_top1, "epoch": state.best_epoch,
-                 "checkpoint": str(checkpoint_dir(cfg) / checkpoint.BEST)},
+                 "checkpoint": str(best) if best.is_file() else None},  # never a file that is not there
         "train_img_per_s": [float(r["train_img_per_s"]) for r in rows],
         "wall_seconds_this_process": round(seconds, 1),
     })
@@ -658,6 +661,7 @@ def run_training(argv: Optional[List[str]] = None) -> int:
     close_run_log()
     started = time.perf_counter()
     cfg = None
+    ctx = dist.SINGLE_PROCESS
     lock: Optional[RunLock] = None
     setup_done = False
     try:
@@ -711,6 +715,9 @@ def run_training(argv: Optional[List[str]] = None) -> int:
         dist.check_replicas_identical(dist.replicated_state(network), ctx, "weights at the start")
         if ctx.is_main_process:
             save_run_config(cfg, out, lr)
+            if resume_from is not None and cfg.resume == "auto":  # a crash may have cut the last epoch's writes short
+                checkpoint.complete_checkpoint_set(checkpoint_dir(cfg), resume_from, state, network_params(network),
+                                                   optimizer, log)
         scale = ctx.world_size if cfg.scale_lr else 1
         log.info("device %s, %s mode; %d epochs x %d steps, batch %d%s, lr %g -> %g -> %g%s",
                  cfg.device, cfg.mode, cfg.epochs, data.steps_per_epoch, data.global_batch,
@@ -734,11 +741,27 @@ def run_training(argv: Optional[List[str]] = None) -> int:
     except (UsageError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as e:
+        if not is_path_error(e):  # a path built from the options that no system call accepts (too long, looping links)
+            raise
+        print(f"error: {path_error_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
     except TrainingDiverged as e:
         last = checkpoint_dir(cfg) / checkpoint.LAST
         kept = f"last good checkpoint kept: {last}" if last.is_file() else "no checkpoint had been saved yet"
         print(f"error: training diverged: {e}; {kept}", file=sys.stderr)
         return EXIT_DIVERGED
+    except RuntimeError as e:
+        if not (ctx.distributed and setup_done and dist.is_collective_failure(e)):
+            raise
+        # MindSpore reports a collective that lost its peer as a kernel failure: after setup, under msrun, that is
+        # another worker (or its host) gone; every completed epoch is saved
+        last = checkpoint_dir(cfg) / checkpoint.LAST
+        kept = ("rank 0 keeps the checkpoints" if not ctx.is_main_process
+                else f"the last checkpoint is {last}" if last.is_file() else "no epoch had completed")
+        print(f"error: distributed training stopped on rank {ctx.rank}: another worker or host was lost "
+              f"({one_line(e)}); {kept}; start every host's launch again with --resume auto", file=sys.stderr)
+        return EXIT_WORKER_LOST
     except Interrupted as e:
         print(f"interrupted by {e}: continue with --resume auto --config {Path(cfg.output_dir) / 'config.yaml'}",
               file=sys.stderr)

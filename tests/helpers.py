@@ -1,6 +1,7 @@
 """Helpers shared by the test modules (no test module imports another): everything generated, nothing downloaded.
 
 - `TINY_TRAIN`, `train_cli`, `checkpoint_weights`: tiny trainer runs (synthetic set at 32 px, width 0.35).
+- `one_error_line`, `snapshot`, `no_temporaries`: what the fault tests assert (one line, nothing lost or half-written).
 - `official_ms_names`: the official MindSpore MobileNetV2's parameter names, derived independently.
 - Colour images, a class CSV and a tiny trained model for the transfer / predict / export tests.
 
@@ -14,6 +15,7 @@ path itself.
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import subprocess
 import sys
@@ -41,6 +43,29 @@ def checkpoint_weights(path) -> Dict[str, np.ndarray]:
     import mindspore as ms
 
     return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items() if hasattr(v, "asnumpy")}
+
+
+def one_error_line(stderr: str, *needles: str) -> str:
+    """The only `error:` line of `stderr`; asserts no traceback and that it names every needle."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def snapshot(folder: Path) -> Dict[str, str]:
+    """relative path -> sha256 of every file under `folder` (what the user had; the trainer's lock file aside)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file() and not p.name.startswith(".train.lock")}
+
+
+def no_temporaries(folder: Path) -> bool:
+    """No temporary file of an atomic write (parity.core.files) or of MindSpore's checkpoint writer under `folder`."""
+    from parity.core.files import TEMP_MARKER
+
+    return not list(Path(folder).rglob(f"*{TEMP_MARKER}*")) and not list(Path(folder).rglob("*.tmp"))
 
 
 def official_ms_names(num_blocks: int = 17) -> list:

@@ -137,9 +137,11 @@ def test_dumped_config_reads_back_to_the_same_config(tmp_path, monkeypatch):
     saved.write_text(dump_config(cfg), encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     again = load_config(["--config", str(saved)])
-    # the saved file names the recipe that ran (not "auto"), so only the reason for it differs
-    derived = ("config_path", "recipe_reason")
+    # the saved file names the recipe that ran (not "auto"), so only the reason for it differs; how the run was
+    # started (--resume, --force) is not saved: the saved config alone never resumes or replaces a run
+    derived = ("config_path", "recipe_reason", "resume", "force")
     assert {k: v for k, v in again.items() if k not in derived} == {k: v for k, v in cfg.items() if k not in derived}
+    assert (again.resume, again.force) == ("", False)
 
 
 @pytest.mark.parametrize("argv, chosen", [

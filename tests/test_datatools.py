@@ -217,6 +217,8 @@ def test_split_resplits_a_train_val_tree_and_refuses_to_overwrite(tmp_path, caps
     assert "already exists" in capsys.readouterr().err and marker.exists()
     assert datatools.main(["split", str(src), str(dst), "--force"]) == 0
     assert not marker.exists() and len(read_manifest(dst)) == 20
+    moved = list(tmp_path.glob("resplit.old-*"))  # the earlier split, kept whole with what the user added
+    assert len(moved) == 1 and (moved[0] / "train" / "cat" / "keep.txt").read_text() == "mine"
     for bad in (["split", str(src), str(src / "train" / "out")],  # inside SRC
                 ["split", str(src), str(tmp_path / "x"), "--val", "1.5"],
                 ["split", str(tmp_path / "missing"), str(tmp_path / "y")]):

@@ -3,16 +3,25 @@
 The msrun tests start real jobs: msrun's scheduler plus 2 CPU worker
 processes on this machine, MindSpore's own collectives (mccl) in between.
 Trainer runs are tiny: synthetic set at 32 px, width 0.35, 2 epochs of 6 steps.
+
+The several-host command of the README runs as two hosts on this machine: two
+network namespaces the test creates (root and iproute2's `ip` needed, skipped
+otherwise), joined by a veth pair, each with its own address, one msrun launch
+in each (`--worker_num 2 --local_worker_num 1`, `--node_rank` 0 and 1, the
+master address host 0's). The run folder is shared storage, as the README asks.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +112,14 @@ def test_single_process_without_msrun_or_when_switched_off():
     assert dist.init_distributed("off", environ=msrun_env) == dist.SINGLE_PROCESS
     with pytest.raises(UsageError, match="not launched by msrun"):
         dist.init_distributed("on", environ={})
+
+
+def test_a_lost_peer_is_told_from_other_runtime_errors():
+    # MindSpore's text when host 1's worker was killed during host 0's compiled step (MindSpore 2.10, CPU)
+    lost = RuntimeError("\n----\n- Kernel error:\n----\n"
+                        "Launch kernel failed: Default/grad_reducer-DistributedGradReducer/AllReduce-op0\n")
+    assert dist.is_collective_failure(lost)
+    assert not dist.is_collective_failure(RuntimeError("Allocate memory failed"))
 
 
 def test_digest_sees_a_single_changed_value():
@@ -247,3 +264,174 @@ def test_port_in_use_fails_fast_with_one_clear_line(tmp_path, cli_env, repo_root
     assert any(len(lines) == 1 and f"master 127.0.0.1:{port}" in lines[0] for lines in worker_errors), worker_errors
     assert all(len(lines) <= 1 for lines in worker_errors)
     assert not out.exists()  # nothing written: no rank got past joining the job
+
+
+# --- two hosts: two network namespaces, one msrun launch in each ------------------------------------
+
+# RFC 2544's benchmarking range, used only inside the two namespaces the test creates (never routed anywhere)
+HOST_ADDRESSES = ("198.18.28.1", "198.18.28.2")
+
+# Host 1's worker for the kill test: holds at the start of epoch 2 (epoch 1 saved), says where, waits to be killed.
+HOLD_AT_EPOCH_2 = r"""
+import os, runpy, sys, time
+from pathlib import Path
+from ms_impl.trainer import dataset
+
+real_train_dataset = dataset.train_dataset
+
+def train_dataset(images, cfg, image_size, epoch, *args, **kwargs):
+    if epoch >= 1:
+        Path(os.environ["HOLD_MARKER"]).write_text(str(os.getpid()))
+        time.sleep(600)
+    return real_train_dataset(images, cfg, image_size, epoch, *args, **kwargs)
+
+dataset.train_dataset = train_dataset
+sys.argv = ["ms_impl/train.py"] + sys.argv[1:]
+runpy.run_path("ms_impl/train.py", run_name="__main__")
+"""
+
+
+@dataclass(frozen=True)
+class TwoHosts:
+    namespaces: tuple
+    addresses: tuple = HOST_ADDRESSES
+
+    def free_master_port(self) -> int:
+        """A port free on host 0 (asked inside its namespace: the workers' own servers bind ports there too)."""
+        probe = "import socket; s = socket.socket(); s.bind((%r, 0)); print(s.getsockname()[1])" % self.addresses[0]
+        return int(subprocess.run(["ip", "netns", "exec", self.namespaces[0], sys.executable, "-c", probe],
+                                  capture_output=True, text=True, check=True).stdout)
+
+    def wait_until_idle(self, timeout: float = 120) -> None:
+        """Until no process of an earlier job is left on either host (`ip netns pids`)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            left = [subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+                    for ns in self.namespaces]
+            if not any(left):
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"processes of an earlier job still running on the hosts: {left}")
+
+    def launch(self, node_rank: int, script_and_args: list, log_dir: Path, cwd: Path, env: dict, port: int):
+        """README's several-host msrun command on host `node_rank` (in its namespace), without waiting for it."""
+        command = ["ip", "netns", "exec", self.namespaces[node_rank],
+                   os.path.join(os.path.dirname(sys.executable), "msrun"), f"--worker_num={WORKERS}",
+                   "--local_worker_num=1", f"--node_rank={node_rank}", f"--master_addr={self.addresses[0]}",
+                   f"--master_port={port}", "--join=True", f"--cluster_time_out={CLUSTER_TIME_OUT_S}",
+                   f"--log_dir={log_dir}", *map(str, script_and_args)]
+        return subprocess.Popen(command, cwd=cwd, env=job_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+
+
+@pytest.fixture(scope="module")
+def two_hosts():
+    """Two network namespaces joined by a veth pair, each with its own address: two hosts on this machine."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        pytest.skip("two hosts on one machine need network namespaces, which only root can create (Linux)")
+    if shutil.which("ip") is None:
+        pytest.skip("two hosts on one machine need iproute2's `ip` to create network namespaces")
+    tag = os.getpid() % 100_000
+    namespaces, links = (f"mbv2h{tag}a", f"mbv2h{tag}b"), (f"mbv2v{tag}a", f"mbv2v{tag}b")
+    commands = [["ip", "netns", "add", namespaces[0]], ["ip", "netns", "add", namespaces[1]],
+                ["ip", "link", "add", links[0], "type", "veth", "peer", "name", links[1]]]
+    for namespace, link, address in zip(namespaces, links, HOST_ADDRESSES):
+        commands += [["ip", "link", "set", link, "netns", namespace],
+                     ["ip", "-n", namespace, "addr", "add", f"{address}/30", "dev", link],
+                     ["ip", "-n", namespace, "link", "set", "lo", "up"],
+                     ["ip", "-n", namespace, "link", "set", link, "up"]]
+
+    def remove() -> None:
+        for namespace in namespaces:  # removes the veth pair with it
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+        subprocess.run(["ip", "link", "del", links[0]], capture_output=True)
+
+    for command in commands:
+        made = subprocess.run(command, capture_output=True, text=True)
+        if made.returncode != 0:
+            remove()
+            pytest.skip(f"cannot create network namespaces here ({' '.join(command[:3])}: {made.stderr.strip()})")
+    yield TwoHosts(namespaces)
+    remove()
+
+
+def finish(process, timeout: int = 600) -> str:
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        raise AssertionError(f"msrun still running after {timeout} s:\n{output[-3000:]}")
+    return output
+
+
+def error_lines(log: Path) -> list:
+    return [line for line in log.read_text().splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.slow
+def test_two_hosts_train_like_two_local_workers_and_both_launches_exit_0(two_hosts, two_worker_run, synthetic_cache,
+                                                                          tmp_path, cli_env, repo_root):
+    two_hosts.wait_until_idle()
+    out, port = tmp_path / "run", two_hosts.free_master_port()
+    args = ["ms_impl/train.py", *TINY, "--batch_size", "8", "--synthetic_cache_dir", synthetic_cache, "--output_dir", out]
+    hosts = [two_hosts.launch(rank, args, tmp_path / f"logs{rank}", repo_root, cli_env, port) for rank in (0, 1)]
+    outputs = [finish(host) for host in hosts]
+    for host, output in zip(hosts, outputs):
+        assert host.returncode == 0, output[-3000:]
+    # host 1's msrun started no scheduler of its own: the master address is not one of its addresses
+    assert sorted(p.name for p in (tmp_path / "logs0").iterdir()) == ["scheduler.log", "worker_0.log"]
+    assert sorted(p.name for p in (tmp_path / "logs1").iterdir()) == ["worker_1.log"]
+    digests = [d for rank in (0, 1) for d in re.findall(
+        rf"final weights identical on all {WORKERS} ranks: sha256 ([0-9a-f]{{64}})",
+        (tmp_path / f"logs{rank}" / f"worker_{rank}.log").read_text())]
+    assert len(digests) == 2 and len(set(digests)) == 1
+    reference = weights(two_worker_run / "checkpoints" / "mobilenetv2-last.ckpt")
+    two_host = weights(out / "checkpoints" / "mobilenetv2-last.ckpt")
+    assert two_host.keys() == reference.keys()
+    for name in reference:  # the same computation, the same collectives: equal, not merely close
+        np.testing.assert_array_equal(two_host[name], reference[name], err_msg=name)
+
+
+@pytest.mark.slow
+def test_a_lost_host_stops_the_other_in_one_line_and_resume_auto_continues(two_hosts, two_worker_run, synthetic_cache,
+                                                                          tmp_path, cli_env, repo_root):
+    two_hosts.wait_until_idle()
+    out, port = tmp_path / "run", two_hosts.free_master_port()
+    trainer_args = [*TINY, "--batch_size", "8", "--synthetic_cache_dir", synthetic_cache, "--output_dir", out]
+    holding = tmp_path / "hold_at_epoch_2.py"
+    holding.write_text(HOLD_AT_EPOCH_2)
+    marker = tmp_path / "host1-held"
+    host0 = two_hosts.launch(0, ["ms_impl/train.py", *trainer_args], tmp_path / "logs0", repo_root, cli_env, port)
+    host1 = two_hosts.launch(1, [holding, *trainer_args], tmp_path / "logs1", repo_root,
+                             dict(cli_env, HOLD_MARKER=str(marker)), port)
+    deadline = time.monotonic() + 500
+    while not marker.exists() and host1.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), finish(host1, 60)[-3000:]
+    os.kill(int(marker.read_text()), signal.SIGKILL)  # host 1's worker, at the start of epoch 2
+    killed = time.monotonic()
+    output = finish(host0, timeout=CLUSTER_TIME_OUT_S + 15 + 300)  # a hang would end the test here
+    print(f"\nhost 0 stopped {time.monotonic() - killed:.0f} s after host 1's worker was killed")
+    finish(host1, 120)
+    assert host0.returncode != 0 and host1.returncode != 0
+    worker0 = tmp_path / "logs0" / "worker_0.log"
+    assert "Traceback" not in worker0.read_text(), worker0.read_text()[-3000:]
+    lines = error_lines(worker0)
+    assert len(lines) == 1 and "another worker or host was lost" in lines[0] and "--resume auto" in lines[0], lines
+    assert lines[0] in output  # msrun shows the worker's line on host 0's console
+    assert len(error_lines(tmp_path / "logs0" / "scheduler.log")) <= 1
+    assert (out / "checkpoints" / f"mobilenetv2-1_{STEPS}.ckpt").is_file()
+
+    # the same two commands with --resume auto continue from epoch 1 and end where two local workers ended
+    two_hosts.wait_until_idle()
+    port = two_hosts.free_master_port()
+    hosts = [two_hosts.launch(rank, ["ms_impl/train.py", *trainer_args, "--resume", "auto"],
+                              tmp_path / f"resumed{rank}", repo_root, cli_env, port) for rank in (0, 1)]
+    outputs = [finish(host) for host in hosts]
+    for rank, (host, output) in enumerate(zip(hosts, outputs)):
+        assert host.returncode == 0, output[-3000:]
+        log = (tmp_path / f"resumed{rank}" / f"worker_{rank}.log").read_text()
+        assert re.search(rf"resumed from {re.escape(str(out / 'checkpoints'))}/\S+: epoch 1, step 0 of {STEPS}", log)
+    reference = weights(two_worker_run / "checkpoints" / "mobilenetv2-last.ckpt")
+    assert max_relative_difference(weights(out / "checkpoints" / "mobilenetv2-last.ckpt"), reference) < 1e-6

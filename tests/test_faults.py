@@ -9,7 +9,6 @@ made read-only otherwise; a full file system needs root (skipped otherwise).
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import signal
@@ -22,7 +21,8 @@ from typing import Dict
 import numpy as np
 import pytest
 
-from parity.core.files import TEMP_MARKER, WriteError, atomic_write_bytes, stale_temporaries
+from parity.core.files import WriteError, atomic_write_bytes
+from tests.helpers import no_temporaries, one_error_line, snapshot
 
 # PyNative: these tests are about files, locks and signals, not the compiled step (graph mode is
 # tested in test_train_cli.py); a tiny run starts in half the time without graph compilation.
@@ -31,26 +31,6 @@ TINY = ["--device", "CPU", "--width_mult", "0.35", "--synthetic_image_size", "32
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def one_error_line(stderr: str, *needles: str) -> str:
-    """The only `error:` line of `stderr`; asserts no traceback and that it names every needle."""
-    assert "Traceback" not in stderr, stderr[-3000:]
-    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, stderr[-3000:]
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
-
-
-def snapshot(folder: Path) -> Dict[str, str]:
-    """relative path -> sha256 of every file under `folder` (what the user had; the trainer's lock file aside)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".train.lock")}
-
-
-def no_temporaries(folder: Path) -> bool:
-    return not [p for p in folder.rglob(f"*{TEMP_MARKER}*")] and not list(folder.rglob("*.tmp"))
 
 
 def _mount_tmpfs(where: Path, options: str) -> bool:
@@ -168,66 +148,7 @@ def test_force_moves_the_old_run_aside_and_starts_over(tmp_path, train):
     assert len((out / "metrics.csv").read_text().splitlines()) == 2 and (out / "checkpoints" / "mobilenetv2-last.ckpt").is_file()
 
 
-# ---------------------------------------------------------------- 2. crash while a checkpoint is written
-
-BLOCKING_SAVE = r"""
-import os, sys, time, runpy
-from pathlib import Path
-import mindspore as ms
-
-real_save = ms.save_checkpoint
-target, marker = os.environ["BLOCK_SAVE_OF"], os.environ["BLOCK_SAVE_MARKER"]
-
-def save_checkpoint(save_obj, ckpt_file_name, *args, **kwargs):
-    # the trainer writes `.<name>.tmp-XXXX.ckpt`, then renames it: block on the one for `target`
-    if Path(ckpt_file_name).name.startswith("." + target):
-        with open(ckpt_file_name, "wb") as handle:
-            handle.write(b"half a checkpoint")
-        Path(marker).write_text("blocked")
-        time.sleep(600)
-    return real_save(save_obj, ckpt_file_name, *args, **kwargs)
-
-ms.save_checkpoint = save_checkpoint
-sys.argv = ["ms_impl/train.py"] + sys.argv[1:]
-runpy.run_path("ms_impl/train.py", run_name="__main__")
-"""
-
-
-def _kill_while_saving(name: str, args, tmp_path, cli_env, repo_root) -> None:
-    marker = tmp_path / f"blocked-{name}"
-    env = dict(cli_env, BLOCK_SAVE_OF=name, BLOCK_SAVE_MARKER=str(marker))
-    process = subprocess.Popen([sys.executable, "-c", BLOCKING_SAVE, *args], cwd=repo_root, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 280
-    while not marker.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert marker.exists(), process.communicate(timeout=30)[1][-3000:]
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=60)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("blocked, resumes_from", [("mobilenetv2-last.ckpt", "mobilenetv2-1_3.ckpt"),
-                                                    ("mobilenetv2-1_3.ckpt", None)])
-def test_kill_during_the_first_checkpoint_write_then_resume_auto(blocked, resumes_from, tmp_path, tmp_path_factory,
-                                                                 cli_env, repo_root):
-    out = tmp_path / "run"
-    args = TINY + ["--synthetic_cache_dir", synthetic_cache(tmp_path_factory), "--output_dir", str(out), "--epochs", "2"]
-    _kill_while_saving(blocked, args, tmp_path, cli_env, repo_root)
-    assert stale_temporaries(out / "checkpoints")  # the killed write left its temporary file
-
-    resumed = subprocess.run([sys.executable, "ms_impl/train.py", *args, "--resume", "auto"], cwd=repo_root, env=cli_env,
-                             capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Traceback" not in resumed.stderr and "half-written by a run that was killed" in resumed.stderr
-    if resumes_from:
-        assert f"resumed from {out / 'checkpoints' / resumes_from}: epoch 1, step 0" in resumed.stderr
-    else:
-        assert "no intact checkpoint" in resumed.stderr and "was moved to" in resumed.stderr
-    assert no_temporaries(out)
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["epochs"] == 2 and len((out / "metrics.csv").read_text().splitlines()) == 3
-
+# ---------------------------------------------------------------- 2. resuming (a crash at each checkpoint write: test_checkpoint_set.py)
 
 @pytest.mark.slow
 def test_resume_with_other_training_settings_is_refused_and_the_run_kept(tmp_path, train):

@@ -14,11 +14,17 @@ Files in `<output_dir>/checkpoints/`: `mobilenetv2-<epoch>_<steps>.ckpt` per epo
 (the official ModelCheckpoint naming; at most keep_checkpoint_max kept),
 `mobilenetv2-last.ckpt` (latest state: epoch end or interruption) and
 `mobilenetv2-best.ckpt` (best val top-1).
+
+The end of an epoch writes the epoch file, then `last`, then `best` (each
+atomically); a crash between those writes leaves the set incomplete or stale.
+`complete_checkpoint_set` (called on `--resume auto`) rewrites whatever is
+missing or behind from the state resumed, so a resumed run always ends whole.
 """
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -165,3 +171,58 @@ def restore_training_checkpoint(path: Path, network_params: Dict[str, object], o
         moment.set_data(entries[moment.name].value())
     optimizer.global_step.set_data(entries["global_step"].value())
     return TrainState(**json.loads(entries[STATE_KEY]))
+
+
+def _intact_state(path: Path) -> Optional[TrainState]:
+    """The training state of `path`, or None when it is missing or cannot be read."""
+    try:
+        return train_state_of(path)
+    except UsageError:
+        return None
+
+
+def _holds_epoch_end(path: Path, epoch: int) -> bool:
+    state = _intact_state(path)
+    return state is not None and state.epoch == epoch and state.step_in_epoch == 0
+
+
+def complete_checkpoint_set(folder: Path, resumed_from: Path, state: TrainState, network_params: Dict[str, object],
+                            optimizer, log=None) -> List[Path]:
+    """Rewrite the members of the checkpoint set a crash left missing or stale; returns the files written.
+
+    `state` is the one just restored from `resumed_from` (the newest intact
+    checkpoint), with the network and optimizer holding its values. At an epoch
+    end the epoch file and `last` must hold exactly that state; `best` must
+    hold the end of epoch `state.best_epoch`: the current weights when that is
+    the epoch just ended, else a copy of that epoch's file while it is kept.
+    """
+    folder = Path(folder)
+    written: List[Path] = []
+    at_epoch_end = state.step_in_epoch == 0 and state.epoch > 0
+    if at_epoch_end:
+        for target in (folder / epoch_checkpoint_name(state.epoch, state.steps_per_epoch), folder / LAST):
+            if target == Path(resumed_from):
+                continue
+            current = _intact_state(target)
+            if current is None or (current.epoch, current.step_in_epoch, current.global_step) != (
+                    state.epoch, 0, state.global_step):
+                save_training_checkpoint(target, network_params, optimizer, state)
+                written.append(target)
+    best = folder / BEST
+    if state.best_epoch > 0 and not _holds_epoch_end(best, state.best_epoch):
+        if at_epoch_end and state.best_epoch == state.epoch:
+            save_training_checkpoint(best, network_params, optimizer, state)
+            written.append(best)
+        else:
+            source = folder / epoch_checkpoint_name(state.best_epoch, state.steps_per_epoch)
+            if _holds_epoch_end(source, state.best_epoch):
+                with atomic_path(best) as temp:
+                    shutil.copyfile(source, temp)
+                written.append(best)
+            elif log is not None:
+                log.warning("%s: missing or stale, and epoch %d's checkpoint (the best) is no longer kept; it is "
+                            "written again when an epoch beats top-1 %.4f", best, state.best_epoch, state.best_top1)
+    if log is not None:
+        for path in written:
+            log.info("rewrote %s: a crash had left it missing or stale", path)
+    return written

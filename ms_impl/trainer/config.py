@@ -32,6 +32,7 @@ from easydict import EasyDict
 
 from ms_impl.trainer.errors import UsageError
 from parity.core import preprocess
+from parity.core.files import path_problem, shown_path
 from parity.core.spec import INVERTED_RESIDUAL_SETTING
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -40,6 +41,11 @@ DEVICES = ("CPU", "GPU", "Ascend")
 DEFAULT_CONFIG = {device: CONFIG_DIR / f"garbage26_{device.lower()}.yaml" for device in DEVICES}
 BASE_KEY = "base"  # names the file a config overrides; not an option
 PATH_KEYS = ("classes_file",)  # resolved against the file that sets them, saved absolute
+# Keys naming files or folders: checked like every path option (parity.core.files.path_problem) before any is used.
+FILE_KEYS = ("data_path", "output_dir", "resume", "pretrained", "classes_file", "synthetic_cache_dir", "feature_cache_dir")
+# How a run was started, not how it trains: a run's saved config.yaml holds their defaults, so that
+# `--config <run>/config.yaml` alone never resumes or replaces that run (the same flags must be given again).
+START_ONLY_KEYS = ("resume", "force")
 
 
 def _number(value: float) -> str:
@@ -140,6 +146,11 @@ def trajectory_settings(cfg: EasyDict) -> Dict[str, Any]:
 
 def check_relations(cfg: EasyDict, source: Callable[[str], str]) -> None:
     """Rules between keys; `source(key)` names where the value came from."""
+    for key in FILE_KEYS:
+        value = cfg.get(key)
+        problem = path_problem(value) if isinstance(value, str) and value else ""
+        if problem:
+            raise UsageError(f"{source(key)}: {shown_path(value)}: {problem}")
     if cfg.warmup_epochs > cfg.epochs:
         raise UsageError(f"{source('warmup_epochs')}: {cfg.warmup_epochs} is more than epochs ({cfg.epochs}, from {source('epochs')})")
     if not str(cfg.output_dir).strip():
@@ -347,6 +358,8 @@ def parse_config(argv: Optional[Sequence[str]] = None, description: str = "",
     then tell a default from a choice, as eval.py does for `--tta`)."""
     front, _ = _front_parser(add_help=False).parse_known_args(argv)  # which file; the rest is parsed below
     path = front.config or DEFAULT_CONFIG[front.device or "CPU"]
+    if path_problem(path):
+        raise UsageError(f"--config: {shown_path(path)}: {path_problem(path)}")
     chain = _file_chain(Path(path))
     schema = build_schema(chain)
 
@@ -432,7 +445,7 @@ def dump_config(cfg: EasyDict) -> str:
     lines = [f"# Resolved config of a run (from {cfg.config_path} and the command line).",
              "# Rerun it: python ms_impl/train.py --config <this file>"]
     for key, option in schema.items():
-        value = cfg[key]
+        value = option.default if key in START_ONLY_KEYS else cfg[key]
         if key == f"recipe_{cfg.get('recipe')}" and "recipe_applied" in cfg:
             # only the values the recipe set in this run: on reading back the recipe is applied again, and a value
             # the command line chose instead (saved in its own key) must not be replaced by the recipe's

@@ -1,7 +1,8 @@
 """Data of the trainer: `<data_path>/{train,val}/<class name>/*` read with mindspore.dataset.
 
 Class indices come from the configured class list (folder name = class `name`),
-never from folder sort order. Every file is opened once up front with PIL:
+never from folder sort order. FIFOs, sockets and devices are skipped unopened with
+a warning (`images.list_regular_files`). Every file is opened once up front with PIL:
 corrupt, truncated or non-image files are skipped, each with one warning naming
 it, and counted. Formats MindSpore's decoder does not read (WebP, GIF, ...) are
 converted on the fly (`images.pipeline_bytes`). A file that vanishes or turns
@@ -22,7 +23,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 
 from ms_impl.trainer.errors import UsageError
-from ms_impl.trainer.images import file_stamp, pipeline_bytes, unreadable_reason
+from ms_impl.trainer.images import file_stamp, list_regular_files, pipeline_bytes, unreadable_reason
 from ms_impl.transforms import eval_transforms, train_transforms, whole_transforms
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def scan_split(data_path: Path, split: str, class_names: Sequence[str]) -> Image
         class_dir = split_dir / name
         readable = 0
         try:
-            entries = sorted(p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+            entries = list_regular_files(class_dir, lambda message: log.warning("%s", message))
         except OSError as exc:
             raise UsageError(f"{class_dir}: cannot list the class folder ({exc.strerror or exc})") from None
         for path in entries:

@@ -44,7 +44,7 @@ __all__ = [
     "DistributedContext", "MSRUN_ENV", "launched_by_msrun", "init_distributed",
     "all_reduce_sum", "average_batchnorm_statistics",
     "check_replicas_identical", "raise_if_any_rank_failed", "any_rank", "replicated_state", "global_batch_size",
-    "SINGLE_PROCESS",
+    "is_collective_failure", "SINGLE_PROCESS",
 ]
 
 # Set by msrun for every process it starts (scheduler and workers).
@@ -117,7 +117,8 @@ def _diagnose(role: str, host: str, port: int) -> str:
     if role == ROLE_SCHEDULER:
         if _port_taken(host, port):
             return f"master port {port} on {host} is already in use by another process; pick a free --master_port"
-        return "the job ended abnormally: a worker failed or did not join in time (see the worker logs)"
+        return ("the job ended abnormally: a worker failed, was lost (its process or host stopped) or did not join "
+                "in time (see the worker logs)")
     try:
         with socket.create_connection((host, port), timeout=3):
             return (f"{host}:{port} accepts connections but no MindSpore scheduler answered: the port is taken "
@@ -291,6 +292,16 @@ def check_replicas_identical(named_params: Dict[str, object], ctx: DistributedCo
         raise UsageError(f"{what}: the ranks hold different weights (rank {ctx.rank} digest {digest[:16]}); "
                          "every rank must start from the same seed and the same checkpoint file")
     return digest
+
+
+_COLLECTIVE_WORDS = ("allreduce", "reducescatter", "allgather", "broadcast", "collective", "communicat")
+
+
+def is_collective_failure(exc: BaseException) -> bool:
+    """True for MindSpore's error when a collective cannot complete (a peer stopped): "Launch kernel failed:
+    .../AllReduce-op0" from the compiled step, the same from an eager all-reduce."""
+    text = str(exc).lower().replace("_", "").replace(" ", "")
+    return any(word in text for word in _COLLECTIVE_WORDS)
 
 
 def global_batch_size(per_worker_batch: int, ctx: DistributedContext) -> int:

@@ -11,20 +11,28 @@ the current folder. So the pipelines hand it those three formats only:
 `pipeline_bytes` passes them through untouched and re-encodes every other
 PIL-readable file (WebP, GIF, TIFF, ... whatever the extension) as PNG in
 memory, losslessly.
+
+Listing: every tool that walks a folder of photos (trainer, eval, predict,
+datatools) takes its files from `list_regular_files`. Only regular files are
+ever opened: a FIFO named `x.jpg` would block the reader forever, a device
+may never end, so those (and sockets, broken links) are left out with one
+warning each, found by `stat`, never by opening them.
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 from pathlib import Path
-from typing import Tuple, Union
+from typing import Callable, List, Tuple, Union
 
 import numpy as np
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 __all__ = ["IMAGE_EXTENSIONS", "is_image_name", "unreadable_reason", "read_rgb", "pipeline_bytes",
-           "native_format", "file_stamp"]
+           "native_format", "file_stamp", "not_regular_reason", "list_regular_files"]
 
 # Leading bytes of the formats MindSpore's Decode reads itself.
 _NATIVE_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"BM", "BMP"))
@@ -34,10 +42,58 @@ def is_image_name(name: Union[str, Path]) -> bool:
     return str(name).lower().endswith(IMAGE_EXTENSIONS)
 
 
+def not_regular_reason(path: Union[str, Path]) -> str:
+    """Why `path` is not a regular file ('' when it is), found without opening it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if os.path.islink(path):
+            return "a loop of symbolic links" if exc.errno == errno.ELOOP else "a broken symbolic link"
+        return "no such file" if isinstance(exc, FileNotFoundError) else f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return ""
+    if stat.S_ISDIR(mode):
+        return "a folder, not a file"
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file")
+    return f"{kind}, not a regular file"
+
+
+def list_regular_files(folder: Union[str, Path], warn: Callable[[str], None], recursive: bool = False,
+                       skip_hidden: bool = True, suffixes: Tuple[str, ...] = ()) -> List[Path]:
+    """The regular files in `folder` (and its subfolders with `recursive`), sorted; no entry is opened.
+
+    Each FIFO, socket, device or broken link is left out with one `warn(message)`.
+    `skip_hidden` leaves out names starting with '.' (silently); `suffixes`
+    keeps only names ending in one of them (any case). Symbolic links to
+    folders are not followed (as `os.walk`). OSError when a folder cannot be listed.
+    """
+    found: List[Path] = []
+    pending = [Path(folder)]
+    while pending:
+        for entry in pending.pop().iterdir():  # stat only (is_dir, is_file): nothing is opened
+            if skip_hidden and entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                if recursive and not entry.is_symlink():
+                    pending.append(entry)
+                continue
+            if suffixes and not entry.name.lower().endswith(suffixes):
+                continue
+            if entry.is_file():
+                found.append(entry)
+            else:
+                warn(f"skipping {entry}: {not_regular_reason(entry)} (not opened)")
+    return sorted(found)
+
+
 def read_rgb(path: Union[str, Path]):
     """The image as an RGB PIL image; ValueError with a one-line reason when it cannot be decoded."""
     from PIL import Image, UnidentifiedImageError
 
+    problem = not_regular_reason(path)  # opening a FIFO would block until something writes to it
+    if problem:
+        raise ValueError(problem)
     try:
         with Image.open(path) as image:
             image.load()  # decodes every pixel: catches truncated files that open() and verify() let through
@@ -69,6 +125,9 @@ def pipeline_bytes(path: Union[str, Path]) -> np.ndarray:
 
     ValueError with a one-line reason when the file is gone, empty or not an image.
     """
+    problem = not_regular_reason(path)
+    if problem:
+        raise ValueError(f"cannot read file ({problem})")
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:

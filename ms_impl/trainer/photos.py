@@ -3,8 +3,8 @@
 The engine behind `python -m ms_impl.datatools check` and `split`.
 
 Layouts: `<root>/<class>/*` (a folder per class) or `<root>/{train,val,...}/<class>/*`.
-Every non-hidden file in a class folder is a candidate, as in the trainer's
-scan (`dataset.scan_split`); the ones the pipeline cannot decode
+Every non-hidden regular file in a class folder is a candidate, as in the trainer's
+scan (`dataset.scan_split`; both list with `images.list_regular_files`); the ones the pipeline cannot decode
 (`images.unreadable_reason`) are reported, never hashed or split.
 
 Duplicates:
@@ -27,15 +27,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ms_impl.trainer.images import read_rgb, unreadable_reason
+from ms_impl.trainer.images import list_regular_files, read_rgb, unreadable_reason
 
 __all__ = ["SPLIT_NAMES", "HASH_SCALES", "HASH_BITS", "DEFAULT_THRESHOLD", "Photo", "PhotoSet", "DuplicateGroup",
            "find_photos", "scan_photos", "perceptual_hash", "hamming", "pairwise_distances", "duplicate_groups",
@@ -113,8 +114,13 @@ def _split_rank(name: str) -> Tuple[int, str]:
     return (SPLIT_NAMES.index(lowered) if lowered in SPLIT_NAMES else len(SPLIT_NAMES), name)
 
 
-def find_photos(root) -> PhotoSet:
-    """Every non-hidden file under `root/[split/]class/`, unread; ValueError naming `root` when there are none."""
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def find_photos(root, warn: Callable[[str], None] = _warn) -> PhotoSet:
+    """Every non-hidden regular file under `root/[split/]class/`, unread; ValueError naming `root` when there are none.
+    FIFOs, sockets and devices are left out unopened, with one `warn(message)` each."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root}: not a folder")
@@ -125,8 +131,11 @@ def find_photos(root) -> PhotoSet:
     for split, split_dir in layout:
         for class_name in _subfolders(split_dir):
             class_dir = split_dir / class_name
-            for path in sorted(p for p in _entries(class_dir) if p.is_file() and not p.name.startswith(".")):
-                photos.append(Photo(split, class_name, path))
+            try:
+                found = list_regular_files(class_dir, warn)
+            except OSError as exc:
+                raise ValueError(f"{class_dir}: cannot list the folder ({exc.strerror or exc})") from None
+            photos += [Photo(split, class_name, path) for path in found]
     if not photos:
         raise ValueError(f"{root}: no files found (expected {root}/<class>/*.jpg or {root}/train/<class>/*.jpg)")
     return PhotoSet(root, [s for s, _ in layout], sorted({p.class_name for p in photos}), photos)

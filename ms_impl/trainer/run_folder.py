@@ -10,7 +10,8 @@
   (its `summary.json`), the default of eval.py and predict.py for that checkpoint.
 - `move_aside`: `--force` (or `--resume auto` with nothing intact to resume)
   renames the old run's files into a sibling `<output_dir>.old-<time>` folder
-  instead of deleting them, and only after every input has been validated.
+  instead of deleting them, and only after every input has been validated
+  (`aside_path` names that folder; `datatools split --force` uses it too).
 """
 from __future__ import annotations
 
@@ -146,6 +147,18 @@ def holds_run(folder: Path) -> bool:
     return checkpoints.is_dir() and any(p.suffix == ".ckpt" for p in checkpoints.iterdir())
 
 
+def aside_path(folder: Path) -> Path:
+    """A new sibling name for what `--force` replaces: `<folder>.old-<time>` (`-2`, `-3`, ... when taken)."""
+    folder = Path(folder)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = folder.with_name(f"{folder.name}.old-{stamp}")
+    suffix = 1
+    while target.exists() or target.is_symlink():
+        suffix += 1
+        target = folder.with_name(f"{folder.name}.old-{stamp}-{suffix}")
+    return target
+
+
 def move_aside(folder: Path) -> Optional[Path]:
     """Move every entry of `folder` into a new sibling `<folder>.old-<time>`, except the lock files and the
     feature cache (keyed by content and checked on use, so the new run may reuse it; it holds no result).
@@ -157,12 +170,7 @@ def move_aside(folder: Path) -> Optional[Path]:
     entries = [p for p in folder.iterdir() if p.name not in (LOCK_NAME, OWNER_NAME, FEATURE_CACHE_FOLDER)]
     if not entries:
         return None
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = folder.with_name(f"{folder.name}.old-{stamp}")
-    suffix = 1
-    while target.exists():
-        suffix += 1
-        target = folder.with_name(f"{folder.name}.old-{stamp}-{suffix}")
+    target = aside_path(folder)
     try:
         target.mkdir()
         for entry in entries:

@@ -9,7 +9,10 @@ On any error the temporary file is removed, and an `OSError` becomes a
 read-only file system, a folder in the way).
 
 Also here: `one_line(exc)`, the one-line form of any exception, used
-wherever a framework's multi-line error is shown to a user.
+wherever a framework's multi-line error is shown to a user; `path_problem`,
+the check every tool applies to a path option before using it (a path too
+long for the system fails with ENAMETOOLONG wherever it is first touched,
+often deep inside a library), and `shown_path` to name a long path in one line.
 """
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ from typing import Callable, Iterator, List, Optional, Union
 PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = ["WriteError", "atomic_path", "atomic_folder", "check_writable_folder", "atomic_write_bytes", "atomic_write_text", "one_line",
-           "default_file_mode", "TEMP_MARKER", "stale_temporaries", "remove_stale_temporaries", "is_disk_full"]
+           "default_file_mode", "TEMP_MARKER", "stale_temporaries", "remove_stale_temporaries", "is_disk_full",
+           "PATH_LIMIT", "NAME_LIMIT", "path_problem", "shown_path", "path_argument", "is_path_error", "path_error_line"]
 
 TEMP_MARKER = ".tmp-"  # every temporary file's name starts with "." and holds this marker
 
@@ -40,12 +44,62 @@ def one_line(exc: BaseException, limit: int = 200, with_type: bool = True) -> st
     """The first line of an error's message, at most `limit` characters, prefixed with its type.
 
     MindSpore's errors run over dozens of lines (a C++ call stack, "For
-    details..." links); the first line is the reason a user can act on.
+    details..." links); the first line is the reason a user can act on. Its
+    kernel errors open with a framed section title ("----", "- Kernel error:"),
+    skipped here for the line after it.
     """
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = [line.strip() for line in str(exc).splitlines()
+             if any(ch.isalnum() for ch in line) and not (line.startswith("- ") and line.rstrip().endswith(":"))]
     text = " ".join(lines[0].split(" For details")[0].split()) if lines else ""
     text = text[:limit] or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if with_type else text
+
+
+# Linux: the longest path a system call accepts (PATH_MAX less the NUL) and the longest name in it (NAME_MAX of
+# ext4, xfs, btrfs, tmpfs); anything longer fails with ENAMETOOLONG.
+PATH_LIMIT = 4095
+NAME_LIMIT = 255
+
+
+def path_problem(path: PathLike) -> str:
+    """Why `path` can never name a file here ('' when it can): too long in all or in one of its names."""
+    encoded = os.fsencode(os.fspath(path))
+    longest = max(len(name) for name in encoded.split(b"/"))
+    if len(encoded) > PATH_LIMIT or longest > NAME_LIMIT:
+        return (f"file name too long ({len(encoded)} bytes, the longest name {longest}; "
+                f"at most {PATH_LIMIT} in all and {NAME_LIMIT} per name)")
+    return ""
+
+
+def shown_path(path: PathLike, limit: int = 120) -> str:
+    """`path` for a one-line message; a longer one keeps its start and end around the count of characters left out."""
+    text = os.fspath(path) if not isinstance(path, str) else path
+    text = text if isinstance(text, str) else os.fsdecode(text)
+    if len(text) <= limit:
+        return text
+    head, tail = text[: limit - 40], text[-20:]
+    return f"{head}[... {len(text) - len(head) - len(tail)} characters ...]{tail}"
+
+
+def path_argument(text: str) -> str:
+    """argparse `type=` of a path option: the text itself, or an error naming the problem (see `path_problem`)."""
+    import argparse
+
+    problem = path_problem(text) if text else ""
+    if problem:
+        raise argparse.ArgumentTypeError(f"{shown_path(text)}: {problem}")
+    return text
+
+
+def is_path_error(exc: BaseException) -> bool:
+    """An OSError about the path itself (too long, a loop of links), not about the file behind it."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENAMETOOLONG, errno.ELOOP)
+
+
+def path_error_line(exc: OSError) -> str:
+    """One line for an `is_path_error` error: the path (shortened) and what is wrong with it."""
+    where = shown_path(exc.filename) if exc.filename is not None else "a path"
+    return f"{where}: {(exc.strerror or str(exc)).lower()}"
 
 
 def is_disk_full(exc: BaseException) -> bool:

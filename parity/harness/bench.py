@@ -62,6 +62,8 @@ import numpy as np
 
 from parity.core.files import one_line
 from parity.harness import bench_worker as worker
+from parity.harness.command import (BATCH_RANGE, CLASSES_RANGE, IMAGE_SIZE_RANGE, WIDTH_RANGE, OneLineErrorParser,
+                                    existing_folder, float_in, int_in, path_argument)
 
 PT_NCHW, PT_CHANNELS_LAST, PT_COMPILED = "PyTorch NCHW eager", "PyTorch channels_last eager", \
     "PyTorch channels_last + torch.compile"
@@ -77,17 +79,18 @@ PEER_NAMES = {worker.PT_NCHW: PT_NCHW, worker.PT_CHANNELS_LAST: PT_CHANNELS_LAST
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m parity bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=32, help="images per step")
-    parser.add_argument("--image-size", type=int, default=224, help="input height and width")
-    parser.add_argument("--width", type=float, default=1.0, help="width multiplier")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement (median and range)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first one is reported)")
-    parser.add_argument("--threads", type=int, default=0, help="threads for every peer (0: their defaults)")
+    parser = OneLineErrorParser(prog="python -m parity bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int_in(*BATCH_RANGE), default=32, help="images per step")
+    parser.add_argument("--image-size", type=int_in(*IMAGE_SIZE_RANGE), default=224, help="input height and width")
+    parser.add_argument("--width", type=float_in(*WIDTH_RANGE, low_open=True), default=1.0, help="width multiplier")
+    parser.add_argument("--steps", type=int_in(1, 100_000), default=5, help="timed steps per measurement (median and range)")
+    parser.add_argument("--warmup", type=int_in(0, 100_000), default=2,
+                        help="untimed steps first (the first one is reported)")
+    parser.add_argument("--threads", type=int_in(0, 4096), default=0, help="threads for every peer (0: their defaults)")
     parser.add_argument("--fast-conv", choices=("auto", "on", "off"), default="auto",
                         help="MindSpore twin's 3x3 kernels (ms_impl/fast_conv.py)")
     parser.add_argument("--mode", choices=("graph", "pynative"), default="graph", help="MindSpore execution mode")
-    parser.add_argument("--num-classes", type=int, default=1000, help="classes of the head")
+    parser.add_argument("--num-classes", type=int_in(*CLASSES_RANGE), default=1000, help="classes of the head")
     parser.add_argument("--order", choices=("interleaved", "sequential"), default="interleaved",
                         help="whole-network steps: interleaved across peers (A, B, C, A, ...: load hits all alike) or "
                              "sequential (all of A's steps, then B's: each peer back to back, as if alone)")
@@ -100,15 +103,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-train", action="store_true", help="only the eval forward of the whole network")
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile backend of the compiled peer (inductor: PyTorch's best on CPU)")
-    parser.add_argument("--data-path", default="",
+    parser.add_argument("--data-path", type=existing_folder, default="",
                         help="also time the trainer's training data pipeline alone (decode, augment, batch; "
                              "one epoch of <data-path>/train at --image-size and --batch, configs/garbage26_cpu.yaml "
                              "workers): the img/s it can feed a training step")
-    parser.add_argument("--kernels-baseline", default="",
+    parser.add_argument("--kernels-baseline", type=path_argument, default="",
                         help="instead of the networks: time our kernel entry points alone (called as MindSpore "
                              "calls them), this library against a baseline build of them, e.g. an older "
                              "conv3x3.cc built with the flags of ms_impl/fast_conv.py; steps interleaved")
-    parser.add_argument("--weights", default="",
+    parser.add_argument("--weights", type=path_argument, default="",
                         help="checkpoint (any layout parity.core.converter reads) loaded into every peer; "
                              "default: the PyTorch twin's init with BatchNorm statistics of the batch")
     return parser
@@ -426,11 +429,10 @@ def _load_average() -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.batch < 1 or args.image_size < 32 or args.steps < 1 or args.warmup < 0 or args.width <= 0:
-        print("error: options: --batch >= 1, --image-size >= 32, --steps >= 1, --warmup >= 0, --width > 0 required",
-              file=sys.stderr)
-        return 2
+    try:
+        args = _parser().parse_args(argv)  # every value range-checked: bad input is one line, exit 2
+    except SystemExit as exc:  # --help, or a usage error already printed
+        return int(exc.code or 0)
     if args.kernels_baseline:
         return _kernels_only(args)
     with tempfile.TemporaryDirectory(prefix="parity-bench-") as folder:

@@ -43,8 +43,10 @@ from parity.core import schedule, tolerances
 from parity.core import spec as mbv2_spec
 from parity.core.difference import difference
 from parity.core.verdict import Calibrated, calibrated, calibrated_tensors
-from parity.harness.golden import (PERTURBED_RUNS, flipped, float64_twin, masks_of, perturbed_twin, mindspore_relu6_inputs, torch_relu6_inputs,
-                                   use_masks)
+from parity.harness.command import (BATCH_RANGE, CLASSES_RANGE, IMAGE_SIZE_RANGE, SEED_RANGE, WIDTH_RANGE,
+                                    OneLineErrorParser, float_in, int_in)
+from parity.harness.golden import (PERTURBED_RUNS, flipped, float64_twin, masks_of, mindspore_relu6_inputs,
+                                   perturbed_twin, torch_relu6_inputs, use_masks)
 
 LABEL_SMOOTHING = 0.1
 MOMENTUM = 0.9
@@ -823,32 +825,19 @@ def format_table(results: Sequence[CheckResult], title: str = "") -> str:
     return "\n".join(lines)
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="python -m parity check",
         description="Compare the MindSpore and PyTorch twins: forward, gradients, BN statistics, "
                     "optimizer steps, loss, LR schedule, preprocessing. Exits 1 on any FAIL.")
-    parser.add_argument("--width", type=positive_float, default=1.0, help="width multiplier (default 1.0)")
-    parser.add_argument("--image-size", type=positive_int, default=224, help="input size in pixels (default 224)")
-    parser.add_argument("--num-classes", type=positive_int, default=26, help="classes (default 26)")
-    parser.add_argument("--batch", type=positive_int, default=4, help="batch size (default 4)")
+    parser.add_argument("--width", type=float_in(*WIDTH_RANGE, low_open=True), default=1.0,
+                        help="width multiplier (default 1.0)")
+    parser.add_argument("--image-size", type=int_in(*IMAGE_SIZE_RANGE), default=224, help="input size in pixels (default 224)")
+    parser.add_argument("--num-classes", type=int_in(*CLASSES_RANGE), default=26, help="classes (default 26)")
+    parser.add_argument("--batch", type=int_in(*BATCH_RANGE), default=4, help="batch size (default 4)")
     parser.add_argument("--mode", choices=("graph", "pynative"), default="graph", help="MindSpore mode (default graph)")
-    parser.add_argument("--steps", type=positive_int, default=5, help="optimizer steps compared (default 5)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--steps", type=int_in(1, 10_000), default=5, help="optimizer steps compared (default 5)")
+    parser.add_argument("--seed", type=int_in(*SEED_RANGE), default=0, help="random seed (default 0)")
     parser.add_argument("--fast-conv", choices=("off", "auto", "on"), default="off",
                         help="MindSpore twin's own CPU 3x3 kernels (default off: MindSpore's nn.Conv2d)")
     parser.add_argument("--weights", type=Path, metavar="CHECKPOINT",
@@ -860,10 +849,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.image_size < 32:
-        print(f"python -m parity check: --image-size must be at least 32, got {args.image_size}", file=sys.stderr)
-        return 2
+    try:
+        args = build_parser().parse_args(argv)  # every value range-checked: bad input is one line, exit 2
+    except SystemExit as exc:  # --help, or a usage error already printed
+        return int(exc.code or 0)
     cases = COVERING_CASES if args.all else (Case(args.width, args.image_size, args.num_classes, args.batch,
                                                   args.mode, args.steps, args.seed, args.fast_conv),)
     if args.weights is not None:

@@ -20,6 +20,7 @@ from typing import List, Optional, Sequence
 from parity.core import tolerances
 from parity.core.converter import (FRAMEWORK_OF_LAYOUT, LAYOUTS, Checkpoint, ConversionError, check_finite,
                                    format_of, group_skipped, convert, read_checkpoint, write_checkpoint)
+from parity.core.files import path_problem, shown_path
 from parity.harness.command import run_command
 from parity.harness.diff import first_divergence_line
 from parity.harness.verify import VerifyReport, verify_conversion
@@ -70,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     src, dst = args.src, args.dst
+    for path in (src, dst):
+        if path_problem(path):
+            raise ConversionError(f"{shown_path(path)}: {path_problem(path)}")
     format_of(src)
     format_of(dst)
     if dst.is_dir():

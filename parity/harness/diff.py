@@ -42,10 +42,10 @@ from parity.core.difference import WITHIN_REL, Difference, difference
 from parity.core.files import WriteError, atomic_path, atomic_write_text
 from parity.core.layouts import name_map
 from parity.core.verdict import Calibrated, calibrated, calibrated_tensors, within_noise
-from parity.harness.command import run_command
-from parity.harness.compare import positive_int
-from parity.harness.golden import (PERTURBED_RUNS, flipped, float64_twin, masks_of, perturbed_twin, mindspore_relu6_inputs, mindspore_stage_ops,
-                                   torch_relu6_inputs, torch_stage_ops, use_masks)
+from parity.harness.command import (BATCH_RANGE, IMAGE_SIZE_RANGE, SEED_RANGE, OneLineErrorParser, float_in, int_in,
+                                    path_argument, run_command)
+from parity.harness.golden import (PERTURBED_RUNS, flipped, float64_twin, masks_of, mindspore_relu6_inputs,
+                                   mindspore_stage_ops, perturbed_twin, torch_relu6_inputs, torch_stage_ops, use_masks)
 from parity.harness.verify import build_twin, random_batch
 
 __all__ = ["Row", "Side", "DiffReport", "Options", "diff_checkpoints", "format_report", "plot_report", "main"]
@@ -735,20 +735,8 @@ def plot_report(report: DiffReport, path: Path) -> None:
 
 # ----------------------------------------------------------------------------- command line
 
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """Usage errors as one line, `error: --option: problem`, exit 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        text = message[len("argument "):] if message.startswith("argument ") else message
-        print(f"error: {text}", file=sys.stderr)
-        sys.exit(2)
+def _path(text: str) -> Path:
+    return Path(path_argument(text))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -757,8 +745,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run two MobileNetV2 checkpoints (or one checkpoint in both frameworks) on the same input and "
                     "name the first stage where their outputs part ways. Exit 0 if every row is within "
                     "tolerance, 1 if one is not, 2 for bad input.")
-    parser.add_argument("reference", type=Path, help="reference checkpoint (.pth, .pt, .ckpt, .safetensors)")
-    parser.add_argument("candidate", type=Path, help="candidate checkpoint; the same file twice compares the "
+    parser.add_argument("reference", type=_path, help="reference checkpoint (.pth, .pt, .ckpt, .safetensors)")
+    parser.add_argument("candidate", type=_path, help="candidate checkpoint; the same file twice compares the "
                                                      "two frameworks on identical weights")
     parser.add_argument("--framework", choices=tuple(FRAMEWORK_OF_OPTION),
                         help="run both checkpoints in this twin (default: each in its own framework's twin)")
@@ -766,19 +754,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="eval: inference forward; train: training-mode forward and per-stage gradients "
                              "(default eval)")
     parser.add_argument("--per-op", action="store_true", help="also compare every conv, BatchNorm and ReLU6")
-    parser.add_argument("--image", type=Path, metavar="PATH", help="an image, preprocessed by each twin's own eval pipeline "
+    parser.add_argument("--image", type=_path, metavar="PATH", help="an image, preprocessed by each twin's own eval pipeline "
                                                    "(default: a random batch)")
-    parser.add_argument("--batch", type=positive_int, default=2, metavar="N", help="random batch size (default 2)")
-    parser.add_argument("--image-size", type=positive_int, default=224, metavar="PX", help="input side in pixels (default 224)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random batch and labels (default 0)")
-    parser.add_argument("--atol", type=_non_negative_float,
+    parser.add_argument("--batch", type=int_in(*BATCH_RANGE), default=2, metavar="N", help="random batch size (default 2)")
+    parser.add_argument("--image-size", type=int_in(*IMAGE_SIZE_RANGE), default=224, metavar="PX", help="input side in pixels (default 224)")
+    parser.add_argument("--seed", type=int_in(*SEED_RANGE), default=0, help="seed of the random batch and labels (default 0)")
+    parser.add_argument("--atol", type=float_in(0.0),
                         help="a direct rule instead of the float64 verdict: absolute tolerance of every row "
                              "(default 0 when --rtol is given)")
-    parser.add_argument("--rtol", type=_non_negative_float,
+    parser.add_argument("--rtol", type=float_in(0.0),
                         help="a direct rule instead of the float64 verdict: tolerance relative to the row's "
                              "max |reference| (default 0 when --atol is given)")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="write the report as JSON")
-    parser.add_argument("--plot", type=Path, metavar="FILE.png", help="draw the per-stage error (log scale)")
+    parser.add_argument("--json", type=_path, metavar="FILE", help="write the report as JSON")
+    parser.add_argument("--plot", type=_path, metavar="FILE.png", help="draw the per-stage error (log scale)")
     parser.add_argument("--force", action="store_true", help="overwrite existing --json / --plot files")
     return parser
 
@@ -839,8 +827,6 @@ def use_cpu_pynative() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.image_size < 32:
-        raise ConversionError(f"--image-size: must be at least 32, got {args.image_size}")
     _check_output(args.json, "--json", args.force)
     _check_output(args.plot, "--plot", args.force)
     if args.plot is not None and args.plot.suffix.lower() not in PLOT_SUFFIXES:
