@@ -49,6 +49,7 @@ from ms_impl.trainer.images import read_rgb
 from ms_impl.trainer.photos import (DEFAULT_THRESHOLD, HASH_BITS, DuplicateGroup, Photo, PhotoSet,
                                     duplicate_groups, find_photos, plan_split, scan_photos)
 from parity.core.files import WriteError, atomic_path, atomic_write_text, check_writable_folder, one_line
+from parity.core.options import DashOptionParser
 
 EXIT_CLEAN = 0
 EXIT_FOUND_PROBLEMS = 1
@@ -503,7 +504,7 @@ def _threshold(text: str) -> int:
     return value
 
 
-class _Parser(argparse.ArgumentParser):
+class _Parser(DashOptionParser):
     def error(self, message: str) -> None:  # argparse's own usage errors: one line, exit 2
         self.exit(EXIT_INPUT_ERROR, f"error: {' '.join(message.split())}\n")
 
@@ -539,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats = sub.add_parser("stats", help="per-channel mean/std of all images")
     stats.add_argument("data_dir")
     stats.add_argument("--split", default=None, help="only this split (e.g. train)")
-    stats.add_argument("--image-size", "--image_size", dest="image_size", type=int, default=None, help="resize to SxS first")
+    stats.add_argument("--image-size", type=int, default=None, help="resize to SxS first")
     stats.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from ms_impl.trainer.model_io import CheckpointError, load_model
 from parity.core.files import WriteError, atomic_path, is_disk_full, one_line
+from parity.core.options import DashOptionParser
 
 SUFFIX = {"MINDIR": ".mindir", "ONNX": ".onnx"}
 UNSUPPORTED = {"AIR": "AIR export needs the Ascend backend; MindSpore on CPU/GPU exports MINDIR or ONNX only"}
@@ -53,11 +54,11 @@ def export_model(net, output: str, file_format: str, image_size: int, batch_size
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mbv2-export", description=__doc__.split("\n\n")[0])
+    parser = DashOptionParser(prog="mbv2-export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="trained MindSpore checkpoint (.ckpt)")
     parser.add_argument("--format", required=True, type=str.upper, help="MINDIR or ONNX")
-    parser.add_argument("--image-size", "--image_size", dest="image_size", type=int, default=224, help="input height and width (default 224)")
-    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=1, help="fixed batch dimension of the graph (default 1)")
+    parser.add_argument("--image-size", type=int, default=224, help="input height and width (default 224)")
+    parser.add_argument("--batch-size", type=int, default=1, help="fixed batch dimension of the graph (default 1)")
     parser.add_argument("--output", default=None, help="output file (default: the checkpoint's name with .mindir / .onnx)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
     return parser

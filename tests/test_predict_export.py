@@ -37,7 +37,7 @@ def test_predict_reports_known_classes_names_and_categories(tiny, python_exe, re
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
     proc = run_cli(python_exe, repo_root, cli_env, "predict.py", "--checkpoint", tiny["ckpt"], "--config", tiny["classes"],
-                   "--image_size", IMAGE_SIZE, "--top_k", 2, "--json", *[p for p, _ in picked], bad, empty)
+                   "--image-size", IMAGE_SIZE, "--top-k", 2, "--json", *[p for p, _ in picked], bad, empty)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert [p["file"] for p in out["predictions"]] == [p for p, _ in picked]
@@ -56,7 +56,7 @@ def test_predict_text_output(tiny, capsys):
     from ms_impl import predict
 
     red = tiny["data"]["train"][0][0]
-    assert predict.main(["--checkpoint", tiny["ckpt"], "--config", tiny["classes"], "--image_size", str(IMAGE_SIZE), red]) == 0
+    assert predict.main(["--checkpoint", tiny["ckpt"], "--config", tiny["classes"], "--image-size", str(IMAGE_SIZE), red]) == 0
     lines = capsys.readouterr().out.splitlines()
     # summed category probability, and the verdict: the folder names the true class
     assert lines[0].startswith(f"{red}: 有害垃圾 (Hazardous waste) ") and lines[0].endswith("%  [correct]")
@@ -101,7 +101,7 @@ def test_predict_bad_inputs(tiny, python_exe, repo_root, cli_env, tmp_path, caps
     # nothing predictable: every input is missing or unreadable
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"nope")
-    code = predict.main(["--checkpoint", tiny["ckpt"], "--config", tiny["classes"], "--image_size", str(IMAGE_SIZE),
+    code = predict.main(["--checkpoint", tiny["ckpt"], "--config", tiny["classes"], "--image-size", str(IMAGE_SIZE),
                          str(bad), str(tmp_path / "missing.jpg")])
     captured = capsys.readouterr()
     assert code == 2 and captured.out == ""
@@ -210,7 +210,7 @@ def test_predict_contact_sheet_marks_wrong_photos_and_keeps_an_existing_sheet(ti
     mislabelled.mkdir()
     shutil.copy(tiny["data"]["train"][0][0], mislabelled / "red.png")
     sheet = tmp_path / "sheet.png"
-    args = ["--checkpoint", tiny["ckpt"], "--config", tiny["classes"], "--image_size", str(IMAGE_SIZE), "--top_k", "1",
+    args = ["--checkpoint", tiny["ckpt"], "--config", tiny["classes"], "--image-size", str(IMAGE_SIZE), "--top-k", "1",
             "--sheet", str(sheet), train_dir, str(mislabelled)]
     assert predict.main(args) == 0
     out = capsys.readouterr().out.splitlines()

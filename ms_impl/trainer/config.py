@@ -30,15 +30,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import yaml
 from easydict import EasyDict
 
+from ms_impl.trainer.classes import load_classes
+from ms_impl.trainer.config_files import BASE_CONFIG, BASE_KEY, CONFIG_DIR, file_chain, read_yaml
 from ms_impl.trainer.errors import UsageError
 from parity.core import preprocess
+from parity.core.options import DashOptionParser, unknown_options_text
 from parity.core.spec import INVERTED_RESIDUAL_SETTING
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-BASE_CONFIG = CONFIG_DIR / "garbage26_base.yaml"
 DEVICES = ("CPU", "GPU", "Ascend")
 DEFAULT_CONFIG = {device: CONFIG_DIR / f"garbage26_{device.lower()}.yaml" for device in DEVICES}
-BASE_KEY = "base"  # names the file a config overrides; not an option
 PATH_KEYS = ("classes_file",)  # resolved against the file that sets them, saved absolute
 
 
@@ -146,14 +146,14 @@ def check_relations(cfg: EasyDict, source: Callable[[str], str]) -> None:
         raise UsageError(f"{source('output_dir')}: empty; name the run's folder (it is never the current folder)")
     if cfg.get("head_first_epochs") and (cfg.freeze_backbone or not cfg.pretrained):
         raise UsageError(f"{source('head_first_epochs')}: only for fine-tuning pretrained weights "
-                         "(--pretrained W, --freeze_backbone false)")
+                         "(--pretrained W, --freeze-backbone false)")
     if cfg.get("freeze_layers") and (cfg.freeze_backbone or not cfg.pretrained):
         raise UsageError(f"{source('freeze_layers')}: only for fine-tuning pretrained weights "
-                         "(--pretrained W, --freeze_backbone false)")
+                         "(--pretrained W, --freeze-backbone false)")
     whole_prob = cfg.get("train_whole_prob", 0.0)
     if whole_prob and cfg.freeze_backbone:
         raise UsageError(f"{source('train_whole_prob')}: whole-photo views for training the network; a frozen "
-                         "backbone's head trains on cached features (--feature_whole true)")
+                         "backbone's head trains on cached features (--feature-whole true)")
     copies = preprocess.WHOLE_VIEW_COPIES
     if 0 < whole_prob < 1 / copies:
         raise UsageError(f"{source('train_whole_prob')}: {whole_prob} is below {_number(1 / copies)}, the smallest "
@@ -164,28 +164,12 @@ def check_relations(cfg: EasyDict, source: Callable[[str], str]) -> None:
                          f"{cfg.batch_size} (from {source('batch_size')}), at least 2 needed")
     if cfg.get("cutmix_alpha") and cfg.freeze_backbone:
         raise UsageError(f"{source('cutmix_alpha')}: pastes image regions for training the network; a frozen backbone's "
-                         "head trains on cached features (--mixup_alpha mixes those)")
+                         "head trains on cached features (--mixup-alpha mixes those)")
     if cfg.freeze_backbone and cfg.resume:
         raise UsageError(f"{source('resume')}: a frozen-backbone run is not resumed; run it again (its features are cached)")
 
 
 # ---------------------------------------------------------------- reading files
-
-
-def read_yaml(path: Path) -> dict:
-    """The top-level mapping of a YAML file; a UsageError naming the file otherwise."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: config file not found") from None
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read ({e.strerror or e})") from None
-    except yaml.YAMLError as e:
-        raise UsageError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: expected a mapping of keys to values at the top level")
-    return data
 
 
 _COMMENTED_KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*):(.*?)\s+#\s?(.*)$")
@@ -199,29 +183,6 @@ def read_key_comments(path: Path) -> Dict[str, str]:
         if match:
             comments[match.group(1)] = match.group(3).strip()
     return comments
-
-
-def _file_chain(path: Path) -> List[Tuple[Path, dict]]:
-    """The file and the files it builds on, base first; a file without `base:` builds on the base file."""
-    chain: List[Tuple[Path, dict]] = []
-    seen = set()
-    current: Optional[Path] = path.resolve()
-    while current is not None:
-        if current in seen:
-            raise UsageError(f"{path}: `base:` files form a loop through {current}")
-        seen.add(current)
-        data = read_yaml(current)
-        chain.insert(0, (current, data))
-        base = data.get(BASE_KEY)
-        if base is not None:
-            if not isinstance(base, str) or not base:
-                raise UsageError(f"{current}: base: expected a file name, got {base!r}")
-            current = (current.parent / base).resolve()
-        elif current != BASE_CONFIG.resolve():
-            current = BASE_CONFIG.resolve()
-        else:
-            current = None
-    return chain
 
 
 # ---------------------------------------------------------------- the schema
@@ -249,6 +210,12 @@ class Option:
 
     def check(self, value: Any) -> Any:
         """A value from a file, coerced to the option's type and checked against its rule; ValueError otherwise."""
+        if self.type in (int, float) and isinstance(value, str):
+            # PyYAML reads `1e-4` (no decimal point, YAML 1.1) as a string: a number written so is still a number
+            try:
+                value = self.type(value.strip())
+            except ValueError:
+                raise ValueError(f"expected {self.type.__name__}, got {value!r}") from None
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
@@ -300,7 +267,12 @@ def build_schema(chain: Sequence[Tuple[Path, dict]]) -> Dict[str, Option]:
 # ---------------------------------------------------------------- command line
 
 
-class _Parser(argparse.ArgumentParser):
+def option_name(key: str) -> str:
+    """The command-line spelling of a config key: `data_path` -> `--data-path` (`--data-path` is accepted too)."""
+    return "--" + key.replace("_", "-")
+
+
+class _Parser(DashOptionParser):
     """argparse with errors as UsageError (`--key: problem`) instead of printing usage and exiting."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -336,7 +308,7 @@ def _add_options(parser: argparse.ArgumentParser, schema: Dict[str, Option], def
             kwargs["metavar"] = option.type.__name__.upper()
         if option.type is bool:
             kwargs.update(nargs="?", const=True, metavar="true|false")  # a bare --flag means true
-        group.add_argument(f"--{option.name}", **kwargs)
+        group.add_argument(option_name(option.name), dest=option.name, **kwargs)
 
 
 def parse_config(argv: Optional[Sequence[str]] = None, description: str = "",
@@ -347,7 +319,7 @@ def parse_config(argv: Optional[Sequence[str]] = None, description: str = "",
     then tell a default from a choice, as eval.py does for `--tta`)."""
     front, _ = _front_parser(add_help=False).parse_known_args(argv)  # which file; the rest is parsed below
     path = front.config or DEFAULT_CONFIG[front.device or "CPU"]
-    chain = _file_chain(Path(path))
+    chain = file_chain(Path(path))
     schema = build_schema(chain)
 
     values: Dict[str, Any] = {}
@@ -374,7 +346,8 @@ def parse_config(argv: Optional[Sequence[str]] = None, description: str = "",
     if rest:
         unknown = [item for item in rest if item.startswith("-")]
         if unknown:
-            raise UsageError(f"unknown option(s) {', '.join(u.split('=')[0] for u in unknown)}; "
+            known = [name for action in parser._actions for name in action.option_strings]
+            raise UsageError(f"unknown option(s) {unknown_options_text(unknown, known)}; "
                              f"the keys are those of {chain[0][0].name} (see --help)")
         raise UsageError(f"unexpected argument {rest[0]!r}: options are --key value")
     given = vars(args)
@@ -383,10 +356,10 @@ def parse_config(argv: Optional[Sequence[str]] = None, description: str = "",
             try:
                 value = schema[key].check(given[key])
             except ValueError as e:
-                raise UsageError(f"--{key}: {e}") from None
+                raise UsageError(f"{option_name(key)}: {e}") from None
             if key in PATH_KEYS and value:
                 value = str(Path(value).resolve())
-            values[key], origin[key] = value, f"--{key}"
+            values[key], origin[key] = value, option_name(key)
     if front.device:
         values["device"], origin["device"] = front.device, "--device"
 
@@ -403,8 +376,6 @@ def parse_config(argv: Optional[Sequence[str]] = None, description: str = "",
             origin[key] = f"{path}: recipe_{cfg.recipe}"
     check_relations(cfg, lambda key: origin[key] if origin[key].startswith("--") else f"{origin[key]}: {key}")
     cfg.config_path = str(Path(path))
-    from ms_impl.trainer.classes import load_classes
-
     cfg.classes = load_classes(cfg.classes_file)
     extras = argparse.Namespace(**{k: v for k, v in given.items() if k not in schema and k not in ("config", "device")})
     extras.command_line_keys = frozenset(key for key, where in origin.items() if where.startswith("--"))
@@ -427,7 +398,7 @@ def _plain(value: Any) -> Any:
 
 def dump_config(cfg: EasyDict) -> str:
     """The config as self-contained YAML (every key, absolute class file, help as comments): `--config` reads it back."""
-    chain = _file_chain(Path(cfg.config_path))
+    chain = file_chain(Path(cfg.config_path))
     schema = build_schema(chain)
     lines = [f"# Resolved config of a run (from {cfg.config_path} and the command line).",
              "# Rerun it: python ms_impl/train.py --config <this file>"]

@@ -61,6 +61,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from parity.core.files import one_line
+from parity.core.options import DashOptionParser
 from parity.harness import bench_worker as worker
 
 PT_NCHW, PT_CHANNELS_LAST, PT_COMPILED = "PyTorch NCHW eager", "PyTorch channels_last eager", \
@@ -77,7 +78,7 @@ PEER_NAMES = {worker.PT_NCHW: PT_NCHW, worker.PT_CHANNELS_LAST: PT_CHANNELS_LAST
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m parity bench", description=__doc__.splitlines()[0])
+    parser = DashOptionParser(prog="python -m parity bench", description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32, help="images per step")
     parser.add_argument("--image-size", type=int, default=224, help="input height and width")
     parser.add_argument("--width", type=float, default=1.0, help="width multiplier")

@@ -41,6 +41,7 @@ from parity.core import loss as parity_loss
 from parity.core import schedule, tolerances
 from parity.core import spec as mbv2_spec
 from parity.core.difference import difference
+from parity.core.options import DashOptionParser
 
 LABEL_SMOOTHING = 0.1
 MOMENTUM = 0.9
@@ -648,7 +649,7 @@ def positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = DashOptionParser(
         prog="python -m parity check",
         description="Compare the MindSpore and PyTorch twins: forward, gradients, BN statistics, "
                     "optimizer steps, loss, LR schedule, preprocessing. Exits 1 on any FAIL.")

@@ -20,6 +20,7 @@ from typing import List, Optional, Sequence
 from parity.core import tolerances
 from parity.core.converter import (FRAMEWORK_OF_LAYOUT, LAYOUTS, Checkpoint, ConversionError, check_finite,
                                    format_of, group_skipped, convert, read_checkpoint, write_checkpoint)
+from parity.core.options import DashOptionParser
 from parity.harness.command import run_command
 from parity.harness.diff import first_divergence_line
 from parity.harness.verify import VerifyReport, verify_conversion
@@ -42,7 +43,7 @@ def _describe(ckpt: Checkpoint) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = DashOptionParser(
         prog="mbv2-convert",
         description="Convert a MobileNetV2 checkpoint between torchvision (.pth), official MindSpore and mindcv "
                     "(.ckpt) layouts; .safetensors holds any layout. Exit 2 on bad input, 1 if --verify fails.")

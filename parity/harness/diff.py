@@ -36,6 +36,7 @@ from parity.core.converter import FRAMEWORK_OF_LAYOUT, Checkpoint, ConversionErr
 from parity.core.difference import WITHIN_REL, Difference, difference
 from parity.core.files import WriteError, atomic_path, atomic_write_text
 from parity.core.layouts import name_map
+from parity.core.options import DashOptionParser
 from parity.harness.command import run_command
 from parity.harness.compare import positive_int
 from parity.harness.verify import build_twin, random_batch
@@ -571,7 +572,7 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-class OneLineErrorParser(argparse.ArgumentParser):
+class OneLineErrorParser(DashOptionParser):
     """Usage errors as one line, `error: --option: problem`, exit 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
