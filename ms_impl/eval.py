@@ -24,8 +24,10 @@ if __package__ in (None, ""):  # run as a script: put the repository root on the
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from parity.core import interrupts  # noqa: E402  before any import that starts a thread
+from parity.core.options import framework_log_level  # noqa: E402
 
 interrupts.watch_sigint(__name__, "mbv2-eval")  # Ctrl+C: one line, exit 130
+framework_log_level()  # MindSpore's own log: errors only unless --verbose (before mindspore is imported)
 
 
 from ms_impl.trainer import report

@@ -25,8 +25,10 @@ if not __package__:  # run as `python ms_impl/predict.py`: put the repo root on 
     _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
 
 from parity.core import interrupts  # noqa: E402  before any import that starts a thread
+from parity.core.options import framework_log_level  # noqa: E402
 
 interrupts.watch_sigint(__name__, "mbv2-predict")  # Ctrl+C: one line, exit 130
+framework_log_level()  # MindSpore's own log: errors only unless --verbose (before mindspore is imported)
 
 import argparse
 import json
@@ -251,14 +253,14 @@ def _predict(args: argparse.Namespace) -> int:
     elif predictions:
         print(format_text(predictions))
     for err in errors:
-        print(f"predict: {err['file']}: {err['error']}", file=sys.stderr)
+        print(f"error: {err['file']}: {err['error']}", file=sys.stderr)
     if args.sheet is not None and predictions:
         from ms_impl.trainer.contact_sheet import draw_contact_sheet
 
         try:
             draw_contact_sheet(args.sheet, predictions, classes, args.uncertain_below)
         except WriteError as exc:  # its text names the file
-            print(f"predict: {one_line(exc, with_type=False)}", file=sys.stderr)
+            print(f"error: {one_line(exc, with_type=False)}", file=sys.stderr)
             return EXIT_INPUT_ERROR
         print(f"predict: contact sheet of {len(predictions)} photo(s) written to {args.sheet}", file=sys.stderr)
     return 0 if predictions else EXIT_INPUT_ERROR

@@ -32,8 +32,10 @@ if __package__ in (None, ""):  # run as a script: put the repository root on the
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from parity.core import interrupts  # noqa: E402  first: before the imports that take a while or start threads
+from parity.core.options import framework_log_level  # noqa: E402
 
 interrupts.watch_sigint(__name__, "mbv2-train")  # Ctrl+C stays SIGINT in the trainer process
+framework_log_level()  # MindSpore's own log: errors only unless --verbose (before mindspore is imported)
 
 import logging  # noqa: E402
 import logging.handlers  # noqa: E402
@@ -42,8 +44,6 @@ import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Dict, List, Optional  # noqa: E402
-
-os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ log: errors only (read when mindspore is imported)
 
 import numpy as np  # noqa: E402
 

@@ -49,7 +49,7 @@ def test_predict_reports_known_classes_names_and_categories(tiny, python_exe, re
         assert (item["category_zh"], item["category"]) == (category_zh, category)
         assert len(item["top_k"]) == 2 and item["top_k"][0]["probability"] >= item["top_k"][1]["probability"]
     assert {e["file"]: e["error"] for e in out["errors"]} == {str(bad): "cannot decode image", str(empty): "empty file"}
-    assert f"predict: {bad}: cannot decode image" in proc.stderr
+    assert f"error: {bad}: cannot decode image" in proc.stderr
 
 
 def test_predict_text_output(tiny, capsys):
@@ -233,3 +233,29 @@ def test_contact_sheet_verdicts():
     assert verdict(dict(unsure, correct=True), 0.5) == "uncertain"
     assert verdict(dict(sure, correct=False), 0.5) == "wrong"
     assert (verdict(sure, 0.5), verdict(unsure, 0.5)) == ("unknown", "uncertain")
+
+
+@pytest.mark.slow
+def test_tools_print_no_framework_warnings(tiny, python_exe, repo_root, cli_env, tmp_path):
+    """predict, export and parity check in a user's environment (no GLOG_v set): MindSpore's own warnings (such as
+    its deprecation notices) stay hidden, so each tool's first line is its own."""
+    env = {k: v for k, v in cli_env.items() if k != "GLOG_v"}
+    missing = tmp_path / "no_such_photo.jpg"
+    image = tiny["data"]["train"][0][0]
+    runs = {
+        "predict": run_cli(python_exe, repo_root, env, "predict.py", "--checkpoint", tiny["ckpt"], "--config",
+                           tiny["classes"], "--image-size", IMAGE_SIZE, missing, image),
+        "export": run_cli(python_exe, repo_root, env, "export.py", "--checkpoint", tiny["ckpt"], "--format", "ONNX",
+                          "--image-size", IMAGE_SIZE, "--output", tmp_path / "tiny.onnx"),
+        "parity check": subprocess.run([python_exe, "-m", "parity", "check", "--width", "0.35", "--image-size", "32",
+                                        "--num-classes", "3", "--batch", "2", "--steps", "1", "--mode", "pynative"],
+                                       cwd=repo_root, env=env, capture_output=True, text=True, timeout=300),
+    }
+    assert runs["predict"].returncode == 0 and runs["export"].returncode == 0, runs
+    assert runs["parity check"].returncode in (0, 1), runs["parity check"].stderr  # its verdict, not a crash
+    for name, proc in runs.items():
+        output = proc.stdout + proc.stderr
+        assert "deprecated" not in output.lower() and "[WARNING]" not in output, (name, output[:2000])
+    assert runs["predict"].stderr.splitlines()[0] == f"error: {missing}: no such file or folder"
+    assert runs["export"].stdout.startswith("export: wrote ")
+    assert runs["parity check"].stdout.startswith("MobileNetV2 twins, 0.35x/32px/3cls/b2/pynative")

@@ -36,6 +36,7 @@ from typing import Dict, Mapping, Optional
 
 import numpy as np
 
+from ms_impl.trainer.device import unusable_device
 from ms_impl.trainer.errors import UsageError
 from ms_impl.weights import digest as parameters_digest
 from parity.core.files import one_line
@@ -157,7 +158,7 @@ def init_distributed(mode: str = "auto", device: Optional[str] = None,
         try:
             ms.set_device(device)
         except (RuntimeError, ValueError) as e:
-            raise UsageError(f"device {device} is not usable: {one_line(e, with_type=False)}") from None
+            raise unusable_device(device, e) from None
     role = environ.get("MS_ROLE", ROLE_WORKER)
     host, port = environ.get("MS_SCHED_HOST", "?"), int(environ.get("MS_SCHED_PORT", "0") or 0)
     try:

@@ -3,11 +3,13 @@
 Every tool's parser is a `DashOptionParser` and declares its options with dashes only. Before parsing, an option
 written with underscores is respelled with dashes, so both spellings reach the same option while --help lists one.
 A misspelt option is answered with the closest real ones (`--epoch`: did you mean --epochs?).
+MindSpore's own log is kept to its errors unless `--verbose` (`framework_log_level`), so a tool's first line is ours.
 """
 from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import sys
 from typing import Iterable, List, Optional, Sequence
 
@@ -49,7 +51,14 @@ def unknown_options_text(unknown: Iterable[str], known: Sequence[str]) -> str:
 
 
 class DashOptionParser(argparse.ArgumentParser):
-    """argparse with both spellings of an option and near-miss suggestions; declare options with dashes."""
+    """argparse with both spellings of an option and near-miss suggestions; declare options with dashes.
+
+    A parser with --help also takes --verbose (read by `framework_log_level` before the tool imports MindSpore)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.add_help:
+            self.add_argument(VERBOSE, action="store_true", help=VERBOSE_HELP)
 
     def parse_known_args(self, args: Optional[Sequence[str]] = None, namespace=None):  # type: ignore[override]
         return super().parse_known_args(dashed(sys.argv[1:] if args is None else args), namespace)
@@ -59,3 +68,14 @@ class DashOptionParser(argparse.ArgumentParser):
         if rest:
             self.error(f"unrecognized arguments: {unknown_options_text(rest, option_names(self))}")
         return parsed
+
+
+def framework_log_level(argv: Optional[Sequence[str]] = None) -> None:
+    """MindSpore's own log messages: errors only, unless the command line has `--verbose` (then MindSpore's
+    default, its warnings too) or the user set GLOG_v. Call it before mindspore is imported: it reads GLOG_v then."""
+    argv = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault("GLOG_v", "2" if VERBOSE in argv else "3")
+
+
+VERBOSE = "--verbose"
+VERBOSE_HELP = "also show MindSpore's own log messages (its warnings; by default only its errors)"

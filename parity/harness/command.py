@@ -7,19 +7,19 @@ Ctrl+C (the writers are atomic, so nothing half-written is left behind).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Callable, Optional, Sequence
 
 from parity.core import interrupts
 from parity.core.converter import ConversionError
+from parity.core.options import framework_log_level
 
 __all__ = ["run_command"]
 
 
 def run_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
                 argv: Optional[Sequence[str]] = None) -> int:
-    os.environ.setdefault("GLOG_v", "3")  # before mindspore is first imported: errors only
+    framework_log_level(argv)  # before mindspore is first imported
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
