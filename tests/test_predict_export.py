@@ -235,6 +235,37 @@ def test_contact_sheet_verdicts():
     assert (verdict(sure, 0.5), verdict(unsure, 0.5)) == ("unknown", "uncertain")
 
 
+def test_contact_sheet_captions_stay_clear_of_every_photo(tmp_path):
+    """Portrait, landscape and square photos, three-line captions: no caption overlaps a photo or another caption."""
+    from PIL import Image
+
+    from ms_impl.trainer.classes import load_classes
+    from ms_impl.trainer.contact_sheet import contact_sheet_figure
+
+    classes = load_classes()
+    predictions = []
+    for i, size in enumerate([(120, 400), (400, 120), (300, 300), (90, 500), (500, 90), (200, 260), (260, 200),
+                              (100, 450), (300, 300), (450, 100)]):
+        path = tmp_path / f"photo{i}.png"
+        Image.new("RGB", size, (40 * i % 255, 90, 160)).save(path)
+        c = classes[i]
+        predictions.append({"file": str(path), "top_k": [{"index": c.index, "name": c.name, "name_zh": c.name_zh,
+                                                          "probability": 0.9}],
+                            "category_zh": c.category_zh, "category": c.category, "category_probability": 0.9,
+                            "correct": False, "true_index": (i + 1) % 26})  # wrong: three caption lines
+    fig = contact_sheet_figure(predictions, classes, columns=4)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    photos = [ax.get_window_extent(renderer) for ax in fig.axes]
+    captions = [ax.title.get_window_extent(renderer) for ax in fig.axes]
+    assert len(photos) == 10
+    for i, caption in enumerate(captions):
+        assert caption.y0 >= photos[i].y1  # above its own photo
+        for j in range(len(photos)):
+            assert not caption.overlaps(photos[j]), (i, j)
+            assert j == i or not caption.overlaps(captions[j]), (i, j)
+
+
 @pytest.mark.slow
 def test_tools_print_no_framework_warnings(tiny, python_exe, repo_root, cli_env, tmp_path):
     """predict, export and parity check in a user's environment (no GLOG_v set): MindSpore's own warnings (such as
