@@ -630,8 +630,19 @@ def write_final_report(cfg, data: Data, result, rows: List[dict], state: TrainSt
         "train_img_per_s": [float(r["train_img_per_s"]) for r in rows],
         "wall_seconds_this_process": round(seconds, 1),
     })
-    log.info("done: val top-1 %.4f, category accuracy %.4f (best top-1 %.4f at epoch %d); run files in %s",
-             result.top1, result.category_acc, state.best_top1, state.best_epoch, out)
+    log.info("%s", final_line(cfg, result, state, out))
+
+
+def final_line(cfg, result, state: TrainState, out: Path) -> str:
+    """The run's last line: the last epoch's score and the best checkpoint's, each saying how it was scored.
+
+    Full training scores every epoch (and so picks mobilenetv2-best.ckpt) without TTA and the last epoch once more
+    with --tta; a frozen backbone's head is scored with --tta at every epoch."""
+    with_tta = f" with --tta {cfg.tta}" if cfg.tta != "none" else ""
+    best_how = with_tta if cfg.freeze_backbone else " without TTA" if with_tta else ""
+    return (f"done: last epoch ({state.epoch}){with_tta}: val top-1 {result.top1:.4f}, category accuracy "
+            f"{result.category_acc:.4f}; {checkpoint.BEST}: epoch {state.best_epoch}, val top-1 {state.best_top1:.4f}"
+            f"{best_how}; run files in {out}")
 
 
 def save_run_config(cfg, out: Path, lr: np.ndarray) -> None:

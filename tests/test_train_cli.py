@@ -247,3 +247,21 @@ def test_saved_config_reproduces_the_run_config(tmp_path, capsys, synthetic_cach
     original = build_config(args)
     derived = ("config_path", "recipe_reason")  # the saved file names the recipe that ran, not "auto"
     assert {k: v for k, v in again.items() if k not in derived} == {k: v for k, v in original.items() if k not in derived}
+
+
+def test_the_last_line_says_how_each_score_was_taken():
+    from types import SimpleNamespace
+
+    from easydict import EasyDict
+
+    from ms_impl.train import final_line
+
+    result = SimpleNamespace(top1=0.954, category_acc=0.9846)
+    state = SimpleNamespace(epoch=10, best_epoch=9, best_top1=0.95)
+    finetune = final_line(EasyDict(tta="flip+whole", freeze_backbone=False), result, state, "runs/x")
+    assert finetune == ("done: last epoch (10) with --tta flip+whole: val top-1 0.9540, category accuracy 0.9846; "
+                        "mobilenetv2-best.ckpt: epoch 9, val top-1 0.9500 without TTA; run files in runs/x")
+    frozen = final_line(EasyDict(tta="flip", freeze_backbone=True), result, state, "runs/x")
+    assert "mobilenetv2-best.ckpt: epoch 9, val top-1 0.9500 with --tta flip;" in frozen
+    scratch = final_line(EasyDict(tta="none", freeze_backbone=False), result, state, "runs/x")
+    assert scratch.startswith("done: last epoch (10): val top-1 0.9540") and "TTA" not in scratch
