@@ -710,6 +710,9 @@ def run_training(argv: Optional[List[str]] = None) -> int:
                 out = prepare_output_dir(cfg, starting_over)
                 setup_logging(out / "train.log")
             log.info("%s", describe_recipe(cfg))
+            if cfg.smoke:
+                log.info("MBV2_SMOKE: a smoke run, its figures mean nothing (%s)",
+                         ", ".join(f"{key} {value}" for key, value in cfg.smoke.items()))
             if cfg.head_first_epochs and resume_from is None:  # a resumed run's checkpoint holds its trained head
                 train_head_first(cfg, data, network, out)
         except UsageError as e:

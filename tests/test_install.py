@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO_ROOT, TINY_TRAIN
+from tests.helpers import REPO_ROOT, TINY_TRAIN
 
 
 def _run(command, cwd, env, timeout=600) -> subprocess.CompletedProcess:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,23 @@ KEY_RULES: Dict[str, Any] = {
     "head_first_epochs": NON_NEGATIVE,
     "freeze_layers": Range(0, FEATURE_LAYERS),
 }
+
+
+# MBV2_SMOKE=1 in the environment turns any run into a smoke run of seconds: these keys are capped (a value already
+# below its cap is kept). It checks that a command works end to end (the README's commands are tested so); the
+# numbers it gives mean nothing. Every tool that reads a trainer config honours it.
+SMOKE_ENV = "MBV2_SMOKE"
+SMOKE_CAPS = {"epochs": 1, "warmup_epochs": 0, "head_first_epochs": 1, "synthetic_train_per_class": 4,
+              "synthetic_val_per_class": 2, "image_size": 32}
+
+
+def smoke_caps(cfg: EasyDict) -> Dict[str, Any]:
+    """The capped values MBV2_SMOKE sets in `cfg` ({} when it is not set); those keys are changed in place."""
+    if os.environ.get(SMOKE_ENV, "").strip().lower() in ("", "0", "false", "no", "off"):
+        return {}
+    capped = {key: cap for key, cap in SMOKE_CAPS.items() if key in cfg and cfg[key] > cap}
+    cfg.update(capped)
+    return capped
 
 
 # Keys a resumed run may change: where it runs, where its files are, what the final evaluation averages. Every
@@ -374,6 +392,8 @@ def parse_config(argv: Optional[Sequence[str]] = None, description: str = "",
             except ValueError as e:
                 raise UsageError(f"{path}: recipe_{cfg.recipe}: {key}: {e}") from None
             origin[key] = f"{path}: recipe_{cfg.recipe}"
+    cfg.smoke = smoke_caps(cfg)
+    origin.update({key: SMOKE_ENV for key in cfg.smoke})
     check_relations(cfg, lambda key: origin[key] if origin[key].startswith("--") else f"{origin[key]}: {key}")
     cfg.config_path = str(Path(path))
     cfg.classes = load_classes(cfg.classes_file)
