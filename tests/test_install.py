@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -30,8 +31,13 @@ def installed(tmp_path_factory):
     root = tmp_path_factory.mktemp("install")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["GLOG_v"] = "3"
+    # built from a copy: setuptools writes build/ and *.egg-info beside the sources, and a stale build/ could
+    # slip old files into the wheel
+    source = root / "source"
+    shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "runs", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache"))
     built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir",
-                  root / "dist", REPO_ROOT], cwd=root, env=env)
+                  root / "dist", source], cwd=root, env=env)
     assert built.returncode == 0, built.stderr
     wheels = list((root / "dist").glob("mbv2_twins-*.whl"))
     assert len(wheels) == 1, wheels

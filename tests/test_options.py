@@ -96,3 +96,15 @@ def test_yaml_numbers_without_a_decimal_point_are_numbers(tmp_path):
     config.write_text("epochs: '3.5'\n", encoding="utf-8")
     with pytest.raises(UsageError, match="epochs: expected int"):
         load_config(["--config", str(config)])
+
+
+def test_smoke_runs_cap_the_sizes_only_when_asked(monkeypatch):
+    monkeypatch.delenv("MBV2_SMOKE", raising=False)
+    normal = load_config(["--epochs", "7"])
+    assert (normal.epochs, normal.mode, normal.smoke) == (7, "graph", {})
+    monkeypatch.setenv("MBV2_SMOKE", "1")
+    smoke = load_config(["--epochs", "7", "--synthetic-val-per-class", "1"])
+    assert (smoke.epochs, smoke.warmup_epochs, smoke.synthetic_train_per_class, smoke.image_size) == (1, 0, 4, 32)
+    assert smoke.synthetic_val_per_class == 1 and smoke.mode == "pynative"  # a value below its cap is kept
+    monkeypatch.setenv("MBV2_SMOKE", "0")
+    assert load_config([]).smoke == {}

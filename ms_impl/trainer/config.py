@@ -123,15 +123,18 @@ KEY_RULES: Dict[str, Any] = {
 SMOKE_ENV = "MBV2_SMOKE"
 SMOKE_CAPS = {"epochs": 1, "warmup_epochs": 0, "head_first_epochs": 1, "synthetic_train_per_class": 4,
               "synthetic_val_per_class": 2, "image_size": 32}
+SMOKE_MODE = "pynative"  # no graph compile: for a few steps, compiling takes longer than running
 
 
 def smoke_caps(cfg: EasyDict) -> Dict[str, Any]:
-    """The capped values MBV2_SMOKE sets in `cfg` ({} when it is not set); those keys are changed in place."""
+    """The values MBV2_SMOKE sets in `cfg` ({} when it is not set); those keys are changed in place."""
     if os.environ.get(SMOKE_ENV, "").strip().lower() in ("", "0", "false", "no", "off"):
         return {}
-    capped = {key: cap for key, cap in SMOKE_CAPS.items() if key in cfg and cfg[key] > cap}
-    cfg.update(capped)
-    return capped
+    changed: Dict[str, Any] = {key: cap for key, cap in SMOKE_CAPS.items() if key in cfg and cfg[key] > cap}
+    if cfg.get("mode") != SMOKE_MODE:
+        changed["mode"] = SMOKE_MODE
+    cfg.update(changed)
+    return changed
 
 
 # Keys a resumed run may change: where it runs, where its files are, what the final evaluation averages. Every
