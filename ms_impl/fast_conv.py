@@ -726,7 +726,7 @@ class FastBatchNorm2d(nn.BatchNorm2d):
     Batch statistics are used as in nn.BatchNorm2d: in training mode with `use_batch_statistics` None, or
     always with True. The moving statistics then follow MindSpore's rule, `moving = momentum * moving +
     (1 - momentum) * batch` (unbiased variance). Otherwise (eval mode; `use_batch_statistics=False`, the
-    trainer's --freeze-bn, also in training) BatchNorm runs on its moving statistics, never updated, as
+    trainer's --freeze_bn, also in training) BatchNorm runs on its moving statistics, never updated, as
     one pass x * s + (beta - mean * s) with s = gamma / sqrt(var + eps) (as the folding of the 3x3
     layers); its gradients for gamma and beta follow from those of s and the shift.
     """

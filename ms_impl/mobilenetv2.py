@@ -124,7 +124,7 @@ class InvertedResidual(nn.Cell):
         # Inference with both folded: expand and depthwise in one kernel pass, the expansion computed a band
         # of rows at a time and never stored (expansion_depthwise_inference).
         self.fuse_expansion_inference = self.has_expand
-        # Set for a block that never receives a gradient (the trainer's --freeze-layers): inference kernels in training too.
+        # Set for a block that never receives a gradient (the trainer's --freeze_layers): inference kernels in training too.
         self.inference_only = False
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
