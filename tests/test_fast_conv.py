@@ -477,7 +477,7 @@ def test_batch_norm_kernel_matches_mindspore_and_torch(fast_conv, shape, relu6, 
 
 
 def test_batch_norm_kernel_without_batch_statistics_is_mindspores(fast_conv, ms_pynative):
-    """use_batch_statistics=False (the trainer's --freeze-bn): moving statistics, never updated, also in
+    """use_batch_statistics=False (the trainer's --freeze_bn): moving statistics, never updated, also in
     training mode, as nn.BatchNorm2d; eval mode too. The kernel is not used there."""
     import mindspore as ms
 
@@ -507,7 +507,7 @@ def test_batch_norm_kernel_without_batch_statistics_is_mindspores(fast_conv, ms_
 @pytest.mark.parametrize("shape", [(2, 5, 3, 3), (1, 7, 1, 3)])
 def test_batch_norm_on_moving_statistics_matches_mindspore(fast_conv, ms_pynative, shape, mode, relu6):
     """BatchNorm on its moving statistics (eval mode, or training with use_batch_statistics=False: the
-    trainer's --freeze-bn) in one pass (affine[_relu6] and its grad): forward and gradients (input, gamma,
+    trainer's --freeze_bn) in one pass (affine[_relu6] and its grad): forward and gradients (input, gamma,
     beta) against nn.BatchNorm2d (+ nn.ReLU6); the moving statistics stay as they were."""
     import mindspore as ms
 
