@@ -7,7 +7,7 @@ Builds the trainer's own step (`ms_impl/train.py`'s functions: the fine-tuning d
 frozen BatchNorm, backbone LR scale, replayable dropout, loss and optimizer) once per N,
 from the same pretrained weights, and times their steps in turn (N=0, N=4, ..., N=0, ...)
 on one batch of the training pipeline held in memory, so load hits all alike.
-Prints the median and range of img/s per N. Used for issue 13 (README, End to end).
+Prints the median and range of img/s per N. Used for issue 13 (docs/benchmarks.md, End to end).
 """
 from __future__ import annotations
 

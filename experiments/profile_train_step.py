@@ -9,7 +9,7 @@ around one step. `--freeze-bn`: BatchNorm on its moving statistics (the fine-tun
 recipe's freeze_bn), folded into our convolutions unless `--no-fold`. Prints the op time per kind
 (forward/backward, op type; our Custom ops split into BatchNorm, stem,
 depthwise and pointwise) from `FRAMEWORK/cpu_op_detail_info_0.csv` under OUT_DIR.
-Used for issue 13 (README, Fast CPU kernels).
+Used for issue 13 (docs/benchmarks.md).
 """
 from __future__ import annotations
 

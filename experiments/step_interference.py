@@ -5,7 +5,7 @@
 Batch 32, 224 px, 2 threads, GRAPH mode, fast_conv=auto: PyTorch channels_last
 training steps alone, right after MindSpore steps, alternating with them, and
 after a 2 s pause; seconds per step. Run it from two checkouts to compare
-versions (LABEL names the run). Used for issue 13 (README, Fast CPU kernels).
+versions (LABEL names the run). Used for issue 13 (docs/benchmarks.md).
 """
 import os, sys, time
 os.environ["OMP_NUM_THREADS"] = "2"; os.environ["MBV2_KERNEL_THREADS"] = "2"; os.environ.setdefault("GLOG_v", "3")

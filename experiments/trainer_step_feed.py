@@ -9,7 +9,7 @@ with `ms_impl/train.py`'s functions, then times blocks of `--block` steps: on on
 held in memory, and fed by the stage-2 training pipeline (decode, augment, batch, its
 workers running alongside). Prints img/s per block. Stage 1 (the head on cached
 features) is skipped: the speed of a step does not depend on the head's weights.
-Used for issue 13 (README, End to end).
+Used for issue 13 (docs/benchmarks.md, End to end).
 """
 from __future__ import annotations
 

@@ -31,8 +31,10 @@ scatter, duplicate groups as thumbnails side by side) and `report.txt`.
 from __future__ import annotations
 
 from parity.core import interrupts  # noqa: E402  before any import that starts a thread
+from parity.core.options import framework_log_level  # noqa: E402
 
 interrupts.watch_sigint(__name__, "mbv2-datatools")  # Ctrl+C: one line, exit 130
+framework_log_level()  # MindSpore's own log: errors only unless --verbose (before mindspore is imported)
 
 import argparse
 import csv
@@ -54,6 +56,7 @@ from ms_impl.trainer.photos import (DEFAULT_THRESHOLD, HASH_BITS, DuplicateGroup
 from ms_impl.trainer.run_folder import aside_path
 from parity.core.files import (WriteError, atomic_path, atomic_write_text, check_writable_folder, is_path_error, one_line,
                                path_argument, path_error_line)
+from parity.core.options import DashOptionParser
 
 EXIT_CLEAN = 0
 EXIT_FOUND_PROBLEMS = 1
@@ -538,7 +541,7 @@ def _threshold(text: str) -> int:
     return value
 
 
-class _Parser(argparse.ArgumentParser):
+class _Parser(DashOptionParser):
     def error(self, message: str) -> None:  # argparse's own usage errors: one line, exit 2
         self.exit(EXIT_INPUT_ERROR, f"error: {' '.join(message.split())}\n")
 
@@ -575,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats = sub.add_parser("stats", help="per-channel mean/std of all images")
     stats.add_argument("data_dir", type=path_argument)
     stats.add_argument("--split", default=None, help="only this split (e.g. train)")
-    stats.add_argument("--image-size", "--image_size", dest="image_size", type=int, default=None, help="resize to SxS first")
+    stats.add_argument("--image-size", type=int, default=None, help="resize to SxS first")
     stats.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 

@@ -1,7 +1,7 @@
 """Evaluate a MobileNetV2 checkpoint on a dataset's val split: top-1/top-5, loss, per-class report.
 
     python ms_impl/eval.py --checkpoint runs/garbage26_cpu/checkpoints/mobilenetv2-best.ckpt \
-        --data_path /path/to/garbage26 [--tta flip] [--report_dir DIR] [--device CPU] [--key value ...]
+        --data-path /path/to/garbage26 [--tta flip] [--report-dir DIR] [--device CPU] [--key value ...]
 
 Model and data keys (width_mult, image_size, classes...) come from the same
 configs as training. Also reports the garbage-category accuracy (category =
@@ -9,7 +9,7 @@ the one whose classes hold the most probability) and its confusion matrix.
 `--tta flip` averages the logits of each image and its mirror image,
 `--tta flip+whole` also those of the whole photo and its mirror; without
 `--tta`, the mode the checkpoint's run evaluated with (its summary.json). With
-`--report_dir`, writes per_class.csv, confusion_matrix.png,
+`--report-dir`, writes per_class.csv, confusion_matrix.png,
 category_confusion.txt/.png and eval.json there.
 """
 from __future__ import annotations
@@ -24,14 +24,17 @@ if __package__ in (None, ""):  # run as a script: put the repository root on the
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from parity.core import interrupts  # noqa: E402  before any import that starts a thread
+from parity.core.options import framework_log_level  # noqa: E402
 
 interrupts.watch_sigint(__name__, "mbv2-eval")  # Ctrl+C: one line, exit 130
+framework_log_level()  # MindSpore's own log: errors only unless --verbose (before mindspore is imported)
 
 
 from ms_impl.trainer import report
 from ms_impl.trainer.metrics import evaluate
 from ms_impl.trainer.errors import UsageError
 from parity.core.files import WriteError, atomic_write_text, check_writable_folder, is_path_error, path_argument, path_error_line
+from parity.core.options import DashOptionParser
 
 log = logging.getLogger("ms_impl.eval")
 
@@ -42,9 +45,9 @@ def _path(text: str) -> Path:
 
 def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = argparse.ArgumentParser(add_help=False)  # --help: config.parse_config lists these and every config key
+    parser = DashOptionParser(add_help=False)  # --help: config.parse_config lists these and every config key
     parser.add_argument("--checkpoint", type=_path, required=True, help="a .ckpt written by ms_impl/train.py")
-    parser.add_argument("--report_dir", type=_path, help="write per_class.csv, confusion_matrix.png, eval.json here")
+    parser.add_argument("--report-dir", type=_path, help="write per_class.csv, confusion_matrix.png, eval.json here")
     interrupts.hand_over()
     try:
         return _evaluate(argv, parser)
@@ -70,7 +73,7 @@ def _evaluate(argv: Optional[List[str]], parser: argparse.ArgumentParser) -> int
 
     cfg, known = parse_config(argv, description=__doc__.split("\n\n")[0], parents=[parser])
     if known.report_dir is not None:  # checked before the (long) evaluation
-        check_writable_folder(known.report_dir, "--report_dir")
+        check_writable_folder(known.report_dir, "--report-dir")
     if "tta" not in known.command_line_keys:
         cfg.tta = recorded_tta(known.checkpoint) or cfg.tta  # the checkpoint's run's own evaluation, when known
     set_device(cfg.device, cfg.mode)
@@ -97,7 +100,7 @@ def _evaluate(argv: Optional[List[str]], parser: argparse.ArgumentParser) -> int
         try:
             known.report_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise WriteError(f"{known.report_dir}: --report_dir cannot be created ({e.strerror or e})") from None
+            raise WriteError(f"{known.report_dir}: --report-dir cannot be created ({e.strerror or e})") from None
         report.write_per_class_csv(known.report_dir / "per_class.csv", result.confusion, cfg.classes)
         report.plot_confusion_matrix(known.report_dir / "confusion_matrix.png", result.confusion, cfg.classes, f"{known.checkpoint.name}: top-1 {result.top1:.3f}")
         atomic_write_text(known.report_dir / "category_confusion.txt", category_text + "\n")

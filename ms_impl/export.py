@@ -16,8 +16,10 @@ if not __package__:  # run as `python ms_impl/export.py`: put the repo root on t
     _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
 
 from parity.core import interrupts  # noqa: E402  before any import that starts a thread
+from parity.core.options import framework_log_level  # noqa: E402
 
 interrupts.watch_sigint(__name__, "mbv2-export")  # Ctrl+C: one line, exit 130
+framework_log_level()  # MindSpore's own log: errors only unless --verbose (before mindspore is imported)
 
 import argparse
 import os
@@ -27,16 +29,17 @@ from typing import Optional, Sequence
 from ms_impl.export_model import SUFFIX, UNSUPPORTED, export_model
 from ms_impl.trainer.model_io import CheckpointError, load_model
 from parity.core.files import WriteError, path_problem, shown_path
+from parity.core.options import DashOptionParser
 
 EXIT_INPUT_ERROR = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mbv2-export", description=__doc__.split("\n\n")[0])
+    parser = DashOptionParser(prog="mbv2-export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="trained MindSpore checkpoint (.ckpt)")
     parser.add_argument("--format", required=True, type=str.upper, help="MINDIR or ONNX")
-    parser.add_argument("--image-size", "--image_size", dest="image_size", type=int, default=224, help="input height and width (default 224)")
-    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=1, help="fixed batch dimension of the graph (default 1)")
+    parser.add_argument("--image-size", type=int, default=224, help="input height and width (default 224)")
+    parser.add_argument("--batch-size", type=int, default=1, help="fixed batch dimension of the graph (default 1)")
     parser.add_argument("--output", default=None, help="output file (default: the checkpoint's name with .mindir / .onnx)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
     return parser

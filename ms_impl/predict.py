@@ -1,6 +1,6 @@
 """Classify images with a trained MindSpore MobileNetV2: top-k classes and the garbage category.
 
-    python ms_impl/predict.py --checkpoint best.ckpt photo.jpg more_photos/ [--top_k 5] [--json] \
+    python ms_impl/predict.py --checkpoint best.ckpt photo.jpg more_photos/ [--top-k 5] [--json] \
         [--tta flip|flip+whole] [--sheet sheet.png]
 
 The category is the one whose classes hold the most probability together (the
@@ -10,7 +10,7 @@ image and its mirror image; `--tta flip+whole` also those of the whole photo
 resized to a square (no crop) and its mirror image (the frozen recipe's evaluation). `--sheet FILE.png` draws a contact sheet: every
 photo with its top class, category and probability; when a photo's folder is
 named after a class (e.g. val/Battery/x.jpg) wrong predictions are framed red
-and uncertain ones (probability below --uncertain_below) orange.
+and uncertain ones (probability below --uncertain-below) orange.
 Preprocessing is the trainer's eval pipeline (`ms_impl.transforms.eval_transforms`).
 An unreadable image is reported on its own line and the others are still
 predicted; the exit status is non-zero only when the checkpoint is bad or no
@@ -25,8 +25,10 @@ if not __package__:  # run as `python ms_impl/predict.py`: put the repo root on 
     _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
 
 from parity.core import interrupts  # noqa: E402  before any import that starts a thread
+from parity.core.options import framework_log_level  # noqa: E402
 
 interrupts.watch_sigint(__name__, "mbv2-predict")  # Ctrl+C: one line, exit 130
+framework_log_level()  # MindSpore's own log: errors only unless --verbose (before mindspore is imported)
 
 import argparse
 import json
@@ -44,6 +46,7 @@ from ms_impl.trainer.metrics import TTA_MODES, average_flip_logits, category_pro
 from ms_impl.trainer.model_io import CheckpointError, load_model
 from ms_impl.trainer.run_folder import recorded_tta
 from parity.core.files import WriteError, one_line, path_problem, shown_path
+from parity.core.options import DashOptionParser
 
 EXIT_INPUT_ERROR = 2
 DEFAULT_IMAGE_SIZE = 224
@@ -200,11 +203,11 @@ def configured_image_size(config_path: Optional[str]) -> Optional[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mbv2-predict", description=__doc__.split("\n\n")[0])
+    parser = DashOptionParser(prog="mbv2-predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="trained MindSpore checkpoint (.ckpt)")
     parser.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders (searched recursively)")
-    parser.add_argument("--top_k", "--top-k", type=int, default=5, help="classes listed per image (default 5)")
-    parser.add_argument("--image_size", "--image-size", type=int, default=None,
+    parser.add_argument("--top-k", type=int, default=5, help="classes listed per image (default 5)")
+    parser.add_argument("--image-size", type=int, default=None,
                         help="eval crop size (default: the config's image_size, else 224)")
     parser.add_argument("--config", default=None,
                         help="trainer config, classes YAML or CSV: class names (default configs/garbage26_classes.yaml)")
@@ -215,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "run evaluated with, from its summary.json; none without one)")
     parser.add_argument("--sheet", default=None, metavar="FILE.png",
                         help="also draw a contact sheet of the photos with their predictions (PNG)")
-    parser.add_argument("--uncertain_below", type=float, default=0.5,
+    parser.add_argument("--uncertain-below", type=float, default=0.5,
                         help="on the sheet, mark predictions whose top-1 probability is below this (default 0.5)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --sheet file")
     return parser
@@ -239,11 +242,11 @@ def _predict(args: argparse.Namespace) -> int:
         classes = load_classes(args.config)
         image_size = args.image_size or configured_image_size(args.config) or DEFAULT_IMAGE_SIZE
         if args.top_k < 1 or image_size < 32:
-            raise ValueError("--top_k must be >= 1 and --image_size >= 32")
+            raise ValueError("--top-k must be >= 1 and --image-size >= 32")
         if args.sheet is not None:
             check_sheet_path(args.sheet, args.force)
         if not 0.0 <= args.uncertain_below <= 1.0:
-            raise ValueError("--uncertain_below must be in [0, 1]")
+            raise ValueError("--uncertain-below must be in [0, 1]")
         net = load_model(args.checkpoint, fast_conv="auto")  # our CPU kernels where they build
     except (CheckpointError, UsageError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -262,14 +265,14 @@ def _predict(args: argparse.Namespace) -> int:
     elif predictions:
         print(format_text(predictions))
     for err in errors:
-        print(f"predict: {err['file']}: {err['error']}", file=sys.stderr)
+        print(f"error: {err['file']}: {err['error']}", file=sys.stderr)
     if args.sheet is not None and predictions:
         from ms_impl.trainer.contact_sheet import draw_contact_sheet
 
         try:
             draw_contact_sheet(args.sheet, predictions, classes, args.uncertain_below)
         except WriteError as exc:  # its text names the file
-            print(f"predict: {one_line(exc, with_type=False)}", file=sys.stderr)
+            print(f"error: {one_line(exc, with_type=False)}", file=sys.stderr)
             return EXIT_INPUT_ERROR
         print(f"predict: contact sheet of {len(predictions)} photo(s) written to {args.sheet}", file=sys.stderr)
     return 0 if predictions else EXIT_INPUT_ERROR

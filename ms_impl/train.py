@@ -1,11 +1,11 @@
 """Train MobileNetV2 (MindSpore) on the 26-class garbage set: `python ms_impl/train.py --device CPU`.
 
     python ms_impl/train.py --device CPU                     # embedded synthetic set, a few minutes
-    python ms_impl/train.py --device GPU --data_path DIR     # DIR/{train,val}/<class name>/*.jpg
+    python ms_impl/train.py --device GPU --data-path DIR     # DIR/{train,val}/<class name>/*.jpg
     python ms_impl/train.py --device CPU --resume auto       # continue the run in output_dir
     msrun --worker_num=2 --local_worker_num=2 --master_port=8118 --join=True \
           --cluster_time_out=60 --log_dir=runs/dp2/msrun_logs \
-          ms_impl/train.py --device CPU --output_dir runs/dp2   # data parallel, 2 workers
+          ms_impl/train.py --device CPU --output-dir runs/dp2   # data parallel, 2 workers
 
 Config: configs/garbage26_<device>.yaml over configs/garbage26_base.yaml (or
 --config FILE, e.g. a run's saved config.yaml); every key can be overridden
@@ -33,8 +33,10 @@ if __package__ in (None, ""):  # run as a script: put the repository root on the
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from parity.core import interrupts  # noqa: E402  first: before the imports that take a while or start threads
+from parity.core.options import framework_log_level  # noqa: E402
 
 interrupts.watch_sigint(__name__, "mbv2-train")  # Ctrl+C stays SIGINT in the trainer process
+framework_log_level()  # MindSpore's own log: errors only unless --verbose (before mindspore is imported)
 
 import logging  # noqa: E402
 import logging.handlers  # noqa: E402
@@ -43,8 +45,6 @@ import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Dict, List, Optional  # noqa: E402
-
-os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ log: errors only (read when mindspore is imported)
 
 import numpy as np  # noqa: E402
 
@@ -225,7 +225,7 @@ def build_datasets(cfg, ctx: DistributedContext = dist.SINGLE_PROCESS) -> Data:
     global_batch = dist.global_batch_size(cfg.batch_size, ctx)
     if global_batch > len(train):
         per_worker = f" ({cfg.batch_size} per worker x {ctx.world_size} workers)" if ctx.distributed else ""
-        raise UsageError(f"--batch_size {global_batch}{per_worker} is larger than the training set ({len(train)} images in {data_path / 'train'})")
+        raise UsageError(f"--batch-size {global_batch}{per_worker} is larger than the training set ({len(train)} images in {data_path / 'train'})")
     log.info("train: %d images, val: %d images, %d classes", len(train), len(val), len(class_names))
     weights = inverse_frequency_weights(train.labels, len(class_names)) if cfg.class_balance == "weights" else None
     log.info("%s", describe(cfg.class_balance, train.labels, class_names, weights))
@@ -262,7 +262,7 @@ def build_network(cfg, ctx: DistributedContext = dist.SINGLE_PROCESS):
 
         freeze_leading_layers(network, cfg.freeze_layers)  # before the optimizer: they leave the trainable set
         kept = "features.0" if cfg.freeze_layers == 1 else f"features.0-{cfg.freeze_layers - 1}"
-        log.info("fine-tuning: %s keep their pretrained weights (--freeze_layers %d)", kept, cfg.freeze_layers)
+        log.info("fine-tuning: %s keep their pretrained weights (--freeze-layers %d)", kept, cfg.freeze_layers)
     return network
 
 
@@ -501,7 +501,7 @@ def train(cfg, data: Data, network, optimizer, lr: np.ndarray, state: TrainState
 
 
 def train_frozen(cfg, data: Data, network, optimizer, state: TrainState, out: Path):
-    """--freeze_backbone: the head trains on cached backbone features; metrics and checkpoints as in a full run."""
+    """--freeze-backbone: the head trains on cached backbone features; metrics and checkpoints as in a full run."""
     from ms_impl.trainer.classes import category_groups
     from ms_impl.trainer.metrics import result_from_logits
     from ms_impl.trainer.feature_cache import FeatureSettings
@@ -560,7 +560,7 @@ HEAD_KEYS = ("warmup_epochs", "batch_size", "lr_init", "lr_max", "lr_end", "weig
 
 
 def train_head_first(cfg, data: Data, network, out: Path) -> None:
-    """Fine-tuning stage 1 (`--head_first_epochs N`): the head alone on cached backbone features,
+    """Fine-tuning stage 1 (`--head-first-epochs N`): the head alone on cached backbone features,
     with the frozen recipe's head settings (`recipe_frozen`), so stage 2 starts from a trained head
     and the backbone never sees the large gradients of a random one."""
     from ms_impl.trainer.classes import category_groups
@@ -633,8 +633,19 @@ def write_final_report(cfg, data: Data, result, rows: List[dict], state: TrainSt
         "train_img_per_s": [float(r["train_img_per_s"]) for r in rows],
         "wall_seconds_this_process": round(seconds, 1),
     })
-    log.info("done: val top-1 %.4f, category accuracy %.4f (best top-1 %.4f at epoch %d); run files in %s",
-             result.top1, result.category_acc, state.best_top1, state.best_epoch, out)
+    log.info("%s", final_line(cfg, result, state, out))
+
+
+def final_line(cfg, result, state: TrainState, out: Path) -> str:
+    """The run's last line: the last epoch's score and the best checkpoint's, each saying how it was scored.
+
+    Full training scores every epoch (and so picks mobilenetv2-best.ckpt) without TTA and the last epoch once more
+    with --tta; a frozen backbone's head is scored with --tta at every epoch."""
+    with_tta = f" with --tta {cfg.tta}" if cfg.tta != "none" else ""
+    best_how = with_tta if cfg.freeze_backbone else " without TTA" if with_tta else ""
+    return (f"done: last epoch ({state.epoch}){with_tta}: val top-1 {result.top1:.4f}, category accuracy "
+            f"{result.category_acc:.4f}; {checkpoint.BEST}: epoch {state.best_epoch}, val top-1 {state.best_top1:.4f}"
+            f"{best_how}; run files in {out}")
 
 
 def save_run_config(cfg, out: Path, lr: np.ndarray) -> None:
@@ -680,7 +691,7 @@ def run_training(argv: Optional[List[str]] = None) -> int:
         buffer = buffer_setup_log() if ctx.is_main_process else None
         try:  # a step may fail on some ranks only (rank 0's output folder, a host without the data)
             if cfg.freeze_backbone and ctx.distributed:
-                raise UsageError("--freeze_backbone runs in one process (the head trains in seconds); launch it without msrun")
+                raise UsageError("--freeze-backbone runs in one process (the head trains in seconds); launch it without msrun")
             if ctx.is_main_process:
                 lock = RunLock(out).acquire()  # refused at once when another trainer holds the folder
                 lock.remove_stale_temporaries()
@@ -703,6 +714,9 @@ def run_training(argv: Optional[List[str]] = None) -> int:
                 out = prepare_output_dir(cfg, starting_over)
                 setup_logging(out / "train.log")
             log.info("%s", describe_recipe(cfg))
+            if cfg.smoke:
+                log.info("MBV2_SMOKE: a smoke run, its figures mean nothing (%s)",
+                         ", ".join(f"{key} {value}" for key, value in cfg.smoke.items()))
             if cfg.head_first_epochs and resume_from is None:  # a resumed run's checkpoint holds its trained head
                 train_head_first(cfg, data, network, out)
         except UsageError as e:
@@ -723,7 +737,7 @@ def run_training(argv: Optional[List[str]] = None) -> int:
                  cfg.device, cfg.mode, cfg.epochs, data.steps_per_epoch, data.global_batch,
                  f" ({cfg.batch_size} per worker x {ctx.world_size} workers)" if ctx.distributed else "",
                  cfg.lr_init * scale, cfg.lr_max * scale, cfg.lr_end * scale,
-                 f" (--scale_lr: x{scale}, linear rule)" if cfg.scale_lr else "")
+                 f" (--scale-lr: x{scale}, linear rule)" if cfg.scale_lr else "")
         if cfg.mixup_alpha or cfg.cutmix_alpha:
             from ms_impl.trainer.mixing import MixSettings
 

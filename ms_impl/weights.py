@@ -40,8 +40,7 @@ def load_into(net, tensors: Mapping[str, np.ndarray], strict: bool = True) -> Lo
                                   f"{type(net).__name__}'s {tuple(param.shape)}")
     for name, param in params.items():
         if name in tensors:
-            value = np.asarray(tensors[name])
-            param.set_data(ms.Tensor(value.astype(ms.dtype_to_nptype(param.dtype), copy=False)))
+            param.set_data(ms.Tensor(np.asarray(tensors[name]), dtype=param.dtype))  # cast to the parameter's dtype
     return LoadResult(missing, unexpected)
 
 

@@ -5,8 +5,10 @@ import sys
 from typing import List, Optional
 
 from parity.core import interrupts  # noqa: E402  before any import that starts a thread
+from parity.core.options import framework_log_level  # noqa: E402
 
 interrupts.watch_sigint(__name__, "mbv2-parity")  # Ctrl+C: one line, exit 130
+framework_log_level()  # MindSpore's own log: errors only unless --verbose (before mindspore is imported)
 
 COMMANDS = {
     "check": ("parity.harness.compare", "compare the twins: forward, gradients, BN stats, optimizer steps, loss, LR, preprocessing"),

@@ -5,8 +5,10 @@ The converter itself, framework-neutral, is `parity.core.converter`.
 import sys
 
 from parity.core import interrupts  # noqa: E402  before any import that starts a thread
+from parity.core.options import framework_log_level  # noqa: E402
 
 interrupts.watch_sigint(__name__, "mbv2-convert")  # Ctrl+C: one line, exit 130
+framework_log_level()  # MindSpore's own log: errors only unless --verbose (before mindspore is imported)
 
 from parity.harness.convert_cli import main  # noqa: E402
 

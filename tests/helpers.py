@@ -28,8 +28,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # A trainer run of seconds: the embedded synthetic set at 32 px, 4 + 2 images per class, width 0.35.
 # Tests append what they change; a later --key wins.
-TINY_TRAIN = ["--device", "CPU", "--width_mult", "0.35", "--synthetic_image_size", "32", "--batch_size", "16",
-              "--synthetic_train_per_class", "4", "--synthetic_val_per_class", "2", "--num_workers", "2"]
+TINY_TRAIN = ["--device", "CPU", "--width-mult", "0.35", "--synthetic-image-size", "32", "--batch-size", "16",
+              "--synthetic-train-per-class", "4", "--synthetic-val-per-class", "2", "--num-workers", "2"]
 
 
 def train_cli(args: Sequence, env: dict, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:

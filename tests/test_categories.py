@@ -146,7 +146,7 @@ def test_normalisation_folds_into_the_dense_layer():
 def test_pretrained_with_frozen_backbone_resolves_to_the_frozen_recipe():
     from ms_impl.train import build_config
 
-    cfg = build_config(["--device", "CPU", "--data_path", "D", "--pretrained", "W", "--freeze_backbone", "true"])
+    cfg = build_config(["--device", "CPU", "--data-path", "D", "--pretrained", "W", "--freeze-backbone", "true"])
     assert cfg.recipe == "frozen"
     for key, value in cfg.recipe_frozen.items():
         assert cfg[key] == value, key
@@ -156,7 +156,7 @@ def test_pretrained_with_frozen_backbone_resolves_to_the_frozen_recipe():
 def test_pretrained_alone_resolves_to_the_fine_tuning_recipe():
     from ms_impl.train import build_config
 
-    cfg = build_config(["--device", "CPU", "--data_path", "D", "--pretrained", "W"])
+    cfg = build_config(["--device", "CPU", "--data-path", "D", "--pretrained", "W"])
     assert cfg.recipe == "finetune" and not cfg.freeze_backbone
     for key, value in cfg.recipe_finetune.items():
         assert cfg[key] == value, key

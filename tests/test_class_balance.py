@@ -74,10 +74,10 @@ def test_config_key_defaults_to_none_on_every_device_and_is_checked(tmp_path):
     from ms_impl.trainer.errors import UsageError
 
     for device in ("CPU", "GPU", "Ascend"):
-        assert build_config(["--device", device, "--output_dir", str(tmp_path)]).class_balance == "none"
-    assert build_config(["--class_balance", "sampler", "--output_dir", str(tmp_path)]).class_balance == "sampler"
-    with pytest.raises(UsageError, match="--class_balance: expected one of none, weights, sampler"):
-        build_config(["--class_balance", "inverse", "--output_dir", str(tmp_path)])
+        assert build_config(["--device", device, "--output-dir", str(tmp_path)]).class_balance == "none"
+    assert build_config(["--class-balance", "sampler", "--output-dir", str(tmp_path)]).class_balance == "sampler"
+    with pytest.raises(UsageError, match="--class-balance: expected one of none, weights, sampler"):
+        build_config(["--class-balance", "inverse", "--output-dir", str(tmp_path)])
 
 
 def skewed_tree(root: Path, class_names, train_counts) -> None:
@@ -105,9 +105,9 @@ def test_frozen_backbone_run_records_its_class_balance(mode, tmp_path, ms_pynati
     counts = [6] + [2] * (len(class_names) - 1)  # class 0 three times as large as the others
     skewed_tree(tmp_path / "data", class_names, counts)
     out = tmp_path / "run"
-    code = main(["--device", "CPU", "--mode", "pynative", "--data_path", str(tmp_path / "data"), "--image_size", "32",
-                 "--width_mult", "0.35", "--freeze_backbone", "true", "--epochs", "2", "--batch_size", "8",
-                 "--class_balance", mode, "--output_dir", str(out)])
+    code = main(["--device", "CPU", "--mode", "pynative", "--data-path", str(tmp_path / "data"), "--image-size", "32",
+                 "--width-mult", "0.35", "--freeze-backbone", "true", "--epochs", "2", "--batch-size", "8",
+                 "--class-balance", mode, "--output-dir", str(out)])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["class_balance"] == mode

@@ -35,7 +35,7 @@ def test_class_list_is_the_garbage_lab_order_with_names_and_categories():
 
 
 def test_overrides_take_the_file_value_type():
-    cfg = load_config(["--lr_max", "0.05", "--epochs=3", "--force", "true", "--data_path", "/d", "--lr_init", "1"])
+    cfg = load_config(["--lr-max", "0.05", "--epochs=3", "--force", "true", "--data-path", "/d", "--lr-init", "1"])
     assert cfg.lr_max == 0.05 and isinstance(cfg.lr_max, float)
     assert cfg.epochs == 3 and isinstance(cfg.epochs, int)
     assert cfg.force is True
@@ -44,19 +44,19 @@ def test_overrides_take_the_file_value_type():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--learning_rate", "0.1"], "unknown option(s) --learning_rate"),
+    (["--learning_rate", "0.1"], "unknown option(s) --learning-rate"),
     (["--epochs", "two"], "--epochs: expected int, got 'two'"),
     (["--force", "maybe"], "--force: expected bool"),
     (["--mode", "eager"], "--mode: expected one of graph, pynative"),
-    (["--fast_conv", "fast"], "--fast_conv: expected one of auto, on, off"),
+    (["--fast-conv", "fast"], "--fast-conv: expected one of auto, on, off"),
     (["--epochs"], "--epochs: missing value"),
-    (["--epochs", "--lr_max", "0.1"], "--epochs: missing value"),  # a value-less option is named
-    (["--lr_max", "0"], "--lr_max: 0.0 is out of range (0, inf)"),
+    (["--epochs", "--lr-max", "0.1"], "--epochs: missing value"),  # a value-less option is named
+    (["--lr-max", "0"], "--lr-max: 0.0 is out of range (0, inf)"),
     (["--dropout", "1.0"], "--dropout: 1.0 is out of range [0, 1)"),
-    (["--batch_size", "-4"], "--batch_size: -4 is out of range (0, 65536]"),
-    (["--epochs", "3", "--warmup_epochs", "4"], "--warmup_epochs: 4 is more than epochs (3, from --epochs)"),
+    (["--batch-size", "-4"], "--batch-size: -4 is out of range (0, 65536]"),
+    (["--epochs", "3", "--warmup-epochs", "4"], "--warmup-epochs: 4 is more than epochs (3, from --epochs)"),
     (["--device", "GPU", "--epochs", "3"], "garbage26_gpu.yaml: warmup_epochs: 4 is more than epochs (3, from --epochs)"),
-    (["--freeze_backbone", "--resume", "auto"], "--resume: a frozen-backbone run is not resumed"),
+    (["--freeze-backbone", "--resume", "auto"], "--resume: a frozen-backbone run is not resumed"),
     (["stray"], "unexpected argument 'stray'"),
 ])
 def test_bad_overrides_are_rejected_clearly(argv, message):
@@ -97,7 +97,7 @@ def test_help_lists_every_key_with_its_type_default_and_comment(capsys):
             comments[key] = rest.partition("#")[2].strip()
     gpu = load_config(["--device", "GPU"])
     for key, comment in comments.items():
-        assert f"--{key}" in text, key
+        assert f"--{key.replace('_', '-')}" in text, key
         assert comment, f"{key} has no comment in {BASE_CONFIG.name}: it is the key's --help"
         assert comment.replace(" ", "") in text.replace(" ", ""), key
         if key not in ("device", "recipe"):  # --help shows the file's "auto"; the config holds what it resolved to
@@ -109,9 +109,9 @@ def test_help_lists_every_key_with_its_type_default_and_comment(capsys):
 
 
 def test_boolean_keys_are_bare_flags_or_take_a_value():
-    cfg = load_config(["--freeze_backbone", "--force", "--scale_lr", "false", "--epochs", "2"])
+    cfg = load_config(["--freeze-backbone", "--force", "--scale-lr", "false", "--epochs", "2"])
     assert (cfg.freeze_backbone, cfg.force, cfg.scale_lr, cfg.epochs) == (True, True, False, 2)
-    cfg = load_config(["--force=false", "--train_augment", "no", "--freeze_bn"])
+    cfg = load_config(["--force=false", "--train-augment", "no", "--freeze-bn"])
     assert (cfg.force, cfg.train_augment, cfg.freeze_bn) == (False, False, True)
 
 
@@ -145,15 +145,15 @@ def test_dumped_config_reads_back_to_the_same_config(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("argv, chosen", [
-    (["--pretrained", "weights.pth", "--lr_max", "0.01", "--freeze_layers", "2"], {"lr_max": 0.01, "freeze_layers": 2}),
-    (["--pretrained", "weights.pth", "--freeze_backbone", "true", "--epochs", "7"], {"epochs": 7})],
+    (["--pretrained", "weights.pth", "--lr-max", "0.01", "--freeze-layers", "2"], {"lr_max": 0.01, "freeze_layers": 2}),
+    (["--pretrained", "weights.pth", "--freeze-backbone", "true", "--epochs", "7"], {"epochs": 7})],
     ids=["finetune", "frozen"])
 def test_a_recipe_run_saved_config_reproduces_its_choices(argv, chosen, tmp_path):
     """Reading a recipe run's config.yaml back applies the recipe again: the values the command line chose instead
     of the recipe's (saved in their own keys) must survive it, or `--config runs/X/config.yaml` is another run."""
     from ms_impl.trainer.config import trajectory_settings
 
-    cfg = load_config(argv + ["--output_dir", str(tmp_path / "run")])
+    cfg = load_config(argv + ["--output-dir", str(tmp_path / "run")])
     saved = tmp_path / "config.yaml"
     saved.write_text(dump_config(cfg), encoding="utf-8")
     again = load_config(["--config", str(saved)])
@@ -173,7 +173,7 @@ def test_resume_free_keys_are_config_keys_and_settings_survive_json():
 
     keys = set(read_yaml(BASE_CONFIG)) - {"base"}
     assert RESUME_FREE_KEYS <= keys
-    cfg = load_config(["--pretrained", "weights.pth", "--mixup_alpha", "0.2"])
+    cfg = load_config(["--pretrained", "weights.pth", "--mixup-alpha", "0.2"])
     settings = trajectory_settings(cfg)
     assert json.loads(json.dumps(settings)) == settings
     assert {"lr_max", "mixup_alpha", "crop_scale_min", "freeze_layers", "batch_size"} <= settings.keys()

@@ -39,7 +39,7 @@ WORKERS = 2
 STEPS = 6  # per epoch: 104 synthetic train images // global batch 16
 # BatchNorm frozen and no random augmentation, so 2 workers x 8 must train like 1 process x 16.
 # Dropout stays on (p 0.2): each rank applies its rows of the global batch's mask.
-TINY = TINY_TRAIN + ["--num_workers", "1", "--epochs", "2", "--lr_max", "0.05", "--freeze_bn", "--train_augment", "false"]
+TINY = TINY_TRAIN + ["--num-workers", "1", "--epochs", "2", "--lr-max", "0.05", "--freeze-bn", "--train-augment", "false"]
 
 
 def free_port() -> int:
@@ -135,9 +135,9 @@ def test_scale_lr_applies_the_linear_rule_to_the_whole_schedule():
 
     two = dist.DistributedContext(0, 2, True)
     plain = build_lr_schedule(build_config(["--epochs", "3"]), 5, two)
-    scaled = build_lr_schedule(build_config(["--epochs", "3", "--scale_lr", "true"]), 5, two)
+    scaled = build_lr_schedule(build_config(["--epochs", "3", "--scale-lr", "true"]), 5, two)
     np.testing.assert_allclose(scaled, 2 * plain, rtol=1e-6)
-    assert np.array_equal(build_lr_schedule(build_config(["--epochs", "3", "--scale_lr", "true"]), 5, dist.SINGLE_PROCESS), plain)
+    assert np.array_equal(build_lr_schedule(build_config(["--epochs", "3", "--scale-lr", "true"]), 5, dist.SINGLE_PROCESS), plain)
 
 
 # --- real msrun jobs -------------------------------------------------------------------------------
@@ -165,8 +165,8 @@ def test_collectives_under_msrun(tmp_path, cli_env):
 def single_run(tmp_path_factory, synthetic_cache, cli_env, repo_root):
     """The reference: one process, batch 16."""
     out = tmp_path_factory.mktemp("single")
-    result = subprocess.run([sys.executable, "ms_impl/train.py", *TINY, "--batch_size", "16",
-                             "--synthetic_cache_dir", synthetic_cache, "--output_dir", str(out)],
+    result = subprocess.run([sys.executable, "ms_impl/train.py", *TINY, "--batch-size", "16",
+                             "--synthetic-cache-dir", synthetic_cache, "--output-dir", str(out)],
                             cwd=repo_root, env=cli_env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return out
@@ -176,8 +176,8 @@ def single_run(tmp_path_factory, synthetic_cache, cli_env, repo_root):
 def two_worker_run(tmp_path_factory, synthetic_cache, cli_env, repo_root):
     """The same run as 2 msrun workers x batch 8; worker logs kept in the run's folder."""
     out = tmp_path_factory.mktemp("two_workers")
-    result = msrun(["ms_impl/train.py", *TINY, "--batch_size", "8", "--synthetic_cache_dir", synthetic_cache,
-                    "--output_dir", out], out / "msrun_logs", repo_root, cli_env)
+    result = msrun(["ms_impl/train.py", *TINY, "--batch-size", "8", "--synthetic-cache-dir", synthetic_cache,
+                    "--output-dir", out], out / "msrun_logs", repo_root, cli_env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out
 
@@ -226,8 +226,8 @@ def test_distributed_resume_restores_the_same_state_on_every_rank(two_worker_run
     """Resume the 2-worker run from its epoch-1 checkpoint: it must end where the uninterrupted run ended."""
     out = tmp_path / "resumed"
     start = two_worker_run / "checkpoints" / f"mobilenetv2-1_{STEPS}.ckpt"
-    result = msrun(["ms_impl/train.py", *TINY, "--batch_size", "8", "--synthetic_cache_dir", synthetic_cache,
-                    "--output_dir", out, "--resume", start], out / "msrun_logs", repo_root, cli_env)
+    result = msrun(["ms_impl/train.py", *TINY, "--batch-size", "8", "--synthetic-cache-dir", synthetic_cache,
+                    "--output-dir", out, "--resume", start], out / "msrun_logs", repo_root, cli_env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for rank in range(WORKERS):  # every rank read the checkpoint (the start-of-run replica check passed too)
         log = (out / "msrun_logs" / f"worker_{rank}.log").read_text()
@@ -246,7 +246,7 @@ def test_port_in_use_fails_fast_with_one_clear_line(tmp_path, cli_env, repo_root
         squatter.listen()
         port = squatter.getsockname()[1]
         started = time.monotonic()
-        result = msrun(["ms_impl/train.py", *TINY, "--output_dir", out], tmp_path / "logs", repo_root, cli_env,
+        result = msrun(["ms_impl/train.py", *TINY, "--output-dir", out], tmp_path / "logs", repo_root, cli_env,
                        port=port, timeout=240)
         elapsed = time.monotonic() - started
     assert result.returncode != 0

@@ -26,8 +26,8 @@ from tests.helpers import no_temporaries, one_error_line, snapshot
 
 # PyNative: these tests are about files, locks and signals, not the compiled step (graph mode is
 # tested in test_train_cli.py); a tiny run starts in half the time without graph compilation.
-TINY = ["--device", "CPU", "--width_mult", "0.35", "--synthetic_image_size", "32", "--batch_size", "16",
-        "--synthetic_train_per_class", "2", "--synthetic_val_per_class", "1", "--num_workers", "2", "--mode", "pynative"]
+TINY = ["--device", "CPU", "--width-mult", "0.35", "--synthetic-image-size", "32", "--batch-size", "16",
+        "--synthetic-train-per-class", "2", "--synthetic-val-per-class", "1", "--num-workers", "2", "--mode", "pynative"]
 
 
 # ---------------------------------------------------------------- helpers
@@ -107,7 +107,7 @@ def train(tmp_path_factory, capsys):
     cache = synthetic_cache(tmp_path_factory)
 
     def run(*args: str):
-        code = train_main(TINY + ["--synthetic_cache_dir", cache, *args])
+        code = train_main(TINY + ["--synthetic-cache-dir", cache, *args])
         return code, capsys.readouterr().err
 
     return run
@@ -129,9 +129,9 @@ def fake_run(out: Path) -> Dict[str, str]:
 def test_force_with_a_bad_input_leaves_the_old_run_untouched(tmp_path, train):
     out = tmp_path / "run"
     before = fake_run(out)
-    code, err = train("--output_dir", str(out), "--force", "true", "--data_path", str(tmp_path / "typo"))
+    code, err = train("--output-dir", str(out), "--force", "true", "--data-path", str(tmp_path / "typo"))
     assert code == 2
-    one_error_line(err, "typo", "data_path not found")
+    one_error_line(err, "typo", "--data-path not found")
     assert snapshot(out) == before
     assert not list(tmp_path.glob("run.old-*"))
 
@@ -140,7 +140,7 @@ def test_force_with_a_bad_input_leaves_the_old_run_untouched(tmp_path, train):
 def test_force_moves_the_old_run_aside_and_starts_over(tmp_path, train):
     out = tmp_path / "run"
     before = fake_run(out)
-    code, err = train("--output_dir", str(out), "--force", "true", "--epochs", "1")
+    code, err = train("--output-dir", str(out), "--force", "true", "--epochs", "1")
     assert code == 0, err
     moved = list(tmp_path.glob("run.old-*"))
     assert len(moved) == 1 and snapshot(moved[0]) == before  # every old file kept, byte for byte
@@ -156,24 +156,24 @@ def test_resume_with_other_training_settings_is_refused_and_the_run_kept(tmp_pat
     differing from the checkpoint's is refused naming both values, before anything changes; options that only say
     where the run executes or how it is finally evaluated may change."""
     out = tmp_path / "run"
-    code, err = train("--output_dir", str(out), "--epochs", "2", "--lr_max", "0.1", "--mixup_alpha", "0.2")
+    code, err = train("--output-dir", str(out), "--epochs", "2", "--lr-max", "0.1", "--mixup-alpha", "0.2")
     assert code == 0, err
     for name in ("mobilenetv2-2_3.ckpt", "mobilenetv2-last.ckpt", "mobilenetv2-best.ckpt"):
         (out / "checkpoints" / name).unlink()  # epoch 1 of 2 is the newest checkpoint
     epoch1 = out / "checkpoints" / "mobilenetv2-1_3.ckpt"
     before = snapshot(out)
-    for changed, needle in ((["--resume", "auto", "--lr_max", "0.05"], "lr_max 0.1 in the checkpoint vs 0.05 now"),
-                            (["--resume", "auto", "--mixup_alpha", "0"], "mixup_alpha 0.2 in the checkpoint vs 0.0 now"),
-                            (["--resume", str(epoch1), "--crop_scale_min", "0.5"],
+    for changed, needle in ((["--resume", "auto", "--lr-max", "0.05"], "lr_max 0.1 in the checkpoint vs 0.05 now"),
+                            (["--resume", "auto", "--mixup-alpha", "0"], "mixup_alpha 0.2 in the checkpoint vs 0.0 now"),
+                            (["--resume", str(epoch1), "--crop-scale-min", "0.5"],
                              "crop_scale_min 0.08 in the checkpoint vs 0.5 now")):
-        code, err = train("--output_dir", str(out), "--epochs", "2", "--lr_max", "0.1", "--mixup_alpha", "0.2", *changed)
+        code, err = train("--output-dir", str(out), "--epochs", "2", "--lr-max", "0.1", "--mixup-alpha", "0.2", *changed)
         assert code == 2, err
         # the line says how to resume: the run's own config and the same --resume
         how = f"--config {out / 'config.yaml'} --resume {changed[1]}"
         one_error_line(err, str(epoch1), "another run's settings", needle, how)
         assert snapshot(out) == before
     # the run's config.yaml, as the line says, resumes it; where it runs and the final evaluation may change
-    code, err = train("--config", str(out / "config.yaml"), "--resume", "auto", "--tta", "flip", "--num_workers", "1")
+    code, err = train("--config", str(out / "config.yaml"), "--resume", "auto", "--tta", "flip", "--num-workers", "1")
     assert code == 0, err
     assert f"resumed from {epoch1}: epoch 1, step 0" in err
     assert json.loads((out / "summary.json").read_text())["epochs"] == 2
@@ -202,7 +202,7 @@ def test_a_second_trainer_on_the_same_folder_is_refused_naming_the_holder(tmp_pa
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        code, err = train("--output_dir", str(out), "--resume", "auto")
+        code, err = train("--output-dir", str(out), "--resume", "auto")
         assert code == 2
         one_error_line(err, str(out), "in use by another training run", f"pid {holder.pid} on host {socket.gethostname()}")
         assert snapshot(out) == before
@@ -243,7 +243,7 @@ def test_predict_and_pretrained_refuse_nonfinite_weights(torch_checkpoint, tmp_p
     one_error_line(capsys.readouterr().err, str(bad), name)
 
     out = tmp_path / "run"
-    code, err = train("--output_dir", str(out), "--pretrained", str(bad))
+    code, err = train("--output-dir", str(out), "--pretrained", str(bad))
     assert code == 2
     one_error_line(err, "--pretrained", str(bad), name)
     assert not out.exists()  # a setup error leaves no run folder behind
@@ -267,7 +267,7 @@ def test_nonfinite_parameter_names_the_first_bad_weight(ms_pynative):
 @pytest.mark.slow
 def test_a_diverging_run_stops_naming_the_bad_weight_or_loss(tmp_path, train):
     out = tmp_path / "run"
-    code, err = train("--output_dir", str(out), "--epochs", "3", "--lr_max", "1e6", "--warmup_epochs", "0")
+    code, err = train("--output-dir", str(out), "--epochs", "3", "--lr-max", "1e6", "--warmup-epochs", "0")
     assert code == 1, err
     line = one_error_line(err, "training diverged")
     assert "not finite" in line or "loss is" in line
@@ -323,10 +323,10 @@ def test_training_and_predict_read_webp_and_gif_files_and_drop_nothing_in_the_cw
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     out = tmp_path / "run"
-    code, err = train("--output_dir", str(out), "--data_path", str(data), "--image_size", "32", "--epochs", "1")
+    code, err = train("--output-dir", str(out), "--data-path", str(data), "--image-size", "32", "--epochs", "1")
     assert code == 0, err[-3000:]
     assert "Traceback" not in err and json.loads((out / "summary.json").read_text())["train_images"] == 52 + 3
-    assert predict.main(["--checkpoint", str(out / "checkpoints" / "mobilenetv2-last.ckpt"), "--image_size", "32",
+    assert predict.main(["--checkpoint", str(out / "checkpoints" / "mobilenetv2-last.ckpt"), "--image-size", "32",
                          *map(str, zoo.values())]) == 0
     assert len([line for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")]) == 3
     assert list(cwd.iterdir()) == []
@@ -382,7 +382,7 @@ def test_eval_and_export_refuse_unwritable_outputs_before_working(torch_checkpoi
     from ms_impl import eval as eval_cli
     from ms_impl import export
 
-    assert eval_cli.main(["--checkpoint", str(tmp_path / "none.ckpt"), "--report_dir", str(readonly_dir / "r")]) == 2
+    assert eval_cli.main(["--checkpoint", str(tmp_path / "none.ckpt"), "--report-dir", str(readonly_dir / "r")]) == 2
     one_error_line(capsys.readouterr().err, str(readonly_dir / "r"))
     assert export.main(["--checkpoint", str(torch_checkpoint), "--format", "MINDIR",
                         "--output", str(readonly_dir / "net.mindir")]) == 2
@@ -428,10 +428,10 @@ def test_trainer_setup_errors_are_one_line(tmp_path, train, monkeypatch):
     cases = [
         (["--seed", "-1"], ["--seed", "-1"]),
         (["--epochs", "1000000000000"], ["--epochs"]),
-        (["--output_dir", ""], ["--output_dir"]),
+        (["--output-dir", ""], ["--output-dir"]),
     ]
     for args, needles in cases:
-        code, err = train("--output_dir", str(out), *args)
+        code, err = train("--output-dir", str(out), *args)
         assert code == 2, (args, err)
         one_error_line(err, *needles)
     # a --config file lacking keys is read over the base file: it needs only the keys it changes
@@ -439,11 +439,11 @@ def test_trainer_setup_errors_are_one_line(tmp_path, train, monkeypatch):
 
     config = tmp_path / "partial.yaml"
     config.write_text("device: CPU\nepochs: 3\n")
-    partial = build_config(["--config", str(config), "--output_dir", str(out)])
+    partial = build_config(["--config", str(config), "--output-dir", str(out)])
     assert partial.epochs == 3 and partial.classes_file and len(partial.classes) == 26
     # and a key it misspells is one line naming the file and the key
     config.write_text("device: CPU\nepoch: 3\n")
-    code, err = train("--output_dir", str(out), "--config", str(config))
+    code, err = train("--output-dir", str(out), "--config", str(config))
     assert code == 2
     one_error_line(err, str(config), "epoch")
 
@@ -462,7 +462,7 @@ def test_trainer_setup_errors_are_one_line(tmp_path, train, monkeypatch):
         return real_iterdir(self)
 
     monkeypatch.setattr(Path, "iterdir", iterdir)
-    code, err = train("--output_dir", str(out), "--data_path", str(source), "--image_size", "32")
+    code, err = train("--output-dir", str(out), "--data-path", str(source), "--image-size", "32")
     monkeypatch.undo()
     assert code == 2
     one_error_line(err, str(locked), "Permission denied")
@@ -472,7 +472,7 @@ def test_trainer_setup_errors_are_one_line(tmp_path, train, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train_module, "build_network", interrupted)
-    code, err = train("--output_dir", str(out))
+    code, err = train("--output-dir", str(out))
     assert code == 130
     one_error_line(err, "interrupted (SIGINT) during setup")
     assert not out.exists()
@@ -497,7 +497,7 @@ def test_ctrl_c_while_the_trainer_starts_is_one_line_and_exit_130(delay, tmp_pat
     one line, 130, no traceback, no run folder. (Before the trainer's first line runs, Python itself has
     not handed Ctrl+C to anyone: the signal is sent once the watcher is in place, then `delay` later.)"""
     out = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, "ms_impl/train.py", *TINY, "--output_dir", str(out)], cwd=repo_root,
+    process = subprocess.Popen([sys.executable, "ms_impl/train.py", *TINY, "--output-dir", str(out)], cwd=repo_root,
                                env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                # a terminal's Ctrl+C reaches a process whose SIGINT is not ignored (a background job's is)
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -553,7 +553,7 @@ def test_convert_on_a_full_disk_is_one_line_and_leaves_nothing(torch_checkpoint,
 @pytest.mark.slow
 def test_training_on_a_full_disk_is_one_line_and_leaves_no_partial_file(small_fs, tmp_path_factory, cli_env, repo_root):
     out = small_fs / "run"
-    args = TINY + ["--synthetic_cache_dir", synthetic_cache(tmp_path_factory), "--output_dir", str(out), "--epochs", "2"]
+    args = TINY + ["--synthetic-cache-dir", synthetic_cache(tmp_path_factory), "--output-dir", str(out), "--epochs", "2"]
     result = subprocess.run([sys.executable, "ms_impl/train.py", *args], cwd=repo_root, env=cli_env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
@@ -575,7 +575,7 @@ def test_export_refuses_a_name_of_the_other_format(torch_checkpoint, tmp_path, c
 
 def test_a_setup_error_leaves_no_empty_run_folder(tmp_path, train):
     out = tmp_path / "new" / "run"
-    code, err = train("--output_dir", str(out), "--data_path", str(tmp_path / "typo"))
+    code, err = train("--output-dir", str(out), "--data-path", str(tmp_path / "typo"))
     assert code == 2
     one_error_line(err, "typo")
     assert not out.exists()

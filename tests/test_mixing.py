@@ -1,4 +1,4 @@
-"""Mixup and CutMix (--mixup_alpha, --cutmix_alpha): the mixed batch, its loss, replay, and the trainer using them."""
+"""Mixup and CutMix (--mixup-alpha, --cutmix-alpha): the mixed batch, its loss, replay, and the trainer using them."""
 from __future__ import annotations
 
 import numpy as np
@@ -128,9 +128,9 @@ def test_the_trainer_mixes_every_step(synthetic_cache, tmp_path, monkeypatch):
 
     monkeypatch.setattr(mixing, "mix_batch", spy)
     monkeypatch.setattr(train_step, "build_train_step", build_spy)
-    code = train_main(TINY_TRAIN + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(tmp_path / "run"),
+    code = train_main(TINY_TRAIN + ["--synthetic-cache-dir", synthetic_cache, "--output-dir", str(tmp_path / "run"),
                                     "--epochs", "2", "--seed", "4",
-                                    "--mixup_alpha", "0.2", "--cutmix_alpha", "1.0"])
+                                    "--mixup-alpha", "0.2", "--cutmix-alpha", "1.0"])
     assert code == 0
     steps = len(calls)
     assert steps > 0 and [c[1] for c in calls] == list(range(steps)) and {c[0] for c in calls} == {4}
@@ -145,7 +145,7 @@ def test_the_trainer_mixes_every_step(synthetic_cache, tmp_path, monkeypatch):
 
 
 def test_frozen_head_mixup_mixes_the_feature_rows(ms_pynative, monkeypatch):
-    """--mixup_alpha with a frozen backbone: the head's batches of cached features are mixed (seeded by the run's
+    """--mixup-alpha with a frozen backbone: the head's batches of cached features are mixed (seeded by the run's
     seed and the step), so the trained head differs from the unmixed one and two runs agree exactly."""
     from ms_impl.mobilenetv2 import MobileNetV2Head
     from ms_impl.trainer import mixing
@@ -175,15 +175,15 @@ def test_frozen_head_mixup_mixes_the_feature_rows(ms_pynative, monkeypatch):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--cutmix_alpha", "1", "--pretrained", "W", "--freeze_backbone", "true"], "--cutmix_alpha: pastes image regions"),
-    (["--cutmix_alpha", "-1"], "--cutmix_alpha"),
-    (["--mixup_alpha", "0.2", "--batch_size", "1"], "--mixup_alpha: mixes the images of a batch with each other"),
+    (["--cutmix-alpha", "1", "--pretrained", "W", "--freeze-backbone", "true"], "--cutmix-alpha: pastes image regions"),
+    (["--cutmix-alpha", "-1"], "--cutmix-alpha"),
+    (["--mixup-alpha", "0.2", "--batch-size", "1"], "--mixup-alpha: mixes the images of a batch with each other"),
 ])
 def test_mixing_usage_errors(extra, message, synthetic_cache, tmp_path, capsys):
     from ms_impl.train import main as train_main
 
     out = tmp_path / "run"
-    code = train_main(TINY_TRAIN + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(out), *extra])
+    code = train_main(TINY_TRAIN + ["--synthetic-cache-dir", synthetic_cache, "--output-dir", str(out), *extra])
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and "Traceback" not in err and len(err.splitlines()) == 1, err
     assert not out.exists()

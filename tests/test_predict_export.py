@@ -37,7 +37,7 @@ def test_predict_reports_known_classes_names_and_categories(tiny, python_exe, re
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
     proc = run_cli(python_exe, repo_root, cli_env, "predict.py", "--checkpoint", tiny["ckpt"], "--config", tiny["classes"],
-                   "--image_size", IMAGE_SIZE, "--top_k", 2, "--json", *[p for p, _ in picked], bad, empty)
+                   "--image-size", IMAGE_SIZE, "--top-k", 2, "--json", *[p for p, _ in picked], bad, empty)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert [p["file"] for p in out["predictions"]] == [p for p, _ in picked]
@@ -49,14 +49,14 @@ def test_predict_reports_known_classes_names_and_categories(tiny, python_exe, re
         assert (item["category_zh"], item["category"]) == (category_zh, category)
         assert len(item["top_k"]) == 2 and item["top_k"][0]["probability"] >= item["top_k"][1]["probability"]
     assert {e["file"]: e["error"] for e in out["errors"]} == {str(bad): "cannot decode image", str(empty): "empty file"}
-    assert f"predict: {bad}: cannot decode image" in proc.stderr
+    assert f"error: {bad}: cannot decode image" in proc.stderr
 
 
 def test_predict_text_output(tiny, capsys):
     from ms_impl import predict
 
     red = tiny["data"]["train"][0][0]
-    assert predict.main(["--checkpoint", tiny["ckpt"], "--config", tiny["classes"], "--image_size", str(IMAGE_SIZE), red]) == 0
+    assert predict.main(["--checkpoint", tiny["ckpt"], "--config", tiny["classes"], "--image-size", str(IMAGE_SIZE), red]) == 0
     lines = capsys.readouterr().out.splitlines()
     # summed category probability, and the verdict: the folder names the true class
     assert lines[0].startswith(f"{red}: 有害垃圾 (Hazardous waste) ") and lines[0].endswith("%  [correct]")
@@ -101,7 +101,7 @@ def test_predict_bad_inputs(tiny, python_exe, repo_root, cli_env, tmp_path, caps
     # nothing predictable: every input is missing or unreadable
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"nope")
-    code = predict.main(["--checkpoint", tiny["ckpt"], "--config", tiny["classes"], "--image_size", str(IMAGE_SIZE),
+    code = predict.main(["--checkpoint", tiny["ckpt"], "--config", tiny["classes"], "--image-size", str(IMAGE_SIZE),
                          str(bad), str(tmp_path / "missing.jpg")])
     captured = capsys.readouterr()
     assert code == 2 and captured.out == ""
@@ -210,7 +210,7 @@ def test_predict_contact_sheet_marks_wrong_photos_and_keeps_an_existing_sheet(ti
     mislabelled.mkdir()
     shutil.copy(tiny["data"]["train"][0][0], mislabelled / "red.png")
     sheet = tmp_path / "sheet.png"
-    args = ["--checkpoint", tiny["ckpt"], "--config", tiny["classes"], "--image_size", str(IMAGE_SIZE), "--top_k", "1",
+    args = ["--checkpoint", tiny["ckpt"], "--config", tiny["classes"], "--image-size", str(IMAGE_SIZE), "--top-k", "1",
             "--sheet", str(sheet), train_dir, str(mislabelled)]
     assert predict.main(args) == 0
     out = capsys.readouterr().out.splitlines()
@@ -233,3 +233,60 @@ def test_contact_sheet_verdicts():
     assert verdict(dict(unsure, correct=True), 0.5) == "uncertain"
     assert verdict(dict(sure, correct=False), 0.5) == "wrong"
     assert (verdict(sure, 0.5), verdict(unsure, 0.5)) == ("unknown", "uncertain")
+
+
+def test_contact_sheet_captions_stay_clear_of_every_photo(tmp_path):
+    """Portrait, landscape and square photos, three-line captions: no caption overlaps a photo or another caption."""
+    from PIL import Image
+
+    from ms_impl.trainer.classes import load_classes
+    from ms_impl.trainer.contact_sheet import contact_sheet_figure
+
+    classes = load_classes()
+    predictions = []
+    for i, size in enumerate([(120, 400), (400, 120), (300, 300), (90, 500), (500, 90), (200, 260), (260, 200),
+                              (100, 450), (300, 300), (450, 100)]):
+        path = tmp_path / f"photo{i}.png"
+        Image.new("RGB", size, (40 * i % 255, 90, 160)).save(path)
+        c = classes[i]
+        predictions.append({"file": str(path), "top_k": [{"index": c.index, "name": c.name, "name_zh": c.name_zh,
+                                                          "probability": 0.9}],
+                            "category_zh": c.category_zh, "category": c.category, "category_probability": 0.9,
+                            "correct": False, "true_index": (i + 1) % 26})  # wrong: three caption lines
+    fig = contact_sheet_figure(predictions, classes, columns=4)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    photos = [ax.get_window_extent(renderer) for ax in fig.axes]
+    captions = [ax.title.get_window_extent(renderer) for ax in fig.axes]
+    assert len(photos) == 10
+    for i, caption in enumerate(captions):
+        assert caption.y0 >= photos[i].y1  # above its own photo
+        for j in range(len(photos)):
+            assert not caption.overlaps(photos[j]), (i, j)
+            assert j == i or not caption.overlaps(captions[j]), (i, j)
+
+
+@pytest.mark.slow
+def test_tools_print_no_framework_warnings(tiny, python_exe, repo_root, cli_env, tmp_path):
+    """predict, export and parity check in a user's environment (no GLOG_v set): MindSpore's own warnings (such as
+    its deprecation notices) stay hidden, so each tool's first line is its own."""
+    env = {k: v for k, v in cli_env.items() if k != "GLOG_v"}
+    missing = tmp_path / "no_such_photo.jpg"
+    image = tiny["data"]["train"][0][0]
+    runs = {
+        "predict": run_cli(python_exe, repo_root, env, "predict.py", "--checkpoint", tiny["ckpt"], "--config",
+                           tiny["classes"], "--image-size", IMAGE_SIZE, missing, image),
+        "export": run_cli(python_exe, repo_root, env, "export.py", "--checkpoint", tiny["ckpt"], "--format", "ONNX",
+                          "--image-size", IMAGE_SIZE, "--output", tmp_path / "tiny.onnx"),
+        "parity check": subprocess.run([python_exe, "-m", "parity", "check", "--width", "0.35", "--image-size", "32",
+                                        "--num-classes", "3", "--batch", "2", "--steps", "1", "--mode", "pynative"],
+                                       cwd=repo_root, env=env, capture_output=True, text=True, timeout=300),
+    }
+    assert runs["predict"].returncode == 0 and runs["export"].returncode == 0, runs
+    assert runs["parity check"].returncode in (0, 1), runs["parity check"].stderr  # its verdict, not a crash
+    for name, proc in runs.items():
+        output = proc.stdout + proc.stderr
+        assert "deprecated" not in output.lower() and "[WARNING]" not in output, (name, output[:2000])
+    assert runs["predict"].stderr.splitlines()[0] == f"error: {missing}: no such file or folder"
+    assert runs["export"].stdout.startswith("export: wrote ")
+    assert runs["parity check"].stdout.startswith("MobileNetV2 twins, 0.35x/32px/3cls/b2/pynative")

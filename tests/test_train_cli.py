@@ -22,7 +22,7 @@ import pytest
 from ms_impl.train import main as train_main
 from tests.helpers import TINY_TRAIN, checkpoint_weights, train_cli
 
-TINY = TINY_TRAIN + ["--synthetic_train_per_class", "8", "--synthetic_val_per_class", "4"]
+TINY = TINY_TRAIN + ["--synthetic-train-per-class", "8", "--synthetic-val-per-class", "4"]
 
 
 FOUR_CLASSES = """classes:
@@ -41,9 +41,9 @@ def full_run(tmp_path_factory, synthetic_cache, cli_env, repo_root):
     out = tmp_path_factory.mktemp("full")
     classes = out.parent / "four_classes.yaml"
     classes.write_text(FOUR_CLASSES, encoding="utf-8")
-    args = TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(out), "--epochs", str(EPOCHS),
-                   "--lr_max", "0.01", "--synthetic_train_per_class", "32", "--classes_file", str(classes),
-                   "--mixup_alpha", "0.2", "--cutmix_alpha", "1.0"]
+    args = TINY + ["--synthetic-cache-dir", synthetic_cache, "--output-dir", str(out), "--epochs", str(EPOCHS),
+                   "--lr-max", "0.01", "--synthetic-train-per-class", "32", "--classes-file", str(classes),
+                   "--mixup-alpha", "0.2", "--cutmix-alpha", "1.0"]
     result = train_cli(args, cli_env)
     assert result.returncode == 0, result.stderr[-3000:]
     return out, args, result
@@ -108,7 +108,7 @@ def test_eval_cli_reports_the_checkpoint_accuracy(full_run, tmp_path, cli_env, r
     out, args, _ = full_run
     result = subprocess.run(
         [sys.executable, "ms_impl/eval.py", "--checkpoint", str(out / "checkpoints" / "mobilenetv2-last.ckpt"),
-         "--report_dir", str(tmp_path / "report")] + args[args.index("--width_mult"):],
+         "--report-dir", str(tmp_path / "report")] + args[args.index("--width-mult"):],
         cwd=repo_root, env=cli_env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -129,11 +129,13 @@ def test_absent_device_exits_2_before_any_data_work(device, tmp_path, cli_env):
                            env=cli_env, capture_output=True, text=True, timeout=120)
     if probe.returncode == 0:
         pytest.skip(f"this machine has a working {device}")
-    result = train_cli(["--device", device, "--data_path", str(tmp_path / "no-such-data"),
-                        "--output_dir", str(tmp_path / "out")], cli_env)
+    result = train_cli(["--device", device, "--data-path", str(tmp_path / "no-such-data"),
+                        "--output-dir", str(tmp_path / "out")], cli_env)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: device {device} is not usable: "), result.stderr
+    if "only supports one of the ['CPU']" in probe.stderr:  # a CPU-only MindSpore build: the way out is named
+        assert lines[0].endswith(f"pass --device CPU (or install a MindSpore build for {device})"), lines[0]
     assert "no-such-data" not in result.stderr and not (tmp_path / "out").exists()
 
 
@@ -157,10 +159,10 @@ def _run_in_process(args, capsys):
 def test_bad_input_is_one_clear_error(case, tmp_path, capsys):
     data = _make_folder_dataset(tmp_path / "data")
     out = tmp_path / "out"
-    args = TINY + ["--data_path", str(data), "--image_size", "32", "--output_dir", str(out)]
+    args = TINY + ["--data-path", str(data), "--image-size", "32", "--output-dir", str(out)]
     if case == "data_path":
         args[args.index(str(data))] = str(tmp_path / "missing")
-        expected = "missing: data_path not found"
+        expected = "missing: --data-path not found"
     elif case in ("train", "val"):
         (data / case).rename(tmp_path / "moved")
         expected = f"{data / case}: missing"
@@ -172,8 +174,8 @@ def test_bad_input_is_one_clear_error(case, tmp_path, capsys):
             path.unlink()
         expected = "Eggshell: class folder has no readable images"
     elif case == "batch":
-        args += ["--batch_size", "64"]
-        expected = "--batch_size 64 is larger than the training set (52 images"
+        args += ["--batch-size", "64"]
+        expected = "--batch-size 64 is larger than the training set (52 images"
     else:
         (tmp_path / "a_file").write_text("x")
         args[args.index(str(out))] = str(tmp_path / "a_file" / "out")
@@ -188,7 +190,7 @@ def test_existing_run_is_not_overwritten_without_force(tmp_path, capsys):
     out = tmp_path / "out"
     (out / "checkpoints").mkdir(parents=True)
     (out / "metrics.csv").write_text("epoch\n1\n")
-    code, err = _run_in_process(TINY + ["--synthetic_cache_dir", str(tmp_path / "c"), "--output_dir", str(out)], capsys)
+    code, err = _run_in_process(TINY + ["--synthetic-cache-dir", str(tmp_path / "c"), "--output-dir", str(out)], capsys)
     assert code == 2 and "already holds a run" in err
     assert (out / "metrics.csv").read_text() == "epoch\n1\n"
 
@@ -197,9 +199,9 @@ def test_existing_run_is_not_overwritten_without_force(tmp_path, capsys):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     """One step per epoch; the LR heads for 1e30 after step 0: epoch 1 is saved, a later one diverges."""
     out = tmp_path / "out"
-    args = TINY + ["--synthetic_cache_dir", str(tmp_path / "c"), "--output_dir", str(out), "--epochs", "3",
-                   "--synthetic_train_per_class", "2", "--batch_size", "52",
-                   "--warmup_epochs", "0", "--lr_max", "1e-6", "--lr_end", "1e30", "--mode", "pynative"]
+    args = TINY + ["--synthetic-cache-dir", str(tmp_path / "c"), "--output-dir", str(out), "--epochs", "3",
+                   "--synthetic-train-per-class", "2", "--batch-size", "52",
+                   "--warmup-epochs", "0", "--lr-max", "1e-6", "--lr-end", "1e30", "--mode", "pynative"]
     code, err = _run_in_process(args, capsys)
     assert code == 1, err
     assert re.search(r"error: training diverged: (val )?loss is (nan|inf)", err), err
@@ -219,9 +221,9 @@ def test_in_process_runs_write_only_their_own_train_log(tmp_path, capsys, synthe
     logs = {}
     for name in ("first", "second"):
         out = tmp_path / name
-        code, err = _run_in_process(TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(out),
-                                            "--epochs", "1", "--mode", "pynative", "--synthetic_train_per_class", "2",
-                                            "--synthetic_val_per_class", "1"], capsys)
+        code, err = _run_in_process(TINY + ["--synthetic-cache-dir", synthetic_cache, "--output-dir", str(out),
+                                            "--epochs", "1", "--mode", "pynative", "--synthetic-train-per-class", "2",
+                                            "--synthetic-val-per-class", "1"], capsys)
         assert code == 0, err
         logs[name] = (out / "train.log").read_text(encoding="utf-8")
         assert logs[name].count("data: SYNTHETIC") == 1
@@ -234,9 +236,9 @@ def test_saved_config_reproduces_the_run_config(tmp_path, capsys, synthetic_cach
     from ms_impl.train import build_config
 
     out = tmp_path / "run"
-    args = TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(out), "--epochs", "1",
-                   "--mode", "pynative", "--freeze_bn", "--dropout", "0.1", "--lr_max", "0.01",
-                   "--synthetic_train_per_class", "2", "--synthetic_val_per_class", "1"]
+    args = TINY + ["--synthetic-cache-dir", synthetic_cache, "--output-dir", str(out), "--epochs", "1",
+                   "--mode", "pynative", "--freeze-bn", "--dropout", "0.1", "--lr-max", "0.01",
+                   "--synthetic-train-per-class", "2", "--synthetic-val-per-class", "1"]
     code, err = _run_in_process(args, capsys)
     assert code == 0, err
     saved = out / "config.yaml"
@@ -245,3 +247,21 @@ def test_saved_config_reproduces_the_run_config(tmp_path, capsys, synthetic_cach
     original = build_config(args)
     derived = ("config_path", "recipe_reason")  # the saved file names the recipe that ran, not "auto"
     assert {k: v for k, v in again.items() if k not in derived} == {k: v for k, v in original.items() if k not in derived}
+
+
+def test_the_last_line_says_how_each_score_was_taken():
+    from types import SimpleNamespace
+
+    from easydict import EasyDict
+
+    from ms_impl.train import final_line
+
+    result = SimpleNamespace(top1=0.954, category_acc=0.9846)
+    state = SimpleNamespace(epoch=10, best_epoch=9, best_top1=0.95)
+    finetune = final_line(EasyDict(tta="flip+whole", freeze_backbone=False), result, state, "runs/x")
+    assert finetune == ("done: last epoch (10) with --tta flip+whole: val top-1 0.9540, category accuracy 0.9846; "
+                        "mobilenetv2-best.ckpt: epoch 9, val top-1 0.9500 without TTA; run files in runs/x")
+    frozen = final_line(EasyDict(tta="flip", freeze_backbone=True), result, state, "runs/x")
+    assert "mobilenetv2-best.ckpt: epoch 9, val top-1 0.9500 with --tta flip;" in frozen
+    scratch = final_line(EasyDict(tta="none", freeze_backbone=False), result, state, "runs/x")
+    assert scratch.startswith("done: last epoch (10): val top-1 0.9540") and "TTA" not in scratch

@@ -109,7 +109,7 @@ def test_lr_schedule_follows_the_official_formula():
     from ms_impl.trainer.config import load_config
     from ms_impl.train import build_lr_schedule
 
-    cfg = load_config(["--epochs", "4", "--warmup_epochs", "1", "--lr_init", "0.01", "--lr_max", "0.1", "--lr_end", "0.001"])
+    cfg = load_config(["--epochs", "4", "--warmup-epochs", "1", "--lr-init", "0.01", "--lr-max", "0.1", "--lr-end", "0.001"])
     lr = build_lr_schedule(cfg, steps_per_epoch=5)
     warmup, total = 5, 20
     expected = [0.01 + 0.09 * i / warmup if i < warmup else
@@ -124,7 +124,7 @@ def test_weight_decay_only_on_conv_and_dense_weights(ms_pynative):
     from ms_impl.train import build_network, build_optimizer
 
     ms = ms_pynative
-    cfg = load_config(["--width_mult", "0.35", "--weight_decay", "0.01", "--dropout", "0"])
+    cfg = load_config(["--width-mult", "0.35", "--weight-decay", "0.01", "--dropout", "0"])
     network = build_network(cfg)
     params = network.trainable_params()
     for p in params:  # BN gamma/beta start at 1/0: give every tensor non-trivial values

@@ -1,4 +1,4 @@
-"""The trainer with --pretrained (every layout), --freeze_backbone (cached features) and backbone_lr_scale."""
+"""The trainer with --pretrained (every layout), --freeze-backbone (cached features) and backbone_lr_scale."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ import pytest
 from tests.helpers import TINY_TRAIN, train_cli
 
 WIDTH = 0.35
-TINY = TINY_TRAIN + ["--width_mult", str(WIDTH)]
+TINY = TINY_TRAIN + ["--width-mult", str(WIDTH)]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_pretrained_of_every_layout_loads_into_the_trainer(kind, pretrained, syn
 
     from ms_impl.train import build_config, build_network
 
-    cfg = build_config(TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(tmp_path),
+    cfg = build_config(TINY + ["--synthetic-cache-dir", synthetic_cache, "--output-dir", str(tmp_path),
                                "--pretrained", str(pretrained["files"][kind])])
     with caplog.at_level(logging.INFO, logger="ms_impl"):
         network = build_network(cfg)
@@ -58,10 +58,10 @@ def test_pretrained_of_every_layout_loads_into_the_trainer(kind, pretrained, syn
 def test_bad_pretrained_is_a_one_line_usage_error(pretrained, synthetic_cache, tmp_path, capsys):
     from ms_impl.train import main
 
-    wrong_width = ["--width_mult", "0.5"]
+    wrong_width = ["--width-mult", "0.5"]
     for extra, expected in ((wrong_width + ["--pretrained", str(pretrained["files"]["torchvision.pth"])], "0.35x"),
                             (["--pretrained", str(tmp_path / "missing.pth")], "no such file")):
-        code = main(TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(tmp_path / "out"), "--force", "true"] + extra)
+        code = main(TINY + ["--synthetic-cache-dir", synthetic_cache, "--output-dir", str(tmp_path / "out"), "--force", "true"] + extra)
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
         assert code == 2 and len(errors) == 1 and expected in errors[0] and "--pretrained" in errors[0], errors
 
@@ -75,12 +75,12 @@ def lr_of(optimizer, param) -> np.ndarray:
 def test_backbone_lr_scale_in_full_fine_tuning(pretrained, synthetic_cache, tmp_path, ms_pynative):
     from ms_impl.train import build_config, build_lr_schedule, build_network, build_optimizer
 
-    base = TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(tmp_path)]
+    base = TINY + ["--synthetic-cache-dir", synthetic_cache, "--output-dir", str(tmp_path)]
     lr = build_lr_schedule(build_config(base), 4)
     # --pretrained alone runs the fine-tuning recipe (recipe_finetune in the config sets backbone_lr_scale)
     recipe_scale = build_config(base + ["--pretrained", str(pretrained["files"]["torchvision.pth"])]).recipe_finetune["backbone_lr_scale"]
     for extra, scale in (([], 1.0), (["--pretrained", str(pretrained["files"]["torchvision.pth"])], recipe_scale),
-                         (["--pretrained", str(pretrained["files"]["torchvision.pth"]), "--backbone_lr_scale", "0.5"], 0.5)):
+                         (["--pretrained", str(pretrained["files"]["torchvision.pth"]), "--backbone-lr-scale", "0.5"], 0.5)):
         cfg = build_config(base + extra)
         network = build_network(cfg)
         optimizer = build_optimizer(cfg, network, lr)
@@ -94,8 +94,8 @@ def test_frozen_backbone_run_keeps_the_backbone_and_reuses_its_cache(pretrained,
     from ms_impl.trainer.model_io import read_ms_checkpoint
 
     out = tmp_path / "run"
-    args = TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", out, "--epochs", "3", "--lr_max", "0.05",
-                   "--pretrained", pretrained["files"]["torchvision.pth"], "--freeze_backbone", "true"]
+    args = TINY + ["--synthetic-cache-dir", synthetic_cache, "--output-dir", out, "--epochs", "3", "--lr-max", "0.05",
+                   "--pretrained", pretrained["files"]["torchvision.pth"], "--freeze-backbone", "true"]
     first = train_cli(args, cli_env)
     assert first.returncode == 0, first.stderr[-2000:]
     assert first.stderr.count("dropped its 1000-class head") == 1
@@ -123,7 +123,7 @@ def test_frozen_backbone_run_keeps_the_backbone_and_reuses_its_cache(pretrained,
     from ms_impl.train import build_config, build_network
     from ms_impl.trainer.pretrained import load_pretrained
 
-    cfg = build_config(TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(tmp_path / "stage2")])
+    cfg = build_config(TINY + ["--synthetic-cache-dir", synthetic_cache, "--output-dir", str(tmp_path / "stage2")])
     network = build_network(cfg)
     info = load_pretrained(network, str(out / "checkpoints" / "mobilenetv2-best.ckpt"))
     assert info.head_loaded and info.layout == "ms-official"
@@ -132,7 +132,7 @@ def test_frozen_backbone_run_keeps_the_backbone_and_reuses_its_cache(pretrained,
     # the trainer's checkpoint serves predict directly (class names from the trainer's config)
     image = next(Path(synthetic_cache).rglob("*.jpg"))
     proc = subprocess.run([sys.executable, "ms_impl/predict.py", "--checkpoint", str(out / "checkpoints" / "mobilenetv2-best.ckpt"),
-                           "--config", "configs/garbage26_cpu.yaml", "--image_size", "32", "--json", str(image)],
+                           "--config", "configs/garbage26_cpu.yaml", "--image-size", "32", "--json", str(image)],
                           cwd=repo_root, env=cli_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     top = json.loads(proc.stdout)["predictions"][0]["top_k"]
@@ -143,7 +143,7 @@ def test_frozen_backbone_run_keeps_the_backbone_and_reuses_its_cache(pretrained,
 def test_frozen_resume_is_refused(synthetic_cache, tmp_path, capsys):
     from ms_impl.train import main
 
-    code = main(TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(tmp_path), "--freeze_backbone", "true",
+    code = main(TINY + ["--synthetic-cache-dir", synthetic_cache, "--output-dir", str(tmp_path), "--freeze-backbone", "true",
                         "--resume", "auto"])
     assert code == 2 and "frozen-backbone run is not resumed" in capsys.readouterr().err
 
@@ -153,12 +153,12 @@ def test_head_first_then_fine_tune_everything(pretrained, synthetic_cache, tmp_p
     from ms_impl.trainer.model_io import read_ms_checkpoint
 
     out = tmp_path / "finetune"
-    args = TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", out, "--epochs", "1", "--head_first_epochs", "2",
-                   "--freeze_bn", "true", "--tta", "flip", "--pretrained", pretrained["files"]["torchvision.pth"]]
+    args = TINY + ["--synthetic-cache-dir", synthetic_cache, "--output-dir", out, "--epochs", "1", "--head-first-epochs", "2",
+                   "--freeze-bn", "true", "--tta", "flip", "--pretrained", pretrained["files"]["torchvision.pth"]]
     proc = train_cli(args, cli_env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = proc.stderr
-    assert "recipe: finetune (auto: --pretrained without --freeze_backbone)" in log
+    assert "recipe: finetune (auto: --pretrained without --freeze-backbone)" in log
     stage1, stage2 = log.index("stage 1 of 2: head alone on frozen features, 2 epochs"), log.index("stage 2 of 2")
     assert stage1 < log.index("head epoch 2/2") < stage2 < log.index("epoch 1/1: train loss") < log.index("final evaluation with --tta flip")
     assert "\r" not in log  # no progress-bar frames in a log
@@ -202,7 +202,7 @@ def pretrained_with_statistics(tmp_path_factory):
 
 @pytest.mark.slow  # two graph compilations (train and eval), ~40 s on 2 loaded cores
 def test_freeze_bn_train_step_matches_eval_forward_and_the_pytorch_twin(pretrained_with_statistics, synthetic_cache, tmp_path):
-    """Regression test of the two-stage collapse (val 3.8%): with --freeze_bn the training graph is the eval
+    """Regression test of the two-stage collapse (val 3.8%): with --freeze-bn the training graph is the eval
     network (logits equal with the dropout mask at 1, BN folded into our kernels in eval only), a step never
     touches the moving statistics, and the gradient is the PyTorch twin's (BatchNorm in eval mode) on the same
     weights and batch. The collapse was none of these: with frozen statistics the loss is about twice as steep
@@ -216,9 +216,9 @@ def test_freeze_bn_train_step_matches_eval_forward_and_the_pytorch_twin(pretrain
     ms.set_context(mode=ms.GRAPH_MODE)  # the trainer's mode: the compiled train and eval graphs are what is checked
     try:
         # every layer trained (the recipe's freeze_layers off): the stem's gradient is compared below
-        check_freeze_bn(cfg_args=TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(tmp_path), "--pretrained",
-                                         str(path), "--freeze_bn", "true", "--fast_conv", "auto", "--dropout", "0.2", "--lr_max", "0.5",
-                                         "--freeze_layers", "0"],
+        check_freeze_bn(cfg_args=TINY + ["--synthetic-cache-dir", synthetic_cache, "--output-dir", str(tmp_path), "--pretrained",
+                                         str(path), "--freeze-bn", "true", "--fast-conv", "auto", "--dropout", "0.2", "--lr-max", "0.5",
+                                         "--freeze-layers", "0"],
                         torch_model=torch_model)
     finally:
         ms.set_context(mode=mode)
@@ -283,7 +283,7 @@ def check_freeze_bn(cfg_args, torch_model) -> None:
 @pytest.mark.slow  # two graph compilations, ~30 s on 2 loaded cores
 def test_freeze_layers_keeps_the_first_layers_and_trains_the_rest_with_the_same_gradient(
         pretrained_with_statistics, synthetic_cache, tmp_path):
-    """--freeze_layers 4: features.0-3 get no gradient (zero, not merely unused) and keep weights and BatchNorm
+    """--freeze-layers 4: features.0-3 get no gradient (zero, not merely unused) and keep weights and BatchNorm
     statistics through training steps; every later parameter gets the gradient of the network without the
     cut, and later BatchNorms (batch statistics here) still update."""
     import mindspore as ms
@@ -297,9 +297,9 @@ def test_freeze_layers_keeps_the_first_layers_and_trains_the_rest_with_the_same_
     mode = ms.get_context("mode")
     ms.set_context(mode=ms.GRAPH_MODE)  # the trainer's mode: the unrolled loop of NetWithLoss is what is checked
     try:
-        args = TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(tmp_path), "--pretrained", str(path),
-                       "--freeze_bn", "false", "--dropout", "0", "--lr_max", "0.5"]
-        cfg = build_config(args + ["--freeze_layers", "4"])
+        args = TINY + ["--synthetic-cache-dir", synthetic_cache, "--output-dir", str(tmp_path), "--pretrained", str(path),
+                       "--freeze-bn", "false", "--dropout", "0", "--lr-max", "0.5"]
+        cfg = build_config(args + ["--freeze-layers", "4"])
         assert cfg.freeze_layers == 4
         frozen, reference = build_network(cfg), build_network(build_config(args))
         prefix = tuple(f"features.{i}." for i in range(4))
@@ -339,7 +339,7 @@ def test_freeze_layers_keeps_the_first_layers_and_trains_the_rest_with_the_same_
         assert all(np.array_equal(before[n], after[n]) for n in before if n.startswith(prefix))
         for name in ("features.4.conv.0.features.0.weight", "features.4.conv.0.features.1.moving_mean", "dense.weight"):
             assert not np.array_equal(before[name], after[name]), name
-        # a mixed batch's step (--mixup_alpha/--cutmix_alpha: partner labels and lam) compiles with the cut too
+        # a mixed batch's step (--mixup-alpha/--cutmix-alpha: partner labels and lam) compiles with the cut too
         partner = ms.Tensor(np.roll(labels.asnumpy(), 1))
         assert np.isfinite(float(step(images, labels, partner, ms.Tensor(np.float32(0.7))).asnumpy()))
         mixed = {p.name: p.asnumpy() for p in frozen.get_parameters()}
@@ -350,14 +350,14 @@ def test_freeze_layers_keeps_the_first_layers_and_trains_the_rest_with_the_same_
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--freeze_layers", "2"], "--freeze_layers: only for fine-tuning pretrained weights"),
-    (["--freeze_layers", "2", "--pretrained", "W", "--freeze_backbone", "true"], "--freeze_layers: only for fine-tuning"),
-    (["--freeze_layers", "20", "--pretrained", "W"], "--freeze_layers"),
+    (["--freeze-layers", "2"], "--freeze-layers: only for fine-tuning pretrained weights"),
+    (["--freeze-layers", "2", "--pretrained", "W", "--freeze-backbone", "true"], "--freeze-layers: only for fine-tuning"),
+    (["--freeze-layers", "20", "--pretrained", "W"], "--freeze-layers"),
 ])
 def test_freeze_layers_outside_fine_tuning_or_range_is_a_usage_error(extra, message, synthetic_cache, tmp_path, capsys):
     from ms_impl.train import main
 
-    code = main(TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(tmp_path / "run")] + extra)
+    code = main(TINY + ["--synthetic-cache-dir", synthetic_cache, "--output-dir", str(tmp_path / "run")] + extra)
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "run").exists()
@@ -372,8 +372,8 @@ def test_resume_refuses_another_freeze_layers_before_loading_anything(pretrained
     from ms_impl.trainer.train_step import model_parameters
 
     def setup(count):
-        cfg = build_config(TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(tmp_path / "run"),
-                                   "--pretrained", str(pretrained["files"]["torchvision.pth"]), "--freeze_layers", str(count)])
+        cfg = build_config(TINY + ["--synthetic-cache-dir", synthetic_cache, "--output-dir", str(tmp_path / "run"),
+                                   "--pretrained", str(pretrained["files"]["torchvision.pth"]), "--freeze-layers", str(count)])
         network = build_network(cfg)
         return cfg, network, build_optimizer(cfg, network, build_lr_schedule(cfg, 4))
 

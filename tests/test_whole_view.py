@@ -108,11 +108,11 @@ def test_train_whole_prob_rules():
     from ms_impl.trainer.config import load_config
     from ms_impl.trainer.errors import UsageError
 
-    with pytest.raises(UsageError, match="train_whole_prob.*cached features"):
-        load_config(["--pretrained", "w.pth", "--freeze_backbone", "true", "--train_whole_prob", "0.5"])
-    with pytest.raises(UsageError, match="train_whole_prob.*below 0.05"):
-        load_config(["--train_whole_prob", "0.01"])
-    assert load_config(["--train_whole_prob", "0.05"]).train_whole_prob == 0.05
+    with pytest.raises(UsageError, match="--train-whole-prob: .*cached features"):
+        load_config(["--pretrained", "w.pth", "--freeze-backbone", "true", "--train-whole-prob", "0.5"])
+    with pytest.raises(UsageError, match="--train-whole-prob: .*below 0.05"):
+        load_config(["--train-whole-prob", "0.01"])
+    assert load_config(["--train-whole-prob", "0.05"]).train_whole_prob == 0.05
 
 
 def test_whole_views_have_their_own_cache_key_and_need_one_view():

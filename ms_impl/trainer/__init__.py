@@ -1,7 +1,8 @@
 """The MindSpore trainer's engine: everything the command-line tools share, nothing they parse.
 
     config         the typed option schema, YAML + command-line overrides
-    recipes        the recommended transfer-learning recipes, picked from --pretrained/--freeze_backbone
+    config_files   where the shipped configs are (package data), reading a config file and its base: chain
+    recipes        the recommended transfer-learning recipes, picked from --pretrained/--freeze-backbone
     classes        the class list (names, 4 garbage categories): one loader for YAML, config, CSV
     dataset        image lists and mindspore.dataset pipelines
     images         the one "can the pipeline decode this file" check

@@ -1,6 +1,6 @@
 """The class list: index, English and Chinese names, garbage category. One loader for every tool.
 
-    classes = load_classes("configs/garbage26_classes.yaml")   # or a trainer config, or a CSV
+    classes = load_classes()   # the shipped garbage26_classes.yaml; or a classes YAML, a trainer config, a CSV
 
 Sources: a classes YAML (a `classes:` list, like `configs/garbage26_classes.yaml`),
 a trainer config (its resolved `classes_file`), or a CSV with the columns of
@@ -19,12 +19,12 @@ from typing import Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ms_impl.trainer.config_files import DEFAULT_CLASSES_FILE, file_chain, read_yaml
 from ms_impl.trainer.errors import UsageError
 
 CLASS_FIELDS = ("index", "name", "name_zh", "category_zh", "category")
 # Header aliases of the reference CSV (garbage26/classes.csv).
 CSV_ALIASES = {"name_en": "name", "category_en": "category"}
-DEFAULT_CLASSES_FILE = Path(__file__).resolve().parents[2] / "configs" / "garbage26_classes.yaml"
 
 PathLike = Union[str, Path]
 
@@ -74,9 +74,7 @@ def read_class_csv(path: PathLike) -> List[ClassInfo]:
 
 
 def load_classes(path: Optional[PathLike] = None) -> List[ClassInfo]:
-    """The class list of a classes YAML, a trainer config or a CSV (default: configs/garbage26_classes.yaml)."""
-    from ms_impl.trainer.config import load_config, read_yaml
-
+    """The class list of a classes YAML, a trainer config or a CSV (default: the shipped garbage26_classes.yaml)."""
     path = Path(path or DEFAULT_CLASSES_FILE)
     if path.suffix.lower() == ".csv":
         return read_class_csv(path)
@@ -85,7 +83,11 @@ def load_classes(path: Optional[PathLike] = None) -> List[ClassInfo]:
         if not isinstance(data["classes"], list):
             raise UsageError(f"{path}: `classes` must be a list")
         return classes_from_records(data["classes"], path)
-    return load_config(["--config", str(path)]).classes  # a trainer config: its classes_file
+    # a trainer config: the classes_file of the last file of its `base:` chain that sets one, relative to that file
+    for file_path, settings in reversed(file_chain(path)):
+        if settings.get("classes_file"):
+            return load_classes(file_path.parent / str(settings["classes_file"]))
+    raise UsageError(f"{path}: neither a `classes:` list nor a trainer config with classes_file")
 
 
 def category_groups(classes: Sequence[ClassInfo]) -> Tuple[np.ndarray, List[str], List[str]]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,16 +31,16 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import yaml
 from easydict import EasyDict
 
+from ms_impl.trainer.classes import load_classes
+from ms_impl.trainer.config_files import BASE_CONFIG, BASE_KEY, CONFIG_DIR, file_chain, read_yaml
 from ms_impl.trainer.errors import UsageError
 from parity.core import preprocess
 from parity.core.files import path_problem, shown_path
+from parity.core.options import DashOptionParser, unknown_options_text
 from parity.core.spec import INVERTED_RESIDUAL_SETTING
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-BASE_CONFIG = CONFIG_DIR / "garbage26_base.yaml"
 DEVICES = ("CPU", "GPU", "Ascend")
 DEFAULT_CONFIG = {device: CONFIG_DIR / f"garbage26_{device.lower()}.yaml" for device in DEVICES}
-BASE_KEY = "base"  # names the file a config overrides; not an option
 PATH_KEYS = ("classes_file",)  # resolved against the file that sets them, saved absolute
 # Keys naming files or folders: checked like every path option (parity.core.files.path_problem) before any is used.
 FILE_KEYS = ("data_path", "output_dir", "resume", "pretrained", "classes_file", "synthetic_cache_dir", "feature_cache_dir")
@@ -122,6 +123,26 @@ KEY_RULES: Dict[str, Any] = {
 }
 
 
+# MBV2_SMOKE=1 in the environment turns any run into a smoke run of seconds: these keys are capped (a value already
+# below its cap is kept). It checks that a command works end to end (the README's commands are tested so); the
+# numbers it gives mean nothing. Every tool that reads a trainer config honours it.
+SMOKE_ENV = "MBV2_SMOKE"
+SMOKE_CAPS = {"epochs": 1, "warmup_epochs": 0, "head_first_epochs": 1, "synthetic_train_per_class": 4,
+              "synthetic_val_per_class": 2, "image_size": 32}
+SMOKE_MODE = "pynative"  # no graph compile: for a few steps, compiling takes longer than running
+
+
+def smoke_caps(cfg: EasyDict) -> Dict[str, Any]:
+    """The values MBV2_SMOKE sets in `cfg` ({} when it is not set); those keys are changed in place."""
+    if os.environ.get(SMOKE_ENV, "").strip().lower() in ("", "0", "false", "no", "off"):
+        return {}
+    changed: Dict[str, Any] = {key: cap for key, cap in SMOKE_CAPS.items() if key in cfg and cfg[key] > cap}
+    if cfg.get("mode") != SMOKE_MODE:
+        changed["mode"] = SMOKE_MODE
+    cfg.update(changed)
+    return changed
+
+
 # Keys a resumed run may change: where it runs, where its files are, what the final evaluation averages. Every
 # other key shapes the training trajectory, so a checkpoint records them and resumes only with the same values.
 RESUME_FREE_KEYS = frozenset({
@@ -157,14 +178,14 @@ def check_relations(cfg: EasyDict, source: Callable[[str], str]) -> None:
         raise UsageError(f"{source('output_dir')}: empty; name the run's folder (it is never the current folder)")
     if cfg.get("head_first_epochs") and (cfg.freeze_backbone or not cfg.pretrained):
         raise UsageError(f"{source('head_first_epochs')}: only for fine-tuning pretrained weights "
-                         "(--pretrained W, --freeze_backbone false)")
+                         "(--pretrained W, --freeze-backbone false)")
     if cfg.get("freeze_layers") and (cfg.freeze_backbone or not cfg.pretrained):
         raise UsageError(f"{source('freeze_layers')}: only for fine-tuning pretrained weights "
-                         "(--pretrained W, --freeze_backbone false)")
+                         "(--pretrained W, --freeze-backbone false)")
     whole_prob = cfg.get("train_whole_prob", 0.0)
     if whole_prob and cfg.freeze_backbone:
         raise UsageError(f"{source('train_whole_prob')}: whole-photo views for training the network; a frozen "
-                         "backbone's head trains on cached features (--feature_whole true)")
+                         "backbone's head trains on cached features (--feature-whole true)")
     copies = preprocess.WHOLE_VIEW_COPIES
     if 0 < whole_prob < 1 / copies:
         raise UsageError(f"{source('train_whole_prob')}: {whole_prob} is below {_number(1 / copies)}, the smallest "
@@ -175,28 +196,12 @@ def check_relations(cfg: EasyDict, source: Callable[[str], str]) -> None:
                          f"{cfg.batch_size} (from {source('batch_size')}), at least 2 needed")
     if cfg.get("cutmix_alpha") and cfg.freeze_backbone:
         raise UsageError(f"{source('cutmix_alpha')}: pastes image regions for training the network; a frozen backbone's "
-                         "head trains on cached features (--mixup_alpha mixes those)")
+                         "head trains on cached features (--mixup-alpha mixes those)")
     if cfg.freeze_backbone and cfg.resume:
         raise UsageError(f"{source('resume')}: a frozen-backbone run is not resumed; run it again (its features are cached)")
 
 
 # ---------------------------------------------------------------- reading files
-
-
-def read_yaml(path: Path) -> dict:
-    """The top-level mapping of a YAML file; a UsageError naming the file otherwise."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: config file not found") from None
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read ({e.strerror or e})") from None
-    except yaml.YAMLError as e:
-        raise UsageError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: expected a mapping of keys to values at the top level")
-    return data
 
 
 _COMMENTED_KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*):(.*?)\s+#\s?(.*)$")
@@ -210,29 +215,6 @@ def read_key_comments(path: Path) -> Dict[str, str]:
         if match:
             comments[match.group(1)] = match.group(3).strip()
     return comments
-
-
-def _file_chain(path: Path) -> List[Tuple[Path, dict]]:
-    """The file and the files it builds on, base first; a file without `base:` builds on the base file."""
-    chain: List[Tuple[Path, dict]] = []
-    seen = set()
-    current: Optional[Path] = path.resolve()
-    while current is not None:
-        if current in seen:
-            raise UsageError(f"{path}: `base:` files form a loop through {current}")
-        seen.add(current)
-        data = read_yaml(current)
-        chain.insert(0, (current, data))
-        base = data.get(BASE_KEY)
-        if base is not None:
-            if not isinstance(base, str) or not base:
-                raise UsageError(f"{current}: base: expected a file name, got {base!r}")
-            current = (current.parent / base).resolve()
-        elif current != BASE_CONFIG.resolve():
-            current = BASE_CONFIG.resolve()
-        else:
-            current = None
-    return chain
 
 
 # ---------------------------------------------------------------- the schema
@@ -260,6 +242,12 @@ class Option:
 
     def check(self, value: Any) -> Any:
         """A value from a file, coerced to the option's type and checked against its rule; ValueError otherwise."""
+        if self.type in (int, float) and isinstance(value, str):
+            # PyYAML reads `1e-4` (no decimal point, YAML 1.1) as a string: a number written so is still a number
+            try:
+                value = self.type(value.strip())
+            except ValueError:
+                raise ValueError(f"expected {self.type.__name__}, got {value!r}") from None
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
@@ -311,7 +299,12 @@ def build_schema(chain: Sequence[Tuple[Path, dict]]) -> Dict[str, Option]:
 # ---------------------------------------------------------------- command line
 
 
-class _Parser(argparse.ArgumentParser):
+def option_name(key: str) -> str:
+    """The command-line spelling of a config key: `data_path` -> `--data-path` (`--data-path` is accepted too)."""
+    return "--" + key.replace("_", "-")
+
+
+class _Parser(DashOptionParser):
     """argparse with errors as UsageError (`--key: problem`) instead of printing usage and exiting."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -347,7 +340,7 @@ def _add_options(parser: argparse.ArgumentParser, schema: Dict[str, Option], def
             kwargs["metavar"] = option.type.__name__.upper()
         if option.type is bool:
             kwargs.update(nargs="?", const=True, metavar="true|false")  # a bare --flag means true
-        group.add_argument(f"--{option.name}", **kwargs)
+        group.add_argument(option_name(option.name), dest=option.name, **kwargs)
 
 
 def parse_config(argv: Optional[Sequence[str]] = None, description: str = "",
@@ -360,7 +353,7 @@ def parse_config(argv: Optional[Sequence[str]] = None, description: str = "",
     path = front.config or DEFAULT_CONFIG[front.device or "CPU"]
     if path_problem(path):
         raise UsageError(f"--config: {shown_path(path)}: {path_problem(path)}")
-    chain = _file_chain(Path(path))
+    chain = file_chain(Path(path))
     schema = build_schema(chain)
 
     values: Dict[str, Any] = {}
@@ -387,7 +380,8 @@ def parse_config(argv: Optional[Sequence[str]] = None, description: str = "",
     if rest:
         unknown = [item for item in rest if item.startswith("-")]
         if unknown:
-            raise UsageError(f"unknown option(s) {', '.join(u.split('=')[0] for u in unknown)}; "
+            known = [name for action in parser._actions for name in action.option_strings]
+            raise UsageError(f"unknown option(s) {unknown_options_text(unknown, known)}; "
                              f"the keys are those of {chain[0][0].name} (see --help)")
         raise UsageError(f"unexpected argument {rest[0]!r}: options are --key value")
     given = vars(args)
@@ -396,10 +390,10 @@ def parse_config(argv: Optional[Sequence[str]] = None, description: str = "",
             try:
                 value = schema[key].check(given[key])
             except ValueError as e:
-                raise UsageError(f"--{key}: {e}") from None
+                raise UsageError(f"{option_name(key)}: {e}") from None
             if key in PATH_KEYS and value:
                 value = str(Path(value).resolve())
-            values[key], origin[key] = value, f"--{key}"
+            values[key], origin[key] = value, option_name(key)
     if front.device:
         values["device"], origin["device"] = front.device, "--device"
 
@@ -414,10 +408,10 @@ def parse_config(argv: Optional[Sequence[str]] = None, description: str = "",
             except ValueError as e:
                 raise UsageError(f"{path}: recipe_{cfg.recipe}: {key}: {e}") from None
             origin[key] = f"{path}: recipe_{cfg.recipe}"
+    cfg.smoke = smoke_caps(cfg)
+    origin.update({key: SMOKE_ENV for key in cfg.smoke})
     check_relations(cfg, lambda key: origin[key] if origin[key].startswith("--") else f"{origin[key]}: {key}")
     cfg.config_path = str(Path(path))
-    from ms_impl.trainer.classes import load_classes
-
     cfg.classes = load_classes(cfg.classes_file)
     extras = argparse.Namespace(**{k: v for k, v in given.items() if k not in schema and k not in ("config", "device")})
     extras.command_line_keys = frozenset(key for key, where in origin.items() if where.startswith("--"))
@@ -440,7 +434,7 @@ def _plain(value: Any) -> Any:
 
 def dump_config(cfg: EasyDict) -> str:
     """The config as self-contained YAML (every key, absolute class file, help as comments): `--config` reads it back."""
-    chain = _file_chain(Path(cfg.config_path))
+    chain = file_chain(Path(cfg.config_path))
     schema = build_schema(chain)
     lines = [f"# Resolved config of a run (from {cfg.config_path} and the command line).",
              "# Rerun it: python ms_impl/train.py --config <this file>"]

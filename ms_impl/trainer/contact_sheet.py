@@ -41,6 +41,16 @@ def draw_contact_sheet(path: str, predictions: Sequence[dict], classes: Sequence
                        columns: int = 0) -> None:
     """Write the sheet PNG atomically (`parity.core.files.WriteError` on failure).
     `columns` 0: 6, or about a square grid for more than 36 photos."""
+    import matplotlib.pyplot as plt
+
+    fig = contact_sheet_figure(predictions, classes, uncertain_below, columns)
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def contact_sheet_figure(predictions: Sequence[dict], classes: Sequence, uncertain_below: float = 0.5,
+                         columns: int = 0):
+    """The sheet as a matplotlib figure (draw_contact_sheet's arguments)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,11 +60,24 @@ def draw_contact_sheet(path: str, predictions: Sequence[dict], classes: Sequence
     columns = columns or max(6, round(math.sqrt(len(predictions))))
     columns = max(1, min(columns, len(predictions)))
     rows = math.ceil(len(predictions) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 3.2 * rows), squeeze=False)
-    for ax, item in zip(axes.flat, predictions):
+    # Fixed cells, laid out by hand: each cell is a strip for the caption (up to 3 lines) above a square slot for
+    # the photo. A photo's axes take its own aspect ratio inside the slot, top-aligned under the caption, so no
+    # caption can reach into the row above whatever the photos' shapes (tight_layout misplaces aspect-locked axes).
+    cell_w, slot, caption, gap, header = 2.6, 2.3, 0.55, 0.2, 0.6  # inches
+    cell_h = caption + slot + gap
+    fig = plt.figure(figsize=(cell_w * columns, header + cell_h * rows))
+    width_in, height_in = fig.get_size_inches()
+    for position, item in enumerate(predictions):
+        row, column = divmod(position, columns)
+        image = _thumbnail(item["file"])
+        scale = slot / max(image.shape[:2])
+        w, h = image.shape[1] * scale, image.shape[0] * scale
+        left = column * cell_w + (cell_w - w) / 2
+        top = height_in - header - row * cell_h - caption  # the slot's top, in inches from the bottom
+        ax = fig.add_axes((left / width_in, (top - h) / height_in, w / width_in, h / height_in))
         best = item["top_k"][0]
         kind = verdict(item, uncertain_below)
-        ax.imshow(_thumbnail(item["file"]))
+        ax.imshow(image, aspect="auto")  # the axes already have the photo's shape
         ax.set_xticks([])
         ax.set_yticks([])
         for spine in ax.spines.values():
@@ -70,14 +93,10 @@ def draw_contact_sheet(path: str, predictions: Sequence[dict], classes: Sequence
         elif kind == "uncertain":
             lines.append("uncertain")
         ax.set_title("\n".join(lines), fontsize=8, color=COLOURS[kind] if kind in ("wrong", "uncertain") else "black")
-    for ax in list(axes.flat)[len(predictions):]:
-        ax.axis("off")
     known = [p for p in predictions if "correct" in p]
     summary = f"{len(predictions)} photos"
     if known:
         summary += f"; {sum(p['correct'] for p in known)}/{len(known)} right where the folder names the class"
     summary += f"; frames: green right, red wrong, orange top-1 below {uncertain_below:.0%}"
-    fig.suptitle(summary, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (3.2 * rows)))  # leave the suptitle its own strip
-    save_figure(fig, path)
-    plt.close(fig)
+    fig.suptitle(summary, fontsize=10, y=1 - 0.2 / height_in)
+    return fig

@@ -48,7 +48,9 @@ def scan_split(data_path: Path, split: str, class_names: Sequence[str]) -> Image
     """The readable images of `data_path/split`, labelled by position in `class_names`."""
     split_dir = Path(data_path) / split
     if not split_dir.is_dir():
-        raise UsageError(f"{split_dir}: missing (expected {split}/<class name>/ folders under data_path)")
+        raise UsageError(f"{split_dir}: missing (expected {split}/<class name>/ folders under --data-path; for a "
+                         f"folder of one subfolder per class, write that layout with: mbv2-datatools split "
+                         f"{data_path} {Path(data_path).name or 'data'}_split)")
     try:
         present = {p.name for p in split_dir.iterdir() if p.is_dir()}
     except OSError as exc:
@@ -200,7 +202,7 @@ def resolve_data(cfg) -> Tuple[Path, int, bool]:
     if cfg.data_path:
         path = Path(cfg.data_path).expanduser()
         if not path.is_dir():
-            raise UsageError(f"{path}: data_path not found (expected a folder with train/ and val/)")
+            raise UsageError(f"{path}: --data-path not found (expected a folder with train/ and val/)")
         return path, int(cfg.image_size), False
     from ms_impl.trainer.synthetic import ensure_synthetic_dataset
 

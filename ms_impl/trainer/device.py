@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from typing import Iterator
 
 from ms_impl.trainer.errors import UsageError
@@ -48,4 +49,14 @@ def set_device(device: str, mode: str = "graph", device_id: int | None = None, s
             # set_device only records the choice; a first small op loads the backend for real.
             (ms.Tensor(np.ones(2, np.float32)) + 1).asnumpy()
     except (RuntimeError, ValueError, TypeError) as e:
-        raise UsageError(f"device {device} is not usable: {one_line(e, with_type=False)}") from None
+        raise unusable_device(device, e) from None
+
+
+def unusable_device(device: str, exc: BaseException) -> UsageError:
+    """One complete line for a device MindSpore cannot use; it names the devices this MindSpore build supports."""
+    supported = re.search(r"only supports one of the \[([^\]]*)\]", str(exc))
+    devices = re.findall(r"'(\w+)'", supported.group(1)) if supported else []
+    if devices:
+        return UsageError(f"device {device} is not usable: this MindSpore installation runs on {' and '.join(devices)} "
+                          f"only; pass --device {devices[0]} (or install a MindSpore build for {device})")
+    return UsageError(f"device {device} is not usable: {one_line(exc, limit=1000, with_type=False)}")

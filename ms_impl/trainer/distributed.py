@@ -2,7 +2,7 @@
 
     msrun --worker_num=2 --local_worker_num=2 --master_addr=127.0.0.1 --master_port=8118 \
           --join=True --cluster_time_out=60 --log_dir=runs/dp2/msrun_logs \
-          ms_impl/train.py --output_dir runs/dp2
+          ms_impl/train.py --output-dir runs/dp2
 
 msrun starts one scheduler process and `local_worker_num` worker processes,
 each running the same script with the cluster described in environment
@@ -36,6 +36,7 @@ from typing import Dict, Mapping, Optional
 
 import numpy as np
 
+from ms_impl.trainer.device import unusable_device
 from ms_impl.trainer.errors import UsageError
 from ms_impl.weights import digest as parameters_digest
 from parity.core.files import one_line
@@ -158,7 +159,7 @@ def init_distributed(mode: str = "auto", device: Optional[str] = None,
         try:
             ms.set_device(device)
         except (RuntimeError, ValueError) as e:
-            raise UsageError(f"device {device} is not usable: {one_line(e, with_type=False)}") from None
+            raise unusable_device(device, e) from None
     role = environ.get("MS_ROLE", ROLE_WORKER)
     host, port = environ.get("MS_SCHED_HOST", "?"), int(environ.get("MS_SCHED_PORT", "0") or 0)
     try:
@@ -223,7 +224,7 @@ def average_batchnorm_statistics(network, ctx: DistributedContext) -> None:
     import mindspore as ms
     from mindspore import nn
 
-    # Statistics a BatchNorm never updates (--freeze_bn, --freeze_layers) are alike on all ranks already: left
+    # Statistics a BatchNorm never updates (--freeze-bn, --freeze-layers) are alike on all ranks already: left
     # exactly as they are (a sum over ranks divided again can move them by a rounding).
     fixed = {id(p) for _, cell in network.cells_and_names() if isinstance(cell, nn.BatchNorm2d)
              and cell.use_batch_statistics is False for p in (cell.moving_mean, cell.moving_variance)}

@@ -48,7 +48,7 @@ def load_pretrained(network, path: str, log: logging.Logger = LOG) -> Pretrained
     width = network.spec.width_mult
     if abs(ckpt.width_mult - width) > 1e-9:
         raise PretrainedError(f"--pretrained {path}: holds a {ckpt.width_mult}x MobileNetV2 ({ckpt.layout} layout), "
-                              f"the network is {width}x (set --width_mult {ckpt.width_mult} to use it)")
+                              f"the network is {width}x (set --width-mult {ckpt.width_mult} to use it)")
     head_loaded = ckpt.num_classes == network.num_classes
     if ckpt.num_classes is not None and not head_loaded:
         log.info("pretrained %s: dropped its %d-class head (this run has %d classes); the head starts from scratch",

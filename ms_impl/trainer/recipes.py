@@ -1,4 +1,4 @@
-"""Recommended recipes: per-recipe defaults from the config file, chosen from --pretrained / --freeze_backbone.
+"""Recommended recipes: per-recipe defaults from the config file, chosen from --pretrained / --freeze-backbone.
 
     recipe: auto        # frozen   when pretrained and freeze_backbone
                         # finetune when pretrained alone
@@ -25,9 +25,9 @@ def resolve_name(cfg) -> Tuple[str, str]:
     if cfg.recipe != "auto":
         return cfg.recipe, f"--recipe {cfg.recipe}"
     if cfg.pretrained and cfg.freeze_backbone:
-        return "frozen", "auto: --pretrained with --freeze_backbone true"
+        return "frozen", "auto: --pretrained with --freeze-backbone true"
     if cfg.pretrained:
-        return "finetune", "auto: --pretrained without --freeze_backbone"
+        return "finetune", "auto: --pretrained without --freeze-backbone"
     return "scratch", "auto: no --pretrained"
 
 

@@ -80,7 +80,7 @@ class RunLock:
 
         if not self.folder.is_dir():
             if self.folder.exists():
-                raise UsageError(f"{self.folder}: --output_dir is a file, not a folder")
+                raise UsageError(f"{self.folder}: --output-dir is a file, not a folder")
             try:
                 self.folder.mkdir(parents=True)
             except OSError as exc:
@@ -93,7 +93,7 @@ class RunLock:
             lock.acquire()
         except Timeout:
             raise UsageError(f"{self.folder}: in use by another training run ({_describe(previous)}); "
-                             "wait for it to finish or choose another --output_dir") from None
+                             "wait for it to finish or choose another --output-dir") from None
         except OSError as exc:
             self._remove_created()
             raise UsageError(f"{self.folder}: output_dir is not writable ({exc.strerror or exc})") from None

@@ -4,7 +4,7 @@
   (dropout + dense) trains on cached pooled features, fed as (N, C, 1, 1) so
   the head's global pooling is the identity. Seconds instead of hours on CPU.
 - `freeze_leading_layers`: fine-tuning with the stem and first blocks kept as
-  pretrained (`--freeze_layers N`); the train step skips their backward pass.
+  pretrained (`--freeze-layers N`); the train step skips their backward pass.
 - `backbone_lr_scale`: full fine-tuning with the backbone's learning rate
   scaled (e.g. 0.1) relative to the head's, through the twin's one optimizer
   builder (`ms_impl.optim.build_optimizer`, weight decay by the shared rule).

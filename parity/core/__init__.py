@@ -4,6 +4,7 @@
     layouts       each tensor's name in torchvision, ms-official and mindcv layouts
     converter     read / detect / rename / write checkpoints (.pth, .ckpt, .safetensors)
     files         the one atomic-write helper, and one-line error text
+    options       one spelling per command-line option (--data-path; --data-path accepted), near-miss hints
     interrupts    Ctrl+C in a command-line tool: one line, exit 130, wherever it lands
     schedule      the warmup + cosine learning-rate schedule (the official get_lr)
     loss          reference label-smoothed cross entropy (numpy)

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from parity.core.options import DashOptionParser
+
 TARGET_S = 2.0
 
 
@@ -53,7 +55,7 @@ def _cli_once(src: Path, dst: Path) -> float:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m parity.harness.bench_convert", description=__doc__.splitlines()[0])
+    parser = DashOptionParser(prog="python -m parity.harness.bench_convert", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7, help="timed runs per direction (median reported)")
     parser.add_argument("--width", type=float, default=1.0, help="width multiplier of the checkpoint")
     parser.add_argument("--cli", action="store_true", help="also time one CLI process per direction")

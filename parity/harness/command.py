@@ -20,6 +20,7 @@ from typing import Callable, Optional, Sequence
 from parity.core import interrupts
 from parity.core.converter import ConversionError
 from parity.core.files import is_path_error, path_argument, path_error_line, shown_path
+from parity.core.options import DashOptionParser, framework_log_level
 
 __all__ = ["run_command", "OneLineErrorParser", "int_in", "float_in", "existing_file", "existing_folder", "path_argument",
            "SEED_RANGE", "IMAGE_SIZE_RANGE", "BATCH_RANGE", "WIDTH_RANGE", "CLASSES_RANGE"]
@@ -32,8 +33,8 @@ WIDTH_RANGE = (0.0, 10.0)  # (0, 10]: the width multiplier
 CLASSES_RANGE = (1, 100_000)
 
 
-class OneLineErrorParser(argparse.ArgumentParser):
-    """Usage errors as one line, `error: --option: problem`, exit 2."""
+class OneLineErrorParser(DashOptionParser):
+    """Usage errors as one line, `error: --option: problem`, exit 2; both option spellings, dashes shown."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         text = message[len("argument "):] if message.startswith("argument ") else message
@@ -91,7 +92,7 @@ def existing_folder(text: str) -> str:
 
 def run_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
                 argv: Optional[Sequence[str]] = None) -> int:
-    os.environ.setdefault("GLOG_v", "3")  # before mindspore is first imported: errors only
+    framework_log_level(argv)  # before mindspore is first imported
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:

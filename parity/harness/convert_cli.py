@@ -8,8 +8,10 @@ the first diverging stage (`parity.harness.diff`).
 from __future__ import annotations
 
 from parity.core import interrupts  # noqa: E402  before any import that starts a thread
+from parity.core.options import framework_log_level  # noqa: E402
 
 interrupts.watch_sigint(__name__, "mbv2-convert")  # Ctrl+C: one line, exit 130
+framework_log_level()  # MindSpore's own log: errors only unless --verbose (before mindspore is imported)
 
 import argparse
 import os
@@ -21,6 +23,7 @@ from parity.core import tolerances
 from parity.core.converter import (FRAMEWORK_OF_LAYOUT, LAYOUTS, Checkpoint, ConversionError, check_finite,
                                    format_of, group_skipped, convert, read_checkpoint, write_checkpoint)
 from parity.core.files import path_problem, shown_path
+from parity.core.options import DashOptionParser
 from parity.harness.command import run_command
 from parity.harness.diff import first_divergence_line
 from parity.harness.verify import VerifyReport, verify_conversion
@@ -43,7 +46,7 @@ def _describe(ckpt: Checkpoint) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = DashOptionParser(
         prog="mbv2-convert",
         description="Convert a MobileNetV2 checkpoint between torchvision (.pth), official MindSpore and mindcv "
                     "(.ckpt) layouts; .safetensors holds any layout. Exit 2 on bad input, 1 if --verify fails.")
