@@ -166,7 +166,8 @@ def test_depthwise_with_relu6_input_matches_torch_and_the_separate_kernels(fast_
     layer = fast_conv.FastConv3x3(c, c, stride, c, "HeNormal")
     z = _on_grid(rng.standard_normal((n, c, h, w)) * 3 + 2, 1 / 8)  # relu6(z + a) on both sides of 0 and 6
     a = _on_grid(rng.uniform(-1.0, 2.0, c), 1 / 8) + np.float32(1 / 64)  # both pre-activations off the kinks (_on_grid)
-    weight, bias = _on_grid(layer.weight.asnumpy(), 1 / 16), _on_grid(rng.uniform(-1.0, 3.0, c), 1 / 8) + np.float32(1 / 2048)
+    weight = _on_grid(layer.weight.asnumpy(), 1 / 16)
+    bias = _on_grid(rng.uniform(-1.0, 3.0, c), 1 / 8) + np.float32(1 / 2048)
     out_shape = (n, c, (h - 1) // stride + 1, (w - 1) // stride + 1)
     upstream = rng.standard_normal(out_shape).astype(np.float32)
 

@@ -45,8 +45,9 @@ def full_run(tmp_path_factory, synthetic_cache, cli_env, repo_root):
     classes = out.parent / "four_classes.yaml"
     classes.write_text(FOUR_CLASSES, encoding="utf-8")
     args = TINY + ["--synthetic_cache_dir", synthetic_cache, "--output_dir", str(out), "--epochs", str(EPOCHS),
-                   "--lr_max", "0.005", "--synthetic_train_per_class", "32", "--synthetic_val_per_class", str(VAL_PER_CLASS),
-                   "--classes_file", str(classes), "--mixup_alpha", "0.2", "--cutmix_alpha", "1.0",
+                   "--lr_max", "0.005", "--synthetic_train_per_class", "32",
+                   "--synthetic_val_per_class", str(VAL_PER_CLASS), "--classes_file", str(classes),
+                   "--mixup_alpha", "0.2", "--cutmix_alpha", "1.0",
                    "--crop_scale_min", "0.35", "--color_jitter", "0"]  # augmented, but mildly: every seed learns
     result = train_cli(args, cli_env)
     assert result.returncode == 0, result.stderr[-3000:]
