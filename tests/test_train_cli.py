@@ -3,12 +3,13 @@
 Tiny runs: the embedded synthetic set at 32 px, width 0.35, batch 16. The
 learning and resume runs use four of the classes (a classes file of their own),
 whose images the generator draws with hues a quarter turn apart: trivially
-separable, yet the from-scratch network needs ~50 steps before it separates them.
+separable, yet the from-scratch network needs ~50-80 steps before it separates them.
 """
 from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import signal
 import subprocess
@@ -31,19 +32,23 @@ FOUR_CLASSES = """classes:
   - {index: 2, name: "Banana Peel", name_zh: "香蕉皮", category_zh: "湿垃圾", category: "Kitchen waste"}
   - {index: 3, name: "Paint bucket", name_zh: "油漆桶", category_zh: "有害垃圾", category: "Hazardous waste"}
 """
-EPOCHS = 10
+EPOCHS = 30
+VAL_PER_CLASS = 16
 
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, synthetic_cache, cli_env, repo_root):
-    """An uninterrupted 10-epoch, 80-step run: the reference for learning, run files and resume. Mixup and CutMix
-    are on, so the resume test also shows that an interrupted run mixes its batches as this one did."""
+    """An uninterrupted 30-epoch, 240-step run: the reference for learning, run files and resume. Mixup and CutMix
+    are on, so the resume test also shows that an interrupted run mixes its batches as this one did. An epoch
+    costs well under a second here (the graph compilation dominates), so the run is long enough to learn for sure."""
     out = tmp_path_factory.mktemp("full")
     classes = out.parent / "four_classes.yaml"
     classes.write_text(FOUR_CLASSES, encoding="utf-8")
     args = TINY + ["--synthetic-cache-dir", synthetic_cache, "--output-dir", str(out), "--epochs", str(EPOCHS),
-                   "--lr-max", "0.01", "--synthetic-train-per-class", "32", "--classes-file", str(classes),
-                   "--mixup-alpha", "0.2", "--cutmix-alpha", "1.0"]
+                   "--lr-max", "0.005", "--synthetic-train-per-class", "32",
+                   "--synthetic-val-per-class", str(VAL_PER_CLASS), "--classes-file", str(classes),
+                   "--mixup-alpha", "0.2", "--cutmix-alpha", "1.0",
+                   "--crop-scale-min", "0.35", "--color-jitter", "0"]  # augmented, but mildly: every seed learns
     result = train_cli(args, cli_env)
     assert result.returncode == 0, result.stderr[-3000:]
     return out, args, result
@@ -54,10 +59,17 @@ def test_training_learns_and_writes_the_run_files(full_run):
     out, _, result = full_run
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"] == "synthetic" and "SYNTHETIC" in result.stderr
-    # 16 val images: one image is 6 points, so judge learning by the best epoch and the val loss trend.
-    assert summary["best"]["val_top1"] >= 0.5  # chance is 1/4
+    # Learning, judged by margins that do not hang on a few images: from-scratch training is chaotic, so another
+    # CPU's rounding (or another seed) gives another trajectory. The LR ends at 0 (cosine), so the last epoch is
+    # settled. On 64 val images, seeds 1-7 ended at top-1 0.89-1.0 and val loss 0.38-0.53 of ln 4 (the loss of a
+    # network that has learned nothing); with SSE4.1 kernels (ONEDNN_MAX_CPU_ISA), seeds 1 and 7: 0.98 and 0.88,
+    # 0.38 and 0.50. A trainer that does not learn ends near chance and ln 4 (LR 1e-9: top-1 0.25, loss 1.03 ln 4;
+    # training labels shuffled: 0.34, 1.00 ln 4).
+    assert summary["val_images"] == summary["final"]["val_images_evaluated"] == 4 * VAL_PER_CLASS
+    assert summary["final"]["val_top1"] >= 0.6  # chance is 1/4
     rows = list(csv.DictReader(open(out / "metrics.csv", encoding="utf-8")))
-    assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])
+    assert float(rows[0]["val_loss"]) > 0.9 * math.log(4)  # the first epoch's network still guesses
+    assert float(rows[-1]["val_loss"]) <= 0.75 * math.log(4), [r["val_loss"] for r in rows]
     metrics = (out / "metrics.csv").read_text().splitlines()
     assert metrics[0].startswith("epoch,train_loss,val_loss,val_top1,val_top5") and len(metrics) == EPOCHS + 1
     lr = np.load(out / "lr_schedule.npy")
@@ -67,7 +79,8 @@ def test_training_learns_and_writes_the_run_files(full_run):
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     steps = summary["steps_per_epoch"]
     # keep_checkpoint_max 3: the three newest epochs; last and best always
-    assert ckpts == sorted([f"mobilenetv2-{e}_{steps}.ckpt" for e in (8, 9, 10)] + ["mobilenetv2-best.ckpt", "mobilenetv2-last.ckpt"])
+    assert ckpts == sorted([f"mobilenetv2-{e}_{steps}.ckpt" for e in range(EPOCHS - 2, EPOCHS + 1)]
+                           + ["mobilenetv2-best.ckpt", "mobilenetv2-last.ckpt"])
     weights = checkpoint_weights(out / "checkpoints" / "mobilenetv2-last.ckpt")
     assert "features.0.features.0.weight" in weights and "dense.weight" in weights and "moments.dense.weight" in weights
     assert not any("dropout" in k or "keep_mask" in k for k in weights)  # trainer state stays out

@@ -24,6 +24,8 @@ def test_head_learns_from_features():
     head = MobileNetV2Head(64, 4, dropout=0.0)
     initial = head.dense.weight.asnumpy().copy()
     result = train_head_on_features(head, feats, labels, epochs=15, batch_size=16, lr_max=0.1, dropout=0.2, val=(feats, labels))
+    # Four clusters ~11 apart with noise of radius ~2.4, a convex fit: every point's true logit leads by >= 2.6
+    # here and the loss ends at 0.54 of its start, so rounding (any CPU) cannot flip a point or the loss check.
     assert result.losses[-1] < 0.7 * result.losses[0]
     assert result.val_top1[-1] == 1.0 and top1(head_logits(head, feats), labels) == 1.0
     assert not head.training  # left in eval mode for saving / predicting
@@ -85,6 +87,7 @@ def test_frozen_backbone_run_trains_only_the_head_and_reuses_the_cache(tmp_path)
                                      epochs=15, batch_size=4, lr_max=0.05, dropout=0.0, label_smoothing=0.0, progress=False)
 
     first = run()
+    # fitted with a margin: the head is convex on fixed features and each true logit leads by >= 7 here
     assert not first.train_features.reused and first.history.val_top1[-1] == 1.0
     assert (first.val_logits.argmax(1) == labels).all()
     assert not np.allclose(net.head.dense.weight.asnumpy(), head_before)
