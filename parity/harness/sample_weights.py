@@ -1,10 +1,12 @@
 """Checkpoints like the ones people have, made here: for the parity tests and the noise-floor measurements.
 
-- `sample_state(...)`: the PyTorch twin's own init (torchvision's), BatchNorm statistics calibrated on
-  data (smooth random images, every layer's running mean and variance the statistics of its input), then
-  gamma and beta drawn at random, as training leaves them. `extreme=True` adds what real checkpoints
-  hold and random ones lack: in every BatchNorm a few channels with running_var near 1e-4 and a large
-  gamma (a x100-x1000 amplifier of their input, rounding included).
+- `sample_state(...)`: the PyTorch twin's own init (torchvision's), gamma and beta drawn at random as
+  training leaves them, then BatchNorm statistics calibrated on data (smooth random images: every
+  layer's running mean and variance are the statistics of its input). `extreme=True` adds what real
+  checkpoints hold and random ones lack: in every BatchNorm a few channels whose input barely varies
+  (their convolution weights scaled by 1e-2 before calibrating), so running_var lands near 1e-4, with
+  a large gamma (5-20): BatchNorm multiplies those channels by ~1000 to bring them back, and folding
+  it into the convolution makes weights of very different scales meet.
 - `perturb_block(state, block)`: one block's weights changed by 1% (random, relative), what a parity
   verdict must catch and name.
 - `write_pth(state, path)`: a torchvision-layout `.pth` of plain tensors.
@@ -41,25 +43,29 @@ def sample_state(width: float, num_classes: int = 26, seed: int = 0, image_size:
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     net = MobileNetV2(num_classes=num_classes, width_mult=width, dropout=0.0)
-    batch_norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    pairs = []  # (convolution, the BatchNorm after it)
+    last_conv = None
+    for module in net.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            last_conv = module
+        elif isinstance(module, torch.nn.BatchNorm2d):
+            pairs.append((last_conv, module))
     with torch.no_grad():
-        for module in batch_norms:
+        for conv, module in pairs:
             n = module.num_features
             module.weight.copy_(torch.from_numpy(rng.uniform(0.6, 1.4, n).astype(np.float32)))
             module.bias.copy_(torch.from_numpy(rng.normal(0.0, 0.3, n).astype(np.float32)))
+            if extreme:
+                picked = torch.from_numpy(rng.choice(n, size=max(1, n // 32), replace=False))
+                conv.weight[picked] *= 1e-2
+                module.weight[picked] = torch.from_numpy(rng.uniform(5.0, 20.0, len(picked)).astype(np.float32))
             module.reset_running_stats()
             module.momentum = None  # cumulative average over the calibration batches
         net.train()
         for _ in range(2):
             net(torch.from_numpy(calibration_images(8, image_size, rng)))
         net.eval()
-        if extreme:
-            for module in batch_norms:
-                n = module.num_features
-                picked = rng.choice(n, size=max(1, n // 32), replace=False)
-                module.running_var[picked] = torch.from_numpy(rng.uniform(5e-5, 2e-4, len(picked)).astype(np.float32))
-                module.weight[picked] = torch.from_numpy(rng.uniform(5.0, 20.0, len(picked)).astype(np.float32))
-        for module in batch_norms:
+        for _, module in pairs:
             module.momentum = 0.1
         net.classifier[1].bias.copy_(torch.from_numpy(rng.normal(0.0, 0.1, num_classes).astype(np.float32)))
     return {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
