@@ -389,6 +389,22 @@ def main() -> None:
             continue
         print(f"| {label} | " + " | ".join(_cell(values[e]) for e in engines) + " | "
               + " | ".join(_ratio(values["MindSpore"], values[e]) for e in engines[1:]) + " |")
+    print("\n## Per block: its layers before the projection (expansion + depthwise), and the projection (+ residual "
+          "add), ms per batch: median\n")
+    print("| block | " + " | ".join(f"{e} hidden | {e} projection" for e in engines) + " | "
+          + " | ".join(f"MS / {e} hidden | MS / {e} projection" for e in engines[1:]) + " |")
+    print("|---" * (1 + 4 * len(engines) - 2) + "|")
+    for name in names:
+        if name not in twin.parts:
+            continue
+        hidden = {e: summed(e, lambda stage, kind, n=name: stage == n and kind in (EXPAND, DEPTHWISE, EXPAND_DEPTHWISE))
+                  for e in engines}
+        projection = {e: summed(e, lambda stage, kind, n=name: stage == n and kind in (PROJECT, RESIDUAL))
+                      for e in engines}
+        print(f"| {name} | " + " | ".join(f"{statistics.median(hidden[e]):.1f} | {statistics.median(projection[e]):.1f}"
+                                          for e in engines) + " | "
+              + " | ".join(f"{_ratio(hidden['MindSpore'], hidden[e])} | {_ratio(projection['MindSpore'], projection[e])}"
+                           for e in engines[1:]) + " |")
     if fused:
         print(f"\nOpenVINO ran {fused} depthwise convolutions fused into the 1x1 expansion before them (one kernel, "
               "its 'dw_1x1' convolution): their time is in the 1x1 expand row.")
