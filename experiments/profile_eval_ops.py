@@ -1,7 +1,7 @@
-"""The eval forward op by op: the MindSpore twin (our kernels) against ONNX Runtime and OpenVINO, per block and per op kind.
+"""The eval forward op by op: the MindSpore twin (our kernels) against ONNX Runtime and OpenVINO, per block and kind.
 
     flock /tmp/heavy.lock python experiments/profile_eval_ops.py [--batch 32] [--image-size 224] [--width 1.0] \
-        [--rounds 5] [--threads 2]
+        [--rounds 5] [--threads 2] [--save RAW.json]
 
 The same weights and batch as `python -m parity bench` (its worker writes them, and the ONNX export, into a
 temporary folder), all three engines in this one process, `--threads` threads each (ours, MindSpore's, ONNX
@@ -17,8 +17,10 @@ Runtime's intra-op pool, OpenVINO's), float32. Each round runs, one after the ot
 
 The engines' nodes are assigned to blocks and op kinds by the order of their convolutions: the network is a chain,
 each engine runs its 52 convolutions (1.0x) in the network's order, whatever it fuses into them (bias, ReLU6,
-residual add); other nodes go to the block of the convolution before them (layout reorders, an unfused add), the
-pooling and the dense layer to the head. Figures are the median and range over the rounds, in ms per batch.
+residual add; OpenVINO's depthwise convolutions fused into the 1x1 before them count with 0 ms, their time in that
+one's); other nodes go to the block of the convolution before them (layout reorders, an unfused add), the
+pooling and the dense layer to the head. Tables: per stage, per op kind, per block (hidden layers, projection).
+Figures are the median and range over the rounds, in ms per batch.
 On a shared machine the load average is printed at the start and the end; compare ratios, not absolute times.
 """
 from __future__ import annotations
@@ -58,7 +60,8 @@ def conv_layout(width: float) -> List[Tuple[str, str]]:
     return layout + [(f"features.{len(spec.blocks) + 1}", LAST)]
 
 
-def assign(nodes: List[Tuple[str, float]], layout: List[Tuple[str, str]], is_conv, is_head) -> Dict[Tuple[str, str], float]:
+def assign(nodes: List[Tuple[str, float]], layout: List[Tuple[str, str]], is_conv,
+           is_head) -> Dict[Tuple[str, str], float]:
     """{(stage, kind): ms} from (node type, ms) in execution order, as the module docstring says."""
     times: Dict[Tuple[str, str], float] = defaultdict(float)
     convs = -1
@@ -110,7 +113,8 @@ class OnnxRuntime:
     def node_times(self) -> List[List[Tuple[str, float]]]:
         """Per profiled run: (op type, ms) of every node kernel, in execution order."""
         events = json.loads(Path(self.profiled.end_profiling()).read_text(encoding="utf-8"))
-        runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e["name"] == "model_run")
+        runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                      if e.get("cat") == "Session" and e["name"] == "model_run")
         nodes = sorted((e["ts"], e["args"].get("op_name", "?"), e["dur"] / 1e3) for e in events
                        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"))
         return [[(op, ms) for ts, op, ms in nodes if start <= ts <= end] for start, end in runs]
@@ -268,7 +272,8 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds, after one untimed")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--save", default="", help="also write the raw timings (every node of every round) to this JSON")
+    parser.add_argument("--save", default="",
+                        help="also write the raw timings (every node of every round) to this JSON")
     args = parser.parse_args()
     os.environ.setdefault("GLOG_v", "3")
     os.environ["OMP_NUM_THREADS"] = os.environ["MBV2_KERNEL_THREADS"] = str(args.threads)

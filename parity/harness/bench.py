@@ -77,8 +77,8 @@ MS_UNFOLDED = "MindSpore twin, eval BN not folded"  # eval as before the folding
 MS_OWN_KERNELS = "MindSpore twin, MindSpore's own kernels (fast_conv off)"
 PYTORCH_PEERS = (PT_NCHW, PT_CHANNELS_LAST, PT_COMPILED)
 PEER_NAMES = {worker.PT_NCHW: PT_NCHW, worker.PT_CHANNELS_LAST: PT_CHANNELS_LAST, worker.PT_COMPILED: PT_COMPILED,
-              worker.ORT: ORT, worker.OPENVINO: OPENVINO, worker.MS_TWIN: MS_TWIN, worker.MS_OWN_KERNELS: MS_OWN_KERNELS,
-              worker.MS_UNFOLDED: MS_UNFOLDED}
+              worker.ORT: ORT, worker.OPENVINO: OPENVINO, worker.MS_TWIN: MS_TWIN,
+              worker.MS_OWN_KERNELS: MS_OWN_KERNELS, worker.MS_UNFOLDED: MS_UNFOLDED}
 
 
 def _parser() -> argparse.ArgumentParser:

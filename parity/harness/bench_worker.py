@@ -463,7 +463,8 @@ def data_pipeline(settings: Settings) -> dict:
 # ---- the request loop ----------------------------------------------------------------------------------
 
 PEER_CLASSES = {PT_NCHW: TorchPeer, PT_CHANNELS_LAST: TorchPeer, PT_COMPILED: TorchPeer, ORT: OrtPeer,
-                OPENVINO: OpenVinoPeer, MS_TWIN: MindSporePeer, MS_OWN_KERNELS: MindSporePeer, MS_UNFOLDED: MindSporePeer}
+                OPENVINO: OpenVinoPeer, MS_TWIN: MindSporePeer, MS_OWN_KERNELS: MindSporePeer,
+                MS_UNFOLDED: MindSporePeer}
 
 
 def serve(settings: Settings, folder: Path, peers: List[str], requests, answers) -> None:
