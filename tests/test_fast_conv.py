@@ -1045,19 +1045,21 @@ def test_bench_reports_every_peer_and_the_ratios(ms_pynative, capsys):
     assert f"# {bench.PT_CHANNELS_LAST}: torch " in out
     rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.strip("|").split("|")[1:]]
             for ln in out.splitlines() if ln.startswith("| ")}
-    for peer in (*bench.PYTORCH_PEERS, bench.ORT, bench.MS_TWIN, bench.MS_OWN_KERNELS, bench.MS_UNFOLDED):
+    assert f"# {bench.OPENVINO}: openvino " in out and "latency hint" in out
+    for peer in (*bench.PYTORCH_PEERS, bench.ORT, bench.OPENVINO, bench.MS_TWIN, bench.MS_OWN_KERNELS,
+                 bench.MS_UNFOLDED):
         train, evaluation = rows[peer][0], rows[peer][1]
-        for cell in ((evaluation,) if peer in (bench.ORT, bench.MS_UNFOLDED) else (train, evaluation)):
+        for cell in ((evaluation,) if peer in (bench.ORT, bench.OPENVINO, bench.MS_UNFOLDED) else (train, evaluation)):
             if peer == bench.PT_COMPILED and cell.startswith("skipped: "):
                 assert len(cell) > len("skipped: ")  # torch.compile may not work everywhere: the reason is given
                 continue
             median, low, high = (float(v) for v in cell.replace("(", " ").replace(")", " ").replace("-", " ").split())
             assert 0 < low <= median <= high, (peer, cell)
-    assert rows[bench.ORT][0] == "skipped: inference only"
+    assert rows[bench.ORT][0] == rows[bench.OPENVINO][0] == "skipped: inference only"
     assert rows[bench.MS_UNFOLDED][0] == "skipped: training with batch statistics never folds"
     train_line = next(ln for ln in out.splitlines() if ln.startswith("- train step:"))
     eval_line = next(ln for ln in out.splitlines() if ln.startswith("- eval forward:"))
-    assert "the best PyTorch peer (PyTorch" in train_line and "ONNX Runtime" in eval_line
+    assert "the best PyTorch peer (PyTorch" in train_line and "ONNX Runtime" in eval_line and "OpenVINO" in eval_line
     assert "without the BN folding" in eval_line
     assert "on MindSpore's own kernels" in train_line and "on MindSpore's own kernels" in eval_line
     for layer in ("stem 3x3", "depthwise 3x3 s2", "depthwise 3x3 s1", "pointwise 1x1", "BatchNorm", "BatchNorm + ReLU6",

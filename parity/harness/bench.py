@@ -1,4 +1,4 @@
-"""`python -m parity bench`: the MindSpore twin against PyTorch at its best and ONNX Runtime.
+"""`python -m parity bench`: the MindSpore twin against PyTorch at its best, ONNX Runtime and OpenVINO.
 
 Peers, all with the same weights and the same random batch:
 
@@ -9,6 +9,10 @@ Peers, all with the same weights and the same random batch:
 - ONNX Runtime (eval only) on the project's ONNX export of the same weights
   (`ms_impl/export.py`, MindSpore twin with its own convolutions); needs the
   optional `onnxruntime` package, skipped with the reason without it;
+- OpenVINO (eval only) on the same ONNX export: CPU plugin, `--threads`,
+  latency hint (one stream), float32 precision, its settings printed as the
+  compiled model reports them; needs the optional `openvino` package (the
+  `bench` extra), skipped with the reason where it cannot be imported or load;
 - the MindSpore twin (`--fast-conv`, `--mode`), and the same twin on
   MindSpore's own kernels (`fast_conv` off: the "before" of our kernels, same
   run; left out when the twin itself runs with them off).
@@ -28,7 +32,7 @@ back, as if alone: PyTorch measured that way ran faster than interleaved).
 Each figure is the median over `--steps` steps after `--warmup` steps, with
 the range (slowest-fastest step) beside it; the first call of each peer
 (graph compilation, `torch.compile`) is reported on its own. Then the
-MindSpore twin's ratio to the best PyTorch peer and to ONNX Runtime, and a
+MindSpore twin's ratio to the best PyTorch peer, ONNX Runtime and OpenVINO, and a
 per-layer-type breakdown: one representative layer of each type timed alone,
 forward and forward+backward, in MindSpore and in PyTorch NCHW and
 channels_last, so the next bottleneck shows.
@@ -69,14 +73,15 @@ from parity.harness.command import (BATCH_RANGE, CLASSES_RANGE, IMAGE_SIZE_RANGE
 PT_NCHW, PT_CHANNELS_LAST, PT_COMPILED = "PyTorch NCHW eager", "PyTorch channels_last eager", \
     "PyTorch channels_last + torch.compile"
 ORT = "ONNX Runtime (project's ONNX export)"
+OPENVINO = "OpenVINO (the same ONNX export)"
 MS_TWIN = "MindSpore twin"
 MS_UNFOLDED = "MindSpore twin, eval BN not folded"  # eval as before the folding: what it gains, same run
 # The twin on MindSpore's own CPU kernels: where it stood before ms_impl/fast_conv.py, measured in the same run.
 MS_OWN_KERNELS = "MindSpore twin, MindSpore's own kernels (fast_conv off)"
 PYTORCH_PEERS = (PT_NCHW, PT_CHANNELS_LAST, PT_COMPILED)
 PEER_NAMES = {worker.PT_NCHW: PT_NCHW, worker.PT_CHANNELS_LAST: PT_CHANNELS_LAST, worker.PT_COMPILED: PT_COMPILED,
-              worker.ORT: ORT, worker.MS_TWIN: MS_TWIN, worker.MS_OWN_KERNELS: MS_OWN_KERNELS,
-              worker.MS_UNFOLDED: MS_UNFOLDED}
+              worker.ORT: ORT, worker.OPENVINO: OPENVINO, worker.MS_TWIN: MS_TWIN,
+              worker.MS_OWN_KERNELS: MS_OWN_KERNELS, worker.MS_UNFOLDED: MS_UNFOLDED}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -269,7 +274,7 @@ def _prepare_inputs(args: argparse.Namespace, folder: str) -> None:
 def _peer_groups(args: argparse.Namespace) -> List[List[str]]:
     """Which worker process hosts which peers: one each (default), or all in one (`--one-process`)."""
     peers = [worker.PT_NCHW, worker.PT_CHANNELS_LAST] + ([] if args.skip_compile else [worker.PT_COMPILED]) + \
-        [worker.ORT, worker.MS_TWIN, worker.MS_OWN_KERNELS, worker.MS_UNFOLDED] + \
+        [worker.ORT, worker.OPENVINO, worker.MS_TWIN, worker.MS_OWN_KERNELS, worker.MS_UNFOLDED] + \
         ([worker.DATA] if args.data_path else [])
     return [peers] if args.one_process else [[peer] for peer in peers]
 
@@ -285,10 +290,10 @@ def _whole_network(args: argparse.Namespace, workers: Workers) -> Tuple[Dict[str
         evaluation[PT_COMPILED] = Timing(skipped="--skip-compile")
     if args.skip_train:
         return {name: Timing(skipped="--skip-train") for name in evaluation}, evaluation
-    trainable = [p for p in hosted if p not in (worker.ORT, worker.MS_UNFOLDED)]
+    trainable = [p for p in hosted if p not in (worker.ORT, worker.OPENVINO, worker.MS_UNFOLDED)]
     train = _interleave({PEER_NAMES[p]: workers.timed(p, "train") for p in trainable}, args.warmup, args.steps,
                         sequential)
-    train[ORT] = Timing(skipped="inference only")
+    train[ORT] = train[OPENVINO] = Timing(skipped="inference only")
     train[MS_UNFOLDED] = Timing(skipped="training with batch statistics never folds")
     if args.skip_compile:
         train[PT_COMPILED] = Timing(skipped="--skip-compile")
@@ -308,9 +313,10 @@ def _ratio_line(what: str, timings: Dict[str, Timing], batch: int) -> str:
     best = _best_pytorch(timings, batch)
     if best:
         parts.append(f"{ms.rate(batch) / timings[best].rate(batch):.2f}x the best PyTorch peer ({best})")
-    ort = timings.get(ORT)
-    if ort is not None and not ort.skipped:
-        parts.append(f"{ms.rate(batch) / ort.rate(batch):.2f}x ONNX Runtime")
+    for engine, label in ((ORT, "ONNX Runtime"), (OPENVINO, "OpenVINO")):
+        peer = timings.get(engine)
+        if peer is not None and not peer.skipped:
+            parts.append(f"{ms.rate(batch) / peer.rate(batch):.2f}x {label}")
     unfolded = timings.get(MS_UNFOLDED)
     if unfolded is not None and not unfolded.skipped:
         parts.append(f"{ms.rate(batch) / unfolded.rate(batch):.2f}x itself without the BN folding")
@@ -468,7 +474,7 @@ def _report(args: argparse.Namespace, workers: Workers) -> None:
     train, evaluation = _whole_network(args, workers)
     print("| peer | train img/s | eval img/s | first call s (train / eval) |")
     print("|---|---|---|---|")
-    for name in (*PYTORCH_PEERS, ORT, MS_TWIN, MS_OWN_KERNELS, MS_UNFOLDED):
+    for name in (*PYTORCH_PEERS, ORT, OPENVINO, MS_TWIN, MS_OWN_KERNELS, MS_UNFOLDED):
         first = " / ".join(f"{t.first_call:.1f}" if not t.skipped and t.steps else "-"
                            for t in (train[name], evaluation[name]))
         print(f"| {name} | {train[name].cell(args.batch)} | {evaluation[name].cell(args.batch)} | {first} |")

@@ -14,7 +14,7 @@ first request, outside the time reported; the first call itself (graph compilati
 is inside it, as bench.py reports it apart.
 
 Only the frameworks a hosted peer needs are imported: a PyTorch peer's process never imports
-MindSpore, and ONNX Runtime's imports neither.
+MindSpore, and ONNX Runtime's and OpenVINO's import neither.
 """
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ from parity.core.files import one_line
 
 # Peer ids (bench.py maps them to the names it prints).
 PT_NCHW, PT_CHANNELS_LAST, PT_COMPILED = "pt-nchw", "pt-cl", "pt-compiled"
-ORT, MS_TWIN, MS_OWN_KERNELS, MS_UNFOLDED, DATA = "ort", "ms", "ms-own", "ms-unfolded", "data"
-PEERS = (PT_NCHW, PT_CHANNELS_LAST, PT_COMPILED, ORT, MS_TWIN, MS_OWN_KERNELS, MS_UNFOLDED, DATA)
+ORT, OPENVINO, MS_TWIN, MS_OWN_KERNELS, MS_UNFOLDED, DATA = "ort", "ov", "ms", "ms-own", "ms-unfolded", "data"
+PEERS = (PT_NCHW, PT_CHANNELS_LAST, PT_COMPILED, ORT, OPENVINO, MS_TWIN, MS_OWN_KERNELS, MS_UNFOLDED, DATA)
 LR_STEPS = 1000  # the constant learning-rate schedule is longer than any bench run
 
 
@@ -267,6 +267,51 @@ class OrtPeer:
         raise RuntimeError("inference only")
 
 
+# ---- OpenVINO ------------------------------------------------------------------------------------------
+
+class OpenVinoPeer:
+    """OpenVINO (CPU plugin) on the same prepared export as ONNX Runtime; inference only. Latency hint (one
+    stream: the whole batch on all its threads, as every other peer runs it), float32 inference precision
+    (on CPUs with bf16 or AMX the plugin would otherwise compute in a lower precision), and --threads."""
+
+    def __init__(self, settings: Settings, folder: Path, peer: str) -> None:
+        error = folder / "onnx_error.txt"
+        if error.exists():
+            raise RuntimeError(f"ONNX export failed: {error.read_text(encoding='utf-8')}")
+        try:
+            import openvino  # optional: pip install openvino (the project's `bench` extra)
+        except ImportError as exc:
+            raise RuntimeError(f"openvino cannot be imported ({one_line(exc, with_type=False)}); "
+                               "pip install openvino (the `bench` extra)") from exc
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        if settings.threads > 0:
+            config["INFERENCE_NUM_THREADS"] = settings.threads
+        core = openvino.Core()
+        self.compiled = core.compile_model(core.read_model(str(folder / "bench.onnx")), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.images = np.load(folder / "batch.npz")["images"]
+        self.version = openvino.__version__.split("-")[0]
+
+    def describe(self) -> str:
+        # The settings as the compiled model reports them, not as asked.
+        read = {name: self.compiled.get_property(name) for name in
+                ("PERFORMANCE_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS", "INFERENCE_PRECISION_HINT")}
+        read = {name: value.get_type_name() if hasattr(value, "get_type_name") else str(value)  # an element type: f32
+                for name, value in read.items()}
+        return (f"openvino {self.version}, CPU plugin, {read['INFERENCE_NUM_THREADS']} threads, "
+                f"{read['NUM_STREAMS']} stream(s), {read['PERFORMANCE_HINT'].lower()} hint, "
+                f"{read['INFERENCE_PRECISION_HINT']} precision")
+
+    def logits(self) -> np.ndarray:
+        return self.request.infer({0: self.images})[0]
+
+    def eval(self) -> None:
+        self.logits()
+
+    def train(self) -> None:
+        raise RuntimeError("inference only")
+
+
 # ---- MindSpore -----------------------------------------------------------------------------------------
 
 class MindSporePeer:
@@ -418,7 +463,8 @@ def data_pipeline(settings: Settings) -> dict:
 # ---- the request loop ----------------------------------------------------------------------------------
 
 PEER_CLASSES = {PT_NCHW: TorchPeer, PT_CHANNELS_LAST: TorchPeer, PT_COMPILED: TorchPeer, ORT: OrtPeer,
-                MS_TWIN: MindSporePeer, MS_OWN_KERNELS: MindSporePeer, MS_UNFOLDED: MindSporePeer}
+                OPENVINO: OpenVinoPeer, MS_TWIN: MindSporePeer, MS_OWN_KERNELS: MindSporePeer,
+                MS_UNFOLDED: MindSporePeer}
 
 
 def serve(settings: Settings, folder: Path, peers: List[str], requests, answers) -> None:
