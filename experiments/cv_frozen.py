@@ -168,7 +168,7 @@ def fit_and_score(feats: Dict[str, np.ndarray], train_idx: np.ndarray, test_spli
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import mindspore as ms
 
-    from ms_impl.train import setup_logging
+    from ms_impl.trainer.logs import setup_logging
     from ms_impl.trainer.classes import category_groups, load_classes
     from ms_impl.trainer.metrics import category_accuracy
 

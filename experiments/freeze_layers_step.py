@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("trainer_flags", nargs="*", help="more flags for ms_impl/train.py (after --)")
     args = parser.parse_args()
     os.environ.setdefault("GLOG_v", "3")
-    from ms_impl import train as trainer
+    from ms_impl.trainer import loop as trainer
     from ms_impl.loss import smoothed_cross_entropy
     from ms_impl.trainer import dataset
     from ms_impl.trainer.device import set_device

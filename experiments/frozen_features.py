@@ -30,7 +30,7 @@ def load_features(data_path: str, pretrained: str, cache_dir: str, light_views: 
     """{'train', 'train_flip', 'val', 'val_flip', 'train_labels', 'val_labels', 'train_files' (names)[, 'train_light']
     [, 'train_whole', 'train_whole_flip', 'val_whole', 'val_whole_flip' (with `whole`: the whole photo resized
     to a square, and its mirror)]} as arrays."""
-    from ms_impl import train as trainer
+    from ms_impl.trainer import loop as trainer
     from ms_impl.trainer.device import set_device
     from ms_impl.trainer.feature_cache import FeatureSettings, load_or_extract
 
@@ -60,7 +60,7 @@ def load_features(data_path: str, pretrained: str, cache_dir: str, light_views: 
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ms_impl.train import setup_logging
+    from ms_impl.trainer.logs import setup_logging
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_path", required=True, help="garbage26 folder with train/ and val/")

@@ -129,8 +129,8 @@ def load_multi(out_dir: str, views: Sequence[str]) -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ms_impl import train as trainer
-    from ms_impl.train import setup_logging
+    from ms_impl.trainer import loop as trainer
+    from ms_impl.trainer.logs import setup_logging
     from ms_impl.trainer.device import set_device
     from ms_impl.trainer.images import pipeline_bytes
 

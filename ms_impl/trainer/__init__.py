@@ -1,5 +1,8 @@
 """The MindSpore trainer's engine: everything the command-line tools share, nothing they parse.
 
+    loop           the run's parts (data, network, LR, optimizer, resume), the epoch loop, the frozen-backbone
+                   and head-first paths, the end-of-epoch checkpoint set, the final report
+    logs           the console and train.log handlers
     config         the typed option schema, YAML + command-line overrides
     config_files   where the shipped configs are (package data), reading a config file and its base: chain
     recipes        the recommended transfer-learning recipes, picked from --pretrained/--freeze-backbone
