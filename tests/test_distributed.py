@@ -119,6 +119,8 @@ def test_a_lost_peer_is_told_from_other_runtime_errors():
     lost = RuntimeError("\n----\n- Kernel error:\n----\n"
                         "Launch kernel failed: Default/grad_reducer-DistributedGradReducer/AllReduce-op0\n")
     assert dist.is_collective_failure(lost)
+    assert dist.is_collective_failure(RuntimeError("The state of the cluster is error, total nodes num: 2, abnormal "
+                                                   "nodes num: 1\n\n----\n- C++ Call Stack:"))
     assert not dist.is_collective_failure(RuntimeError("Allocate memory failed"))
 
 

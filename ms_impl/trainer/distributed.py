@@ -295,12 +295,14 @@ def check_replicas_identical(named_params: Dict[str, object], ctx: DistributedCo
     return digest
 
 
-_COLLECTIVE_WORDS = ("allreduce", "reducescatter", "allgather", "broadcast", "collective", "communicat")
+_COLLECTIVE_WORDS = ("allreduce", "reducescatter", "allgather", "broadcast", "collective", "communicat", "cluster",
+                     "abnormalnode")
 
 
 def is_collective_failure(exc: BaseException) -> bool:
-    """True for MindSpore's error when a collective cannot complete (a peer stopped): "Launch kernel failed:
-    .../AllReduce-op0" from the compiled step, the same from an eager all-reduce."""
+    """True for MindSpore's errors when a collective cannot complete because a peer stopped: "Launch kernel failed:
+    .../AllReduce-op0", or "The state of the cluster is error, ... abnormal nodes num: 1" (which one depends on
+    when the loss is noticed)."""
     text = str(exc).lower().replace("_", "").replace(" ", "")
     return any(word in text for word in _COLLECTIVE_WORDS)
 

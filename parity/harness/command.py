@@ -74,7 +74,9 @@ def float_in(low: float, high: float = math.inf, low_open: bool = False) -> Call
 
 
 def existing_file(text: str) -> str:
-    """argparse `type=`: a path naming a regular file (checked by `stat`; a FIFO is never opened)."""
+    """argparse `type=`: a path naming a regular file (checked by `stat`; a FIFO is never opened); '' for none."""
+    if not text:  # argparse passes a string default through `type` too
+        return text
     path_argument(text)
     if not os.path.isfile(text):
         what = "is a folder" if os.path.isdir(text) else "not a regular file" if os.path.exists(text) else "no such file"
@@ -83,7 +85,9 @@ def existing_file(text: str) -> str:
 
 
 def existing_folder(text: str) -> str:
-    """argparse `type=`: a path naming a folder."""
+    """argparse `type=`: a path naming a folder; '' for none."""
+    if not text:
+        return text
     path_argument(text)
     if not os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"{shown_path(text)}: {'not a folder' if os.path.exists(text) else 'no such folder'}")
