@@ -41,8 +41,8 @@ def checkpoints(folder: Path, imagenet: str, widths, image_size: int):
             write_pth(sample_state(width, 26, seed=1, image_size=image_size, extreme=extreme), path)
             found.append((name, path))
     pairs = []
-    for name, pth in found:
-        ckpt = pth.with_suffix(".ckpt")
+    for index, (name, pth) in enumerate(found):
+        ckpt = folder / f"{index}.ckpt"  # beside the generated files, never beside the user's
         write_checkpoint(convert(read_checkpoint(pth), "ms-official"), ckpt)
         pairs.append((name, pth, ckpt))
     return pairs

@@ -512,7 +512,10 @@ def check_training(twins: Twins, rng: np.random.Generator) -> List[CheckResult]:
             diff, rel = _abs_rel(np.float64(ms_loss), np.float64(pt_loss))
             results.append(CheckResult("train loss (MS vs PT)", diff, rel, 0.0, "f64", f"loss {pt_loss:.6f}",
                                        calibration=calibrated(np.float64(ms_loss), np.float64(pt_loss),
-                                                              np.float64(gold_loss))))
+                                                              np.float64(gold_loss), perturbed=[
+                                           np.float64(parity_loss.smoothed_cross_entropy(logits, labels,
+                                                                                         LABEL_SMOOTHING))
+                                           for logits in perturbed])))
             gold_masks = masks_of(gold_pre)
             results.append(_calibrated_tensors_row(
                 "gradients, whole net", ms_grads, pt_grads, gold_grads_ms, gold_grads_pt, tolerances.GRAD_FLOOR,

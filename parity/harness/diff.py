@@ -425,9 +425,12 @@ class _Golden:
     def judge_loss(self, ref_loss: float, cand_loss: float, features_name: str, target: np.ndarray) -> Calibrated:
         golden_loss = self.twin.head_backward(self.on_ref[features_name], target)[2]
         noise_loss = self.noise_twin.head_backward(self.noise[features_name], target)[2]
-        candidate = calibrated(np.float64(cand_loss), np.float64(noise_loss), np.float64(golden_loss))
+        perturbed = [np.float64(self.twin.head_backward(run[features_name], target)[2]) for run in self.perturbed]
+        candidate = calibrated(np.float64(cand_loss), np.float64(noise_loss), np.float64(golden_loss),
+                               perturbed=perturbed)
         reference = (None if self.reference_is_noise
-                     else calibrated(np.float64(ref_loss), np.float64(noise_loss), np.float64(golden_loss)))
+                     else calibrated(np.float64(ref_loss), np.float64(noise_loss), np.float64(golden_loss),
+                                     perturbed=perturbed))
         return _both(candidate, reference)
 
     def head_gradients(self, features: np.ndarray, target: np.ndarray, ref_grads: Dict[str, np.ndarray],
