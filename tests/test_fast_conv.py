@@ -1099,10 +1099,10 @@ def test_bench_times_kernels_against_a_baseline_build(fast_conv, capsys, tmp_pat
     assert len(rows) == len(bench.kernel_cases(1)) and all("differ by 0.0e+00" in row for row in rows)
 
 
-def test_bench_hosts_each_peer_in_a_process_of_its_own_unless_asked():
+def test_bench_hosts_each_peer_in_a_process_of_its_own_unless_asked(tmp_path):
     from parity.harness import bench, bench_worker
 
-    args = bench._parser().parse_args(["--data-path", "D"])
+    args = bench._parser().parse_args(["--data-path", str(tmp_path)])  # an existing folder: checked when parsed
     groups = bench._peer_groups(args)
     assert all(len(group) == 1 for group in groups)  # one process per peer: no framework shares a process
     assert {group[0] for group in groups} == set(bench_worker.PEERS)

@@ -152,14 +152,14 @@ def long_path_cases(tmp_path: Path, checkpoint: Path):
         (datatools.main, ["split", str(data), LONG], "dst"),
         (datatools.main, ["report", str(data), "--output", LONG], "--output"),
         (datatools.main, ["stats", LONG], "data_dir"),
-        (train_main, train + ["--data_path", LONG], "--data_path"),
-        (train_main, train + ["--output_dir", LONG], "--output_dir"),
+        (train_main, train + ["--data_path", LONG], "--data-path"),  # named as --help shows it
+        (train_main, train + ["--output_dir", LONG], "--output-dir"),
         (train_main, train + ["--resume", LONG], "--resume"),
         (train_main, train + ["--pretrained", LONG], "--pretrained"),
         (train_main, train + ["--config", LONG], "--config"),
-        (train_main, train + ["--output_dir", str(tmp_path / ("y" * 300))], "--output_dir"),  # one name too long
+        (train_main, train + ["--output_dir", str(tmp_path / ("y" * 300))], "--output-dir"),  # one name too long
         (eval_tool.main, ["--checkpoint", LONG], "--checkpoint"),
-        (eval_tool.main, ["--checkpoint", str(checkpoint), "--report_dir", LONG], "--report_dir"),
+        (eval_tool.main, ["--checkpoint", str(checkpoint), "--report_dir", LONG], "--report-dir"),
         (predict.main, ["--checkpoint", LONG, str(data)], "--checkpoint"),
         (export.main, ["--checkpoint", str(checkpoint), "--format", "ONNX", "--output", LONG + ".onnx"], "--output"),
         (convert_cli.main, [LONG, str(tmp_path / "out.ckpt")], LONG[:40]),
