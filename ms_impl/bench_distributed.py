@@ -10,7 +10,6 @@ runs (e.g. --width-mult 0.35). Writes `<out>/bench.json`.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os

@@ -65,7 +65,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from parity.core.files import one_line
-from parity.core.options import DashOptionParser
 from parity.harness import bench_worker as worker
 from parity.harness.command import (BATCH_RANGE, CLASSES_RANGE, IMAGE_SIZE_RANGE, WIDTH_RANGE, OneLineErrorParser,
                                     existing_folder, float_in, int_in, path_argument)

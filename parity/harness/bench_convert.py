@@ -11,7 +11,6 @@ interpreter start and framework imports). Target: under 2 s per conversion.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
