@@ -24,6 +24,7 @@ from typing import List, Optional
 if __package__ in (None, ""):  # run as a script: put the repository root on the import path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from parity.core.cli import run_cli  # noqa: E402
 from parity.core.files import atomic_write_text  # noqa: E402
 from parity.core.options import DashOptionParser  # noqa: E402
 
@@ -92,4 +93,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -54,8 +54,10 @@ from ms_impl.trainer.images import not_regular_reason, read_rgb
 from ms_impl.trainer.photos import (DEFAULT_THRESHOLD, HASH_BITS, DuplicateGroup, Photo, PhotoSet,
                                     duplicate_groups, find_photos, plan_split, scan_photos)
 from ms_impl.trainer.run_folder import aside_path
-from parity.core.files import (WriteError, atomic_path, atomic_write_text, check_writable_folder, is_path_error, one_line,
-                               path_argument, path_error_line)
+from parity.core.cli import run_cli
+from parity.core.errors import UserError
+from parity.core.files import (WriteError, atomic_path, atomic_write_text, check_writable_folder, one_line,
+                               path_argument)
 from parity.core.options import DashOptionParser
 
 EXIT_CLEAN = 0
@@ -67,7 +69,7 @@ THUMBNAIL_ROWS = 12  # duplicate groups drawn in report.png (the text lists all)
 THUMBNAILS_PER_ROW = 6
 
 
-class InputError(Exception):
+class InputError(UserError):
     """Bad input: the message names the file or option and the problem."""
 
 
@@ -588,20 +590,7 @@ COMMANDS = {"check": run_check, "split": run_split, "report": run_report, "stats
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    interrupts.hand_over()
-    try:
-        return COMMANDS[args.command](args)
-    except (InputError, WriteError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INPUT_ERROR
-    except OSError as exc:
-        if not is_path_error(exc):
-            raise
-        print(f"error: {path_error_line(exc)}", file=sys.stderr)
-        return EXIT_INPUT_ERROR
-    except KeyboardInterrupt:
-        print("error: interrupted (SIGINT); no partial file was left", file=sys.stderr)
-        return interrupts.after_ctrl_c()
+    return run_cli(lambda: COMMANDS[args.command](args))
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ framework_log_level()  # MindSpore's own log: errors only unless --verbose (befo
 
 from ms_impl.trainer import report
 from ms_impl.trainer.metrics import evaluate
-from ms_impl.trainer.errors import UsageError
-from parity.core.files import WriteError, atomic_write_text, check_writable_folder, is_path_error, path_argument, path_error_line
+from parity.core.cli import run_cli
+from parity.core.files import WriteError, atomic_write_text, check_writable_folder, path_argument
 from parity.core.options import DashOptionParser
 
 log = logging.getLogger("ms_impl.eval")
@@ -48,20 +48,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = DashOptionParser(add_help=False)  # --help: config.parse_config lists these and every config key
     parser.add_argument("--checkpoint", type=_path, required=True, help="a .ckpt written by ms_impl/train.py")
     parser.add_argument("--report-dir", type=_path, help="write per_class.csv, confusion_matrix.png, eval.json here")
-    interrupts.hand_over()
-    try:
-        return _evaluate(argv, parser)
-    except (UsageError, WriteError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        if not is_path_error(e):
-            raise
-        print(f"error: {path_error_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted (SIGINT); no partial file was left", file=sys.stderr)
-        return interrupts.after_ctrl_c()
+    return run_cli(lambda: _evaluate(argv, parser))
 
 
 def _evaluate(argv: Optional[List[str]], parser: argparse.ArgumentParser) -> int:

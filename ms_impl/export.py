@@ -27,8 +27,9 @@ import sys
 from typing import Optional, Sequence
 
 from ms_impl.export_model import SUFFIX, UNSUPPORTED, export_model
-from ms_impl.trainer.model_io import CheckpointError, load_model
-from parity.core.files import WriteError, path_problem, shown_path
+from ms_impl.trainer.model_io import load_model
+from parity.core.cli import run_cli
+from parity.core.files import path_problem, shown_path
 from parity.core.options import DashOptionParser
 
 EXIT_INPUT_ERROR = 2
@@ -47,15 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    interrupts.hand_over()
-    try:
-        return _export(args)
-    except WriteError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INPUT_ERROR
-    except KeyboardInterrupt:
-        print("error: interrupted (SIGINT); no partial file was left", file=sys.stderr)
-        return interrupts.after_ctrl_c()
+    return run_cli(lambda: _export(args))
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -88,11 +81,7 @@ def _export(args: argparse.Namespace) -> int:
     if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
         print(f"error: {output}: folder does not exist", file=sys.stderr)
         return EXIT_INPUT_ERROR
-    try:
-        net = load_model(args.checkpoint)  # fast_conv off: the exported graph holds only standard operators
-    except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INPUT_ERROR
+    net = load_model(args.checkpoint)  # fast_conv off: the exported graph holds only standard operators
     export_model(net, output, args.format, args.image_size, args.batch_size)
     print(f"export: wrote {output} ({args.format}, input {args.batch_size}x3x{args.image_size}x{args.image_size} float32, "
           f"{net.num_classes} classes, width {net.spec.width_mult})")

@@ -45,6 +45,7 @@ from ms_impl.trainer.images import IMAGE_EXTENSIONS, list_regular_files, not_reg
 from ms_impl.trainer.metrics import TTA_MODES, average_flip_logits, category_probabilities, softmax
 from ms_impl.trainer.model_io import CheckpointError, load_model
 from ms_impl.trainer.run_folder import recorded_tta
+from parity.core.cli import run_cli
 from parity.core.files import WriteError, one_line, path_problem, shown_path
 from parity.core.options import DashOptionParser
 
@@ -226,12 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    interrupts.hand_over()
-    try:
-        return _predict(args)
-    except KeyboardInterrupt:
-        print("error: interrupted (SIGINT)", file=sys.stderr)
-        return interrupts.after_ctrl_c()
+    return run_cli(lambda: _predict(args), interrupted="error: interrupted (SIGINT)")
 
 
 def _predict(args: argparse.Namespace) -> int:

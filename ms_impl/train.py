@@ -49,14 +49,15 @@ from ms_impl.trainer.checkpoint import TrainState  # noqa: E402
 from ms_impl.trainer.config import trajectory_settings  # noqa: E402
 from ms_impl.trainer.errors import UsageError  # noqa: E402
 from ms_impl.trainer.logs import buffer_setup_log, close_run_log, setup_logging  # noqa: E402
-from ms_impl.trainer.loop import (EXIT_DIVERGED, EXIT_SIGINT, EXIT_USAGE, EXIT_WORKER_LOST, Interrupted,  # noqa: E402
+from ms_impl.trainer.loop import (EXIT_DIVERGED, EXIT_SIGINT, EXIT_WORKER_LOST, Interrupted,  # noqa: E402
                                   TrainingDiverged, build_config, build_datasets, build_lr_schedule, build_network,
                                   build_optimizer, check_output_dir, checkpoint_dir, final_line, network_params,
                                   prepare_output_dir, restore, resume_path, save_run_config, train, train_frozen,
                                   train_head_first, write_final_report)
 from ms_impl.trainer.recipes import describe as describe_recipe  # noqa: E402
 from ms_impl.trainer.run_folder import RunLock, holds_run  # noqa: E402
-from parity.core.files import WriteError, is_path_error, one_line, path_error_line  # noqa: E402
+from parity.core.cli import run_cli  # noqa: E402
+from parity.core.files import one_line  # noqa: E402
 
 log = logging.getLogger("ms_impl.train")
 
@@ -67,12 +68,16 @@ __all__ = ["main", "run_training", "build_config", "build_network", "build_lr_sc
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    interrupts.hand_over()  # a Ctrl+C from here on is the trainer's to handle (one line, the run folder settled)
+    # run_cli: a UserError or a path no system call accepts is one `error:` line and exit 2, and it hands
+    # Ctrl+C over: from here on the trainer handles it (one line, the run folder settled)
+    return run_cli(lambda: _run_and_close_log(argv))
+
+
+def _run_and_close_log(argv: Optional[List[str]]) -> int:
     try:
-        code = run_training(argv)
+        return run_training(argv)
     finally:
         close_run_log()  # a later run in this process must not write into this run's train.log
-    return interrupts.after_ctrl_c(code) if code == EXIT_SIGINT else code
 
 
 def run_training(argv: Optional[List[str]] = None) -> int:
@@ -160,15 +165,7 @@ def run_training(argv: Optional[List[str]] = None) -> int:
             log.info("final weights identical on all %d ranks: sha256 %s", ctx.world_size, digest)
         if ctx.is_main_process:
             write_final_report(cfg, data, result, rows, state, out, time.perf_counter() - started, ctx)
-    except (UsageError, WriteError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as e:
-        if not is_path_error(e):  # a path built from the options that no system call accepts (too long, looping links)
-            raise
-        print(f"error: {path_error_line(e)}", file=sys.stderr)
-        return EXIT_USAGE
-    except TrainingDiverged as e:
+    except TrainingDiverged as e:  # bad input (UsageError, WriteError, a path too long): main's run_cli reports it
         last = checkpoint_dir(cfg) / checkpoint.LAST
         kept = f"last good checkpoint kept: {last}" if last.is_file() else "no checkpoint had been saved yet"
         print(f"error: training diverged: {e}; {kept}", file=sys.stderr)

@@ -10,6 +10,10 @@ from parity.core.options import framework_log_level  # noqa: E402
 interrupts.watch_sigint(__name__, "mbv2-parity")  # Ctrl+C: one line, exit 130
 framework_log_level()  # MindSpore's own log: errors only unless --verbose (before mindspore is imported)
 
+import importlib  # noqa: E402
+
+from parity.core.cli import run_cli  # noqa: E402
+
 COMMANDS = {
     "check": ("parity.harness.compare", "compare the twins: forward, gradients, BN stats, optimizer steps, loss, LR, preprocessing"),
     "bench": ("parity.harness.bench", "time the MindSpore twin against the PyTorch twin, side by side"),
@@ -24,15 +28,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         for name, (_, help_text) in COMMANDS.items():
             print(f"  {name:6s} {help_text}", file=sys.stderr)
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
-    import importlib
+    def run() -> int:
+        return importlib.import_module(COMMANDS[argv[0]][0]).main(argv[1:])
 
-    interrupts.hand_over()
-    try:
-        module = importlib.import_module(COMMANDS[argv[0]][0])
-        return int(module.main(argv[1:]) or 0)
-    except KeyboardInterrupt:
-        print(f"error: interrupted (SIGINT): python -m parity {argv[0]} stopped", file=sys.stderr)
-        return interrupts.after_ctrl_c()
+    return run_cli(run, interrupted=f"error: interrupted (SIGINT): python -m parity {argv[0]} stopped")
 
 
 if __name__ == "__main__":

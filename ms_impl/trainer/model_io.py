@@ -11,10 +11,12 @@ from typing import Dict
 
 import numpy as np
 
+from parity.core.errors import UserError
+
 TARGET_LAYOUT = "ms-official"  # the MindSpore twin's own parameter names
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be read or is not a full MobileNetV2; the message is one line."""
 
 

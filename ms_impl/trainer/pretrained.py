@@ -17,11 +17,13 @@ import logging
 from dataclasses import dataclass
 from typing import Optional
 
+from parity.core.errors import UserError
+
 LOG = logging.getLogger("ms_impl.trainer.pretrained")
 TARGET_LAYOUT = "ms-official"  # the MindSpore twin's own parameter names
 
 
-class PretrainedError(ValueError):
+class PretrainedError(UserError, ValueError):
     """The pretrained file cannot be used for this network; the message is one line naming the file."""
 
 

@@ -6,6 +6,8 @@
     files         the one atomic-write helper, and one-line error text
     options       one spelling per command-line option (--data-path; --data-path accepted), near-miss hints
     interrupts    Ctrl+C in a command-line tool: one line, exit 130, wherever it lands
+    errors        UserError: the base of every error a user can fix (bad input, an unwritable destination)
+    cli           run_cli: the one error contract of every tool (one `error:` line, exit 2; Ctrl+C 130)
     schedule      the warmup + cosine learning-rate schedule (the official get_lr)
     loss          reference label-smoothed cross entropy (numpy)
     param_groups  which parameters take weight decay

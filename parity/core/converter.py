@@ -26,6 +26,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional
 import numpy as np
 
 from parity.core import spec as mbv2_spec
+from parity.core.errors import UserError
 from parity.core.files import WriteError, atomic_path, one_line
 from parity.core.layouts import (FRAMEWORK_OF_LAYOUT, LAYOUTS, TORCH_BN_COUNTER, TensorSlot, head_names,
                             tensor_table)
@@ -58,7 +59,7 @@ WRAPPER_KEYS = ("state_dict", "model")  # PyTorch files wrapping the state_dict
 _SHOWN = 5  # how many names an error message lists
 
 
-class ConversionError(Exception):
+class ConversionError(UserError):
     """A checkpoint cannot be read, converted or written. `str(e)` is one line naming the file or tensor."""
 
     def __init__(self, message: str) -> None:

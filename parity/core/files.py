@@ -24,6 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Union
 
+from parity.core.errors import UserError
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = ["WriteError", "atomic_path", "atomic_folder", "check_writable_folder", "atomic_write_bytes", "atomic_write_text", "one_line",
@@ -33,7 +35,7 @@ __all__ = ["WriteError", "atomic_path", "atomic_folder", "check_writable_folder"
 TEMP_MARKER = ".tmp-"  # every temporary file's name starts with "." and holds this marker
 
 
-class WriteError(Exception):
+class WriteError(UserError):
     """A destination could not be written. `str(e)` is one line naming the path; nothing was left behind."""
 
     def __init__(self, message: str) -> None:

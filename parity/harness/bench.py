@@ -64,6 +64,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from parity.core.cli import run_cli
+from parity.core.errors import UserError
 from parity.core.files import one_line
 from parity.harness import bench_worker as worker
 from parity.harness.command import (BATCH_RANGE, CLASSES_RANGE, IMAGE_SIZE_RANGE, WIDTH_RANGE, OneLineErrorParser,
@@ -255,8 +257,8 @@ def _last_line(path: str) -> str:
     return lines[-1][:200] if lines else "no output"
 
 
-class BadInput(Exception):
-    """An input of the user's that the bench cannot use; its text is the one error line."""
+class BadInput(UserError):
+    """An input of the user's that the bench cannot use; its text is the worker's one error line, less `error: `."""
 
 
 def _prepare_inputs(args: argparse.Namespace, folder: str) -> None:
@@ -264,7 +266,7 @@ def _prepare_inputs(args: argparse.Namespace, folder: str) -> None:
     result = subprocess.run(_worker_command(_worker_settings(args), folder) + ["--prepare"], capture_output=True,
                             text=True, env=_worker_environment())
     if result.returncode == 2:  # bad input (--weights): the worker's own one-line error
-        raise BadInput(result.stderr.strip().splitlines()[-1])
+        raise BadInput(result.stderr.strip().splitlines()[-1].removeprefix("error: "))
     if result.returncode != 0:
         raise RuntimeError(f"preparing the inputs failed (exit {result.returncode}): "
                            + ((result.stderr or result.stdout).strip().splitlines() or ["no output"])[-1][:300])
@@ -445,8 +447,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             _prepare_inputs(args, folder)
         except BadInput as exc:
-            print(exc, file=sys.stderr)
-            return 2
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
         except RuntimeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -501,4 +503,4 @@ def _report(args: argparse.Namespace, workers: Workers) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from parity.core.cli import run_cli
 from parity.core.options import DashOptionParser
 
 TARGET_S = 2.0
@@ -91,4 +92,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -31,6 +31,7 @@ import numpy as np
 
 from parity.core import converter as convert
 from parity.core import spec as mbv2_spec
+from parity.core.cli import run_cli
 from parity.core.files import one_line
 
 # Peer ids (bench.py maps them to the names it prints).
@@ -526,4 +527,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

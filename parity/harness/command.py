@@ -1,9 +1,10 @@
 """The one way the harness's command-line tools run: parse, run, turn failures into exit codes.
 
 Exit codes: 2 with one `error: --option: problem` line for a usage error (`OneLineErrorParser`;
-0 for --help), `run`'s own, 2 with one `error:` line for a ConversionError (bad input or an
-unusable destination) or a path no system call accepts, 130 for Ctrl+C (the writers are
-atomic, so nothing half-written is left behind).
+0 for --help), then `run` under `parity.core.cli.run_cli`: its own code, 2 with one `error:`
+line for a ConversionError or any other UserError (bad input or an unusable destination) or
+a path no system call accepts, 130 for Ctrl+C (the writers are atomic, so nothing
+half-written is left behind).
 
 Option types shared by `check`, `diff` and `bench` (every value range-checked when parsed,
 as the trainer's config schema does): `int_in`, `float_in`, `existing_file`, `existing_folder`
@@ -17,9 +18,8 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
-from parity.core import interrupts
-from parity.core.converter import ConversionError
-from parity.core.files import is_path_error, path_argument, path_error_line, shown_path
+from parity.core.cli import run_cli
+from parity.core.files import path_argument, shown_path
 from parity.core.options import DashOptionParser, framework_log_level
 
 __all__ = ["run_command", "OneLineErrorParser", "int_in", "float_in", "existing_file", "existing_folder", "path_argument",
@@ -101,17 +101,4 @@ def run_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespa
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    interrupts.hand_over()
-    try:
-        return run(args)
-    except ConversionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        if not is_path_error(exc):
-            raise
-        print(f"error: {path_error_line(exc)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted (SIGINT); no partial file was left", file=sys.stderr)
-        return interrupts.after_ctrl_c()
+    return run_cli(lambda: run(args))
