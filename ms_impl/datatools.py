@@ -56,7 +56,7 @@ from ms_impl.trainer.photos import (DEFAULT_THRESHOLD, HASH_BITS, DuplicateGroup
 from ms_impl.trainer.run_folder import aside_path
 from parity.core.cli import run_cli
 from parity.core.errors import UserError
-from parity.core.files import (WriteError, atomic_path, atomic_write_text, check_writable_folder, one_line,
+from parity.core.files import (WriteError, atomic_folder, atomic_path, atomic_write_text, check_writable_folder,
                                path_argument)
 from parity.core.options import DashOptionParser
 
@@ -283,17 +283,15 @@ def split_plan(photo_set: PhotoSet, groups: Sequence[DuplicateGroup], val_fracti
 
 
 def write_split(photo_set: PhotoSet, rows, dst: Path, copy: bool) -> Tuple[int, int, Optional[Path]]:
-    """Build the tree in a temporary folder beside DST and rename it into place; an earlier split at DST (--force)
-    is moved aside to `DST.old-<time>` first, an empty folder removed.
+    """Build the tree in a staging folder beside DST that becomes DST when complete (`atomic_folder`): an
+    earlier split at DST (--force, checked by `validate_split_paths`) is moved aside to `DST.old-<time>`,
+    an empty folder replaced; on any failure DST is as it was.
 
     Returns (files placed, of which copied, where the earlier split went or None).
     """
-    moved: Optional[Path] = None
-    staging = dst.parent / f".{dst.name}.tmp-{os.getpid()}"
+    aside = aside_path(dst)
     copied = 0
-    try:
-        if staging.exists():
-            shutil.rmtree(staging)
+    with atomic_folder(dst, aside=aside) as staging:
         for split in ("train", "val"):
             for class_name in photo_set.classes:
                 (staging / split / class_name).mkdir(parents=True, exist_ok=True)
@@ -307,25 +305,7 @@ def write_split(photo_set: PhotoSet, rows, dst: Path, copy: bool) -> Tuple[int, 
                                  _name(photo, photo_set.root)])
             for photo in photo_set.unreadable:
                 writer.writerow(["", photo.class_name, "excluded", "", photo.sha256, _name(photo, photo_set.root)])
-        if dst.is_dir() and not any(dst.iterdir()):
-            dst.rmdir()  # an empty folder: nothing to keep
-        if dst.exists():
-            moved = aside_path(dst)
-            os.rename(dst, moved)
-            try:
-                os.rename(staging, dst)
-            except OSError:
-                os.rename(moved, dst)  # the earlier split back in its place
-                raise
-        else:
-            os.rename(staging, dst)
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise WriteError(f"{dst}: cannot write ({exc.strerror or one_line(exc)})") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return len(rows), copied, moved
+    return len(rows), copied, aside if aside.is_dir() else None
 
 
 def run_split(args) -> int:

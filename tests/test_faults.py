@@ -539,6 +539,41 @@ def test_atomic_writes_remove_their_temporary_on_any_error(tmp_path):
         assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]
 
 
+def test_atomic_folder_replaces_only_an_empty_folder_unless_given_a_place_aside(tmp_path, monkeypatch):
+    from parity.core.files import atomic_folder
+
+    def build(path, text, **kwargs):
+        with atomic_folder(path, **kwargs) as staging:
+            (staging / "a.txt").write_text(text)
+
+    target = tmp_path / "set"
+    build(target, "first")  # new
+    (tmp_path / "empty").mkdir()
+    build(tmp_path / "empty", "filled")  # an empty folder is replaced
+    build(target, "second")  # a folder with content is another process's copy: kept
+    assert (target / "a.txt").read_text() == "first" and (tmp_path / "empty" / "a.txt").read_text() == "filled"
+    build(target, "third", aside=tmp_path / "set.old")  # with a place aside: moved there
+    assert (target / "a.txt").read_text() == "third" and (tmp_path / "set.old" / "a.txt").read_text() == "first"
+
+    with pytest.raises(WriteError) as raised:
+        with atomic_folder(target, aside=tmp_path / "set.old2") as staging:
+            (staging / "a.txt").write_text("half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert str(raised.value) == f"{target}: cannot write (no space left on device)"
+    rename = os.rename
+
+    def refuse_the_new_folder(source, destination):  # the second rename fails: the earlier folder goes back
+        if ".tmp-" in str(source):
+            raise OSError(errno.EIO, "Input/output error")
+        rename(source, destination)
+
+    monkeypatch.setattr(os, "rename", refuse_the_new_folder)
+    with pytest.raises(WriteError, match="input/output error"):
+        build(target, "fourth", aside=tmp_path / "set.old2")
+    assert (target / "a.txt").read_text() == "third"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "set", "set.old"]  # no staging folder, no set.old2
+
+
 @pytest.mark.slow
 def test_convert_on_a_full_disk_is_one_line_and_leaves_nothing(torch_checkpoint, small_fs, cli_env, repo_root):
     atomic_write_bytes(small_fs / "filler", os.urandom(700 * 1024))  # the 1.7 MB checkpoint no longer fits

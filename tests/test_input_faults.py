@@ -66,6 +66,46 @@ def test_split_force_refuses_a_folder_it_did_not_write_and_moves_an_earlier_spli
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
 
 
+def test_split_force_fills_an_empty_folder_without_moving_it_aside(tmp_path, capsys):
+    from ms_impl import datatools
+
+    photos = photo_folders(tmp_path / "photos")
+    (tmp_path / "empty").mkdir()
+    assert datatools.main(["split", str(photos), str(tmp_path / "empty"), "--force"]) == 0
+    assert (tmp_path / "empty" / "manifest.csv").is_file() and "moved to" not in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "photos"]
+
+
+@pytest.mark.parametrize("fault", ["disk full", "Ctrl+C"])
+def test_split_stopped_midway_leaves_the_destination_as_it_was(tmp_path, capsys, monkeypatch, fault):
+    from ms_impl import datatools
+
+    photos = photo_folders(tmp_path / "photos")
+    earlier = tmp_path / "earlier"
+    assert datatools.main(["split", str(photos), str(earlier)]) == 0
+    before, names = snapshot(tmp_path), sorted(p.name for p in tmp_path.iterdir())
+    capsys.readouterr()
+    place, placed = datatools._place, []
+
+    def place_then_fail(source, target, copy):  # the third file does not fit (or the user presses Ctrl+C)
+        if len(placed) == 2:
+            raise OSError(28, "No space left on device") if fault == "disk full" else KeyboardInterrupt()
+        placed.append(target)
+        return place(source, target, copy)
+
+    monkeypatch.setattr(datatools, "_place", place_then_fail)
+    for dst, extra in ((earlier, ["--force"]), (tmp_path / "new", [])):
+        placed.clear()
+        code = datatools.main(["split", str(photos), str(dst), *extra])
+        if fault == "disk full":
+            assert code == 2
+            one_error_line(capsys.readouterr().err, str(dst), "cannot write", "no space left on device")
+        else:
+            assert code == 130 and "interrupted (SIGINT)" in capsys.readouterr().err
+        # the earlier split in place and whole, nothing moved aside, no new folder, no staging folder
+        assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == names
+
+
 # ---------------------------------------------------------------- special files in walked folders
 
 

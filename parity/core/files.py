@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Union
 
+from parity.core import interrupts
 from parity.core.errors import UserError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -187,12 +188,15 @@ def atomic_path(path: PathLike, *, suffix: Optional[str] = None, mode: Optional[
 
 
 @contextlib.contextmanager
-def atomic_folder(path: PathLike) -> Iterator[Path]:
+def atomic_folder(path: PathLike, aside: Optional[PathLike] = None) -> Iterator[Path]:
     """Like `atomic_path`, for a folder: fill the yielded staging folder; it becomes `path` when complete.
 
-    When `path` appeared meanwhile (another process built the same folder), the
-    staging copy is dropped and `path` kept. On any error the staging folder is
-    removed; OS errors become a one-line `WriteError`.
+    An empty folder at `path` is replaced. A folder with content is kept: without
+    `aside`, it is taken as another process's copy of the same folder (it won the
+    race) and the staging copy is dropped; with `aside` (a new sibling name, the
+    caller's `--force`), it is renamed to `aside` just before the new folder takes
+    its place, and renamed back if that fails. On any error (or Ctrl+C) the staging
+    folder is removed and `path` is as it was; OS errors become a one-line `WriteError`.
     """
     path = Path(path)
     try:
@@ -204,14 +208,27 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
         try:
             yield staging
             os.chmod(staging, 0o777 & ~_process_umask())  # mkdtemp makes 0700 folders
-            os.replace(staging, path)
+            with interrupts.deferred():  # a Ctrl+C between the two renames would leave no folder at `path`
+                _put_in_place(staging, path, None if aside is None else Path(aside))
         except OSError as exc:
-            if path.is_dir() and any(path.iterdir()):  # another process won the race: its copy is as good
+            if aside is None and path.is_dir() and any(path.iterdir()):  # another process won the race: keep its copy
                 return
             raise WriteError(f"{path}: cannot write ({_reason(exc)})") from exc
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _put_in_place(staging: Path, path: Path, aside: Optional[Path]) -> None:
+    if aside is not None and path.is_dir() and not path.is_symlink() and any(path.iterdir()):
+        os.rename(path, aside)
+        try:
+            os.rename(staging, path)
+        except BaseException:
+            os.rename(aside, path)  # the earlier folder back in its place
+            raise
+    else:
+        os.replace(staging, path)  # rename(2) replaces an empty folder, refuses one with content
 
 
 def check_writable_folder(folder: PathLike, what: str = "") -> None:
