@@ -1,12 +1,15 @@
 """The package layering, checked on the source: every import, lazy ones inside functions included.
 
 Rules (see parity/__init__.py and docs/design.md):
-- `parity.core` imports no twin (`ms_impl`, `pt_impl`) and no harness module;
+- `parity.core` imports no twin (`ms_impl`, `pt_impl`) and no harness module, and neither torch nor
+  mindspore when it is imported (only inside the functions that read or write their files);
 - a twin never imports the other twin, nor the harness;
 - the MindSpore twin's model files (its kernels included) never import the trainer or a command-line tool;
 - the trainer engine never imports a command-line tool;
-- the harness and the experiments never import a command-line tool (they use the modules under them);
-- no import cycle among the project's modules;
+- the harness and the experiments never import a command-line tool, MindSpore's or the harness's own
+  (they use the modules under them); an entry point imports only the tool it runs;
+- no import cycle among the project's modules and the experiment scripts, and no project module imports
+  an experiment;
 - no module imports another module's private (underscore) name.
 """
 from __future__ import annotations
@@ -22,6 +25,10 @@ PACKAGES = ("ms_impl", "pt_impl", "parity")
 MS_TWIN = [f"ms_impl.{m}" for m in ("mobilenetv2", "loss", "optim", "transforms", "weights", "export_model", "fast_conv")]
 MS_TOOLS = {f"ms_impl.{m}" for m in ("train", "eval", "predict", "export", "datatools", "bench_distributed")}
 HARNESS = ("parity.harness", "parity.convert", "parity.__main__")
+# The command-line modules: a `main` that parses argv and exits, the console scripts' targets.
+CLI_MODULES = MS_TOOLS | {"parity.__main__", "parity.convert", "parity.harness.convert_cli"}
+ENTRY_POINTS = {"parity.convert": "parity.harness.convert_cli"}  # `python -m parity.convert` runs convert_cli
+FRAMEWORKS = ("torch", "mindspore")
 
 
 def module_name(path: Path) -> str:
@@ -108,11 +115,46 @@ def experiment_imports() -> List[str]:
 
 
 def test_harness_imports_no_command_line_tool():
-    assert violations(lambda i, t: within(i, HARNESS) and t in MS_TOOLS) == []
+    assert violations(lambda i, t: within(i, HARNESS) and t in CLI_MODULES and ENTRY_POINTS.get(i) != t) == []
+
+
+def test_no_module_imports_a_command_line_tool_but_its_entry_point():
+    assert violations(lambda i, t: t in CLI_MODULES and t != i and ENTRY_POINTS.get(i) != t) == []
 
 
 def test_experiments_import_no_command_line_tool():
-    assert [line for line in experiment_imports() if line.rpartition(" imports ")[2] in MS_TOOLS] == []
+    assert [line for line in experiment_imports() if line.rpartition(" imports ")[2] in CLI_MODULES] == []
+
+
+def import_time_imports(path: Path) -> List[Tuple[str, int]]:
+    """(module, line) of every import that runs when the file is imported: not inside a function."""
+    found = []
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue
+            if isinstance(child, ast.Import):
+                found.extend((alias.name, child.lineno) for alias in child.names)
+            elif isinstance(child, ast.ImportFrom) and not child.level:
+                found.append((child.module or "", child.lineno))
+            visit(child)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")))
+    return found
+
+
+def test_the_import_time_walk_skips_function_bodies(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("import os\nif os:\n    import torch\nclass A:\n    import mindspore\n"
+                      "def f():\n    import torch.nn\n", encoding="utf-8")
+    assert import_time_imports(source) == [("os", 1), ("torch", 3), ("mindspore", 5)]
+
+
+def test_parity_core_imports_no_framework_when_imported():
+    found = sorted(f"{name}:{line} imports {module}" for name, path in all_modules().items() if within(name, ["parity.core"])
+                   for module, line in import_time_imports(path) if within(module, FRAMEWORKS))
+    assert found == []
 
 
 def test_the_experiment_walk_sees_their_imports():
@@ -174,6 +216,37 @@ def test_the_cycle_search_finds_a_cycle():
 
 def test_no_import_cycle_among_project_modules():
     assert import_cycles(module_graph()) == []
+
+
+def experiment_graph() -> Dict[str, set]:
+    """The module graph with the experiment scripts added (`experiments.<name>`); they import each other by
+    bare name (`from cv_frozen import make_folds`, the scripts' folder is on sys.path)."""
+    graph = module_graph()
+    modules = all_modules()
+    scripts = {p.stem: p for p in sorted((REPO / "experiments").glob("*.py"))}
+    for stem, path in scripts.items():
+        node = graph.setdefault(f"experiments.{stem}", set())
+        for target, names, _ in imports_of(path):
+            if target in scripts:
+                node.add(f"experiments.{target}")
+            submodules = [f"{target}.{name}" for name in names if f"{target}.{name}" in modules]
+            node.update(submodules or ([target] if target in modules else []))
+    return graph
+
+
+def test_the_experiment_graph_sees_sibling_imports():
+    assert "experiments.cv_frozen" in experiment_graph()["experiments.make_fold"]
+
+
+def test_no_import_cycle_among_modules_and_experiments():
+    assert import_cycles(experiment_graph()) == []
+
+
+def test_no_project_module_imports_an_experiment():
+    stems = {p.stem for p in (REPO / "experiments").glob("*.py")}
+    found = sorted(f"{name}:{line} imports {target}" for name, path in all_modules().items()
+                   for target, _, line in imports_of(path) if within(target, ["experiments"]) or target in stems)
+    assert found == []
 
 
 def test_no_module_imports_a_private_name_of_another():
