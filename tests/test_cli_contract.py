@@ -146,7 +146,9 @@ def parse(path: Path) -> ast.Module:
 
 def call_name(call: ast.Call) -> str:
     """`f(...)` and `x.f(...)` both give 'f'; '' for any other call."""
-    return call.func.id if isinstance(call.func, ast.Name) else call.func.attr if isinstance(call.func, ast.Attribute) else ""
+    if isinstance(call.func, ast.Name):
+        return call.func.id
+    return call.func.attr if isinstance(call.func, ast.Attribute) else ""
 
 
 def called_names(node: ast.AST) -> List[str]:
@@ -204,7 +206,8 @@ def test_every_console_script_runs_through_run_cli():
     scripts = console_scripts()
     assert {"mbv2-train", "mbv2-eval", "mbv2-predict", "mbv2-export", "mbv2-datatools", "mbv2-convert",
             "mbv2-parity"} <= set(scripts)
-    assert sorted(name for name, (module, function) in scripts.items() if not runs_through_run_cli(module, function)) == []
+    assert sorted(name for name, (module, function) in scripts.items()
+                  if not runs_through_run_cli(module, function)) == []
 
 
 def test_every_main_guard_runs_through_run_cli():

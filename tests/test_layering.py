@@ -152,7 +152,8 @@ def test_the_import_time_walk_skips_function_bodies(tmp_path):
 
 
 def test_parity_core_imports_no_framework_when_imported():
-    found = sorted(f"{name}:{line} imports {module}" for name, path in all_modules().items() if within(name, ["parity.core"])
+    found = sorted(f"{name}:{line} imports {module}" for name, path in all_modules().items()
+                   if within(name, ["parity.core"])
                    for module, line in import_time_imports(path) if within(module, FRAMEWORKS))
     assert found == []
 
