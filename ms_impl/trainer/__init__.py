@@ -1,6 +1,7 @@
 """The MindSpore trainer's engine: everything the command-line tools share, nothing they parse.
 
-    loop           the run's parts (data, network, LR, optimizer, resume), the epoch loop, the frozen-backbone
+    run            build_run: the run's parts in order (config, devices, data, network, LR, optimizer, state or resume)
+    loop           the run folder, the epoch loop, the frozen-backbone
                    and head-first paths, the end-of-epoch checkpoint set, the final report
     logs           the console and train.log handlers
     config         the typed option schema, YAML + command-line overrides
