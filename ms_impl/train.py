@@ -7,7 +7,7 @@
           --cluster_time_out=60 --log_dir=runs/dp2/msrun_logs \
           ms_impl/train.py --device CPU --output-dir runs/dp2   # data parallel, 2 workers
 
-Config: configs/garbage26_<device>.yaml over configs/garbage26_base.yaml (or
+Config: configs/garbage26_<device>.yaml over the defaults of ms_impl/trainer/schema.py (or
 --config FILE, e.g. a run's saved config.yaml); every key can be overridden
 with --key value, booleans also as bare flags (--force); --help lists them all. Per epoch: train (progress bar with loss, lr,
 img/s), evaluate on val, append metrics.csv, save checkpoints. At the end:

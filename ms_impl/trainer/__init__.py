@@ -4,7 +4,8 @@
     loop           the run folder, the epoch loop, the frozen-backbone
                    and head-first paths, the end-of-epoch checkpoint set, the final report
     logs           the console and train.log handlers
-    config         the typed option schema, YAML + command-line overrides
+    schema         every option declared once: type, default, choices or range, help
+    config         reading YAML files and the command line against the schema; relations between keys
     config_files   where the shipped configs are (package data), reading a config file and its base: chain
     recipes        the recommended transfer-learning recipes, picked from --pretrained/--freeze-backbone
     classes        the class list (names, 4 garbage categories): one loader for YAML, config, CSV

@@ -47,7 +47,7 @@ class Data:
 
 
 def build_config(argv: Optional[List[str]], description: str = DESCRIPTION):
-    """The run's EasyDict config; types, choices and ranges are checked by the config schema."""
+    """The run's EasyDict config; types, choices and ranges are checked by the schema (trainer/schema.py)."""
     return load_config(argv, description=description)
 
 
