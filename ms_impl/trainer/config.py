@@ -12,6 +12,7 @@ Rules between keys (warmup within epochs, options that need fine-tuning...) are 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
@@ -163,7 +164,7 @@ def _add_options(parser: argparse.ArgumentParser, defaults: Dict[str, Any]) -> N
 def _default_values() -> Tuple[Dict[str, Any], Dict[str, str]]:
     """(values, where each came from) before any file: the schema's defaults, the class file found in the shipped
     configs folder."""
-    values = {key: option.default for key, option in OPTIONS.items()}
+    values = {key: copy.deepcopy(option.default) for key, option in OPTIONS.items()}  # a run never changes the schema
     values["classes_file"] = str((CONFIG_DIR / values["classes_file"]).resolve())
     return values, {key: DEFAULT_ORIGIN for key in values}
 

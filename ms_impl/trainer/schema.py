@@ -156,7 +156,8 @@ def _by_name(*sections: Iterable[Option]) -> Dict[str, Option]:
     options = {}
     for section in sections:
         for option in section:
-            assert option.name not in options, option.name
+            if option.name in options:
+                raise ValueError(f"option {option.name} is declared twice")
             options[option.name] = option
     return options
 
