@@ -288,7 +288,7 @@ def train_frozen(run: Run):
              len(data.train), cfg.feature_views, " + mirror images" if cfg.feature_flip else "",
              " + whole photos" if cfg.feature_whole else "", len(data.val),
              {"none": "", "flip": " + mirror images", "flip+whole": " + mirror images + whole photos (+ mirrored)"}[cfg.tta], cache_dir)
-    run = train_frozen_backbone(
+    head = train_frozen_backbone(
         network, [str(p) for p in data.train.files], data.train.labels, [str(p) for p in data.val.files], data.val.labels,
         cache_dir=cache_dir, train_settings=train_settings, val_settings=FeatureSettings(data.image_size),
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr_max=cfg.lr_max, lr_init=cfg.lr_init, lr_end=cfg.lr_end,
@@ -296,13 +296,13 @@ def train_frozen(run: Run):
         label_smoothing=cfg.label_smoothing, dropout=cfg.dropout, seed=cfg.seed, on_epoch=on_epoch,
         class_weights=data.class_weights, balanced_sampling=cfg.class_balance == "sampler", mixup_alpha=cfg.mixup_alpha,
         feature_norm=cfg.feature_norm, feature_flip=cfg.feature_flip, feature_whole=cfg.feature_whole, tta=cfg.tta, progress=True)
-    for name, cached in (("train", run.train_features), ("val", run.val_features)):
+    for name, cached in (("train", head.train_features), ("val", head.val_features)):
         how = "reused" if cached.reused else f"extracted at {cached.images_per_second:.1f} img/s"
         log.info("%s features: %d x %d, %s (%s)", name, *cached.features.shape, how, cached.path)
-    log.info("head training: %d epochs in %.1f s", cfg.epochs, run.history.seconds)
-    result = result_from_logits(run.val_logits, data.val.labels, len(cfg.classes), cfg.label_smoothing, groups)
+    log.info("head training: %d epochs in %.1f s", cfg.epochs, head.history.seconds)
+    result = result_from_logits(head.val_logits, data.val.labels, len(cfg.classes), cfg.label_smoothing, groups)
     state.epoch, state.best_top1, state.best_epoch = cfg.epochs, result.top1, cfg.epochs
-    state.global_step = cfg.epochs * max(1, len(run.train_features.features) // cfg.batch_size)  # head steps
+    state.global_step = cfg.epochs * max(1, len(head.train_features.features) // cfg.batch_size)  # head steps
     from ms_impl.weights import nonfinite_parameter
 
     bad = nonfinite_parameter(network)
