@@ -150,13 +150,13 @@ def build_lr_schedule(cfg, steps_per_epoch: int, ctx: DistributedContext = dist.
 def build_optimizer(cfg, network, lr_per_step: np.ndarray):
     from ms_impl.optim import build_optimizer as momentum_optimizer
 
-    lr_scale = None
+    per_parameter = None  # the LR factor of each parameter
     if cfg.pretrained and cfg.backbone_lr_scale != 1.0 and not cfg.freeze_backbone:
         from ms_impl.trainer.transfer import backbone_lr_scale
 
         log.info("fine-tuning: backbone LR = %g x head LR", cfg.backbone_lr_scale)
-        lr_scale = backbone_lr_scale(network, cfg.backbone_lr_scale)
-    return momentum_optimizer(network.trainable_params(), lr_per_step, cfg.momentum, cfg.weight_decay, lr_scale)
+        per_parameter = backbone_lr_scale(network, cfg.backbone_lr_scale)
+    return momentum_optimizer(network.trainable_params(), lr_per_step, cfg.momentum, cfg.weight_decay, per_parameter)
 
 
 def describe_change(key: str, old, new) -> str:
