@@ -3,7 +3,7 @@
     flock /tmp/heavy.lock python experiments/freeze_layers_step.py --data_path D --pretrained W \
         [--layers 0 4 7] [--steps 12] [-- TRAINER FLAGS]
 
-Builds the trainer's own step (`ms_impl/train.py`'s functions: the fine-tuning default's
+Builds the trainer's own step (`build_run` of ms_impl/trainer/run.py: the fine-tuning default's
 frozen BatchNorm, backbone LR scale, replayable dropout, loss and optimizer) once per N,
 from the same pretrained weights, and times their steps in turn (N=0, N=4, ..., N=0, ...)
 on one batch of the training pipeline held in memory, so load hits all alike.
@@ -27,24 +27,18 @@ def main() -> None:
     parser.add_argument("trainer_flags", nargs="*", help="more flags for ms_impl/train.py (after --)")
     args = parser.parse_args()
     os.environ.setdefault("GLOG_v", "3")
-    from ms_impl.trainer import loop as trainer
-    from ms_impl.loss import smoothed_cross_entropy
     from ms_impl.trainer import dataset
-    from ms_impl.trainer.device import set_device
-    from ms_impl.trainer.train_step import build_train_step
+    from ms_impl.trainer.run import build_config, build_run, start_devices
 
     steps, dropouts, cfg, batch = {}, {}, None, None
     for count in args.layers:
-        cfg = trainer.build_config(["--device", "CPU", "--data_path", args.data_path, "--pretrained", args.pretrained,
-                                    "--output_dir", os.path.join("runs", "freeze_layers_step"),
-                                    "--freeze_layers", str(count)] + args.trainer_flags)
-        set_device(cfg.device, cfg.mode)
-        data = trainer.build_datasets(cfg)
-        network = trainer.build_network(cfg)
-        optimizer = trainer.build_optimizer(cfg, network, trainer.build_lr_schedule(cfg, data.steps_per_epoch))
-        steps[count] = build_train_step(network, smoothed_cross_entropy(cfg.label_smoothing, data.class_weights),
-                                        optimizer, cfg.freeze_layers)
-        dropouts[count] = network.head.dropout
+        cfg = build_config(["--device", "CPU", "--data_path", args.data_path, "--pretrained", args.pretrained,
+                            "--output_dir", os.path.join("runs", "freeze_layers_step"),
+                            "--freeze_layers", str(count)] + args.trainer_flags)
+        run = build_run(cfg, start_devices(cfg))
+        data = run.data
+        steps[count] = run.train_step()
+        dropouts[count] = run.network.head.dropout
         if batch is None:
             batch = next(dataset.train_dataset(data.train, cfg, data.image_size, 0).create_tuple_iterator(num_epochs=1))
         for _ in range(2):  # graph compilation and warm-up

@@ -35,7 +35,7 @@ def main() -> int:
     import torch
 
     from ms_impl.loss import smoothed_cross_entropy
-    from ms_impl.trainer.loop import build_config, build_network, build_optimizer
+    from ms_impl.trainer.run import build_config, build_network, build_optimizer
     from ms_impl.trainer import dataset
     from ms_impl.trainer.train_step import build_train_step
     from pt_impl.loss import smoothed_cross_entropy as torch_cross_entropy

@@ -30,15 +30,13 @@ def load_features(data_path: str, pretrained: str, cache_dir: str, light_views: 
     """{'train', 'train_flip', 'val', 'val_flip', 'train_labels', 'val_labels', 'train_files' (names)[, 'train_light']
     [, 'train_whole', 'train_whole_flip', 'val_whole', 'val_whole_flip' (with `whole`: the whole photo resized
     to a square, and its mirror)]} as arrays."""
-    from ms_impl.trainer import loop as trainer
-    from ms_impl.trainer.device import set_device
     from ms_impl.trainer.feature_cache import FeatureSettings, load_or_extract
+    from ms_impl.trainer.run import build_config, build_run, start_devices
 
-    cfg = trainer.build_config(["--device", "CPU", "--data_path", data_path, "--pretrained", pretrained,
-                                "--image_size", str(image_size), "--freeze_backbone", "true"])
-    set_device(cfg.device, cfg.mode)
-    data = trainer.build_datasets(cfg)
-    network = trainer.build_network(cfg)
+    cfg = build_config(["--device", "CPU", "--data_path", data_path, "--pretrained", pretrained,
+                        "--image_size", str(image_size), "--freeze_backbone", "true"])
+    run = build_run(cfg, start_devices(cfg))
+    data, network = run.data, run.network
     out: Dict[str, np.ndarray] = {"train_labels": np.asarray(data.train.labels), "val_labels": np.asarray(data.val.labels),
                                   "train_files": np.asarray([Path(f).name for f in data.train.files])}
     jobs = [("train", data.train, FeatureSettings(image_size)),

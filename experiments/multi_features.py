@@ -129,9 +129,8 @@ def load_multi(out_dir: str, views: Sequence[str]) -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ms_impl.trainer import loop as trainer
     from ms_impl.trainer.logs import setup_logging
-    from ms_impl.trainer.device import set_device
+    from ms_impl.trainer.run import build_config, build_run, start_devices
     from ms_impl.trainer.images import pipeline_bytes
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -141,11 +140,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--views", required=True, help="comma-separated, e.g. center,center-flip,squash,squash-flip")
     args = parser.parse_args(argv)
     setup_logging()
-    cfg = trainer.build_config(["--device", "CPU", "--data_path", args.data_path, "--pretrained", args.pretrained,
-                                "--freeze_backbone", "true"])
-    set_device(cfg.device, cfg.mode)
-    data = trainer.build_datasets(cfg)
-    network = trainer.build_network(cfg)
+    cfg = build_config(["--device", "CPU", "--data_path", args.data_path, "--pretrained", args.pretrained,
+                        "--freeze_backbone", "true"])
+    run = build_run(cfg, start_devices(cfg))
+    data, network = run.data, run.network
     network.set_train(False)
     cell = _multi_pool_cell(network.backbone)
     cell.set_train(False)

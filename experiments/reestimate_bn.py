@@ -27,7 +27,7 @@ def main() -> int:
     args = parser.parse_args()
     import torch
 
-    from ms_impl.trainer.loop import build_config
+    from ms_impl.trainer.run import build_config
     from ms_impl.trainer import dataset
     from pt_impl.mobilenetv2 import MobileNetV2
 

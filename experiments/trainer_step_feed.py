@@ -5,7 +5,7 @@
 
 Builds the trainer's own objects for the given flags (by default the fine-tuning
 default: frozen BatchNorm, backbone LR scale, replayable dropout, its loss and optimizer)
-with `ms_impl/train.py`'s functions, then times blocks of `--block` steps: on one batch
+with the trainer's own `build_run` (ms_impl/trainer/run.py), then times blocks of `--block` steps: on one batch
 held in memory, and fed by the stage-2 training pipeline (decode, augment, batch, its
 workers running alongside). Prints img/s per block. Stage 1 (the head on cached
 features) is skipped: the speed of a step does not depend on the head's weights.
@@ -28,20 +28,13 @@ def main() -> None:
     parser.add_argument("trainer_flags", nargs="*", help="more flags for ms_impl/train.py (after --)")
     args = parser.parse_args()
     os.environ.setdefault("GLOG_v", "3")
-    from ms_impl.trainer import loop as trainer
-    from ms_impl.loss import smoothed_cross_entropy
     from ms_impl.trainer import dataset
-    from ms_impl.trainer.device import set_device
-    from ms_impl.trainer.train_step import build_train_step
+    from ms_impl.trainer.run import build_config, build_run, start_devices
 
-    cfg = trainer.build_config(["--device", "CPU", "--data_path", args.data_path, "--pretrained", args.pretrained,
-                                "--output_dir", os.path.join("runs", "trainer_step_feed")] + args.trainer_flags)
-    set_device(cfg.device, cfg.mode)
-    data = trainer.build_datasets(cfg)
-    network = trainer.build_network(cfg)
-    optimizer = trainer.build_optimizer(cfg, network, trainer.build_lr_schedule(cfg, data.steps_per_epoch))
-    step = build_train_step(network, smoothed_cross_entropy(cfg.label_smoothing, data.class_weights), optimizer,
-                            cfg.freeze_layers)
+    cfg = build_config(["--device", "CPU", "--data_path", args.data_path, "--pretrained", args.pretrained,
+                         "--output_dir", os.path.join("runs", "trainer_step_feed")] + args.trainer_flags)
+    run = build_run(cfg, start_devices(cfg))
+    data, network, step = run.data, run.network, run.train_step()
     print(f"freeze_bn {cfg.freeze_bn}, freeze_layers {cfg.freeze_layers}, num_workers {cfg.num_workers}, batch {cfg.batch_size}, train_whole_prob "
           f"{cfg.train_whole_prob}", flush=True)
     epoch = 0

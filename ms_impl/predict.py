@@ -196,7 +196,8 @@ def configured_image_size(config_path: Optional[str]) -> Optional[int]:
     """`image_size` of a trainer config (None for a classes file or CSV)."""
     if not config_path or config_path.lower().endswith(".csv"):
         return None
-    from ms_impl.trainer.config import load_config, read_yaml
+    from ms_impl.trainer.config import load_config
+    from ms_impl.trainer.config_files import read_yaml
 
     if "classes" in read_yaml(Path(config_path)):
         return None

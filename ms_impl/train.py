@@ -7,7 +7,7 @@
           --cluster_time_out=60 --log_dir=runs/dp2/msrun_logs \
           ms_impl/train.py --device CPU --output-dir runs/dp2   # data parallel, 2 workers
 
-Config: configs/garbage26_<device>.yaml over configs/garbage26_base.yaml (or
+Config: configs/garbage26_<device>.yaml over the defaults of ms_impl/trainer/schema.py (or
 --config FILE, e.g. a run's saved config.yaml); every key can be overridden
 with --key value, booleans also as bare flags (--force); --help lists them all. Per epoch: train (progress bar with loss, lr,
 img/s), evaluate on val, append metrics.csv, save checkpoints. At the end:
@@ -45,24 +45,20 @@ from typing import List, Optional  # noqa: E402
 
 from ms_impl.trainer import checkpoint  # noqa: E402
 from ms_impl.trainer import distributed as dist  # noqa: E402
-from ms_impl.trainer.checkpoint import TrainState  # noqa: E402
-from ms_impl.trainer.config import trajectory_settings  # noqa: E402
 from ms_impl.trainer.errors import UsageError  # noqa: E402
 from ms_impl.trainer.logs import buffer_setup_log, close_run_log, setup_logging  # noqa: E402
 from ms_impl.trainer.loop import (EXIT_DIVERGED, EXIT_SIGINT, EXIT_WORKER_LOST, Interrupted,  # noqa: E402
-                                  TrainingDiverged, build_config, build_datasets, build_lr_schedule, build_network,
-                                  build_optimizer, check_output_dir, checkpoint_dir, final_line, network_params,
-                                  prepare_output_dir, restore, resume_path, save_run_config, train, train_frozen,
-                                  train_head_first, write_final_report)
+                                  TrainingDiverged, check_output_dir, log_plan, prepare_output_dir, save_run_config,
+                                  train, train_frozen, train_head_first, write_final_report)
 from ms_impl.trainer.recipes import describe as describe_recipe  # noqa: E402
+from ms_impl.trainer.run import build_config, build_run, checkpoint_dir, network_params, resume_path, start_devices  # noqa: E402
 from ms_impl.trainer.run_folder import RunLock, holds_run  # noqa: E402
 from parity.core.cli import run_cli  # noqa: E402
 from parity.core.files import one_line  # noqa: E402
 
 log = logging.getLogger("ms_impl.train")
 
-__all__ = ["main", "run_training", "build_config", "build_network", "build_lr_schedule", "build_optimizer", "restore",
-           "final_line", "setup_logging"]
+__all__ = ["main", "run_training"]
 
 # ---------------------------------------------------------------- entry point
 
@@ -89,13 +85,8 @@ def run_training(argv: Optional[List[str]] = None) -> int:
     lock: Optional[RunLock] = None
     setup_done = False
     try:
-        cfg = build_config(argv)
-        from ms_impl.trainer.device import set_device
-
-        # Under msrun: join the job before any tensor exists (Ascend's HCCL requires it); the
-        # scheduler process never returns from here. Single process: returns at once.
-        ctx = dist.init_distributed(cfg.distributed, device=cfg.device)
-        set_device(cfg.device, cfg.mode, selected_already=ctx.distributed)  # before any data work: a missing GPU/Ascend fails fast
+        cfg = build_config(argv, description=__doc__.split("\n\n")[0])
+        ctx = start_devices(cfg)  # under msrun: joins the job first; before any data work, so a missing GPU fails fast
         if ctx.distributed:
             setup_logging(console_prefix="" if ctx.is_main_process else f"[rank {ctx.rank}] ")
             log.info("%s (rank 0 writes all files)", ctx.describe())
@@ -112,17 +103,7 @@ def run_training(argv: Optional[List[str]] = None) -> int:
             starting_over = ctx.is_main_process and resume_from is None and holds_run(out)
             if ctx.is_main_process:
                 check_output_dir(cfg, starting_over)
-            # every input is validated before anything in output_dir changes
-            data = build_datasets(cfg, ctx)
-            network = build_network(cfg, ctx)
-            lr = build_lr_schedule(cfg, data.steps_per_epoch, ctx)
-            optimizer = build_optimizer(cfg, network, lr)
-            state = TrainState(seed=cfg.seed, epochs=cfg.epochs, steps_per_epoch=data.steps_per_epoch,
-                               freeze_layers=cfg.freeze_layers, settings=trajectory_settings(cfg))
-            if resume_from is not None:
-                state = restore(cfg, resume_from, network, optimizer, data.steps_per_epoch)
-            elif cfg.resume == "auto":
-                log.info("--resume auto: no intact checkpoint in %s, starting a new run", checkpoint_dir(cfg))
+            run = build_run(cfg, ctx, resume_from)  # every input is validated before anything in output_dir changes
             if ctx.is_main_process:
                 out = prepare_output_dir(cfg, starting_over)
                 setup_logging(out / "train.log")
@@ -131,7 +112,7 @@ def run_training(argv: Optional[List[str]] = None) -> int:
                 log.info("MBV2_SMOKE: a smoke run, its figures mean nothing (%s)",
                          ", ".join(f"{key} {value}" for key, value in cfg.smoke.items()))
             if cfg.head_first_epochs and resume_from is None:  # a resumed run's checkpoint holds its trained head
-                train_head_first(cfg, data, network, out)
+                train_head_first(run)
         except UsageError as e:
             setup_error = e
         finally:
@@ -139,32 +120,19 @@ def run_training(argv: Optional[List[str]] = None) -> int:
                 logging.getLogger("ms_impl").removeHandler(buffer)
         dist.raise_if_any_rank_failed(setup_error, ctx, "setup")
         setup_done = True
-        dist.check_replicas_identical(dist.replicated_state(network), ctx, "weights at the start")
+        dist.check_replicas_identical(dist.replicated_state(run.network), ctx, "weights at the start")
         if ctx.is_main_process:
-            save_run_config(cfg, out, lr)
+            save_run_config(run)
             if resume_from is not None and cfg.resume == "auto":  # a crash may have cut the last epoch's writes short
-                checkpoint.complete_checkpoint_set(checkpoint_dir(cfg), resume_from, state, network_params(network),
-                                                   optimizer, log)
-        scale = ctx.world_size if cfg.scale_lr else 1
-        log.info("device %s, %s mode; %d epochs x %d steps, batch %d%s, lr %g -> %g -> %g%s",
-                 cfg.device, cfg.mode, cfg.epochs, data.steps_per_epoch, data.global_batch,
-                 f" ({cfg.batch_size} per worker x {ctx.world_size} workers)" if ctx.distributed else "",
-                 cfg.lr_init * scale, cfg.lr_max * scale, cfg.lr_end * scale,
-                 f" (--scale-lr: x{scale}, linear rule)" if cfg.scale_lr else "")
-        if cfg.mixup_alpha or cfg.cutmix_alpha:
-            from ms_impl.trainer.mixing import MixSettings
-
-            log.info("mixing each training batch%s: %s", " of cached features" if cfg.freeze_backbone else "",
-                     MixSettings(cfg.mixup_alpha, cfg.cutmix_alpha).describe())
-        if cfg.freeze_backbone:
-            result, rows = train_frozen(cfg, data, network, optimizer, state, out)
-        else:
-            result, rows = train(cfg, data, network, optimizer, lr, state, out, ctx)
-        digest = dist.check_replicas_identical(dist.replicated_state(network), ctx, "weights at the end")
+                checkpoint.complete_checkpoint_set(checkpoint_dir(cfg), resume_from, run.state, network_params(run.network),
+                                                   run.optimizer, log)
+        log_plan(run)
+        result, rows = train_frozen(run) if cfg.freeze_backbone else train(run)
+        digest = dist.check_replicas_identical(dist.replicated_state(run.network), ctx, "weights at the end")
         if ctx.distributed:
             log.info("final weights identical on all %d ranks: sha256 %s", ctx.world_size, digest)
         if ctx.is_main_process:
-            write_final_report(cfg, data, result, rows, state, out, time.perf_counter() - started, ctx)
+            write_final_report(run, result, rows, time.perf_counter() - started)
     except TrainingDiverged as e:  # bad input (UsageError, WriteError, a path too long): main's run_cli reports it
         last = checkpoint_dir(cfg) / checkpoint.LAST
         kept = f"last good checkpoint kept: {last}" if last.is_file() else "no checkpoint had been saved yet"

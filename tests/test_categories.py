@@ -144,7 +144,7 @@ def test_normalisation_folds_into_the_dense_layer():
 
 
 def test_pretrained_with_frozen_backbone_resolves_to_the_frozen_recipe():
-    from ms_impl.train import build_config
+    from ms_impl.trainer.run import build_config
 
     cfg = build_config(["--device", "CPU", "--data-path", "D", "--pretrained", "W", "--freeze-backbone", "true"])
     assert cfg.recipe == "frozen"
@@ -154,7 +154,7 @@ def test_pretrained_with_frozen_backbone_resolves_to_the_frozen_recipe():
 
 
 def test_pretrained_alone_resolves_to_the_fine_tuning_recipe():
-    from ms_impl.train import build_config
+    from ms_impl.trainer.run import build_config
 
     cfg = build_config(["--device", "CPU", "--data-path", "D", "--pretrained", "W"])
     assert cfg.recipe == "finetune" and not cfg.freeze_backbone
@@ -176,7 +176,7 @@ def test_every_device_file_holds_the_same_recipes(device):
 
 
 def test_explicit_options_win_over_the_recipe_and_scratch_is_untouched():
-    from ms_impl.train import build_config
+    from ms_impl.trainer.run import build_config
     from ms_impl.trainer.errors import UsageError
 
     cfg = build_config(["--pretrained", "W", "--epochs", "2", "--tta", "none"])

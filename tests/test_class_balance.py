@@ -70,7 +70,7 @@ def test_both_twins_weigh_the_loss_like_the_reference(ms_pynative):
 
 
 def test_config_key_defaults_to_none_on_every_device_and_is_checked(tmp_path):
-    from ms_impl.train import build_config
+    from ms_impl.trainer.run import build_config
     from ms_impl.trainer.errors import UsageError
 
     for device in ("CPU", "GPU", "Ascend"):

@@ -1,4 +1,5 @@
-"""Config loading: the schema (base file + per-device overrides), --help, flags, round trip, class list, errors."""
+"""Config loading: the schema (trainer/schema.py) and the per-device files' values, --help, flags, round trip,
+class list, errors."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,10 @@ import pytest
 import yaml
 
 from ms_impl.trainer.classes import load_classes
-from ms_impl.trainer.config import BASE_CONFIG, DEFAULT_CONFIG, dump_config, load_config
+from ms_impl.trainer.config import DEFAULT_CONFIG, dump_config, load_config, option_name
+from ms_impl.trainer.config_files import CONFIG_DIR
 from ms_impl.trainer.errors import UsageError
+from ms_impl.trainer.schema import OPTIONS
 
 CATEGORIES = {"干垃圾": "Residual waste", "可回收物": "Recyclable", "湿垃圾": "Kitchen waste", "有害垃圾": "Hazardous waste"}
 
@@ -70,36 +73,56 @@ def test_config_flag_picks_a_file_and_device_flag_overrides_its_device(tmp_path)
     custom.write_text("epochs: 5\nwarmup_epochs: 0\n", encoding="utf-8")  # any subset of keys, read over the base file
     cfg = load_config(["--config", str(custom), "--device", "GPU"])
     assert (cfg.epochs, cfg.warmup_epochs, cfg.device, len(cfg.classes)) == (5, 0, "GPU", 26)
-    assert cfg.lr_max == yaml.safe_load(BASE_CONFIG.read_text(encoding="utf-8"))["lr_max"]
+    assert cfg.lr_max == OPTIONS["lr_max"].default  # a key the file leaves out keeps the schema's default
 
 
-def test_device_files_hold_only_overrides_of_the_base_file():
-    base = yaml.safe_load(BASE_CONFIG.read_text(encoding="utf-8"))
+SHIPPED_CONFIGS = sorted(CONFIG_DIR.glob("garbage26_*.yaml"))
+
+
+def test_every_key_of_every_shipped_config_is_in_the_schema_and_valid():
+    configs = [path for path in SHIPPED_CONFIGS if path.name != "garbage26_classes.yaml"]
+    assert {path.name for path in configs} == {path.name for path in DEFAULT_CONFIG.values()}
+    for path in configs:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        for key, value in values.items():
+            assert key in OPTIONS, f"{path.name}: {key}"
+            OPTIONS[key].check(value)
+
+
+def test_the_schema_defaults_pass_its_own_checks(tmp_path):
+    for key, option in OPTIONS.items():
+        assert option.check(option.default) == option.default, key
+        assert option.help and option.section, key
+        assert isinstance(option.default, option.type) and not (option.type is int and isinstance(option.default, bool))
+        assert all(isinstance(word, str) for word in option.choices), key
+    empty = tmp_path / "empty.yaml"  # no values at all: every key at its default, and the defaults agree with each other
+    empty.write_text("{}\n", encoding="utf-8")
+    cfg = load_config(["--config", str(empty)])
+    assert {key: cfg[key] for key in OPTIONS if key not in ("classes_file", "recipe")} == {
+        key: option.default for key, option in OPTIONS.items() if key not in ("classes_file", "recipe")}
+    assert (cfg.recipe, len(cfg.classes)) == ("scratch", 26)
+
+
+def test_device_files_hold_only_their_own_values():
     for device, path in DEFAULT_CONFIG.items():
         own = yaml.safe_load(path.read_text(encoding="utf-8"))
-        assert own.pop("base") == BASE_CONFIG.name and own["device"] == device
-        assert set(own) < set(base) and len(own) <= 10, path.name
+        assert own["device"] == device and "base" not in own and len(own) <= 10, path.name
         cfg = load_config(["--device", device])
         assert all(cfg[k] == v for k, v in own.items())
         # classes_file is resolved to an absolute path, recipe "auto" to the recipe that runs
-        assert all(cfg[k] == v for k, v in base.items() if k not in own and k not in ("classes_file", "recipe"))
+        assert all(cfg[k] == option.default for k, option in OPTIONS.items()
+                   if k not in own and k not in ("classes_file", "recipe"))
 
 
-def test_help_lists_every_key_with_its_type_default_and_comment(capsys):
+def test_help_lists_every_key_with_its_help_type_and_default(capsys):
     with pytest.raises(SystemExit) as done:
         load_config(["--device", "GPU", "--help"], description="Train")
     assert done.value.code == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    comments = {}
-    for line in BASE_CONFIG.read_text(encoding="utf-8").splitlines():
-        if ":" in line and not line.startswith((" ", "#")):
-            key, _, rest = line.partition(":")
-            comments[key] = rest.partition("#")[2].strip()
     gpu = load_config(["--device", "GPU"])
-    for key, comment in comments.items():
-        assert f"--{key.replace('_', '-')}" in text, key
-        assert comment, f"{key} has no comment in {BASE_CONFIG.name}: it is the key's --help"
-        assert comment.replace(" ", "") in text.replace(" ", ""), key
+    for key, option in OPTIONS.items():
+        assert f"{option_name(key)} " in text, key
+        assert option.help.replace(" ", "") in text.replace(" ", ""), key
         if key not in ("device", "recipe"):  # --help shows the file's "auto"; the config holds what it resolved to
             kind = "dict" if isinstance(gpu[key], dict) else type(gpu[key]).__name__  # EasyDict holds mappings
             shown = repr(gpu[key]) if kind == "str" else str(gpu[key])
@@ -119,7 +142,12 @@ def test_values_in_files_are_checked_by_the_same_schema(tmp_path):
     for text, message in (("lr_max: 0.0\n", "lr_max: 0.0 is out of range (0, inf)"),
                           ("epochs: ten\n", "epochs: expected int, got 'ten'"),
                           ("mode: eager\n", "mode: expected one of graph, pynative"),
-                          ("learning_rate: 0.1\n", "unknown key(s) learning_rate")):
+                          ("learning_rate: 0.1\n", "unknown key(s) learning_rate"),
+                          # a recipe's values: each checked by its own key's option, when the file is read
+                          ("recipe_frozen: {epochs: ten}\n", "recipe_frozen: epochs: expected int, got 'ten'"),
+                          ("recipe_finetune: {dropout: 1.5}\n", "recipe_finetune: dropout: 1.5 is out of range [0, 1)"),
+                          ("recipe_frozen: {learning_rate: 1}\n", "recipe_frozen: learning_rate: not a key a recipe can set"),
+                          ("recipe_frozen: [1, 2]\n", "recipe_frozen: expected a mapping of keys to values")):
         path = tmp_path / "bad.yaml"
         path.write_text(text, encoding="utf-8")
         with pytest.raises(UsageError) as err:
@@ -127,6 +155,49 @@ def test_values_in_files_are_checked_by_the_same_schema(tmp_path):
         assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
     (tmp_path / "floats.yaml").write_text("lr_max: 1\n", encoding="utf-8")  # an int where a float is expected is fine
     assert load_config(["--config", str(tmp_path / "floats.yaml")]).lr_max == 1.0
+
+
+def bad_values(option):
+    """Values of the wrong type or out of the option's choices or range, as written on a command line."""
+    if option.type is dict:
+        return ["[1, 2]"]
+    if option.type is bool:
+        return ["maybe"]
+    values = ["nope"] if option.choices else []
+    if option.type in (int, float):
+        values.append("abc")
+    if option.range is not None:
+        low, high = option.range.low, option.range.high
+        values.append(str(option.type(low - 1 if low is not None else high + 1)))
+    return values
+
+
+@pytest.mark.parametrize("key", sorted(OPTIONS))
+def test_a_bad_value_of_any_key_is_one_line_naming_it(key, tmp_path):
+    """Every key, from the command line and from a file: a wrong type, word or range is one line naming the key."""
+    option = OPTIONS[key]
+    path = tmp_path / "bad.yaml"
+    for text in bad_values(option):
+        with pytest.raises(UsageError) as err:
+            load_config([option_name(key), text])
+        assert str(err.value).startswith(f"{option_name(key)}: ") and "\n" not in str(err.value), (text, str(err.value))
+    for value in [yaml.safe_load(text) for text in bad_values(option)] + ([[1, 2]] if option.type is not dict else []):
+        path.write_text(yaml.safe_dump({key: value}), encoding="utf-8")
+        with pytest.raises(UsageError) as err:
+            load_config(["--config", str(path)])
+        assert str(err.value).startswith(f"{path}: {key}: ") and "\n" not in str(err.value), (value, str(err.value))
+
+
+def test_the_trainer_exits_2_with_one_line_for_a_bad_value(tmp_path, capsys):
+    from ms_impl.train import main
+
+    config = tmp_path / "bad.yaml"
+    config.write_text("device: CPU\nlabel_smoothing: 1.0\n", encoding="utf-8")
+    for argv, line in ((["--config", str(config)], f"error: {config}: label_smoothing: 1.0 is out of range [0, 1)"),
+                       (["--momentum", "fast"], "error: --momentum: expected float, got 'fast'")):
+        assert main(argv + ["--output-dir", str(tmp_path / "run")]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [line]
+    assert not (tmp_path / "run").exists()
 
 
 def test_dumped_config_reads_back_to_the_same_config(tmp_path, monkeypatch):
@@ -169,10 +240,9 @@ def test_resume_free_keys_are_config_keys_and_settings_survive_json():
     JSON, and what it reads back must compare equal to a fresh run's."""
     import json
 
-    from ms_impl.trainer.config import BASE_CONFIG, RESUME_FREE_KEYS, read_yaml, trajectory_settings
+    from ms_impl.trainer.config import RESUME_FREE_KEYS, trajectory_settings
 
-    keys = set(read_yaml(BASE_CONFIG)) - {"base"}
-    assert RESUME_FREE_KEYS <= keys
+    assert RESUME_FREE_KEYS <= set(OPTIONS)
     cfg = load_config(["--pretrained", "weights.pth", "--mixup-alpha", "0.2"])
     settings = trajectory_settings(cfg)
     assert json.loads(json.dumps(settings)) == settings

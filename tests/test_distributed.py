@@ -133,7 +133,7 @@ def test_digest_sees_a_single_changed_value():
 
 
 def test_scale_lr_applies_the_linear_rule_to_the_whole_schedule():
-    from ms_impl.train import build_config, build_lr_schedule
+    from ms_impl.trainer.run import build_config, build_lr_schedule
 
     two = dist.DistributedContext(0, 2, True)
     plain = build_lr_schedule(build_config(["--epochs", "3"]), 5, two)

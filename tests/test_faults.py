@@ -422,7 +422,7 @@ def test_decompression_bomb_and_unreadable_folder_in_datatools(tmp_path, monkeyp
 
 
 def test_trainer_setup_errors_are_one_line(tmp_path, train, monkeypatch):
-    from ms_impl import train as train_module
+    from ms_impl.trainer import run as run_module
 
     out = tmp_path / "run"
     cases = [
@@ -435,7 +435,7 @@ def test_trainer_setup_errors_are_one_line(tmp_path, train, monkeypatch):
         assert code == 2, (args, err)
         one_error_line(err, *needles)
     # a --config file lacking keys is read over the base file: it needs only the keys it changes
-    from ms_impl.train import build_config
+    from ms_impl.trainer.run import build_config
 
     config = tmp_path / "partial.yaml"
     config.write_text("device: CPU\nepochs: 3\n")
@@ -471,7 +471,7 @@ def test_trainer_setup_errors_are_one_line(tmp_path, train, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "build_network", interrupted)
+    monkeypatch.setattr(run_module, "build_network", interrupted)  # build_run's second step
     code, err = train("--output-dir", str(out))
     assert code == 130
     one_error_line(err, "interrupted (SIGINT) during setup")

@@ -60,13 +60,13 @@ def test_the_wheel_holds_the_configs_and_no_top_level_configs_package(installed,
     bin_dir, env = installed
     probe = _run([bin_dir / "python", "-c",
                   "import importlib.util, ms_impl, ms_impl.trainer.config as c; "
-                  "print(ms_impl.__file__); print(c.BASE_CONFIG); print(importlib.util.find_spec('configs'))"],
+                  "print(ms_impl.__file__); print(c.DEFAULT_CONFIG['GPU']); print(importlib.util.find_spec('configs'))"],
                  cwd=tmp_path, env=env)
     assert probe.returncode == 0, probe.stderr
-    package_file, base_config, top_level_configs = probe.stdout.split()
+    package_file, gpu_config, top_level_configs = probe.stdout.split()
     venv = bin_dir.parent
     assert Path(package_file).is_relative_to(venv) and not Path(package_file).is_relative_to(REPO_ROOT)
-    assert Path(base_config) == Path(package_file).parent / "configs" / "garbage26_base.yaml"
+    assert Path(gpu_config) == Path(package_file).parent / "configs" / "garbage26_gpu.yaml" and Path(gpu_config).is_file()
     assert top_level_configs == "None"  # the configs are inside the package, not a package `configs` of their own
 
 

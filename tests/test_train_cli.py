@@ -246,7 +246,7 @@ def test_in_process_runs_write_only_their_own_train_log(tmp_path, capsys, synthe
 
 @pytest.mark.slow
 def test_saved_config_reproduces_the_run_config(tmp_path, capsys, synthetic_cache, monkeypatch):
-    from ms_impl.train import build_config
+    from ms_impl.trainer.run import build_config
 
     out = tmp_path / "run"
     args = TINY + ["--synthetic-cache-dir", synthetic_cache, "--output-dir", str(out), "--epochs", "1",
@@ -267,7 +267,7 @@ def test_the_last_line_says_how_each_score_was_taken():
 
     from easydict import EasyDict
 
-    from ms_impl.train import final_line
+    from ms_impl.trainer.loop import final_line
 
     result = SimpleNamespace(top1=0.954, category_acc=0.9846)
     state = SimpleNamespace(epoch=10, best_epoch=9, best_top1=0.95)

@@ -107,7 +107,7 @@ def test_synthetic_set_is_deterministic_cached_and_class_dependent(tmp_path):
 
 def test_lr_schedule_follows_the_official_formula():
     from ms_impl.trainer.config import load_config
-    from ms_impl.train import build_lr_schedule
+    from ms_impl.trainer.run import build_lr_schedule
 
     cfg = load_config(["--epochs", "4", "--warmup-epochs", "1", "--lr-init", "0.01", "--lr-max", "0.1", "--lr-end", "0.001"])
     lr = build_lr_schedule(cfg, steps_per_epoch=5)
@@ -121,7 +121,7 @@ def test_lr_schedule_follows_the_official_formula():
 def test_weight_decay_only_on_conv_and_dense_weights(ms_pynative):
     """One step with zero gradients moves exactly the decayed tensors: w <- w - lr * wd * w."""
     from ms_impl.trainer.config import load_config
-    from ms_impl.train import build_network, build_optimizer
+    from ms_impl.trainer.run import build_network, build_optimizer
 
     ms = ms_pynative
     cfg = load_config(["--width-mult", "0.35", "--weight-decay", "0.01", "--dropout", "0"])

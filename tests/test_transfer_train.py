@@ -41,7 +41,7 @@ def pretrained(tmp_path_factory):
 def test_pretrained_of_every_layout_loads_into_the_trainer(kind, pretrained, synthetic_cache, tmp_path, caplog, ms_pynative):
     import logging
 
-    from ms_impl.train import build_config, build_network
+    from ms_impl.trainer.run import build_config, build_network
 
     cfg = build_config(TINY + ["--synthetic-cache-dir", synthetic_cache, "--output-dir", str(tmp_path),
                                "--pretrained", str(pretrained["files"][kind])])
@@ -73,20 +73,18 @@ def lr_of(optimizer, param) -> np.ndarray:
 
 
 def test_backbone_lr_scale_in_full_fine_tuning(pretrained, synthetic_cache, tmp_path, ms_pynative):
-    from ms_impl.train import build_config, build_lr_schedule, build_network, build_optimizer
+    from ms_impl.trainer.run import build_config, build_run
 
     base = TINY + ["--synthetic-cache-dir", synthetic_cache, "--output-dir", str(tmp_path)]
-    lr = build_lr_schedule(build_config(base), 4)
     # --pretrained alone runs the fine-tuning recipe (recipe_finetune in the config sets backbone_lr_scale)
     recipe_scale = build_config(base + ["--pretrained", str(pretrained["files"]["torchvision.pth"])]).recipe_finetune["backbone_lr_scale"]
     for extra, scale in (([], 1.0), (["--pretrained", str(pretrained["files"]["torchvision.pth"])], recipe_scale),
                          (["--pretrained", str(pretrained["files"]["torchvision.pth"]), "--backbone-lr-scale", "0.5"], 0.5)):
-        cfg = build_config(base + extra)
-        network = build_network(cfg)
-        optimizer = build_optimizer(cfg, network, lr)
-        conv = network.backbone.features[-1].features[0].weight  # the last 1x1: trained by every recipe
-        np.testing.assert_allclose(lr_of(optimizer, conv), lr * scale, rtol=1e-6)
-        np.testing.assert_allclose(lr_of(optimizer, network.head.dense.weight), lr, rtol=1e-6)
+        run = build_run(build_config(base + extra))  # the run's own schedule, as the trainer builds it
+        assert len(run.lr) == run.cfg.epochs * run.data.steps_per_epoch
+        conv = run.network.backbone.features[-1].features[0].weight  # the last 1x1: trained by every recipe
+        np.testing.assert_allclose(lr_of(run.optimizer, conv), run.lr * scale, rtol=1e-6)
+        np.testing.assert_allclose(lr_of(run.optimizer, run.network.head.dense.weight), run.lr, rtol=1e-6)
 
 
 @pytest.mark.slow
@@ -120,7 +118,7 @@ def test_frozen_backbone_run_keeps_the_backbone_and_reuses_its_cache(pretrained,
     np.testing.assert_array_equal(again_weights["dense.weight"], weights["dense.weight"])
 
     # two-stage recipe: the frozen run's checkpoint (a training checkpoint) is the next run's --pretrained, head included
-    from ms_impl.train import build_config, build_network
+    from ms_impl.trainer.run import build_config, build_network
     from ms_impl.trainer.pretrained import load_pretrained
 
     cfg = build_config(TINY + ["--synthetic-cache-dir", synthetic_cache, "--output-dir", str(tmp_path / "stage2")])
@@ -229,7 +227,7 @@ def check_freeze_bn(cfg_args, torch_model) -> None:
     import torch
 
     from ms_impl.loss import smoothed_cross_entropy
-    from ms_impl.train import build_config, build_lr_schedule, build_network, build_optimizer
+    from ms_impl.trainer.run import build_config, build_lr_schedule, build_network, build_optimizer
     from ms_impl.trainer.train_step import NetWithLoss, build_train_step
     from pt_impl.loss import smoothed_cross_entropy as torch_smoothed_cross_entropy
 
@@ -289,7 +287,7 @@ def test_freeze_layers_keeps_the_first_layers_and_trains_the_rest_with_the_same_
     import mindspore as ms
 
     from ms_impl.loss import smoothed_cross_entropy
-    from ms_impl.train import build_config, build_lr_schedule, build_network, build_optimizer
+    from ms_impl.trainer.run import build_config, build_lr_schedule, build_network, build_optimizer
     from ms_impl.trainer.train_step import NetWithLoss, build_train_step
 
     path, _ = pretrained_with_statistics
@@ -366,24 +364,26 @@ def test_freeze_layers_outside_fine_tuning_or_range_is_a_usage_error(extra, mess
 def test_resume_refuses_another_freeze_layers_before_loading_anything(pretrained, synthetic_cache, tmp_path, ms_pynative):
     """The optimizer holds state for the trained layers only: a checkpoint resumes with the freeze_layers it ran with;
     another value is refused naming both, before the network or optimizer is touched."""
-    from ms_impl.train import build_config, build_lr_schedule, build_network, build_optimizer, restore
+    from ms_impl.trainer.run import build_config, build_run, restore
     from ms_impl.trainer.checkpoint import TrainState, save_training_checkpoint
     from ms_impl.trainer.errors import UsageError
     from ms_impl.trainer.train_step import model_parameters
 
-    def setup(count):
-        cfg = build_config(TINY + ["--synthetic-cache-dir", synthetic_cache, "--output-dir", str(tmp_path / "run"),
-                                   "--pretrained", str(pretrained["files"]["torchvision.pth"]), "--freeze-layers", str(count)])
-        network = build_network(cfg)
-        return cfg, network, build_optimizer(cfg, network, build_lr_schedule(cfg, 4))
+    def config(count):
+        return build_config(TINY + ["--synthetic-cache-dir", synthetic_cache, "--output-dir", str(tmp_path / "run"),
+                                    "--pretrained", str(pretrained["files"]["torchvision.pth"]), "--freeze-layers", str(count)])
 
-    cfg, network, optimizer = setup(4)
+    run = build_run(config(4))
+    steps = run.data.steps_per_epoch
     path = tmp_path / "last.ckpt"
-    save_training_checkpoint(path, model_parameters(network), optimizer,
-                             TrainState(epoch=1, seed=cfg.seed, epochs=cfg.epochs, steps_per_epoch=4, freeze_layers=4))
-    other_cfg, other, other_optimizer = setup(2)
-    before = {name: p.asnumpy().copy() for name, p in model_parameters(other).items()}
+    save_training_checkpoint(path, model_parameters(run.network), run.optimizer,
+                             TrainState(epoch=1, seed=run.cfg.seed, epochs=run.cfg.epochs, steps_per_epoch=steps, freeze_layers=4))
+    other = build_run(config(2))
+    before = {name: p.asnumpy().copy() for name, p in model_parameters(other.network).items()}
     with pytest.raises(UsageError, match="freeze_layers 4 in the checkpoint vs 2 now"):
-        restore(other_cfg, path, other, other_optimizer, 4)
-    assert all(np.array_equal(before[name], p.asnumpy()) for name, p in model_parameters(other).items())
-    assert restore(cfg, path, network, optimizer, 4).freeze_layers == 4
+        restore(other.cfg, path, other.network, other.optimizer, steps)
+    assert all(np.array_equal(before[name], p.asnumpy()) for name, p in model_parameters(other.network).items())
+    with pytest.raises(UsageError, match="freeze_layers 4 in the checkpoint vs 2 now"):  # a run built to resume it
+        build_run(config(2), resume_from=path)
+    resumed = build_run(config(4), resume_from=path)
+    assert (resumed.state.freeze_layers, resumed.state.epoch, resumed.resumed_from) == (4, 1, path)

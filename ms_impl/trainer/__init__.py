@@ -1,9 +1,11 @@
 """The MindSpore trainer's engine: everything the command-line tools share, nothing they parse.
 
-    loop           the run's parts (data, network, LR, optimizer, resume), the epoch loop, the frozen-backbone
+    run            build_run: the run's parts in order (config, devices, data, network, LR, optimizer, state or resume)
+    loop           the run folder, the epoch loop, the frozen-backbone
                    and head-first paths, the end-of-epoch checkpoint set, the final report
     logs           the console and train.log handlers
-    config         the typed option schema, YAML + command-line overrides
+    schema         every option declared once: type, default, choices or range, help
+    config         reading YAML files and the command line against the schema; relations between keys
     config_files   where the shipped configs are (package data), reading a config file and its base: chain
     recipes        the recommended transfer-learning recipes, picked from --pretrained/--freeze-backbone
     classes        the class list (names, 4 garbage categories): one loader for YAML, config, CSV

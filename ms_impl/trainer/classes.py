@@ -19,7 +19,8 @@ from typing import Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ms_impl.trainer.config_files import DEFAULT_CLASSES_FILE, file_chain, read_yaml
+from ms_impl.trainer.config_files import BASE_KEY, DEFAULT_CLASSES_FILE, file_chain, read_yaml
+from ms_impl.trainer.schema import OPTIONS
 from ms_impl.trainer.errors import UsageError
 
 CLASS_FIELDS = ("index", "name", "name_zh", "category_zh", "category")
@@ -84,10 +85,13 @@ def load_classes(path: Optional[PathLike] = None) -> List[ClassInfo]:
             raise UsageError(f"{path}: `classes` must be a list")
         return classes_from_records(data["classes"], path)
     # a trainer config: the classes_file of the last file of its `base:` chain that sets one, relative to that file
-    for file_path, settings in reversed(file_chain(path)):
+    chain = file_chain(path)
+    for file_path, settings in reversed(chain):
         if settings.get("classes_file"):
             return load_classes(file_path.parent / str(settings["classes_file"]))
-    raise UsageError(f"{path}: neither a `classes:` list nor a trainer config with classes_file")
+    if all(key in OPTIONS or key == BASE_KEY for _, settings in chain for key in settings):
+        return load_classes()  # a trainer config on the default class list
+    raise UsageError(f"{path}: neither a `classes:` list nor a trainer config")
 
 
 def category_groups(classes: Sequence[ClassInfo]) -> Tuple[np.ndarray, List[str], List[str]]:

@@ -2,6 +2,8 @@
 
 The repository keeps `configs/` at its top level; setup.cfg installs it as the package `ms_impl.configs`, so an
 installed wheel finds `garbage26_*.yaml` and the class list through the package, wherever it is run from.
+A config file holds values only (the keys, their types and defaults are trainer/schema.py); it may name another
+file as `base:`, read first.
 """
 from __future__ import annotations
 
@@ -26,7 +28,6 @@ def _config_dir() -> Path:
 
 
 CONFIG_DIR = _config_dir()
-BASE_CONFIG = CONFIG_DIR / "garbage26_base.yaml"
 DEFAULT_CLASSES_FILE = CONFIG_DIR / "garbage26_classes.yaml"
 
 
@@ -49,7 +50,7 @@ def read_yaml(path: Path) -> dict:
 
 
 def file_chain(path: Path) -> List[Tuple[Path, dict]]:
-    """The file and the files it builds on, base first; a file without `base:` builds on the base file."""
+    """The file and the files it names as `base:`, the first base first (all read over the schema's defaults)."""
     chain: List[Tuple[Path, dict]] = []
     seen = set()
     current: Optional[Path] = Path(path).resolve()
@@ -64,8 +65,6 @@ def file_chain(path: Path) -> List[Tuple[Path, dict]]:
             if not isinstance(base, str) or not base:
                 raise UsageError(f"{current}: base: expected a file name, got {base!r}")
             current = (current.parent / base).resolve()
-        elif current != BASE_CONFIG.resolve():
-            current = BASE_CONFIG.resolve()
         else:
             current = None
     return chain

@@ -1,6 +1,6 @@
-"""The training engine: the run's parts (data, network, LR, optimizer, resume), the epoch loop, the frozen-backbone
-and head-first paths, the end-of-epoch checkpoint set and the final report. `ms_impl/train.py` turns a command
-line into a run of these; the experiments and tests build runs from them directly.
+"""The training engine's loop: the run folder's setup, the epoch loop, the frozen-backbone and head-first paths, the
+end-of-epoch checkpoint set and the final report, each taking the Run that `run.build_run` made.
+`ms_impl/train.py` turns a command line into a run of these.
 """
 from __future__ import annotations
 
@@ -9,19 +9,17 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 
 from ms_impl.trainer import checkpoint, dataset, report
-from ms_impl.trainer.balance import describe, inverse_frequency_weights
 from ms_impl.trainer import distributed as dist
 from ms_impl.trainer.checkpoint import TrainState
-from ms_impl.trainer.config import dump_config, load_config, trajectory_settings
-from ms_impl.trainer.distributed import DistributedContext
+from ms_impl.trainer.config import dump_config
 from ms_impl.trainer.errors import UsageError
+from ms_impl.trainer.run import Run, checkpoint_dir, lr_scale, network_params
 from ms_impl.trainer.run_folder import FEATURE_CACHE_FOLDER, move_aside
 from parity.core import interrupts
 from parity.core.files import atomic_path, atomic_write_text
@@ -32,7 +30,6 @@ EXIT_DIVERGED = 1
 EXIT_USAGE = 2
 EXIT_WORKER_LOST = 3  # distributed: a collective failed because another worker (process or host) stopped
 EXIT_SIGINT = interrupts.EXIT_SIGINT
-MAX_SCHEDULE_STEPS = 10_000_000  # the per-step LR array is materialised: 40 MB at most
 
 
 class TrainingDiverged(Exception):
@@ -47,39 +44,7 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-@dataclass
-class Data:
-    train: dataset.ImageList
-    val: dataset.ImageList
-    image_size: int
-    synthetic: bool
-    steps_per_epoch: int
-    global_batch: int  # batch_size x workers
-    class_weights: Optional[np.ndarray] = None  # loss weight per class with class_balance: weights
-
-
-# ---------------------------------------------------------------- config, output folder
-
-
-def build_config(argv: Optional[List[str]]):
-    """The run's EasyDict config; types, choices and ranges are checked by the schema (trainer/config.py)."""
-    return load_config(argv, description=__doc__.split("\n\n")[0])
-
-
-def checkpoint_dir(cfg) -> Path:
-    return Path(cfg.output_dir) / "checkpoints"
-
-
-def resume_path(cfg) -> Optional[Path]:
-    """The checkpoint to resume from, or None for a fresh run."""
-    if not cfg.resume:
-        return None
-    if cfg.resume == "auto":  # the newest intact checkpoint: a crash may have cut `last` short
-        return checkpoint.newest_resumable(checkpoint_dir(cfg), log)
-    path = Path(cfg.resume)
-    if not path.is_file():
-        raise UsageError(f"{path}: --resume checkpoint not found")
-    return path
+# ---------------------------------------------------------------- output folder
 
 
 def check_output_dir(cfg, starting_over: bool) -> None:
@@ -108,121 +73,6 @@ def prepare_output_dir(cfg, starting_over: bool) -> Path:
     except OSError as e:
         raise UsageError(f"{checkpoint_dir(cfg)}: cannot create ({e.strerror or e})") from None
     return out
-
-
-# ---------------------------------------------------------------- data, network, optimizer
-
-
-def build_datasets(cfg, ctx: DistributedContext = dist.SINGLE_PROCESS) -> Data:
-    data_path, image_size, synthetic = dataset.resolve_data(cfg)
-    if synthetic:
-        log.info("data: SYNTHETIC 26-class set (generated shapes and colours, not real photos), %d px, at %s",
-                 image_size, data_path)
-    else:
-        log.info("data: %s, %d px", data_path, image_size)
-    class_names = [c.name for c in cfg.classes]
-    train = dataset.scan_split(data_path, "train", class_names)
-    val = dataset.scan_split(data_path, "val", class_names)
-    global_batch = dist.global_batch_size(cfg.batch_size, ctx)
-    if global_batch > len(train):
-        per_worker = f" ({cfg.batch_size} per worker x {ctx.world_size} workers)" if ctx.distributed else ""
-        raise UsageError(f"--batch-size {global_batch}{per_worker} is larger than the training set ({len(train)} images in {data_path / 'train'})")
-    log.info("train: %d images, val: %d images, %d classes", len(train), len(val), len(class_names))
-    weights = inverse_frequency_weights(train.labels, len(class_names)) if cfg.class_balance == "weights" else None
-    log.info("%s", describe(cfg.class_balance, train.labels, class_names, weights))
-    return Data(train, val, image_size, synthetic, steps_per_epoch=len(train) // global_batch, global_batch=global_batch,
-                class_weights=weights)
-
-
-def build_network(cfg, ctx: DistributedContext = dist.SINGLE_PROCESS):
-    """MobileNetV2 for the class list; its dropout replaced by the replayable one for training."""
-    import mindspore as ms
-    from mindspore import nn
-
-    from ms_impl.mobilenetv2 import MobileNetV2
-    from ms_impl.trainer.train_step import ReplayableDropout
-
-    ms.set_seed(cfg.seed)  # weight init: the same on every rank
-    network = MobileNetV2(len(cfg.classes), cfg.width_mult, dropout=cfg.dropout, fast_conv=cfg.fast_conv)
-    if cfg.pretrained:
-        from ms_impl.trainer.pretrained import PretrainedError, load_pretrained
-
-        try:
-            load_pretrained(network, cfg.pretrained, log)
-        except PretrainedError as e:
-            raise UsageError(str(e)) from None
-    if cfg.dropout > 0 and not cfg.freeze_backbone:  # frozen: the head's dropout runs on the host
-        network.head.dropout = ReplayableDropout(cfg.dropout, cfg.batch_size, network.num_features, ctx.num_shards, ctx.shard_id)
-    if cfg.freeze_bn:
-        # moving statistics in training too, never updated (gamma/beta still learn); robust to set_train()
-        for _, cell in network.cells_and_names():
-            if isinstance(cell, nn.BatchNorm2d):
-                cell.use_batch_statistics = False
-    if cfg.freeze_layers:
-        from ms_impl.trainer.transfer import freeze_leading_layers
-
-        freeze_leading_layers(network, cfg.freeze_layers)  # before the optimizer: they leave the trainable set
-        kept = "features.0" if cfg.freeze_layers == 1 else f"features.0-{cfg.freeze_layers - 1}"
-        log.info("fine-tuning: %s keep their pretrained weights (--freeze-layers %d)", kept, cfg.freeze_layers)
-    return network
-
-
-def network_params(network) -> Dict[str, object]:
-    """The parameters a checkpoint holds, by their official names (Parameter.name, not the attribute path)."""
-    from ms_impl.trainer.train_step import model_parameters
-
-    return model_parameters(network)
-
-
-def build_lr_schedule(cfg, steps_per_epoch: int, ctx: DistributedContext = dist.SINGLE_PROCESS) -> np.ndarray:
-    from parity.core.schedule import warmup_cosine_lr
-
-    scale = ctx.world_size if cfg.scale_lr else 1  # linear rule: the global batch grew by world_size
-    if cfg.epochs * steps_per_epoch > MAX_SCHEDULE_STEPS:
-        raise UsageError(f"--epochs {cfg.epochs}: {cfg.epochs} x {steps_per_epoch} steps per epoch exceeds "
-                         f"{MAX_SCHEDULE_STEPS} steps")
-    return warmup_cosine_lr(lr_init=cfg.lr_init * scale, lr_max=cfg.lr_max * scale, lr_end=cfg.lr_end * scale,
-                            warmup_epochs=cfg.warmup_epochs, total_epochs=cfg.epochs, steps_per_epoch=steps_per_epoch)
-
-
-def build_optimizer(cfg, network, lr_per_step: np.ndarray):
-    from ms_impl.optim import build_optimizer as momentum_optimizer
-
-    lr_scale = None
-    if cfg.pretrained and cfg.backbone_lr_scale != 1.0 and not cfg.freeze_backbone:
-        from ms_impl.trainer.transfer import backbone_lr_scale
-
-        log.info("fine-tuning: backbone LR = %g x head LR", cfg.backbone_lr_scale)
-        lr_scale = backbone_lr_scale(network, cfg.backbone_lr_scale)
-    return momentum_optimizer(network.trainable_params(), lr_per_step, cfg.momentum, cfg.weight_decay, lr_scale)
-
-
-def describe_change(key: str, old, new) -> str:
-    """`key old in the checkpoint vs new now`; for lists (the class names) only the first difference."""
-    if isinstance(old, list) and isinstance(new, list):
-        index = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
-        old_name, new_name = (repr(names[index]) if index < len(names) else "nothing" for names in (old, new))
-        return f"{key}[{index}] {old_name} in the checkpoint vs {new_name} now"
-    return f"{key} {old} in the checkpoint vs {new} now"
-
-
-def restore(cfg, path: Path, network, optimizer, steps_per_epoch: int) -> TrainState:
-    saved = checkpoint.train_state_of(path)  # checked before anything is loaded
-    now = {"seed": cfg.seed, "epochs": cfg.epochs, "steps_per_epoch": steps_per_epoch, "freeze_layers": cfg.freeze_layers}
-    mismatch = {k: (getattr(saved, k), v) for k, v in now.items() if getattr(saved, k) != v}
-    settings = trajectory_settings(cfg)  # a checkpoint from before settings were kept compares the schedule only
-    mismatch.update({k: (old, settings[k]) for k, old in saved.settings.items()
-                     if k in settings and k not in mismatch and old != settings[k]})
-    if mismatch:
-        details = ", ".join(describe_change(k, old, new) for k, (old, new) in mismatch.items())
-        run_config = Path(path).resolve().parent.parent / "config.yaml"  # <run>/checkpoints/<file>
-        how = (f"--config {run_config} --resume {'auto' if cfg.resume == 'auto' else path}" if run_config.is_file()
-               else "the flags it ran with")
-        raise UsageError(f"{path}: another run's settings ({details}); resume with the run's config ({how})")
-    state = checkpoint.restore_training_checkpoint(path, network_params(network), optimizer)
-    state.settings = settings  # later checkpoints record them, also when this one predates them
-    log.info("resumed from %s: epoch %d, step %d of %d", path, state.epoch, state.step_in_epoch, steps_per_epoch)
-    return state
 
 
 # ---------------------------------------------------------------- training loop
@@ -255,8 +105,7 @@ class StopRequest:
             self.signum = signum
 
 
-def train_one_epoch(cfg, data: Data, step_fn, network, optimizer, lr: np.ndarray, state: TrainState,
-                    stop: StopRequest, save_last, ctx: DistributedContext = dist.SINGLE_PROCESS) -> Dict[str, float]:
+def train_one_epoch(run: Run, step_fn, stop: StopRequest, save_last) -> Dict[str, float]:
     """Steps of epoch `state.epoch` from `state.step_in_epoch` on; mean loss of the epoch, img/s of all workers.
 
     Distributed, the step loss is averaged over the ranks together with a stop
@@ -268,6 +117,7 @@ def train_one_epoch(cfg, data: Data, step_fn, network, optimizer, lr: np.ndarray
 
     from ms_impl.trainer.mixing import MixSettings, mix_batch
 
+    cfg, data, network, lr, state, ctx = run.cfg, run.data, run.network, run.lr, run.state, run.ctx
     mixing = MixSettings(cfg.mixup_alpha, cfg.cutmix_alpha)
     batches = dataset.train_dataset(data.train, cfg, data.image_size, state.epoch,
                                     ctx.num_shards, ctx.shard_id).create_tuple_iterator(num_epochs=1)
@@ -318,29 +168,27 @@ def train_one_epoch(cfg, data: Data, step_fn, network, optimizer, lr: np.ndarray
             "train_img_per_s": steps_run * data.global_batch / max(elapsed, 1e-9)}
 
 
-def save_epoch_checkpoints(cfg, network, optimizer, state: TrainState, improved: bool) -> None:
-    folder = checkpoint_dir(cfg)
-    params = network_params(network)
-    epoch_file = folder / checkpoint.epoch_checkpoint_name(state.epoch, state.steps_per_epoch)
-    checkpoint.save_training_checkpoint(epoch_file, params, optimizer, state)
-    checkpoint.save_training_checkpoint(folder / checkpoint.LAST, params, optimizer, state)
+def save_epoch_checkpoints(run: Run, improved: bool) -> None:
+    folder = checkpoint_dir(run.cfg)
+    params = network_params(run.network)
+    epoch_file = folder / checkpoint.epoch_checkpoint_name(run.state.epoch, run.state.steps_per_epoch)
+    checkpoint.save_training_checkpoint(epoch_file, params, run.optimizer, run.state)
+    checkpoint.save_training_checkpoint(folder / checkpoint.LAST, params, run.optimizer, run.state)
     if improved:
-        checkpoint.save_training_checkpoint(folder / checkpoint.BEST, params, optimizer, state)
-    checkpoint.rotate_epoch_checkpoints(folder, cfg.keep_checkpoint_max)
+        checkpoint.save_training_checkpoint(folder / checkpoint.BEST, params, run.optimizer, run.state)
+    checkpoint.rotate_epoch_checkpoints(folder, run.cfg.keep_checkpoint_max)
 
 
-def train(cfg, data: Data, network, optimizer, lr: np.ndarray, state: TrainState, out: Path, ctx: DistributedContext = dist.SINGLE_PROCESS):
-    """The epoch loop; returns the last evaluation. Only rank 0 writes files."""
+def train(run: Run):
+    """The epoch loop; returns the last evaluation and the metrics rows. Only rank 0 writes files."""
     from ms_impl.trainer.classes import category_groups
     from ms_impl.trainer.metrics import evaluate
-    from ms_impl.loss import smoothed_cross_entropy
-    from ms_impl.trainer.train_step import build_train_step
     from ms_impl.weights import nonfinite_parameter
 
-    step_fn = build_train_step(network, smoothed_cross_entropy(cfg.label_smoothing, data.class_weights), optimizer,
-                               cfg.freeze_layers)
+    cfg, data, network, optimizer, lr, state, ctx = run.cfg, run.data, run.network, run.optimizer, run.lr, run.state, run.ctx
+    step_fn = run.train_step()
     val_batches = dataset.eval_dataset(data.val, data.image_size, cfg.batch_size, cfg.num_workers, ctx.num_shards, ctx.shard_id)
-    metrics_file = out / "metrics.csv"
+    metrics_file = run.out / "metrics.csv"
     rows = [r for r in report.read_metrics(metrics_file) if int(r["epoch"]) <= state.epoch]
     result = None
 
@@ -359,7 +207,7 @@ def train(cfg, data: Data, network, optimizer, lr: np.ndarray, state: TrainState
     with StopRequest() as stop:
         while state.epoch < cfg.epochs:
             started = time.perf_counter()
-            stats = train_one_epoch(cfg, data, step_fn, network, optimizer, lr, state, stop, save_last, ctx)
+            stats = train_one_epoch(run, step_fn, stop, save_last)
             result = evaluate_all_ranks()
             stop.arm()
             if not np.isfinite(result.loss):
@@ -378,7 +226,7 @@ def train(cfg, data: Data, network, optimizer, lr: np.ndarray, state: TrainState
                          "epoch_seconds": f"{time.perf_counter() - started:.1f}"})
             if ctx.is_main_process:
                 report.write_metrics(metrics_file, rows)
-                save_epoch_checkpoints(cfg, network, optimizer, state, improved)
+                save_epoch_checkpoints(run, improved)
             log.info("epoch %d/%d: train loss %.4f, val loss %.4f, top-1 %.4f, top-5 %.4f, %.1f img/s%s",
                      state.epoch, cfg.epochs, stats["train_loss"], result.loss, result.top1, result.top5,
                      stats["train_img_per_s"], " (best)" if improved else "")
@@ -401,18 +249,29 @@ def train(cfg, data: Data, network, optimizer, lr: np.ndarray, state: TrainState
     return result, rows
 
 
-def train_frozen(cfg, data: Data, network, optimizer, state: TrainState, out: Path):
+def train_feature_settings(cfg, image_size: int, feature_views: int):
+    """How the training images' backbone features are extracted (and keyed in the cache) for the head."""
+    from ms_impl.trainer.feature_cache import FeatureSettings
+
+    return FeatureSettings(image_size, feature_views=feature_views, seed=cfg.seed, crop_scale=(cfg.crop_scale_min, 1.0),
+                           color_jitter=cfg.color_jitter, hflip_prob=cfg.hflip_prob)
+
+
+def feature_cache_dir(run: Run) -> str:
+    return run.cfg.feature_cache_dir or str(run.out / FEATURE_CACHE_FOLDER)
+
+
+def train_frozen(run: Run):
     """--freeze-backbone: the head trains on cached backbone features; metrics and checkpoints as in a full run."""
     from ms_impl.trainer.classes import category_groups
     from ms_impl.trainer.metrics import result_from_logits
     from ms_impl.trainer.feature_cache import FeatureSettings
     from ms_impl.trainer.transfer import EpochReport, train_frozen_backbone
 
+    cfg, data, network, state = run.cfg, run.data, run.network, run.state
     groups = category_groups(cfg.classes)[0]
-
-    cache_dir = cfg.feature_cache_dir or str(out / FEATURE_CACHE_FOLDER)
-    train_settings = FeatureSettings(data.image_size, feature_views=cfg.feature_views, seed=cfg.seed,
-                                     crop_scale=(cfg.crop_scale_min, 1.0), color_jitter=cfg.color_jitter, hflip_prob=cfg.hflip_prob)
+    cache_dir = feature_cache_dir(run)
+    train_settings = train_feature_settings(cfg, data.image_size, cfg.feature_views)
     rows: List[dict] = []
 
     def on_epoch(epoch: EpochReport) -> None:
@@ -429,7 +288,7 @@ def train_frozen(cfg, data: Data, network, optimizer, state: TrainState, out: Pa
              len(data.train), cfg.feature_views, " + mirror images" if cfg.feature_flip else "",
              " + whole photos" if cfg.feature_whole else "", len(data.val),
              {"none": "", "flip": " + mirror images", "flip+whole": " + mirror images + whole photos (+ mirrored)"}[cfg.tta], cache_dir)
-    run = train_frozen_backbone(
+    head = train_frozen_backbone(
         network, [str(p) for p in data.train.files], data.train.labels, [str(p) for p in data.val.files], data.val.labels,
         cache_dir=cache_dir, train_settings=train_settings, val_settings=FeatureSettings(data.image_size),
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr_max=cfg.lr_max, lr_init=cfg.lr_init, lr_end=cfg.lr_end,
@@ -437,22 +296,22 @@ def train_frozen(cfg, data: Data, network, optimizer, state: TrainState, out: Pa
         label_smoothing=cfg.label_smoothing, dropout=cfg.dropout, seed=cfg.seed, on_epoch=on_epoch,
         class_weights=data.class_weights, balanced_sampling=cfg.class_balance == "sampler", mixup_alpha=cfg.mixup_alpha,
         feature_norm=cfg.feature_norm, feature_flip=cfg.feature_flip, feature_whole=cfg.feature_whole, tta=cfg.tta, progress=True)
-    for name, cached in (("train", run.train_features), ("val", run.val_features)):
+    for name, cached in (("train", head.train_features), ("val", head.val_features)):
         how = "reused" if cached.reused else f"extracted at {cached.images_per_second:.1f} img/s"
         log.info("%s features: %d x %d, %s (%s)", name, *cached.features.shape, how, cached.path)
-    log.info("head training: %d epochs in %.1f s", cfg.epochs, run.history.seconds)
-    result = result_from_logits(run.val_logits, data.val.labels, len(cfg.classes), cfg.label_smoothing, groups)
+    log.info("head training: %d epochs in %.1f s", cfg.epochs, head.history.seconds)
+    result = result_from_logits(head.val_logits, data.val.labels, len(cfg.classes), cfg.label_smoothing, groups)
     state.epoch, state.best_top1, state.best_epoch = cfg.epochs, result.top1, cfg.epochs
-    state.global_step = cfg.epochs * max(1, len(run.train_features.features) // cfg.batch_size)  # head steps
+    state.global_step = cfg.epochs * max(1, len(head.train_features.features) // cfg.batch_size)  # head steps
     from ms_impl.weights import nonfinite_parameter
 
     bad = nonfinite_parameter(network)
     if bad:
         raise TrainingDiverged(f"weight {bad} is not finite after head training; stopped without saving")
-    report.write_metrics(out / "metrics.csv", rows)
+    report.write_metrics(run.out / "metrics.csv", rows)
     # the head's final weights are the run's result: `last` and `best` both hold them
     for name in (checkpoint.LAST, checkpoint.BEST):
-        checkpoint.save_training_checkpoint(checkpoint_dir(cfg) / name, network_params(network), optimizer, state)
+        checkpoint.save_training_checkpoint(checkpoint_dir(cfg) / name, network_params(network), run.optimizer, state)
     return result, rows
 
 
@@ -460,7 +319,7 @@ HEAD_KEYS = ("warmup_epochs", "batch_size", "lr_init", "lr_max", "lr_end", "weig
              "feature_views", "feature_norm", "feature_flip")
 
 
-def train_head_first(cfg, data: Data, network, out: Path) -> None:
+def train_head_first(run: Run) -> None:
     """Fine-tuning stage 1 (`--head-first-epochs N`): the head alone on cached backbone features,
     with the frozen recipe's head settings (`recipe_frozen`), so stage 2 starts from a trained head
     and the backbone never sees the large gradients of a random one."""
@@ -469,6 +328,7 @@ def train_head_first(cfg, data: Data, network, out: Path) -> None:
     from ms_impl.trainer.metrics import result_from_logits
     from ms_impl.trainer.transfer import EpochReport, train_frozen_backbone
 
+    cfg, data, network = run.cfg, run.data, run.network
     head = {key: cfg[key] for key in HEAD_KEYS}
     head.update({k: v for k, v in cfg.get("recipe_frozen", {}).items() if k in HEAD_KEYS})
     groups = category_groups(cfg.classes)[0]
@@ -482,12 +342,11 @@ def train_head_first(cfg, data: Data, network, out: Path) -> None:
             log.info("head epoch %d/%d: train loss %.4f, val loss %.4f, top-1 %.4f, category %.4f",
                      epoch.epoch + 1, epochs, epoch.train_loss, result.loss, result.top1, result.category_acc)
 
-    train_settings = FeatureSettings(data.image_size, feature_views=head["feature_views"], seed=cfg.seed,
-                                     crop_scale=(cfg.crop_scale_min, 1.0), color_jitter=cfg.color_jitter, hflip_prob=cfg.hflip_prob)
+    train_settings = train_feature_settings(cfg, data.image_size, head["feature_views"])
     started = time.perf_counter()
     train_frozen_backbone(
         network, [str(p) for p in data.train.files], data.train.labels, [str(p) for p in data.val.files], data.val.labels,
-        cache_dir=cfg.feature_cache_dir or str(out / FEATURE_CACHE_FOLDER), train_settings=train_settings,
+        cache_dir=feature_cache_dir(run), train_settings=train_settings,
         val_settings=FeatureSettings(data.image_size), epochs=epochs, batch_size=head["batch_size"], lr_max=head["lr_max"],
         lr_init=head["lr_init"], lr_end=head["lr_end"], warmup_epochs=head["warmup_epochs"], momentum=cfg.momentum,
         weight_decay=head["weight_decay"], label_smoothing=head["label_smoothing"], dropout=head["dropout"], seed=cfg.seed,
@@ -498,9 +357,10 @@ def train_head_first(cfg, data: Data, network, out: Path) -> None:
     log.info("stage 1 done in %.1f s; stage 2 of 2: fine-tune %s", time.perf_counter() - started, trained)
 
 
-def write_final_report(cfg, data: Data, result, rows: List[dict], state: TrainState, out: Path, seconds: float,
-                       ctx: DistributedContext = dist.SINGLE_PROCESS) -> None:
+def write_final_report(run: Run, result, rows: List[dict], seconds: float) -> None:
     from ms_impl.trainer.classes import category_groups
+
+    cfg, data, state, ctx, out = run.cfg, run.data, run.state, run.ctx, run.out
 
     table = report.per_class_table(result.confusion, cfg.classes)
     log.info("per-class report on val (last epoch):\n%s", table)
@@ -549,8 +409,24 @@ def final_line(cfg, result, state: TrainState, out: Path) -> str:
             f"{best_how}; run files in {out}")
 
 
-def save_run_config(cfg, out: Path, lr: np.ndarray) -> None:
+def save_run_config(run: Run) -> None:
     """The resolved config and the per-step LR array, next to the checkpoints."""
-    atomic_write_text(out / "config.yaml", dump_config(cfg))  # self-contained: --config reads it back
-    with atomic_path(out / "lr_schedule.npy") as temp:
-        np.save(temp, lr)
+    atomic_write_text(run.out / "config.yaml", dump_config(run.cfg))  # self-contained: --config reads it back
+    with atomic_path(run.out / "lr_schedule.npy") as temp:
+        np.save(temp, run.lr)
+
+
+def log_plan(run: Run) -> None:
+    """What the run is about to do: device, schedule, batch, LRs (and the mixing of its batches)."""
+    cfg, ctx = run.cfg, run.ctx
+    scale = lr_scale(cfg, ctx)
+    log.info("device %s, %s mode; %d epochs x %d steps, batch %d%s, lr %g -> %g -> %g%s",
+             cfg.device, cfg.mode, cfg.epochs, run.data.steps_per_epoch, run.data.global_batch,
+             f" ({cfg.batch_size} per worker x {ctx.world_size} workers)" if ctx.distributed else "",
+             cfg.lr_init * scale, cfg.lr_max * scale, cfg.lr_end * scale,
+             f" (--scale-lr: x{scale}, linear rule)" if cfg.scale_lr else "")
+    if cfg.mixup_alpha or cfg.cutmix_alpha:
+        from ms_impl.trainer.mixing import MixSettings
+
+        log.info("mixing each training batch%s: %s", " of cached features" if cfg.freeze_backbone else "",
+                 MixSettings(cfg.mixup_alpha, cfg.cutmix_alpha).describe())

@@ -1,4 +1,5 @@
-"""Recommended recipes: per-recipe defaults from the config file, chosen from --pretrained / --freeze-backbone.
+"""Recommended recipes: per-recipe values (the options recipe_frozen, recipe_finetune of trainer/schema.py, or a
+config file's), chosen from --pretrained / --freeze-backbone.
 
     recipe: auto        # frozen   when pretrained and freeze_backbone
                         # finetune when pretrained alone
@@ -17,8 +18,6 @@ from typing import Dict, Iterable, Tuple
 
 from ms_impl.trainer.errors import UsageError
 
-RECIPES = ("auto", "scratch", "frozen", "finetune")
-
 
 def resolve_name(cfg) -> Tuple[str, str]:
     """(recipe, why): the recipe the config asks for, `auto` resolved."""
@@ -31,25 +30,17 @@ def resolve_name(cfg) -> Tuple[str, str]:
     return "scratch", "auto: no --pretrained"
 
 
-def apply_recipe(cfg, explicit: Iterable[str], source: str) -> Dict[str, object]:
-    """Resolve `cfg.recipe` in place and copy its values into `cfg`, except keys in `explicit`."""
+def apply_recipe(cfg, explicit: Iterable[str]) -> Dict[str, object]:
+    """Resolve `cfg.recipe` in place and copy its values into `cfg`, except keys in `explicit`.
+
+    The recipe's values were checked with the rest of the config, each by its own key's schema option."""
     name, why = resolve_name(cfg)
     if name in ("frozen", "finetune") and not cfg.pretrained:
         raise UsageError(f"--recipe {name}: needs --pretrained weights")
-    values = cfg.get(f"recipe_{name}", {}) if name != "scratch" else {}
-    if not isinstance(values, dict):
-        raise UsageError(f"{source}: recipe_{name} must be a mapping of keys to values")
+    values = cfg[f"recipe_{name}"] if name != "scratch" else {}
     explicit = set(explicit)
-    applied: Dict[str, object] = {}
-    for key, value in values.items():
-        if key not in cfg or key.startswith("recipe"):
-            raise UsageError(f"{source}: recipe_{name} sets unknown key {key!r}")
-        default = cfg[key]
-        if isinstance(default, bool) != isinstance(value, bool) or not isinstance(value, (type(default), int) if isinstance(default, float) else type(default)):
-            raise UsageError(f"{source}: recipe_{name}.{key} must be a {type(default).__name__} like {key}, got {value!r}")
-        if key not in explicit:
-            cfg[key] = type(default)(value)
-            applied[key] = cfg[key]
+    applied: Dict[str, object] = {key: value for key, value in values.items() if key not in explicit}
+    cfg.update(applied)
     cfg.recipe = name
     cfg.recipe_reason = why
     cfg.recipe_applied = applied
