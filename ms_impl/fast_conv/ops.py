@@ -76,6 +76,8 @@ def forget_resolution() -> None:
     bias_grad_ops.cache_clear()
     relu6_input_op.cache_clear()
     expansion_depthwise_op.cache_clear()
+    projection_residual_op.cache_clear()
+    pooling_op.cache_clear()
     _state["warned"] = False
 
 
@@ -162,6 +164,39 @@ def kernel_ops(kind: str, stride: int) -> Tuple[ops.Custom, ops.Custom, Optional
     return (custom("forward", output_shape, bprop),
             custom("forward_bias_relu6", lambda x, w, bias: output_shape(x, w),
                    depthwise_bias_relu6_bprop if kind == "dw" else bias_relu6_bprop), with_bias)
+
+
+@functools.lru_cache(maxsize=None)
+def projection_residual_op() -> ops.Custom:
+    """A residual block's projection with its folded BatchNorm and the residual add in the product's epilogue:
+    (x, w[M,K,1,1], b[M], r) -> (conv1x1(x, w) + b) + r, with its bprop (the add's gradient passes to r as is).
+    The same value, bit for bit, as the bias form followed by a separate add."""
+    library = _library()
+    grad_input = ops.Custom(f"{library}:pw_grad_input_s1", out_shape=lambda dy, w, x: x, out_dtype=same_dtype,
+                            func_type="aot")
+    grad_weight = ops.Custom(f"{library}:pw_grad_weight_s1", out_shape=lambda x, dy: (dy[1], x[1], 1, 1),
+                             out_dtype=same_dtype, func_type="aot")
+    grad_bias = bias_grad_ops()[0]
+
+    def bprop(x, w, bias, residual, out, dout):
+        return grad_input(dout, w, x), grad_weight(x, dout), grad_bias(dout), dout
+
+    return ops.Custom(f"{library}:pw_forward_bias_add_s1", out_shape=lambda x, w, bias, residual: residual,
+                      out_dtype=same_dtype, func_type="aot", bprop=bprop)
+
+
+@functools.lru_cache(maxsize=None)
+def pooling_op() -> ops.Custom:
+    """Global average pooling, (x[N,C,H,W]) -> (N, C), with its bprop: the head's first op."""
+    library = _library()
+    grad = ops.Custom(f"{library}:global_average_pool_grad", out_shape=lambda dy, x: x, out_dtype=same_dtype,
+                      func_type="aot")
+
+    def bprop(x, out, dout):
+        return (grad(dout, x),)
+
+    return ops.Custom(f"{library}:global_average_pool", out_shape=lambda x: (x[0], x[1]), out_dtype=same_dtype,
+                      func_type="aot", bprop=bprop)
 
 
 @functools.lru_cache(maxsize=None)

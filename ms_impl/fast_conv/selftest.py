@@ -198,7 +198,8 @@ def _check_affine(library: ctypes.CDLL, rng: np.random.Generator) -> None:
 
 
 def _check_pointwise(library: ctypes.CDLL, rng: np.random.Generator) -> None:
-    """The 1x1 kernels and the folded BatchNorm's bias gradients."""
+    """The 1x1 kernels (with the residual in the epilogue), the head's pooling and the folded BatchNorm's bias
+    gradients."""
     # Pointwise: shapes that leave partial tiles (rows and pixels) and cross images within a tile.
     x = rng.standard_normal((3, 5, 3, 7)).astype(np.float32)
     w = rng.standard_normal((13, 5, 1, 1)).astype(np.float32)
@@ -215,6 +216,19 @@ def _check_pointwise(library: ctypes.CDLL, rng: np.random.Generator) -> None:
         status, got = call_entry_point(library, name, arrays)
         if status != 0 or not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
             raise FastConvUnavailable(f"self-test: {name} gives wrong results")
+    # The residual in the projection's epilogue: the bias form, then the add, bit for bit.
+    residual = rng.standard_normal(want.shape).astype(np.float32)
+    status_bias, biased = call_entry_point(library, "pw_forward_bias_s1", [x, w, bias, np.zeros(want.shape)])
+    status, added = call_entry_point(library, "pw_forward_bias_add_s1", [x, w, bias, residual, np.zeros(want.shape)])
+    if status or status_bias or not np.array_equal(added, (biased + residual).astype(np.float32)):
+        raise FastConvUnavailable("self-test: pw_forward_bias_add_s1 gives wrong results")
+    # The head's global average pooling and its gradient.
+    status, pooled = call_entry_point(library, "global_average_pool", [x, np.zeros(x.shape[:2])])
+    pooled_dy = rng.standard_normal(x.shape[:2]).astype(np.float32)
+    status_grad, spread = call_entry_point(library, "global_average_pool_grad", [pooled_dy, x, np.zeros(x.shape)])
+    if (status or status_grad or not np.allclose(pooled, x.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
+            or not np.allclose(spread, np.broadcast_to(pooled_dy[:, :, None, None] / 21, x.shape), rtol=1e-6)):
+        raise FastConvUnavailable("self-test: global_average_pool / global_average_pool_grad give wrong results")
     # The folded BatchNorm's bias gradients: y has values at 0, inside (0, 6) and at 6.
     y = np.clip(want + bias[None, :, None, None], 0.0, 6.0).astype(np.float32)
     dz_want = np.where((y > 0) & (y < 6), dy, 0)

@@ -15,6 +15,7 @@
 //   expansion_depthwise.cc  a block's expanding 1x1 and depthwise layers in one pass (inference)
 //   batchnorm.cc            BatchNorm (+ ReLU6) with batch statistics, on moving statistics (affine), and
 //                           the gradient of a folded BatchNorm's bias
+//   pooling.cc              the head's global average pooling, forward and gradient
 //
 // Calling convention (MindSpore's AOT signature): every entry point takes (nparam, params, ndims, shapes,
 // dtypes, stream, extra), inputs first, then the outputs, and returns 0, or 1 when a dtype or any shape
