@@ -67,6 +67,15 @@ struct Geometry {
   int64_t tap(int kw) const { return stride == 1 ? kw : (kw == 1 ? even_len : kw / 2); }
 };
 
+// ---- vector width: AVX-512 where the target has it, else AVX2 (-march) ----
+#if defined(__AVX512F__)
+constexpr int VEC = 16;
+constexpr int MR = 12;  // 24 accumulators + 2 B vectors + 1 broadcast of 32 vector registers
+#else
+constexpr int VEC = 8;
+constexpr int MR = 6;  // 12 accumulators + 2 + 1 of 16 (AVX2)
+#endif
+
 // ---- threads (threads.cc): one persistent pool per process, created on first use ----
 
 // Runs body(begin, end) over [0, total) split into chunks over the pool's threads; throws if a chunk threw
@@ -175,7 +184,7 @@ constexpr int64_t FLAT_FLOATS = 2048;
 // whole number of vectors (MobileNetV2's 28x28, 14x14 and 7x7 layers), row by row leaves a scalar remainder
 // in every row, and a 7-wide row no vector at all.
 inline bool flat_rows(const Geometry& g) {
-  return g.stride == 1 && g.out_width % 16 != 0 && g.pitch * 2 <= FLAT_FLOATS;  // 16: whole AVX-512 vectors
+  return g.stride == 1 && g.out_width % VEC != 0 && g.pitch * 2 <= FLAT_FLOATS;
 }
 
 // forward_rows at stride 1, the rows flattened: output (oh, ow) is the run's element oh * pitch + ow, whose
@@ -331,13 +340,6 @@ inline void relu6_gate_plane(const float* d, const float* y, float* g, int64_t c
 // two vectors of a B panel meet MR broadcasts of an A panel. Both operands are packed first into
 // contiguous, zero-padded panels (A: [depth][MR], B: [depth][NR]), so the tile reads memory
 // sequentially whatever the layer's shape.
-#if defined(__AVX512F__)
-constexpr int VEC = 16;
-constexpr int MR = 12;  // 24 accumulators + 2 B vectors + 1 broadcast of 32 vector registers
-#else
-constexpr int VEC = 8;
-constexpr int MR = 6;  // 12 accumulators + 2 + 1 of 16 (AVX2)
-#endif
 constexpr int NR = 2 * VEC;
 typedef float vecf __attribute__((vector_size(VEC * sizeof(float))));
 typedef float vecf_u __attribute__((vector_size(VEC * sizeof(float)), aligned(alignof(float)), may_alias));
