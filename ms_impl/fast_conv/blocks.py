@@ -35,6 +35,8 @@ FOLDABLE = (FastConv3x3, FastConv1x1)
 def folded_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d):
     """(w * s, beta - mean * s), s = gamma / sqrt(var + eps): conv then eval-mode BN as one conv with a bias."""
     # The moving statistics are constants here (frozen BatchNorm in training): gradients reach w, gamma, beta.
+    if isinstance(bn, FastBatchNorm2d):  # one kernel call (the same values)
+        return bn.fold_into(conv.weight)
     scale = bn.gamma / ops.sqrt(ops.stop_gradient(bn.moving_variance) + bn.eps)
     return conv.weight * scale.reshape((-1, 1, 1, 1)), bn.beta - ops.stop_gradient(bn.moving_mean) * scale
 

@@ -12,8 +12,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-from ms_impl.fast_conv.ops import (FAST_CONV_MODES, affine_op, batch_norm_ops, expansion_depthwise_op, kernel_ops,
-                                   pooling_op, projection_residual_op, relu6_input_op, resolve_fast_conv)
+from ms_impl.fast_conv.ops import (FAST_CONV_MODES, affine_op, batch_norm_ops, expansion_depthwise_op, fold_op,
+                                   kernel_ops, pooling_op, projection_residual_op, relu6_input_op, resolve_fast_conv)
 
 
 class FastConv3x3(nn.Conv2d):
@@ -109,6 +109,7 @@ class FastBatchNorm2d(nn.BatchNorm2d):
         self.kernel_constants = ms.Tensor(np.array([eps, self.momentum], dtype=np.float32))
         self.affine_kernel = affine_op(False)
         self.affine_relu6_kernel = affine_op(True)
+        self.fold_kernel = fold_op()
 
     def uses_batch_statistics(self) -> bool:
         """Whether this pass normalises with the batch's statistics (and updates the moving ones)."""
@@ -123,6 +124,13 @@ class FastBatchNorm2d(nn.BatchNorm2d):
     def _affine_forward(self, x: ms.Tensor, kernel) -> ms.Tensor:
         scale = self.gamma / ops.sqrt(ops.stop_gradient(self.moving_variance) + self.eps)
         return kernel(x, scale, self.beta - ops.stop_gradient(self.moving_mean) * scale)
+
+    def fold_into(self, weight: ms.Tensor):
+        """(weight * s per output channel, beta - mean * s), s = gamma / sqrt(var + eps): this BatchNorm on its
+        moving statistics folded into the convolution before it, in one kernel call (gradients reach the
+        weight, gamma and beta)."""
+        return self.fold_kernel(weight, self.gamma, self.beta, self.moving_mean, self.moving_variance,
+                                self.kernel_constants)
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         if self.uses_batch_statistics():

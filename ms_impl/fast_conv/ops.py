@@ -78,6 +78,7 @@ def forget_resolution() -> None:
     expansion_depthwise_op.cache_clear()
     projection_residual_op.cache_clear()
     pooling_op.cache_clear()
+    fold_op.cache_clear()
     _state["warned"] = False
 
 
@@ -264,6 +265,24 @@ def batch_norm_ops(relu6: bool) -> ops.Custom:
     return ops.Custom(f"{library}:{prefix}_train_forward",
                       out_shape=lambda x, gamma, *rest: (x, (2, x[1]), gamma, gamma),
                       out_dtype=lambda *dtypes: (dtypes[0],) * 4, func_type="aot", bprop=bprop)
+
+
+@functools.lru_cache(maxsize=None)
+def fold_op() -> ops.Custom:
+    """BatchNorm on its moving statistics folded into the convolution before it, one op per layer:
+    (w[C,...], gamma, beta, moving_mean, moving_variance, [eps, momentum]) -> (w * s per row, beta - mean * s),
+    s = gamma / sqrt(var + eps), with its bprop (the moving statistics are constants: frozen BatchNorm)."""
+    library = _library()
+    grad = ops.Custom(f"{library}:bn_fold_grad", out_shape=lambda dfolded, dbias, w, gamma, *rest: (w, gamma),
+                      out_dtype=lambda *dtypes: (dtypes[0],) * 2, func_type="aot")
+
+    def bprop(w, gamma, beta, moving_mean, moving_variance, constants, out, dout):
+        dw, dgamma = grad(dout[0], dout[1], w, gamma, moving_mean, moving_variance, constants)
+        return (dw, dgamma, dout[1], ops.zeros_like(moving_mean), ops.zeros_like(moving_variance),
+                ops.zeros_like(constants))
+
+    return ops.Custom(f"{library}:bn_fold", out_shape=lambda w, gamma, *rest: (w, gamma),
+                      out_dtype=lambda *dtypes: (dtypes[0],) * 2, func_type="aot", bprop=bprop)
 
 
 @functools.lru_cache(maxsize=None)

@@ -180,12 +180,28 @@ def _check_batch_norm(library: ctypes.CDLL, rng: np.random.Generator) -> None:
 
 
 def _check_affine(library: ctypes.CDLL, rng: np.random.Generator) -> None:
-    """BatchNorm on its moving statistics (+ ReLU6): forward and gradients."""
+    """BatchNorm on its moving statistics (+ ReLU6), and folded into a convolution: forward and gradients."""
     x = rng.standard_normal((2, 3, 5, 4)).astype(np.float32) * 4 + 2
     scale, shift = rng.uniform(0.5, 2.0, 3).astype(np.float32), rng.uniform(-1.0, 4.0, 3).astype(np.float32)
     dy = rng.standard_normal(x.shape).astype(np.float32)
     pre = x * scale[None, :, None, None] + shift[None, :, None, None]
     passed = np.where((pre > 0) & (pre <= 6), dy, 0)  # ReLU6's gradient, MindSpore's rule
+    # The fold into the convolution before it, and its gradient.
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    mean, var = rng.standard_normal(3).astype(np.float32), rng.uniform(0.5, 2.0, 3).astype(np.float32)
+    constants = np.array([1e-5, 0.1], np.float32)
+    root = np.sqrt(var.astype(np.float64) + 1e-5)
+    status, (folded, folded_bias) = call_entry_point(library, "bn_fold", [w, scale, shift, mean, var, constants,
+                                                                          np.zeros(w.shape), np.zeros(3)], outputs=2)
+    dfolded, dbias = rng.standard_normal(w.shape).astype(np.float32), rng.standard_normal(3).astype(np.float32)
+    status_grad, (dw, dgamma) = call_entry_point(library, "bn_fold_grad", [dfolded, dbias, w, scale, mean, var, constants,
+                                                                           np.zeros(w.shape), np.zeros(3)], outputs=2)
+    factor = (scale / root)[:, None, None, None]
+    for code, got, expected in ((status, folded, w * factor), (status, folded_bias, shift - mean * scale / root),
+                                (status_grad, dw, dfolded * factor),
+                                (status_grad, dgamma, ((dfolded * w).sum(axis=(1, 2, 3)) - mean * dbias) / root)):
+        if code != 0 or not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
+            raise FastConvUnavailable("self-test: bn_fold / bn_fold_grad give wrong results")
     for name, y_want, g in (("affine", pre, dy), ("affine_relu6", np.clip(pre, 0, 6), passed)):
         status, y = call_entry_point(library, name, [x, scale, shift, np.zeros(x.shape)])
         status_grad, (dx, dscale, dshift) = call_entry_point(
