@@ -127,16 +127,19 @@ def global_average_pool(x: ms.Tensor) -> ms.Tensor:
 class MobileNetV2Head(nn.Cell):
     """Global average pool -> dropout -> dense: feature map -> logits."""
 
-    def __init__(self, in_channels: int, num_classes: int = 1000, dropout: float = mbv2_spec.DEFAULT_DROPOUT) -> None:
+    def __init__(self, in_channels: int, num_classes: int = 1000, dropout: float = mbv2_spec.DEFAULT_DROPOUT,
+                 fast_conv: str = "auto") -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        # global_average_pool, on our CPU kernel when fast_conv allows (MindSpore's mean is ~10x slower there)
+        self.pool = fast_conv_kernels.global_average_pool(fast_conv)
         # p = 0: Identity in both twins (no dropout op in the graph)
         self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
         self.dense = nn.Dense(in_channels, num_classes, weight_init=Normal(0.01), bias_init="zeros")
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
-        return self.dense(self.dropout(global_average_pool(x)))
+        return self.dense(self.dropout(self.pool(x)))
 
 
 class MobileNetV2(nn.Cell):
@@ -165,7 +168,7 @@ class MobileNetV2(nn.Cell):
         # auto_prefix=False: parameters keep the parts' own names (`features.*`, `dense.*`).
         super().__init__(auto_prefix=False)
         self.backbone = MobileNetV2Backbone(width_mult, round_nearest, inverted_residual_setting, fast_conv)
-        self.head = MobileNetV2Head(self.backbone.num_features, num_classes, dropout)
+        self.head = MobileNetV2Head(self.backbone.num_features, num_classes, dropout, fast_conv)
         self.spec = self.backbone.spec
         self.num_features = self.backbone.num_features
         self.num_classes = num_classes

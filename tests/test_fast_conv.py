@@ -271,6 +271,55 @@ def test_pointwise_bias_and_relu6_match_torch(fast_conv, n, cin, cout, h, w, rel
     _check_bias_relu6(fast_conv, cin, cout, 1, n, h, w, 1, size=1, relu6=relu6)
 
 
+@pytest.mark.parametrize("n,cin,cout,h,w", [(1, 3, 5, 7, 9), (3, 33, 13, 5, 3), (2, 16, 24, 14, 14), (1, 8, 8, 1, 1)])
+def test_projection_with_the_residual_in_its_epilogue_matches_torch_and_the_separate_add(fast_conv, n, cin, cout, h, w):
+    """(conv1x1(x, w) + b) + r in one pass (a residual block's projection): the bias form then an add, bit for bit,
+    and against torch with the gradients of x, w, b and r."""
+    import mindspore as ms
+
+    rng = np.random.default_rng(n * 100 + cin + h)
+    layer = fast_conv.FastConv1x1(cin, cout, "HeNormal")
+    x = rng.standard_normal((n, cin, h, w), dtype=np.float32)
+    weight, bias = layer.weight.asnumpy(), rng.standard_normal(cout, dtype=np.float32)
+    residual = rng.standard_normal((n, cout, h, w), dtype=np.float32)
+    upstream = rng.standard_normal((n, cout, h, w), dtype=np.float32)
+    args = (ms.Tensor(x), ms.Tensor(weight), ms.Tensor(bias), ms.Tensor(residual))
+    fused = layer.with_bias_add(*args).asnumpy()
+    np.testing.assert_array_equal(fused, layer.with_bias(*args[:3]).asnumpy() + residual)
+
+    def objective(inputs, kernel, shift, skip):
+        return (layer.with_bias_add(inputs, kernel, shift, skip) * ms.Tensor(upstream)).sum()
+
+    grads = [g.asnumpy() for g in ms.grad(objective, grad_position=(0, 1, 2, 3))(*args)]
+    xt, wt, bt, rt = (torch.from_numpy(a).requires_grad_(True) for a in (x, weight, bias, residual))
+    yt = torch.nn.functional.conv2d(xt, wt, bt) + rt
+    (yt * torch.from_numpy(upstream)).sum().backward()
+    for name, mine, ref in zip(("forward", "grad input", "grad weight", "grad bias", "grad residual"),
+                               (fused, *grads), (yt.detach().numpy(), xt.grad.numpy(), wt.grad.numpy(),
+                                                 bt.grad.numpy(), rt.grad.numpy())):
+        _assert_close(mine, ref, f"projection + residual {name} vs torch")
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 5, 7), (3, 1280, 7, 7), (1, 5, 23, 19)])
+def test_global_average_pool_kernel_matches_torch(fast_conv, shape):
+    """The head's pooling on our kernel: forward and gradient against torch, odd planes and batch 1."""
+    import mindspore as ms
+
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.standard_normal(shape) * 3 + 1).astype(np.float32)
+    upstream = rng.standard_normal(shape[:2], dtype=np.float32)
+    pool = fast_conv.global_average_pool("on")
+    assert isinstance(pool, fast_conv.FastGlobalAveragePool)
+    got = pool(ms.Tensor(x)).asnumpy()
+    grad = ms.grad(lambda inputs: (pool(inputs) * ms.Tensor(upstream)).sum())(ms.Tensor(x)).asnumpy()
+    xt = torch.from_numpy(x).requires_grad_(True)
+    yt = xt.mean((2, 3))
+    (yt * torch.from_numpy(upstream)).sum().backward()
+    _assert_close(got, yt.detach().numpy(), "pool forward vs torch")
+    _assert_close(grad, xt.grad.numpy(), "pool gradient vs torch")
+    assert not isinstance(fast_conv.global_average_pool("off"), fast_conv.FastGlobalAveragePool)
+
+
 @pytest.mark.parametrize("n,cin,cout,h,w", [(3, 33, 13, 5, 3), (2, 7, 10, 29, 31)], ids=("packed", "dot"))
 def test_pointwise_weight_gradient_does_not_depend_on_the_thread_count(fast_conv, n, cin, cout, h, w):
     """Both forms of the 1x1 weight gradient sum in a fixed order: 1, 2 and 3 threads give the same bits."""

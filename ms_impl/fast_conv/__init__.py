@@ -8,11 +8,13 @@ with a backward (`bprop`), so the layers train in GRAPH and PYNATIVE mode.
     build     the library: compile, cache, MBV2_KERNEL_MARCH, thread count, `call_entry_point` (ctypes)
     selftest  every entry point checked on small problems (numpy) before a library is used
     ops       `resolve_fast_conv` (are the kernels used here?) and the `ops.Custom` ops with their bprops
-    layers    FastConv3x3, FastConv1x1 (nn.Conv2d), FastBatchNorm2d (nn.BatchNorm2d); `conv2d`, `batch_norm`
+    layers    FastConv3x3, FastConv1x1 (nn.Conv2d), FastBatchNorm2d (nn.BatchNorm2d), FastGlobalAveragePool;
+              `conv2d`, `batch_norm`, `global_average_pool`
     blocks    the twin's ConvBNReLU and InvertedResidual with BatchNorm folded and layers fused (`block_classes`)
 
 The layers are their MindSpore parents (same parameters, names, shapes, init and attributes): a checkpoint
-is the same with the kernels on or off. `conv2d(...)`, `batch_norm(...)` and `block_classes(...)` are what
+is the same with the kernels on or off. `conv2d(...)`, `batch_norm(...)`, `global_average_pool(...)` and
+`block_classes(...)` are what
 the twin (ms_impl/mobilenetv2.py) uses.
 
 `fast_conv` modes: "off" (always MindSpore's own layers), "auto" (the kernels where they apply; if they
@@ -43,11 +45,13 @@ from ms_impl.fast_conv.blocks import (ConvBNReLUFusion, InvertedResidualFusion, 
                                       fused_blocks)
 from ms_impl.fast_conv.build import (MARCH_VARIABLE, FastConvUnavailable, cache_dir, call_entry_point, kernel_library,
                                      kernel_march, kernel_threads)
-from ms_impl.fast_conv.layers import FastBatchNorm2d, FastConv1x1, FastConv3x3, batch_norm, conv2d
+from ms_impl.fast_conv.layers import (FastBatchNorm2d, FastConv1x1, FastConv3x3, FastGlobalAveragePool, batch_norm,
+                                      conv2d, global_average_pool)
 from ms_impl.fast_conv.ops import FAST_CONV_MODES, forget_resolution, resolve_fast_conv
 from ms_impl.fast_conv.selftest import check_entry_points, reference_batch_norm_train
 
-__all__ = ["FAST_CONV_MODES", "FastConvUnavailable", "FastConv3x3", "FastConv1x1", "FastBatchNorm2d", "conv2d",
+__all__ = ["FAST_CONV_MODES", "FastConvUnavailable", "FastConv3x3", "FastConv1x1", "FastBatchNorm2d", "FastGlobalAveragePool", "conv2d",
+           "global_average_pool",
            "batch_norm", "kernel_library", "kernel_march", "kernel_threads", "resolve_fast_conv", "forget_resolution",
            "cache_dir", "call_entry_point", "check_entry_points", "reference_batch_norm_train", "MARCH_VARIABLE",
            "block_classes", "fused_blocks", "folded_batch_norm", "ConvBNReLUFusion", "InvertedResidualFusion"]

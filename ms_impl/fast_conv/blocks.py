@@ -35,6 +35,8 @@ FOLDABLE = (FastConv3x3, FastConv1x1)
 def folded_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d):
     """(w * s, beta - mean * s), s = gamma / sqrt(var + eps): conv then eval-mode BN as one conv with a bias."""
     # The moving statistics are constants here (frozen BatchNorm in training): gradients reach w, gamma, beta.
+    if isinstance(bn, FastBatchNorm2d):  # one kernel call (the same values)
+        return bn.fold_into(conv.weight)
     scale = bn.gamma / ops.sqrt(ops.stop_gradient(bn.moving_variance) + bn.eps)
     return conv.weight * scale.reshape((-1, 1, 1, 1)), bn.beta - ops.stop_gradient(bn.moving_mean) * scale
 
@@ -90,28 +92,33 @@ class InvertedResidualFusion:
         self.inference_only = False
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
-        out = self.folded_forward(x) if self.fold_bn and not self.conv[-1].uses_batch_statistics() else self.conv(x)
+        if self.fold_bn and not self.conv[-1].uses_batch_statistics():
+            return self.folded_forward(x)
         if self.use_residual:
-            return x + out
-        return out
+            return x + self.conv(x)
+        return self.conv(x)
 
     def folded_forward(self, x: ms.Tensor) -> ms.Tensor:
-        """The body with the projection's BatchNorm on its moving statistics folded into it (see
-        ConvBNReLUFusion.folded_forward)."""
+        """The block's output with the projection's BatchNorm on its moving statistics folded into it (see
+        ConvBNReLUFusion.folded_forward), and the residual added in the projection's own pass."""
+        projection = self.conv[-2]
+        weight, bias = folded_batch_norm(projection, self.conv[-1])
+        hidden = self.folded_hidden(x)
+        if self.use_residual:
+            return projection.with_bias_add(hidden, weight, bias, x)
+        return projection.with_bias(hidden, weight, bias)
+
+    def folded_hidden(self, x: ms.Tensor) -> ms.Tensor:
+        """The layers before the projection, their BatchNorms folded where they can be."""
         if self.has_expand:
             expand, depthwise = self.conv[0], self.conv[1]
             both_fold = expand.folds_now() and depthwise.folds_now()
             if both_fold and self.fuse_expansion_inference and (self.inference_only or not self.training):
-                hidden = self.expansion_depthwise_inference(x)
-            elif both_fold and self.expand_into_depthwise:
-                hidden = self.expanded_depthwise(x)
-            else:
-                hidden = depthwise(expand(x))
-            weight, bias = folded_batch_norm(self.conv[2], self.conv[3])
-            return self.conv[2].with_bias(hidden, weight, bias)
-        hidden = self.conv[0](x)
-        weight, bias = folded_batch_norm(self.conv[1], self.conv[2])
-        return self.conv[1].with_bias(hidden, weight, bias)
+                return self.expansion_depthwise_inference(x)
+            if both_fold and self.expand_into_depthwise:
+                return self.expanded_depthwise(x)
+            return depthwise(expand(x))
+        return self.conv[0](x)
 
     def expansion_depthwise_inference(self, x: ms.Tensor) -> ms.Tensor:
         """Expand and depthwise layers, both BatchNorms folded, in one kernel pass that never stores the

@@ -12,8 +12,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-from ms_impl.fast_conv.ops import (FAST_CONV_MODES, affine_op, batch_norm_ops, expansion_depthwise_op, kernel_ops,
-                                   relu6_input_op, resolve_fast_conv)
+from ms_impl.fast_conv.ops import (FAST_CONV_MODES, affine_op, batch_norm_ops, expansion_depthwise_op, fold_op,
+                                   kernel_ops, pooling_op, projection_residual_op, relu6_input_op, resolve_fast_conv)
 
 
 class FastConv3x3(nn.Conv2d):
@@ -66,6 +66,7 @@ class FastConv1x1(nn.Conv2d):
         super().__init__(in_channels, out_channels, 1, 1, pad_mode="pad", padding=0, group=1, has_bias=False,
                          weight_init=weight_init)
         self.kernel, self.kernel_bias_relu6, self.kernel_bias = kernel_ops("pw", 1)
+        self.kernel_bias_add = projection_residual_op()
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         return self.kernel(x, self.weight)
@@ -81,6 +82,11 @@ class FastConv1x1(nn.Conv2d):
     def with_bias(self, x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor) -> ms.Tensor:
         """conv(x, weight) + bias in one pass (a folded BatchNorm without ReLU6: the linear projections)."""
         return self.kernel_bias(x, weight, bias)
+
+    def with_bias_add(self, x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor, residual: ms.Tensor) -> ms.Tensor:
+        """(conv(x, weight) + bias) + residual in one pass: a residual block's projection, the add in the
+        product's epilogue (the same value as with_bias, then the add)."""
+        return self.kernel_bias_add(x, weight, bias, residual)
 
 
 class FastBatchNorm2d(nn.BatchNorm2d):
@@ -103,6 +109,7 @@ class FastBatchNorm2d(nn.BatchNorm2d):
         self.kernel_constants = ms.Tensor(np.array([eps, self.momentum], dtype=np.float32))
         self.affine_kernel = affine_op(False)
         self.affine_relu6_kernel = affine_op(True)
+        self.fold_kernel = fold_op()
 
     def uses_batch_statistics(self) -> bool:
         """Whether this pass normalises with the batch's statistics (and updates the moving ones)."""
@@ -118,6 +125,13 @@ class FastBatchNorm2d(nn.BatchNorm2d):
         scale = self.gamma / ops.sqrt(ops.stop_gradient(self.moving_variance) + self.eps)
         return kernel(x, scale, self.beta - ops.stop_gradient(self.moving_mean) * scale)
 
+    def fold_into(self, weight: ms.Tensor):
+        """(weight * s per output channel, beta - mean * s), s = gamma / sqrt(var + eps): this BatchNorm on its
+        moving statistics folded into the convolution before it, in one kernel call (gradients reach the
+        weight, gamma and beta)."""
+        return self.fold_kernel(weight, self.gamma, self.beta, self.moving_mean, self.moving_variance,
+                                self.kernel_constants)
+
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         if self.uses_batch_statistics():
             return self._train_forward(x, self.train_kernel)
@@ -128,6 +142,31 @@ class FastBatchNorm2d(nn.BatchNorm2d):
         if self.uses_batch_statistics():
             return self._train_forward(x, self.train_relu6_kernel)
         return self._affine_forward(x, self.affine_relu6_kernel)
+
+
+class FastGlobalAveragePool(nn.Cell):
+    """The head's global average pooling, (N, C, H, W) -> (N, C), on our CPU kernel, forward and backward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kernel = pooling_op()
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        return self.kernel(x)
+
+
+class GlobalAveragePool(nn.Cell):
+    """The head's global average pooling, (N, C, H, W) -> (N, C), with MindSpore's own mean."""
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        return ops.mean(x, (2, 3))
+
+
+def global_average_pool(fast_conv: str = "off") -> nn.Cell:
+    """The head's pooling layer: FastGlobalAveragePool where the kernels apply and `fast_conv` allows."""
+    if fast_conv not in FAST_CONV_MODES:
+        raise ValueError(f"fast_conv must be one of {FAST_CONV_MODES}, got {fast_conv!r}")
+    return FastGlobalAveragePool() if resolve_fast_conv(fast_conv) else GlobalAveragePool()
 
 
 def batch_norm(num_features: int, eps: float, momentum: float, fast_conv: str = "off") -> nn.BatchNorm2d:

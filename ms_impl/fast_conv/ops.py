@@ -76,6 +76,9 @@ def forget_resolution() -> None:
     bias_grad_ops.cache_clear()
     relu6_input_op.cache_clear()
     expansion_depthwise_op.cache_clear()
+    projection_residual_op.cache_clear()
+    pooling_op.cache_clear()
+    fold_op.cache_clear()
     _state["warned"] = False
 
 
@@ -165,6 +168,39 @@ def kernel_ops(kind: str, stride: int) -> Tuple[ops.Custom, ops.Custom, Optional
 
 
 @functools.lru_cache(maxsize=None)
+def projection_residual_op() -> ops.Custom:
+    """A residual block's projection with its folded BatchNorm and the residual add in the product's epilogue:
+    (x, w[M,K,1,1], b[M], r) -> (conv1x1(x, w) + b) + r, with its bprop (the add's gradient passes to r as is).
+    The same value, bit for bit, as the bias form followed by a separate add."""
+    library = _library()
+    grad_input = ops.Custom(f"{library}:pw_grad_input_s1", out_shape=lambda dy, w, x: x, out_dtype=same_dtype,
+                            func_type="aot")
+    grad_weight = ops.Custom(f"{library}:pw_grad_weight_s1", out_shape=lambda x, dy: (dy[1], x[1], 1, 1),
+                             out_dtype=same_dtype, func_type="aot")
+    grad_bias = bias_grad_ops()[0]
+
+    def bprop(x, w, bias, residual, out, dout):
+        return grad_input(dout, w, x), grad_weight(x, dout), grad_bias(dout), dout
+
+    return ops.Custom(f"{library}:pw_forward_bias_add_s1", out_shape=lambda x, w, bias, residual: residual,
+                      out_dtype=same_dtype, func_type="aot", bprop=bprop)
+
+
+@functools.lru_cache(maxsize=None)
+def pooling_op() -> ops.Custom:
+    """Global average pooling, (x[N,C,H,W]) -> (N, C), with its bprop: the head's first op."""
+    library = _library()
+    grad = ops.Custom(f"{library}:global_average_pool_grad", out_shape=lambda dy, x: x, out_dtype=same_dtype,
+                      func_type="aot")
+
+    def bprop(x, out, dout):
+        return (grad(dout, x),)
+
+    return ops.Custom(f"{library}:global_average_pool", out_shape=lambda x: (x[0], x[1]), out_dtype=same_dtype,
+                      func_type="aot", bprop=bprop)
+
+
+@functools.lru_cache(maxsize=None)
 def relu6_input_op(stride: int) -> ops.Custom:
     """The depthwise layer with the expanding 1x1 layer's folded bias and ReLU6 applied to its input:
     (z, a[C], w, b[C]) -> relu6(conv(relu6(z + a), w) + b), with its bprop, one kernel pass each way."""
@@ -229,6 +265,24 @@ def batch_norm_ops(relu6: bool) -> ops.Custom:
     return ops.Custom(f"{library}:{prefix}_train_forward",
                       out_shape=lambda x, gamma, *rest: (x, (2, x[1]), gamma, gamma),
                       out_dtype=lambda *dtypes: (dtypes[0],) * 4, func_type="aot", bprop=bprop)
+
+
+@functools.lru_cache(maxsize=None)
+def fold_op() -> ops.Custom:
+    """BatchNorm on its moving statistics folded into the convolution before it, one op per layer:
+    (w[C,...], gamma, beta, moving_mean, moving_variance, [eps, momentum]) -> (w * s per row, beta - mean * s),
+    s = gamma / sqrt(var + eps), with its bprop (the moving statistics are constants: frozen BatchNorm)."""
+    library = _library()
+    grad = ops.Custom(f"{library}:bn_fold_grad", out_shape=lambda dfolded, dbias, w, gamma, *rest: (w, gamma),
+                      out_dtype=lambda *dtypes: (dtypes[0],) * 2, func_type="aot")
+
+    def bprop(w, gamma, beta, moving_mean, moving_variance, constants, out, dout):
+        dw, dgamma = grad(dout[0], dout[1], w, gamma, moving_mean, moving_variance, constants)
+        return (dw, dgamma, dout[1], ops.zeros_like(moving_mean), ops.zeros_like(moving_variance),
+                ops.zeros_like(constants))
+
+    return ops.Custom(f"{library}:bn_fold", out_shape=lambda w, gamma, *rest: (w, gamma),
+                      out_dtype=lambda *dtypes: (dtypes[0],) * 2, func_type="aot", bprop=bprop)
 
 
 @functools.lru_cache(maxsize=None)

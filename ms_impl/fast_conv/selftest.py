@@ -180,12 +180,28 @@ def _check_batch_norm(library: ctypes.CDLL, rng: np.random.Generator) -> None:
 
 
 def _check_affine(library: ctypes.CDLL, rng: np.random.Generator) -> None:
-    """BatchNorm on its moving statistics (+ ReLU6): forward and gradients."""
+    """BatchNorm on its moving statistics (+ ReLU6), and folded into a convolution: forward and gradients."""
     x = rng.standard_normal((2, 3, 5, 4)).astype(np.float32) * 4 + 2
     scale, shift = rng.uniform(0.5, 2.0, 3).astype(np.float32), rng.uniform(-1.0, 4.0, 3).astype(np.float32)
     dy = rng.standard_normal(x.shape).astype(np.float32)
     pre = x * scale[None, :, None, None] + shift[None, :, None, None]
     passed = np.where((pre > 0) & (pre <= 6), dy, 0)  # ReLU6's gradient, MindSpore's rule
+    # The fold into the convolution before it, and its gradient.
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    mean, var = rng.standard_normal(3).astype(np.float32), rng.uniform(0.5, 2.0, 3).astype(np.float32)
+    constants = np.array([1e-5, 0.1], np.float32)
+    root = np.sqrt(var.astype(np.float64) + 1e-5)
+    status, (folded, folded_bias) = call_entry_point(library, "bn_fold", [w, scale, shift, mean, var, constants,
+                                                                          np.zeros(w.shape), np.zeros(3)], outputs=2)
+    dfolded, dbias = rng.standard_normal(w.shape).astype(np.float32), rng.standard_normal(3).astype(np.float32)
+    status_grad, (dw, dgamma) = call_entry_point(library, "bn_fold_grad", [dfolded, dbias, w, scale, mean, var, constants,
+                                                                           np.zeros(w.shape), np.zeros(3)], outputs=2)
+    factor = (scale / root)[:, None, None, None]
+    for code, got, expected in ((status, folded, w * factor), (status, folded_bias, shift - mean * scale / root),
+                                (status_grad, dw, dfolded * factor),
+                                (status_grad, dgamma, ((dfolded * w).sum(axis=(1, 2, 3)) - mean * dbias) / root)):
+        if code != 0 or not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
+            raise FastConvUnavailable("self-test: bn_fold / bn_fold_grad give wrong results")
     for name, y_want, g in (("affine", pre, dy), ("affine_relu6", np.clip(pre, 0, 6), passed)):
         status, y = call_entry_point(library, name, [x, scale, shift, np.zeros(x.shape)])
         status_grad, (dx, dscale, dshift) = call_entry_point(
@@ -198,7 +214,8 @@ def _check_affine(library: ctypes.CDLL, rng: np.random.Generator) -> None:
 
 
 def _check_pointwise(library: ctypes.CDLL, rng: np.random.Generator) -> None:
-    """The 1x1 kernels and the folded BatchNorm's bias gradients."""
+    """The 1x1 kernels (with the residual in the epilogue), the head's pooling and the folded BatchNorm's bias
+    gradients."""
     # Pointwise: shapes that leave partial tiles (rows and pixels) and cross images within a tile.
     x = rng.standard_normal((3, 5, 3, 7)).astype(np.float32)
     w = rng.standard_normal((13, 5, 1, 1)).astype(np.float32)
@@ -215,6 +232,19 @@ def _check_pointwise(library: ctypes.CDLL, rng: np.random.Generator) -> None:
         status, got = call_entry_point(library, name, arrays)
         if status != 0 or not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
             raise FastConvUnavailable(f"self-test: {name} gives wrong results")
+    # The residual in the projection's epilogue: the bias form, then the add, bit for bit.
+    residual = rng.standard_normal(want.shape).astype(np.float32)
+    status_bias, biased = call_entry_point(library, "pw_forward_bias_s1", [x, w, bias, np.zeros(want.shape)])
+    status, added = call_entry_point(library, "pw_forward_bias_add_s1", [x, w, bias, residual, np.zeros(want.shape)])
+    if status or status_bias or not np.array_equal(added, (biased + residual).astype(np.float32)):
+        raise FastConvUnavailable("self-test: pw_forward_bias_add_s1 gives wrong results")
+    # The head's global average pooling and its gradient.
+    status, pooled = call_entry_point(library, "global_average_pool", [x, np.zeros(x.shape[:2])])
+    pooled_dy = rng.standard_normal(x.shape[:2]).astype(np.float32)
+    status_grad, spread = call_entry_point(library, "global_average_pool_grad", [pooled_dy, x, np.zeros(x.shape)])
+    if (status or status_grad or not np.allclose(pooled, x.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
+            or not np.allclose(spread, np.broadcast_to(pooled_dy[:, :, None, None] / 21, x.shape), rtol=1e-6)):
+        raise FastConvUnavailable("self-test: global_average_pool / global_average_pool_grad give wrong results")
     # The folded BatchNorm's bias gradients: y has values at 0, inside (0, 6) and at 6.
     y = np.clip(want + bias[None, :, None, None], 0.0, 6.0).astype(np.float32)
     dz_want = np.where((y > 0) & (y < 6), dy, 0)

@@ -11,7 +11,11 @@
 //   affine[_relu6]           (x, scale[C], shift[C])              -> y = x * scale + shift (clamped to [0, 6])
 //   affine[_relu6]_grad      (dy, x, scale, shift)                -> dx, dscale[C], dshift[C]
 // (the gradients of gamma and beta follow from dscale and dshift in MindSpore).
-// Folded into the convolution before it (the convolutions' bias forms), the bias's backward:
+// Folded into the convolution before it: its weight and bias in one call (s = gamma / sqrt(var + eps)),
+// and their backward (mean and var are constants there, as frozen statistics):
+//   bn_fold                  (w[C,...], gamma, beta, mean, var, eps_momentum[2]) -> w * s (per row), beta - mean * s
+//   bn_fold_grad             (dw'[C,...], db'[C], w, gamma, mean, var, eps_momentum) -> dw, dgamma[C] (dbeta = db')
+// The convolutions' bias forms, the bias's backward:
 //   bias_grad                (dy[N,C,H,W])                        -> db[C]
 //   bias_relu6_grad          (dy, y)                              -> dz (dy where 0 < y < 6), db[C]
 #include "common.h"
@@ -329,8 +333,65 @@ int bias_grad(const Args& a, bool relu6) {
   return 0;
 }
 
+// ---- BatchNorm on its moving statistics folded into the convolution before it ----
+//
+// One call per layer in place of MindSpore's sqrt, add, div, reshape, two muls and a sub: on the 52 layers
+// of an eval forward those small ops cost more to dispatch than to compute. The same operations in the
+// same order as that formula (correctly rounded sqrt and division; no fused multiply-add, hence the
+// attribute), so the values are MindSpore's bit for bit.
+
+// (w[C, rest...], gamma[C], beta[C], mean[C], var[C], eps_momentum[2]) -> (w * s per row, beta - mean * s).
+__attribute__((optimize("fp-contract=off"))) int bn_fold(const Args& a) {
+  if (a.nparam != 8 || !a.is(0, -1, -1, -1, -1)) return 1;
+  const int64_t c = a.shape(0)[0], row = a.shape(0)[1] * a.shape(0)[2] * a.shape(0)[3];
+  for (int i = 1; i <= 4; ++i)
+    if (!a.is_vector(i, c)) return 1;
+  if (!a.is_vector(5, 2) || !a.is(6, c, a.shape(0)[1], a.shape(0)[2], a.shape(0)[3]) || !a.is_vector(7, c)) return 1;
+  const float *w = a.in(0), *gamma = a.in(1), *beta = a.in(2), *mean = a.in(3), *var = a.in(4);
+  const float eps = a.in(5)[0];
+  float *folded = a.out(6), *bias = a.out(7);
+  for (int64_t ch = 0; ch < c; ++ch) {
+    const float scale = gamma[ch] / std::sqrt(var[ch] + eps);
+    const float* src = w + ch * row;
+    float* dst = folded + ch * row;
+    for (int64_t i = 0; i < row; ++i) dst[i] = src[i] * scale;
+    const float shift = mean[ch] * scale;
+    bias[ch] = beta[ch] - shift;
+  }
+  return 0;
+}
+
+// (dw'[C, rest...], db'[C], w, gamma, mean, var, eps_momentum[2]) -> (dw, dgamma[C]): with r = 1 / sqrt(var + eps),
+// dw = dw' * s per row, dgamma = r (sum over the row of dw' w - mean db'). Row sums in double.
+int bn_fold_grad(const Args& a) {
+  if (a.nparam != 9 || !a.is(0, -1, -1, -1, -1)) return 1;
+  const int64_t c = a.shape(0)[0], row = a.shape(0)[1] * a.shape(0)[2] * a.shape(0)[3];
+  if (!a.is_vector(1, c) || !a.is(2, c, a.shape(0)[1], a.shape(0)[2], a.shape(0)[3])) return 1;
+  for (int i = 3; i <= 5; ++i)
+    if (!a.is_vector(i, c)) return 1;
+  if (!a.is_vector(6, 2) || !a.is(7, c, a.shape(0)[1], a.shape(0)[2], a.shape(0)[3]) || !a.is_vector(8, c)) return 1;
+  const float *dfolded = a.in(0), *dbias = a.in(1), *w = a.in(2), *gamma = a.in(3), *mean = a.in(4), *var = a.in(5);
+  const float eps = a.in(6)[0];
+  float *dw = a.out(7), *dgamma = a.out(8);
+  for (int64_t ch = 0; ch < c; ++ch) {
+    const float root = std::sqrt(var[ch] + eps), scale = gamma[ch] / root;
+    const float* g = dfolded + ch * row;
+    const float* src = w + ch * row;
+    float* dst = dw + ch * row;
+    double dot = 0.0;
+    for (int64_t i = 0; i < row; ++i) {
+      dst[i] = g[i] * scale;
+      dot += static_cast<double>(g[i]) * src[i];
+    }
+    dgamma[ch] = static_cast<float>((dot - static_cast<double>(mean[ch]) * dbias[ch]) / root);
+  }
+  return 0;
+}
+
 }  // namespace
 
+MBV2_ENTRY(bn_fold, bn_fold(args))
+MBV2_ENTRY(bn_fold_grad, bn_fold_grad(args))
 MBV2_ENTRY(bn_train_forward, bn_train_forward(args, false))
 MBV2_ENTRY(bn_relu6_train_forward, bn_train_forward(args, true))
 MBV2_ENTRY(bn_train_grad, bn_train_grad(args, false))

@@ -15,6 +15,7 @@
 //   expansion_depthwise.cc  a block's expanding 1x1 and depthwise layers in one pass (inference)
 //   batchnorm.cc            BatchNorm (+ ReLU6) with batch statistics, on moving statistics (affine), and
 //                           the gradient of a folded BatchNorm's bias
+//   pooling.cc              the head's global average pooling, forward and gradient
 //
 // Calling convention (MindSpore's AOT signature): every entry point takes (nparam, params, ndims, shapes,
 // dtypes, stream, extra), inputs first, then the outputs, and returns 0, or 1 when a dtype or any shape
@@ -65,6 +66,15 @@ struct Geometry {
   // Offset of the run holding taps x[s*ow + kw], ow = 0.. , within a padded row.
   int64_t tap(int kw) const { return stride == 1 ? kw : (kw == 1 ? even_len : kw / 2); }
 };
+
+// ---- vector width: AVX-512 where the target has it, else AVX2 (-march) ----
+#if defined(__AVX512F__)
+constexpr int VEC = 16;
+constexpr int MR = 12;  // 24 accumulators + 2 B vectors + 1 broadcast of 32 vector registers
+#else
+constexpr int VEC = 8;
+constexpr int MR = 6;  // 12 accumulators + 2 + 1 of 16 (AVX2)
+#endif
 
 // ---- threads (threads.cc): one persistent pool per process, created on first use ----
 
@@ -167,10 +177,64 @@ inline void pad_plane_bias_relu6(const Geometry& g, const float* __restrict__ sr
   pad_plane_with(g, src, dst, [bias](float v) { return std::min(std::max(v + bias, 0.0f), 6.0f); });
 }
 
+// Outputs per chunk of forward_rows_flat (on the stack).
+constexpr int64_t FLAT_FLOATS = 2048;
+
+// Whether forward_rows runs its stride-1 rows flattened into one run (forward_rows_flat): where a row is not a
+// whole number of vectors (MobileNetV2's 28x28, 14x14 and 7x7 layers), row by row leaves a scalar remainder
+// in every row, and a 7-wide row no vector at all.
+inline bool flat_rows(const Geometry& g) {
+  return g.stride == 1 && g.out_width % VEC != 0 && g.pitch * 2 <= FLAT_FLOATS;
+}
+
+// forward_rows at stride 1, the rows flattened: output (oh, ow) is the run's element oh * pitch + ow, whose
+// taps are at fixed offsets (kh * pitch + kw) in the padded rows, so one unit-stride loop covers many rows;
+// the pitch - Wo elements between rows are computed and dropped. The same expression per output as
+// forward_rows: the same values, bit for bit. The last row stops at its Wo-th output, so no tap reads past
+// the padded row after it.
+inline void forward_rows_flat(const Geometry& g, const float* __restrict__ padded, const float* w,
+                              float* __restrict__ y, int64_t rows, bool accumulate) {
+  const int64_t wo = g.out_width, pitch = g.pitch, rows_per_chunk = FLAT_FLOATS / pitch;
+  const float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5], w6 = w[6], w7 = w[7], w8 = w[8];
+  float run[FLAT_FLOATS];
+  for (int64_t r0 = 0; r0 < rows; r0 += rows_per_chunk) {
+    const int64_t r1 = std::min(rows, r0 + rows_per_chunk), count = (r1 - r0 - 1) * pitch + wo;
+    const float* top = padded + r0 * pitch;
+    const float* __restrict__ a0 = top;
+    const float* __restrict__ a1 = top + 1;
+    const float* __restrict__ a2 = top + 2;
+    const float* __restrict__ b0 = top + pitch;
+    const float* __restrict__ b1 = top + pitch + 1;
+    const float* __restrict__ b2 = top + pitch + 2;
+    const float* __restrict__ c0 = top + 2 * pitch;
+    const float* __restrict__ c1 = top + 2 * pitch + 1;
+    const float* __restrict__ c2 = top + 2 * pitch + 2;
+#pragma omp simd
+    for (int64_t i = 0; i < count; ++i) {
+      run[i] = w0 * a0[i] + w1 * a1[i] + w2 * a2[i] + w3 * b0[i] + w4 * b1[i] + w5 * b2[i] + w6 * c0[i] + w7 * c1[i] +
+               w8 * c2[i];
+    }
+    for (int64_t oh = r0; oh < r1; ++oh) {
+      float* __restrict__ out = y + oh * wo;
+      const float* __restrict__ sums = run + (oh - r0) * pitch;
+      if (accumulate) {
+#pragma omp simd
+        for (int64_t ow = 0; ow < wo; ++ow) out[ow] = out[ow] + sums[ow];
+      } else {
+        std::memcpy(out, sums, sizeof(float) * wo);
+      }
+    }
+  }
+}
+
 // `rows` output rows (+)= correlation of padded rows with the 3x3 kernel w: `padded` is the padded
 // row of the first one's top taps (padded row stride * oh of a whole plane), `y` its output row.
 inline void forward_rows(const Geometry& g, const float* __restrict__ padded, const float* w, float* __restrict__ y,
                   int64_t rows, bool accumulate) {
+  if (flat_rows(g)) {
+    forward_rows_flat(g, padded, w, y, rows, accumulate);
+    return;
+  }
   const int64_t wo = g.out_width;
   const float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5], w6 = w[6], w7 = w[7], w8 = w[8];
   const int64_t t0 = g.tap(0), t1 = g.tap(1), t2 = g.tap(2);
@@ -276,13 +340,6 @@ inline void relu6_gate_plane(const float* d, const float* y, float* g, int64_t c
 // two vectors of a B panel meet MR broadcasts of an A panel. Both operands are packed first into
 // contiguous, zero-padded panels (A: [depth][MR], B: [depth][NR]), so the tile reads memory
 // sequentially whatever the layer's shape.
-#if defined(__AVX512F__)
-constexpr int VEC = 16;
-constexpr int MR = 12;  // 24 accumulators + 2 B vectors + 1 broadcast of 32 vector registers
-#else
-constexpr int VEC = 8;
-constexpr int MR = 6;  // 12 accumulators + 2 + 1 of 16 (AVX2)
-#endif
 constexpr int NR = 2 * VEC;
 typedef float vecf __attribute__((vector_size(VEC * sizeof(float))));
 typedef float vecf_u __attribute__((vector_size(VEC * sizeof(float)), aligned(alignof(float)), may_alias));

@@ -4,6 +4,8 @@
 //   pw_forward_s1            (x[N,K,H,W], w[M,K,1,1])             -> y[N,M,H,W]
 //   pw_forward_bias_s1       (x, w, b[M])                         -> y = conv + b (a folded BatchNorm)
 //   pw_forward_bias_relu6_s1 (x, w, b[M])                         -> y = min(max(conv + b, 0), 6)
+//   pw_forward_bias_add_s1   (x, w, b[M], r[N,M,H,W])             -> y = (conv + b) + r (a residual block's
+//                                                                    projection: the add in the epilogue)
 //   pw_grad_input_s1         (dy[N,M,H,W], w, x)                  -> dx[N,K,H,W]   (x only for its shape)
 //   pw_grad_weight_s1        (x, dy)                              -> dw[M,K,1,1]
 //
@@ -25,9 +27,11 @@ constexpr int64_t PACKED_BYTES = 256 << 10;  // a task's packed B panels: they s
 constexpr int64_t MAX_TILES_PER_TASK = 64;
 constexpr int64_t CHUNK = 512;         // pixels per packed chunk of the weight gradient
 
-// Y[b, rows, P] = A X_b (+ bias, relu6) for all images: A packed by pack_rows (rows x depth), X [n, depth, P].
+// Y[b, rows, P] = A X_b (+ bias, relu6) (+ residual) for all images: A packed by pack_rows (rows x depth),
+// X [n, depth, P], residual (when given) shaped like Y. The residual is added after the bias, as a separate
+// add of the two would: the same value bit for bit, without a pass of its own over Y.
 void pointwise_product(const std::vector<float>& a, int64_t rows, int64_t depth, const float* x, int64_t n,
-                       int64_t pixels, float* y, const float* bias, bool relu6) {
+                       int64_t pixels, float* y, const float* bias, bool relu6, const float* residual = nullptr) {
   const int64_t columns = n * pixels, tiles = (columns + NR - 1) / NR;
   // Tiles per task: long runs of each input row (a few streams at a time, few pages), while the
   // task's B panels stay within PACKED_BYTES of cache and there are tasks for every thread.
@@ -86,16 +90,20 @@ void pointwise_product(const std::vector<float>& a, int64_t rows, int64_t depth,
             vecf lo = tile.acc[r][0], hi = tile.acc[r][1];
             bias_relu6_epilogue(lo, hi, bias == nullptr ? nullptr : bias + m0 + r, relu6);
             if (whole) {
-              float* out = y + (b0 * rows + m0 + r) * pixels + p0;
-              store(out, lo);
-              store(out + VEC, hi);
+              const int64_t offset = (b0 * rows + m0 + r) * pixels + p0;
+              if (residual != nullptr) {
+                lo += load(residual + offset);
+                hi += load(residual + offset + VEC);
+              }
+              store(y + offset, lo);
+              store(y + offset + VEC, hi);
             } else {
               float row[NR];
               store(row, lo);
               store(row + VEC, hi);
               for (int64_t j = 0; j < NR && q0 + j < columns; ++j) {
-                const int64_t q = q0 + j;
-                y[((q / pixels) * rows + m0 + r) * pixels + q % pixels] = row[j];
+                const int64_t q = q0 + j, offset = ((q / pixels) * rows + m0 + r) * pixels + q % pixels;
+                y[offset] = residual != nullptr ? row[j] + residual[offset] : row[j];
               }
             }
           }
@@ -113,6 +121,15 @@ int pw_forward(const Args& a, bool with_bias, bool relu6) {
   if (!a.is(y_index, n, m, h, w) || (with_bias && !a.is_vector(2, m))) return 1;
   pointwise_product(pack_rows(a.in(1), m, k, k, 1), m, k, a.in(0), n, h * w, a.out(y_index),
                     with_bias ? a.in(2) : nullptr, relu6);
+  return 0;
+}
+
+// (x[N,K,H,W], w[M,K,1,1], bias[M], residual[N,M,H,W]) -> y = (conv + bias) + residual.
+int pw_forward_bias_add(const Args& a) {
+  if (a.nparam != 5 || !a.is(0, -1, -1, -1, -1) || !a.is(1, -1, a.shape(0)[1], 1, 1)) return 1;
+  const int64_t n = a.shape(0)[0], k = a.shape(0)[1], h = a.shape(0)[2], w = a.shape(0)[3], m = a.shape(1)[0];
+  if (!a.is_vector(2, m) || !a.is(3, n, m, h, w) || !a.is(4, n, m, h, w)) return 1;
+  pointwise_product(pack_rows(a.in(1), m, k, k, 1), m, k, a.in(0), n, h * w, a.out(4), a.in(2), false, a.in(3));
   return 0;
 }
 
@@ -291,6 +308,7 @@ int pw_grad_weight(const Args& a) {
 MBV2_ENTRY(pw_forward_s1, pw_forward(args, false, false))
 MBV2_ENTRY(pw_forward_bias_s1, pw_forward(args, true, false))
 MBV2_ENTRY(pw_forward_bias_relu6_s1, pw_forward(args, true, true))
+MBV2_ENTRY(pw_forward_bias_add_s1, pw_forward_bias_add(args))
 MBV2_ENTRY(pw_grad_input_s1, pw_grad_input(args))
 MBV2_ENTRY(pw_grad_weight_s1, pw_grad_weight(args))
 
