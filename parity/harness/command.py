@@ -25,7 +25,7 @@ from parity.core.options import DashOptionParser, framework_log_level
 __all__ = ["run_command", "OneLineErrorParser", "int_in", "float_in", "existing_file", "existing_folder", "path_argument",
            "SEED_RANGE", "IMAGE_SIZE_RANGE", "BATCH_RANGE", "WIDTH_RANGE", "CLASSES_RANGE"]
 
-# Ranges shared by the tools (the trainer's where it has one: trainer/config.py KEY_RULES).
+# Ranges shared by the tools (the trainer's where it has one: trainer/schema.py OPTIONS).
 SEED_RANGE = (0, 2**31 - 1)  # MindSpore's and numpy's seeds are 32-bit
 IMAGE_SIZE_RANGE = (32, 4096)  # below 32 px MobileNetV2's stride-32 features vanish
 BATCH_RANGE = (1, 65536)
