@@ -4,7 +4,8 @@
 - ReLU6 kinks: a float32 pre-activation on the other side of 0 than float64 neither fails nor hides a row;
 - checkpoints like the ones people have (parity.harness.sample_weights): calibrated random-init and
   extreme-BatchNorm nets at widths 0.35, 1.0 and 1.4: `diff` passes on identical weights in both
-  directions, `check --weights` passes, and a 1% change to one block's weights fails, naming that block;
+  directions, `check --weights` passes, and a 1% change to one block's weights fails, naming that block
+  (eval on the extreme nets, train mode and the CLI on the 1.0x extreme net);
 - instruction sets: the same under ONEDNN_MAX_CPU_ISA=AVX2 and kernels built for x86-64-v3;
 - the default `python -m parity check` case (1.0x, 224 px, batch 4, graph mode), as a user runs it.
 """
@@ -151,12 +152,17 @@ def test_sample_checkpoints_are_what_they_claim(checkpoint_files):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("item", CHECKPOINTS, ids=_label)
-def test_diff_passes_on_identical_weights_both_directions_and_names_a_changed_block(checkpoint_files, item):
+def test_diff_passes_on_identical_weights_and_names_a_changed_block(checkpoint_files, item):
+    """Identical weights pass: PyTorch's file against MindSpore's for the calibrated net of each width, the other
+    way round for the extreme one (each width both directions). On the extreme nets, whose noise floor is the
+    highest, a 1% change to one block fails and names that block."""
     pth, ckpt, perturbed = checkpoint_files[item]
-    for reference, candidate in ((pth, ckpt), (ckpt, pth)):
-        report = _diff(reference, candidate)
-        assert report.passed, _failing(report)
-        assert all(r.calibration is not None for r in report.rows)
+    extreme = item[1]
+    report = _diff(ckpt, pth) if extreme else _diff(pth, ckpt)
+    assert report.passed, _failing(report)
+    assert all(r.calibration is not None for r in report.rows)
+    if not extreme:
+        return
     broken = _diff(pth, perturbed)
     assert not broken.passed and broken.first_divergent == f"features.{PERTURBED_BLOCK}"
     # stages before the change still agree: the verdict names the block, not the first noisy row
@@ -164,9 +170,9 @@ def test_diff_passes_on_identical_weights_both_directions_and_names_a_changed_bl
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("item", [(1.0, True), (0.35, False)], ids=_label)
-def test_diff_train_mode_passes_on_identical_weights(checkpoint_files, item):
-    pth, ckpt, perturbed = checkpoint_files[item]
+def test_diff_train_mode_passes_on_identical_weights(checkpoint_files):
+    """Train mode in process on a calibrated net; on the 1.0x extreme one through the CLI (test below)."""
+    pth, ckpt, perturbed = checkpoint_files[(0.35, False)]
     report = _diff(ckpt, pth, "train")
     assert report.passed, _failing(report)
     assert any(r.kind == "gradient" for r in report.rows)
