@@ -43,15 +43,7 @@ namespace {
 
 // Sum and centred sum of squares of one plane (len values), Chan-combined into (count, mean, m2).
 void plane_moments(const float* __restrict__ x, int64_t len, double& count, double& mean, double& m2) {
-  double total = 0.0;
-  for (int64_t start = 0; start < len; start += SUM_RUN) {
-    const int64_t end = std::min(len, start + SUM_RUN);
-    float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-    for (int64_t i = start; i < end; ++i) s += x[i];
-    total += s;
-  }
-  const double plane_mean = total / static_cast<double>(len);
+  const double plane_mean = plane_sum(x, len) / static_cast<double>(len);
   const float centre = static_cast<float>(plane_mean);
   double squares = 0.0, shift = 0.0;  // shift: sum (x - centre), ~0, corrects centre's rounding
   for (int64_t start = 0; start < len; start += SUM_RUN) {

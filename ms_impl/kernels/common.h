@@ -129,6 +129,19 @@ struct Args {
 // Sums over a plane: float over runs of SUM_RUN values (vectorized), the runs added in double.
 constexpr int64_t SUM_RUN = 256;
 
+// The sum of len values: float over runs of SUM_RUN values (vectorized), the runs added in double.
+inline double plane_sum(const float* __restrict__ x, int64_t len) {
+  double total = 0.0;
+  for (int64_t start = 0; start < len; start += SUM_RUN) {
+    const int64_t end = std::min(len, start + SUM_RUN);
+    float run = 0.0f;
+#pragma omp simd reduction(+ : run)
+    for (int64_t i = start; i < end; ++i) run += x[i];
+    total += run;
+  }
+  return total;
+}
+
 // y = min(max(y + bias, 0), 6) over one plane: the folded BatchNorm and ReLU6 of inference.
 inline void bias_relu6_plane(float* __restrict__ y, int64_t count, float bias) {
 #pragma omp simd
