@@ -168,8 +168,8 @@ OPTIONS: Dict[str, Option] = _by_name(
         Option("device", str, "CPU", "where to train; --device also picks configs/garbage26_<device>.yaml", DEVICES),
         Option("mode", str, "graph", "MindSpore execution: graph (compiled, the fast one) or pynative (op by op)",
                ("graph", "pynative")),
-        Option("fast_conv", str, "auto", "our CPU kernels for the stem, depthwise convs and BatchNorm+ReLU6: auto = "
-               "where they build (GPU/Ascend: always off)", ("auto", "on", "off")),
+        Option("fast_conv", str, "auto", "our CPU kernels for the convolutions, BatchNorm (+ReLU6) and the head's pooling: "
+               "auto = where they build (GPU/Ascend: always off)", ("auto", "on", "off")),
         Option("seed", int, 1, "weights, shuffling, augmentation and dropout all derive from it",
                range=Range(0, 2**31 - 1)),  # MindSpore's and numpy's seeds are 32-bit
         Option("output_dir", str, "runs/garbage26_cpu",
