@@ -662,8 +662,10 @@ def test_layer_keeps_conv2d_identity(fast_conv):
 
 @pytest.fixture()
 def fresh_build_state(fast_conv, monkeypatch, tmp_path):
-    """Forget the resolved library (and the one warning) for this test, restore both afterwards."""
+    """Forget the resolved library (and the one warning) for this test, restore both afterwards. The default
+    target (`native`): another MBV2_KERNEL_MARCH from the caller's environment adds a compiler probe."""
     monkeypatch.setenv("MBV2_KERNEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MBV2_KERNEL_MARCH", raising=False)
     fast_conv.forget_resolution()
     yield fast_conv
     monkeypatch.undo()  # back to the session's cache before resolving again
@@ -720,6 +722,7 @@ def test_corrupted_cached_library_is_rebuilt_once(fresh_build_state, monkeypatch
     monkeypatch.undo()
     real_library = str(fast_conv.kernel_library())  # the session's real build (cached)
     monkeypatch.setenv("MBV2_KERNEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MBV2_KERNEL_MARCH", raising=False)  # the default target: no compiler probe first
     monkeypatch.setenv("CXX", _fake_compiler(tmp_path, "copying", real_library))
     target = fast_conv.kernel_library()
     assert _builds(tmp_path) == 1
@@ -763,6 +766,7 @@ def test_concurrent_first_use_in_two_processes_compiles_once(tmp_path, cli_env, 
                        f'exec "{real}" "$@"\n')
     wrapper.chmod(0o755)
     env = dict(cli_env, CXX=str(wrapper), MBV2_KERNEL_CACHE=str(tmp_path / "cache"))
+    env.pop("MBV2_KERNEL_MARCH", None)  # the default target: another one adds a compiler probe to the count
     code = "from ms_impl.fast_conv import kernel_library; print(kernel_library())"
     workers = [subprocess.Popen([python_exe, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
                for _ in range(2)]
