@@ -8,8 +8,9 @@ every parameter, name and checkpoint of their parents and change only how `const
 - BatchNorm on its moving statistics (eval mode, and training with frozen BatchNorm, the trainer's
   `freeze_bn`): the convolutions fold it into their weights and apply the bias (+ ReLU6) in the same
   kernel pass (`folded_forward`); gradients reach gamma and beta through the fold.
-- Inference: each block's expanding 1x1 and depthwise layers are one kernel pass that never stores the
-  expansion's output (`expansion_depthwise_inference`).
+- Inference: each expanding block is one kernel pass that stores neither the expansion's nor the depthwise
+  layer's output (`whole_block_inference`); where the projection's BatchNorm does not fold, the expanding
+  1x1 and depthwise layers still are one pass (`expansion_depthwise_inference`).
 - Training with frozen BatchNorm: the expanding 1x1 layer's bias and ReLU6 run inside the depthwise
   layer's kernels (`expanded_depthwise`).
 - Training with batch statistics: BatchNorm and ReLU6 in one kernel, forward and backward.
@@ -26,7 +27,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from ms_impl.fast_conv.layers import FastBatchNorm2d, FastConv1x1, FastConv3x3
-from ms_impl.fast_conv.ops import resolve_fast_conv
+from ms_impl.fast_conv.ops import inverted_residual_op, resolve_fast_conv
 
 # Convolutions whose kernels take a folded BatchNorm (and ReLU6) in their own pass.
 FOLDABLE = (FastConv3x3, FastConv1x1)
@@ -88,6 +89,10 @@ class InvertedResidualFusion:
         # Inference with both folded: expand and depthwise in one kernel pass, the expansion computed a band
         # of rows at a time and never stored (expansion_depthwise_inference).
         self.fuse_expansion_inference = self.has_expand
+        # Inference with every BatchNorm folded: the whole block in one kernel pass, the projection reading the
+        # depthwise output a step of rows at a time from cache (whole_block_inference).
+        self.fuse_whole_block_inference = self.has_expand
+        self.whole_block_kernel = inverted_residual_op(block.stride, self.use_residual) if self.has_expand else None
         # Set for a block that never receives a gradient (the trainer's --freeze_layers): inference kernels in training too.
         self.inference_only = False
 
@@ -103,10 +108,27 @@ class InvertedResidualFusion:
         ConvBNReLUFusion.folded_forward), and the residual added in the projection's own pass."""
         projection = self.conv[-2]
         weight, bias = folded_batch_norm(projection, self.conv[-1])
+        if self.infers_whole_block():
+            return self.whole_block_inference(x, weight, bias)
         hidden = self.folded_hidden(x)
         if self.use_residual:
             return projection.with_bias_add(hidden, weight, bias, x)
         return projection.with_bias(hidden, weight, bias)
+
+    def infers_whole_block(self) -> bool:
+        """Whether the whole block runs as one inference pass: it expands, every BatchNorm folds (the
+        projection's is checked by the caller), and no gradient is wanted through training's own forms."""
+        return (self.has_expand and self.fuse_whole_block_inference and self.conv[0].folds_now()
+                and self.conv[1].folds_now() and (self.inference_only or not self.training))
+
+    def whole_block_inference(self, x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor) -> ms.Tensor:
+        """The block in one kernel pass, its projection's folded `weight` and `bias` given: the expansion and
+        depthwise outputs never stored, the residual added in the projection's epilogue. The same values as
+        expansion_depthwise_inference followed by the projection, bit for bit."""
+        expand, depthwise = self.conv[0], self.conv[1]
+        expand_weight, expand_bias = folded_batch_norm(expand.features[0], expand.features[1])
+        depthwise_weight, depthwise_bias = folded_batch_norm(depthwise.features[0], depthwise.features[1])
+        return self.whole_block_kernel(x, expand_weight, expand_bias, depthwise_weight, depthwise_bias, weight, bias)
 
     def folded_hidden(self, x: ms.Tensor) -> ms.Tensor:
         """The layers before the projection, their BatchNorms folded where they can be."""

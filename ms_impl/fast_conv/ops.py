@@ -76,6 +76,9 @@ def forget_resolution() -> None:
     bias_grad_ops.cache_clear()
     relu6_input_op.cache_clear()
     expansion_depthwise_op.cache_clear()
+    expansion_depthwise_backward.cache_clear()
+    pointwise_grad_ops.cache_clear()
+    inverted_residual_op.cache_clear()
     projection_residual_op.cache_clear()
     pooling_op.cache_clear()
     fold_op.cache_clear()
@@ -173,10 +176,7 @@ def projection_residual_op() -> ops.Custom:
     (x, w[M,K,1,1], b[M], r) -> (conv1x1(x, w) + b) + r, with its bprop (the add's gradient passes to r as is).
     The same value, bit for bit, as the bias form followed by a separate add."""
     library = _library()
-    grad_input = ops.Custom(f"{library}:pw_grad_input_s1", out_shape=lambda dy, w, x: x, out_dtype=same_dtype,
-                            func_type="aot")
-    grad_weight = ops.Custom(f"{library}:pw_grad_weight_s1", out_shape=lambda x, dy: (dy[1], x[1], 1, 1),
-                             out_dtype=same_dtype, func_type="aot")
+    grad_input, grad_weight = pointwise_grad_ops()
     grad_bias = bias_grad_ops()[0]
 
     def bprop(x, w, bias, residual, out, dout):
@@ -219,29 +219,76 @@ def relu6_input_op(stride: int) -> ops.Custom:
 
 
 @functools.lru_cache(maxsize=None)
+def expansion_depthwise_backward(stride: int) -> Callable:
+    """The backward of the expansion + depthwise pass: (x, we, be, wd, bd, out, dout) -> the five gradients.
+    It recomputes the expansion and runs the two layers' own backward kernels."""
+    library = _library()
+    expand = kernel_ops("pw", 1)[1]
+    grad_bias_relu6 = bias_grad_ops()[1]
+    depthwise_grad = ops.Custom(f"{library}:dw_bias_relu6_grad_s{stride}", out_shape=lambda dy, y, x, w: (x, w, (w[0],)),
+                                out_dtype=lambda *dtypes: (dtypes[0],) * 3, func_type="aot")
+    grad_input, grad_weight = pointwise_grad_ops()
+
+    def backward(x, expand_weight, expand_bias, weight, bias, out, dout):
+        hidden = expand(x, expand_weight, expand_bias)
+        dhidden, dweight, dbias = depthwise_grad(dout, out, hidden, weight)
+        dz, dexpand_bias = grad_bias_relu6(dhidden, hidden)
+        return grad_input(dz, expand_weight, x), grad_weight(x, dz), dexpand_bias, dweight, dbias
+
+    return backward
+
+
+@functools.lru_cache(maxsize=None)
+def pointwise_grad_ops() -> Tuple[ops.Custom, ops.Custom]:
+    """The 1x1 product's gradients: (dy, w, x) -> dx and (x, dy) -> dw."""
+    library = _library()
+    return (ops.Custom(f"{library}:pw_grad_input_s1", out_shape=lambda dy, w, x: x, out_dtype=same_dtype,
+                       func_type="aot"),
+            ops.Custom(f"{library}:pw_grad_weight_s1", out_shape=lambda x, dy: (dy[1], x[1], 1, 1),
+                       out_dtype=same_dtype, func_type="aot"))
+
+
+@functools.lru_cache(maxsize=None)
 def expansion_depthwise_op(stride: int) -> ops.Custom:
     """A block's expansion and depthwise layers, both BatchNorms folded, in one pass without storing the
     expansion: (x, we[M,K,1,1], be[M], wd[M,1,3,3], bd[M]) -> relu6(dwconv(relu6(conv1x1(x, we) + be), wd) + bd).
     For inference; its bprop recomputes the expansion and runs the two layers' own backward kernels, so a
     gradient through it (saliency on an eval-mode network) is right, only slower than training's own forms."""
     library = _library()
-    expand = kernel_ops("pw", 1)[1]
-    grad_bias_relu6 = bias_grad_ops()[1]
-    depthwise_grad = ops.Custom(f"{library}:dw_bias_relu6_grad_s{stride}", out_shape=lambda dy, y, x, w: (x, w, (w[0],)),
-                                out_dtype=lambda *dtypes: (dtypes[0],) * 3, func_type="aot")
-    grad_input = ops.Custom(f"{library}:pw_grad_input_s1", out_shape=lambda dy, w, x: x, out_dtype=same_dtype,
-                            func_type="aot")
-    grad_weight = ops.Custom(f"{library}:pw_grad_weight_s1", out_shape=lambda x, dy: (dy[1], x[1], 1, 1),
-                             out_dtype=same_dtype, func_type="aot")
+    backward = expansion_depthwise_backward(stride)
 
     def bprop(x, expand_weight, expand_bias, weight, bias, out, dout):
-        hidden = expand(x, expand_weight, expand_bias)
-        dhidden, dweight, dbias = depthwise_grad(dout, out, hidden, weight)
-        dz, dexpand_bias = grad_bias_relu6(dhidden, hidden)
-        return grad_input(dz, expand_weight, x), grad_weight(x, dz), dexpand_bias, dweight, dbias
+        return backward(x, expand_weight, expand_bias, weight, bias, out, dout)
 
     output_shape = forward_shape(stride)
     return ops.Custom(f"{library}:pw_dw_forward_s{stride}", out_shape=lambda x, we, be, wd, bd: output_shape(x, we),
+                      out_dtype=same_dtype, func_type="aot", bprop=bprop)
+
+
+@functools.lru_cache(maxsize=None)
+def inverted_residual_op(stride: int, residual: bool) -> ops.Custom:
+    """A whole inverted residual block, its three BatchNorms folded, in one pass that stores neither hidden
+    tensor: (x, we, be, wd, bd, wp[P,M,1,1], bp[P]) -> conv1x1(expansion_depthwise(x, ...), wp) + bp (+ x with
+    `residual`). The same value, bit for bit, as the expansion + depthwise pass and then the projection. For
+    inference; its bprop recomputes the hidden tensors (as expansion_depthwise_op's does)."""
+    library = _library()
+    hidden_pass = expansion_depthwise_op(stride)
+    backward = expansion_depthwise_backward(stride)
+    grad_input, grad_weight = pointwise_grad_ops()
+    grad_bias = bias_grad_ops()[0]
+
+    def bprop(x, expand_weight, expand_bias, weight, bias, projection_weight, projection_bias, out, dout):
+        hidden = hidden_pass(x, expand_weight, expand_bias, weight, bias)
+        dhidden = grad_input(dout, projection_weight, hidden)
+        dx, dexpand_weight, dexpand_bias, dweight, dbias = backward(x, expand_weight, expand_bias, weight, bias, hidden,
+                                                                   dhidden)
+        if residual:
+            dx = dx + dout
+        return (dx, dexpand_weight, dexpand_bias, dweight, dbias, grad_weight(hidden, dout), grad_bias(dout))
+
+    output_shape = forward_shape(stride)
+    name = "block_forward_residual_s1" if residual else f"block_forward_s{stride}"
+    return ops.Custom(f"{library}:{name}", out_shape=lambda x, we, be, wd, bd, wp, bp: output_shape(x, wp),
                       out_dtype=same_dtype, func_type="aot", bprop=bprop)
 
 

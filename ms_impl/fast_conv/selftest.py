@@ -263,7 +263,7 @@ def _check_pointwise(library: ctypes.CDLL, rng: np.random.Generator) -> None:
 
 
 def _check_expansion_depthwise(library: ctypes.CDLL, rng: np.random.Generator) -> None:
-    """Expansion and depthwise in one pass, and a wrong output shape refused."""
+    """Expansion and depthwise in one pass, the whole block in one pass, and a wrong output shape refused."""
     # Expansion and depthwise in one pass (inference): the two kernels' results, bit for bit.
     for stride in (1, 2):
         x = rng.standard_normal((2, 5, 5, 4)).astype(np.float32) * 2
@@ -278,6 +278,22 @@ def _check_expansion_depthwise(library: ctypes.CDLL, rng: np.random.Generator) -
                                          [x, expand_weight, expand_bias, depthwise_weight, bias, np.zeros(out_shape)])
         if status or status_pw or status_dw or not np.array_equal(fused, separate):
             raise FastConvUnavailable(f"self-test: pw_dw_forward_s{stride} gives wrong results")
+        # The whole block in one pass: that output through the projection kernel (+ x where it is a residual
+        # block), bit for bit.
+        for residual, out_channels in ((False, 3), (stride == 1, 5)):
+            projection_weight, projection_bias = rng.standard_normal((out_channels, 7, 1, 1)), rng.standard_normal(out_channels)
+            block_shape = (2, out_channels) + out_shape[2:]
+            if residual:
+                status_p, projected = call_entry_point(library, "pw_forward_bias_add_s1",
+                                                       [separate, projection_weight, projection_bias, x, np.zeros(block_shape)])
+            else:
+                status_p, projected = call_entry_point(library, "pw_forward_bias_s1",
+                                                       [separate, projection_weight, projection_bias, np.zeros(block_shape)])
+            name = "block_forward_residual_s1" if residual else f"block_forward_s{stride}"
+            status, block = call_entry_point(library, name, [x, expand_weight, expand_bias, depthwise_weight, bias,
+                                                             projection_weight, projection_bias, np.zeros(block_shape)])
+            if status or status_p or not np.array_equal(block, projected):
+                raise FastConvUnavailable(f"self-test: {name} gives wrong results")
     x = rng.standard_normal((3, 5, 3, 7)).astype(np.float32)
     if call_entry_point(library, "pw_forward_s1", [x, np.zeros((13, 5, 1, 1)), np.zeros((3, 12, 3, 7))])[0] != 1:
         raise FastConvUnavailable("self-test: pw_forward_s1 accepts a wrong output shape")

@@ -1,8 +1,12 @@
-// A block's expansion and depthwise layers in one pass (inference, both BatchNorms folded; fp32, NCHW).
+// A block's expansion and depthwise layers in one pass, and the whole inverted residual block in one pass
+// (inference, every BatchNorm folded; fp32, NCHW).
 //
 // Entry points (inputs first, then the outputs; Ho = (H - 1) / s + 1, Wo = (W - 1) / s + 1):
-//   pw_dw_forward_s{1,2}     (x[N,K,H,W], we[M,K,1,1], be[M], wd[M,1,3,3], bd[M]) -> y[N,M,Ho,Wo] =
-//                            relu6(dwconv(relu6(conv1x1(x, we) + be), wd) + bd), the expansion never stored
+//   pw_dw_forward_s{1,2}      (x[N,K,H,W], we[M,K,1,1], be[M], wd[M,1,3,3], bd[M]) -> y[N,M,Ho,Wo] =
+//                             relu6(dwconv(relu6(conv1x1(x, we) + be), wd) + bd), the expansion never stored
+//   block_forward_s{1,2}      (x, we, be, wd, bd, wp[P,M,1,1], bp[P]) -> y[N,P,Ho,Wo] =
+//                             conv1x1(pw_dw_forward(x, we, be, wd, bd), wp) + bp, neither hidden tensor stored
+//   block_forward_residual_s1 (the same, P = K) -> y = (conv1x1(...) + bp) + x
 #include "common.h"
 
 namespace mbv2 {
@@ -20,11 +24,12 @@ namespace {
 constexpr int64_t WINDOW_FLOATS = 256 << 10;
 
 // Rows of panels [p0, p1) of the packed A times columns [col0, col1) of one image's X (depth x pixels),
-// + bias, ReLU6 (pointwise_product's epilogue): out[(r - p0 MR) * out_stride + col - col0]. `panels`:
-// scratch for the B panels of the columns, ceil((col1 - col0) / NR) * depth * NR floats.
+// + bias (+ ReLU6 with `relu6`) (+ residual, laid out as out) (pointwise_product's epilogue):
+// out[(r - p0 MR) * out_stride + col - col0]. `panels`: scratch for the B panels of the columns,
+// ceil((col1 - col0) / NR) * depth * NR floats.
 void pointwise_columns(const float* a, int64_t rows, int64_t depth, const float* x, int64_t pixels, int64_t col0,
-                       int64_t col1, int64_t p0, int64_t p1, const float* bias, float* out, int64_t out_stride,
-                       float* panels) {
+                       int64_t col1, int64_t p0, int64_t p1, const float* bias, bool relu6, float* out,
+                       int64_t out_stride, const float* residual, float* panels) {
   const int64_t columns = col1 - col0, tiles = (columns + NR - 1) / NR;
   for (int64_t t = 0; t < tiles; ++t) {
     float* panel = panels + t * depth * NR;
@@ -50,61 +55,91 @@ void pointwise_columns(const float* a, int64_t rows, int64_t depth, const float*
       for (int r = 0; r < MR; ++r) {
         if (r >= valid_rows) break;
         vecf lo = tile.acc[r][0], hi = tile.acc[r][1];
-        bias_relu6_epilogue(lo, hi, bias + m0 + r, true);
-        float* row = out + (m0 - p0 * MR + r) * out_stride + c0;
+        bias_relu6_epilogue(lo, hi, bias + m0 + r, relu6);
+        const int64_t offset = (m0 - p0 * MR + r) * out_stride + c0;
+        float* row = out + offset;
         if (valid == NR) {
+          if (residual != nullptr) {
+            lo += load(residual + offset);
+            hi += load(residual + offset + VEC);
+          }
           store(row, lo);
           store(row + VEC, hi);
         } else {
           float values[NR];
           store(values, lo);
           store(values + VEC, hi);
-          for (int64_t j = 0; j < valid; ++j) row[j] = values[j];
+          for (int64_t j = 0; j < valid; ++j) row[j] = residual != nullptr ? values[j] + residual[offset + j] : values[j];
         }
       }
     }
   }
 }
 
-// (x[N,K,H,W], we[M,K,1,1], be[M], wd[M,1,3,3], bd[M]) -> y[N,M,Ho,Wo] =
+// What follows the depthwise layer in the pass: nothing (its output is the result), or the block's projection,
+// whose product reads the depthwise output from cache a step of rows at a time (neither hidden tensor stored).
+enum class Projection { NONE, PLAIN, RESIDUAL };
+
+// Without the projection: (x[N,K,H,W], we[M,K,1,1], be[M], wd[M,1,3,3], bd[M]) -> y[N,M,Ho,Wo] =
 // relu6(dwconv(relu6(conv1x1(x, we) + be), wd) + bd): pw_forward_bias_relu6 then dw_forward_bias_relu6.
-int pw_dw_forward(const Args& a, int stride) {
-  if (a.nparam != 6 || !a.is(0, -1, -1, -1, -1) || !a.is(1, -1, a.shape(0)[1], 1, 1)) return 1;
+// With it, two more inputs (wp[P,M,1,1], bp[P]) and y[N,P,Ho,Wo] = conv1x1(that, wp) + bp (+ x, RESIDUAL):
+// pw_forward_bias (pw_forward_bias_add) after them, bit for bit.
+int pw_dw_forward(const Args& a, int stride, Projection projection) {
+  const bool project = projection != Projection::NONE;
+  const int y_index = project ? 7 : 5;
+  if (a.nparam != y_index + 1 || !a.is(0, -1, -1, -1, -1) || !a.is(1, -1, a.shape(0)[1], 1, 1)) return 1;
   const int64_t n = a.shape(0)[0], k = a.shape(0)[1], h = a.shape(0)[2], w = a.shape(0)[3], m = a.shape(1)[0];
   const Geometry g(h, w, stride);
-  if (!a.is_vector(2, m) || !a.is(3, m, 1, 3, 3) || !a.is_vector(4, m) || !a.is(5, n, m, g.out_height, g.out_width))
-    return 1;
+  if (!a.is_vector(2, m) || !a.is(3, m, 1, 3, 3) || !a.is_vector(4, m)) return 1;
+  if (project && (!a.is(5, -1, m, 1, 1) || !a.is_vector(6, a.shape(5)[0]))) return 1;
+  const int64_t out_channels = project ? a.shape(5)[0] : m;
+  if (projection == Projection::RESIDUAL && (stride != 1 || out_channels != k)) return 1;
+  if (!a.is(y_index, n, out_channels, g.out_height, g.out_width)) return 1;
   const std::vector<float> packed = pack_rows(a.in(1), m, k, k, 1);
+  const std::vector<float> packed_projection = project ? pack_rows(a.in(5), out_channels, m, m, 1) : std::vector<float>();
   const float *x = a.in(0), *expand_bias = a.in(2), *wd = a.in(3), *bias = a.in(4);
-  float* y = a.out(5);
+  const float* projection_bias = project ? a.in(6) : nullptr;
+  float* y = a.out(y_index);
   const int64_t ho = g.out_height, wo = g.out_width, panels_total = (m + MR - 1) / MR;
-  // Channel groups: enough tasks for every thread (batch 1 too), and one output row's window in budget.
   auto window_floats = [&](int64_t channels, int64_t rows_out) {
     const int64_t window_rows = stride * (rows_out - 1) + 3, new_rows = std::max(window_rows, stride * rows_out);
-    return channels * (window_rows * g.pitch + new_rows * w);
+    return channels * (window_rows * g.pitch + new_rows * w + (project ? rows_out * wo : 0));
   };
-  int64_t groups = 1;
-  while (groups < panels_total &&
-         (n * groups < 2 * threads_now() || window_floats((panels_total + groups - 1) / groups * MR, 1) > WINDOW_FLOATS))
-    ++groups;
-  const int64_t group_panels = (panels_total + groups - 1) / groups;
+  // Tasks: (image, group of channels, band of output rows). Without the projection the channels split into
+  // groups: enough tasks for every thread (batch 1 too), one output row's window in budget. The projection
+  // needs every channel of a pixel, so there the output rows split into bands instead (a band recomputes the
+  // expansion rows its first step shares with the band above).
+  int64_t groups = 1, bands = 1;
+  if (project) {
+    while (bands < ho && n * bands < 2 * threads_now()) ++bands;
+  } else {
+    while (groups < panels_total &&
+           (n * groups < 2 * threads_now() || window_floats((panels_total + groups - 1) / groups * MR, 1) > WINDOW_FLOATS))
+      ++groups;
+  }
+  const int64_t group_panels = (panels_total + groups - 1) / groups, band_rows = (ho + bands - 1) / bands;
   groups = (panels_total + group_panels - 1) / group_panels;
+  bands = (ho + band_rows - 1) / band_rows;
   int64_t rows_out = 1;  // output rows per step: as many as the budget allows
-  while (rows_out < ho && window_floats(group_panels * MR, rows_out + 1) <= WINDOW_FLOATS) ++rows_out;
+  while (rows_out < band_rows && window_floats(group_panels * MR, rows_out + 1) <= WINDOW_FLOATS) ++rows_out;
   const int64_t window_rows = stride * (rows_out - 1) + 3, new_rows = std::max(window_rows, stride * rows_out);
-  const int64_t max_columns = new_rows * w, tiles = (max_columns + NR - 1) / NR;
-  parallel_for(n * groups, [&](int64_t begin, int64_t end) {
+  const int64_t max_columns = new_rows * w, step_columns = rows_out * wo;
+  const int64_t panel_floats = std::max(((max_columns + NR - 1) / NR) * k, project ? ((step_columns + NR - 1) / NR) * m : 0) * NR;
+  parallel_for(n * groups * bands, [&](int64_t begin, int64_t end) {
     const int64_t channels_max = group_panels * MR, window_plane = window_rows * g.pitch;
-    float* window = scratch(channels_max * (window_plane + max_columns) + tiles * k * NR);
+    float* window = scratch(channels_max * (window_plane + max_columns + (project ? step_columns : 0)) + panel_floats);
     float* expanded = window + channels_max * window_plane;
-    float* panels = expanded + channels_max * max_columns;
+    float* hidden = expanded + channels_max * max_columns;  // the depthwise output of a step (projection only)
+    float* panels = hidden + (project ? channels_max * step_columns : 0);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t img = task / groups, p0 = (task % groups) * group_panels;
-      const int64_t p1 = std::min(panels_total, p0 + group_panels), c0 = p0 * MR, c1 = std::min(m, p1 * MR);
+      const int64_t img = task / (groups * bands), group = task / bands % groups, band = task % bands;
+      const int64_t p0 = group * group_panels, p1 = std::min(panels_total, p0 + group_panels);
+      const int64_t c0 = p0 * MR, c1 = std::min(m, p1 * MR);
+      const int64_t band_begin = band * band_rows, band_end = std::min(ho, band_begin + band_rows);
       const float* image = x + img * k * h * w;
       int64_t held_begin = 0, held_end = 0;  // padded rows in the window: [held_begin, held_end)
-      for (int64_t o0 = 0; o0 < ho; o0 += rows_out) {
-        const int64_t o1 = std::min(ho, o0 + rows_out);
+      for (int64_t o0 = band_begin; o0 < band_end; o0 += rows_out) {
+        const int64_t o1 = std::min(band_end, o0 + rows_out);
         const int64_t need_begin = stride * o0, need_end = stride * (o1 - 1) + 3;  // padded rows
         // Keep the rows both steps need (at the window's top), then compute the new ones after them.
         const int64_t keep_begin = std::max(need_begin, held_begin), keep = std::max<int64_t>(0, held_end - keep_begin);
@@ -117,8 +152,8 @@ int pw_dw_forward(const Args& a, int stride) {
         // Padded row r holds input row r - 1; rows 0 and H + 1 are the zero padding.
         const int64_t in_begin = std::max<int64_t>(fresh_begin - 1, 0), in_end = std::min<int64_t>(need_end - 1, h);
         if (in_end > in_begin)
-          pointwise_columns(packed.data(), m, k, image, h * w, in_begin * w, in_end * w, p0, p1, expand_bias, expanded,
-                            max_columns, panels);
+          pointwise_columns(packed.data(), m, k, image, h * w, in_begin * w, in_end * w, p0, p1, expand_bias, true,
+                            expanded, max_columns, nullptr, panels);
         for (int64_t c = c0; c < c1; ++c) {
           float* plane = window + (c - c0) * window_plane;
           for (int64_t r = fresh_begin; r < need_end; ++r) {
@@ -129,9 +164,16 @@ int pw_dw_forward(const Args& a, int stride) {
               pad_row_with(g, expanded + (c - c0) * max_columns + (r - 1 - in_begin) * w, row, [](float v) { return v; });
             }
           }
-          float* out = y + ((img * m + c) * ho + o0) * wo;
+          float* out = project ? hidden + (c - c0) * step_columns : y + ((img * m + c) * ho + o0) * wo;
           forward_rows(g, plane, wd + c * 9, out, o1 - o0, false);
           bias_relu6_plane(out, (o1 - o0) * wo, bias[c]);
+        }
+        if (project) {
+          const int64_t plane_out = ho * wo;
+          const float* residual = projection == Projection::RESIDUAL ? image + o0 * wo : nullptr;
+          pointwise_columns(packed_projection.data(), out_channels, m, hidden, step_columns, 0, (o1 - o0) * wo, 0,
+                            (out_channels + MR - 1) / MR, projection_bias, false,
+                            y + img * out_channels * plane_out + o0 * wo, plane_out, residual, panels);
         }
         held_begin = need_begin;
         held_end = need_end;
@@ -143,7 +185,10 @@ int pw_dw_forward(const Args& a, int stride) {
 
 }  // namespace
 
-MBV2_ENTRY(pw_dw_forward_s1, pw_dw_forward(args, 1))
-MBV2_ENTRY(pw_dw_forward_s2, pw_dw_forward(args, 2))
+MBV2_ENTRY(pw_dw_forward_s1, pw_dw_forward(args, 1, Projection::NONE))
+MBV2_ENTRY(pw_dw_forward_s2, pw_dw_forward(args, 2, Projection::NONE))
+MBV2_ENTRY(block_forward_s1, pw_dw_forward(args, 1, Projection::PLAIN))
+MBV2_ENTRY(block_forward_s2, pw_dw_forward(args, 2, Projection::PLAIN))
+MBV2_ENTRY(block_forward_residual_s1, pw_dw_forward(args, 1, Projection::RESIDUAL))
 
 }  // namespace mbv2
