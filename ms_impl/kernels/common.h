@@ -397,6 +397,30 @@ inline __attribute__((always_inline)) void tile_product(const float* __restrict_
   }
 }
 
+// tile_product with B read in place: step k's two vectors are rows[k][offset .. offset + NR), runs of any
+// layout (the dense 3x3 forward's taps in its padded planes), so no B panel is packed.
+inline __attribute__((always_inline)) void tile_product_rows(const float* __restrict__ a, const float* const* rows,
+                                                             int64_t offset, int64_t depth, Tile& t) {
+  vecf acc[MR][2];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = vecf{};
+  for (int64_t k = 0; k < depth; ++k) {
+    const float* b = rows[k] + offset;
+    const vecf b0 = load(b), b1 = load(b + VEC);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const vecf w = splat(a + k * MR + r);
+      acc[r][0] += w * b0;
+      acc[r][1] += w * b1;
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+    t.acc[r][0] = acc[r][0];
+    t.acc[r][1] = acc[r][1];
+  }
+}
+
 // A tile row's epilogue: + *bias (when given), then ReLU6 (with `relu6`): one add, then the clamps. Every
 // product that feeds a ReLU6 layer ends here, so its two forms (pointwise_product, pointwise_columns) agree bit for bit.
 inline __attribute__((always_inline)) void bias_relu6_epilogue(vecf& lo, vecf& hi, const float* bias, bool relu6) {

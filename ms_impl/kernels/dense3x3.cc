@@ -6,14 +6,18 @@
 //   dense_grad_input_s{1,2}  (dy, w, x)                  -> dx[N,Ci,H,W]
 //   dense_grad_weight_s{1,2} (x, dy)                     -> dw[Co,Ci,3,3]
 //
-// Output channel co sums over all input channels. The input gradient scatters dy into a padded plane of
-// the forward's layout and copies its interior out; the weight gradient is 9 dot products per plane pair.
+// The forward is a matrix product per output row on the register tile of common.h, its taps read in place
+// from the padded planes (dense_forward). The input gradient scatters dy into a padded plane of the
+// forward's layout and copies its interior out; the weight gradient is 9 dot products per plane pair.
 // Layers with few input channels (the stem) are split over images, so an image's padded planes are read
 // once while all output channels use them.
 #include "common.h"
 
 namespace mbv2 {
 namespace {
+
+// The padded input rows of a forward task, in floats: they stay in L2 while every output channel reads them.
+constexpr int64_t WINDOW_FLOATS = 32 << 10;
 
 // padded (+)= transpose correlation of dy with w (the input gradient, before unpadding).
 void scatter_plane(const Geometry& g, const float* __restrict__ dy, const float* w, float* padded) {
@@ -68,7 +72,11 @@ std::vector<float> pad_all(const Geometry& g, const float* x, int64_t planes) {
   return padded;
 }
 
-// (x, w[, bias]) -> y; with `fused`, y = relu6(conv + bias[co]).
+// (x, w[, bias]) -> y; with `fused`, y = relu6(conv + bias[co]). A matrix product per output row: A = the
+// weights packed as ci*9 by co (pack_rows), B = NR consecutive outputs of the row, its ci*9 steps read in
+// place from the padded input rows (in Geometry's layout every tap of a row is one contiguous run), so each
+// input value meets MR output channels from registers. Tasks: (image, band of output rows); a task pads
+// the input rows of its band, which stay in cache.
 int dense_forward(const Args& a, int stride, bool fused) {
   if (a.nparam != (fused ? 4 : 3) || !a.is(0, -1, -1, -1, -1) || !a.is(1, -1, -1, 3, 3)) return 1;
   const int64_t n = a.shape(0)[0], ci = a.shape(0)[1], co = a.shape(1)[0];
@@ -76,35 +84,66 @@ int dense_forward(const Args& a, int stride, bool fused) {
   const int y_index = fused ? 3 : 2;
   if (a.shape(1)[1] != ci || !a.is(y_index, n, co, g.out_height, g.out_width)) return 1;
   if (fused && !a.is_vector(2, co)) return 1;
-  const float* w = a.in(1);
+  const int64_t depth = ci * 9, panels = (co + MR - 1) / MR;
+  const std::vector<float> packed = pack_rows(a.in(1), co, depth, depth, 1);
+  const float* x = a.in(0);
   const float* bias = fused ? a.in(2) : nullptr;
   float* y = a.out(y_index);
-  const int64_t out_plane = g.out_height * g.out_width;
-  if (n >= 2 && ci * g.plane <= (int64_t{1} << 20)) {
-    // Few input channels (the stem): split over images; an image's ci padded planes stay in cache
-    // while every output channel is computed from them.
-    const float* x = a.in(0);
-    const int64_t in_plane = g.height * g.width;
-    parallel_for(n, [&](int64_t begin, int64_t end) {
-      float* padded = scratch(ci * g.plane);
-      for (int64_t b = begin; b < end; ++b) {
-        for (int64_t i = 0; i < ci; ++i) pad_plane(g, x + (b * ci + i) * in_plane, padded + i * g.plane);
-        for (int64_t o = 0; o < co; ++o) {
-          float* out = y + (b * co + o) * out_plane;
-          for (int64_t i = 0; i < ci; ++i) forward_plane(g, padded + i * g.plane, w + (o * ci + i) * 9, out, i > 0);
-          if (fused) bias_relu6_plane(out, out_plane, bias[o]);
+  const int64_t ho = g.out_height, wo = g.out_width;
+  // Bands of output rows whose padded input rows stay in L2 (WINDOW_FLOATS), and enough tasks for every thread.
+  int64_t band_rows = ho;
+  // (rows compared with WINDOW_FLOATS / floats per row: the product of a huge plane's sizes would overflow)
+  while (band_rows > 1 && stride * (band_rows - 1) + 3 > WINDOW_FLOATS / (ci * g.pitch)) band_rows = (band_rows + 1) / 2;
+  while (band_rows > 1 && n * ((ho + band_rows - 1) / band_rows) < 2 * threads_now()) band_rows = (band_rows + 1) / 2;
+  const int64_t bands = (ho + band_rows - 1) / band_rows, window_rows = stride * (band_rows - 1) + 3;
+  parallel_for(n * bands, [&](int64_t begin, int64_t end) {
+    // The band's padded rows of each input channel; + NR: a row's last, partial tile reads up to NR floats
+    // past the row (those lanes are never stored).
+    float* window = scratch(ci * window_rows * g.pitch + NR);
+    std::vector<const float*> taps(depth);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / bands, oh_begin = task % bands * band_rows, oh_end = std::min(ho, oh_begin + band_rows);
+      const int64_t first = stride * oh_begin, last = stride * (oh_end - 1) + 3;  // padded rows [first, last)
+      for (int64_t i = 0; i < ci; ++i)
+        for (int64_t r = first; r < last; ++r) {
+          float* row = window + (i * window_rows + r - first) * g.pitch;
+          if (r == 0 || r == g.height + 1) {
+            std::memset(row, 0, sizeof(float) * g.pitch);
+          } else {
+            pad_row_with(g, x + ((b * ci + i) * g.height + r - 1) * g.width, row, [](float v) { return v; });
+          }
+        }
+      for (int64_t oh = oh_begin; oh < oh_end; ++oh) {
+        for (int64_t i = 0; i < ci; ++i)
+          for (int kh = 0; kh < 3; ++kh)
+            for (int kw = 0; kw < 3; ++kw)
+              taps[(i * 3 + kh) * 3 + kw] = window + (i * window_rows + stride * oh + kh - first) * g.pitch + g.tap(kw);
+        for (int64_t ow0 = 0; ow0 < wo; ow0 += NR) {
+          const int64_t valid = std::min<int64_t>(NR, wo - ow0);
+          for (int64_t mb = 0; mb < panels; ++mb) {
+            const int64_t m0 = mb * MR;
+            const int valid_rows = static_cast<int>(std::min<int64_t>(MR, co - m0));
+            Tile tile;
+            tile_product_rows(packed.data() + mb * depth * MR, taps.data(), ow0, depth, tile);
+#pragma GCC unroll 16
+            for (int r = 0; r < MR; ++r) {
+              if (r >= valid_rows) break;
+              vecf lo = tile.acc[r][0], hi = tile.acc[r][1];
+              bias_relu6_epilogue(lo, hi, fused ? bias + m0 + r : nullptr, fused);
+              float* out = y + ((b * co + m0 + r) * ho + oh) * wo + ow0;
+              if (valid == NR) {
+                store(out, lo);
+                store(out + VEC, hi);
+              } else {
+                float values[NR];
+                store(values, lo);
+                store(values + VEC, hi);
+                for (int64_t j = 0; j < valid; ++j) out[j] = values[j];
+              }
+            }
+          }
         }
       }
-    });
-    return 0;
-  }
-  const std::vector<float> padded = pad_all(g, a.in(0), n * ci);
-  parallel_for(n * co, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t b = p / co, o = p % co;
-      for (int64_t i = 0; i < ci; ++i)
-        forward_plane(g, padded.data() + (b * ci + i) * g.plane, w + (o * ci + i) * 9, y + p * out_plane, i > 0);
-      if (fused) bias_relu6_plane(y + p * out_plane, out_plane, bias[o]);
     }
   });
   return 0;
