@@ -94,7 +94,7 @@ void depthwise_forward(const Geometry& g, int64_t n, int64_t c, const float* inp
       } else {
         pad_plane(g, input + p * in_plane, padded);
       }
-      forward_plane(g, padded, w + (p % c) * 9, y + p * out_plane, false);
+      forward_plane(g, padded, w + (p % c) * 9, y + p * out_plane);
       if (bias != nullptr) bias_relu6_plane(y + p * out_plane, out_plane, bias[p % c]);
     }
   });
@@ -175,7 +175,7 @@ int dw_grad_input(const Args& a, int stride) {
         float flipped[9];
         for (int k = 0; k < 9; ++k) flipped[k] = wp[8 - k];
         pad_plane(g, dy + p * out_plane, padded);
-        forward_plane(g, padded, flipped, dx + p * in_plane, false);
+        forward_plane(g, padded, flipped, dx + p * in_plane);
       } else {
         gather_plane_s2(g, dy + p * out_plane, wp, dx + p * in_plane, padded);
       }
@@ -247,7 +247,7 @@ void depthwise_bias_relu6_backward(const Geometry& g, int64_t n, int64_t c, cons
         float* input_grad = in_bias != nullptr ? ungated : dx + p * in_plane;
         if (g.stride == 1) {
           pad_plane(g, gated, grad_padded);
-          forward_plane(g, grad_padded, flipped, input_grad, false);
+          forward_plane(g, grad_padded, flipped, input_grad);
         } else {
           gather_plane_s2(g, gated, wp, input_grad, grad_padded);
         }

@@ -165,7 +165,7 @@ int pw_dw_forward(const Args& a, int stride, Projection projection) {
             }
           }
           float* out = project ? hidden + (c - c0) * step_columns : y + ((img * m + c) * ho + o0) * wo;
-          forward_rows(g, plane, wd + c * 9, out, o1 - o0, false);
+          forward_rows(g, plane, wd + c * 9, out, o1 - o0);
           bias_relu6_plane(out, (o1 - o0) * wo, bias[c]);
         }
         if (project) {
