@@ -3,8 +3,8 @@
 Runs, in one process and alternating, (a) the MindSpore twin's eval forward (GRAPH mode, `fast_conv`
 on) and (b) the same kernel entry points it calls, in the same order and on the same shapes, straight
 from Python through ctypes (`call_entry_point`, as MindSpore's AOT runtime calls them): the 52 BatchNorm
-folds, the stem, block 1's depthwise layer and projection, the 16 other blocks in one pass each (the
-residual add in the projection's epilogue in the 10 that have one), the last 1x1 layer and the pooling;
+folds, the stem, the 17 blocks in one pass each (the residual add in the projection's epilogue in the 10
+that have one), the last 1x1 layer and the pooling;
 the dense layer as a numpy product. The difference is what the framework adds per forward: graph launch, op dispatch, output
 allocation. Prints img/s of both (median and range over the rounds), then the kernels' time per kind of
 call (median over the rounds of each kind's sum per forward).
@@ -46,18 +46,13 @@ def kernel_calls(spec, batch: int, size: int, classes: int, rng: np.random.Gener
     for block in spec.blocks:
         hidden, ho = block.hidden_channels, out_size(h, block.stride)
         out = np.zeros((batch, block.out_channels, ho, ho), np.float32)
-        if block.expand is None:
-            dw_w, dw_b = fold(hidden, (hidden, 1, 3, 3))
-            mid = np.zeros((batch, hidden, ho, ho), np.float32)
-            calls.append((f"dw_forward_bias_relu6_s{block.stride}", [y, dw_w, dw_b, mid]))
-            pw, pb = fold(block.out_channels, (block.out_channels, hidden, 1, 1))
-            calls.append(("pw_forward_bias_s1", [mid, pw, pb, out]))
-        else:  # the whole block in one pass, the residual added in the projection's epilogue
-            ew, eb = fold(hidden, (hidden, block.in_channels, 1, 1))
-            dw_w, dw_b = fold(hidden, (hidden, 1, 3, 3))
-            pw, pb = fold(block.out_channels, (block.out_channels, hidden, 1, 1))
-            name = "block_forward_residual_s1" if block.use_residual else f"block_forward_s{block.stride}"
-            calls.append((name, [y, ew, eb, dw_w, dw_b, pw, pb, out]))
+        # the whole block in one pass, the residual added in the projection's epilogue
+        layers = [] if block.expand is None else list(fold(hidden, (hidden, block.in_channels, 1, 1)))
+        layers += fold(hidden, (hidden, 1, 3, 3))
+        layers += fold(block.out_channels, (block.out_channels, hidden, 1, 1))
+        prefix = "dw_block_forward" if block.expand is None else "block_forward"
+        name = f"{prefix}_residual_s1" if block.use_residual else f"{prefix}_s{block.stride}"
+        calls.append((name, [y, *layers, out]))
         y, h = out, ho
     last = spec.last
     w, b = fold(last.out_channels, (last.out_channels, last.in_channels, 1, 1))

@@ -250,23 +250,26 @@ def test_expansion_and_depthwise_in_one_pass_match_torch_and_the_two_kernels(fas
 # (batch, in, expanded, out, height, width, stride): residual blocks (in == out, stride 1) and plain ones; batch 1
 # (the rows split into bands over the threads), 1x1 planes, odd sizes, channel counts off the register panels,
 # a band taller than the rows a step holds (56x56 with 144 channels: several steps per band).
+# hidden None: a block without an expansion (its depthwise layer reads x; MobileNetV2's block 1 at 112x112).
 BLOCK_SHAPES = [(1, 3, 7, 3, 1, 1, 1), (1, 3, 7, 5, 1, 1, 2), (2, 5, 13, 5, 7, 9, 1), (3, 4, 30, 7, 9, 7, 2),
-                (1, 8, 20, 8, 17, 15, 1), (2, 16, 96, 24, 23, 19, 2), (1, 24, 144, 24, 56, 56, 1), (3, 12, 40, 11, 6, 5, 1)]
+                (1, 8, 20, 8, 17, 15, 1), (2, 16, 96, 24, 23, 19, 2), (1, 24, 144, 24, 56, 56, 1), (3, 12, 40, 11, 6, 5, 1),
+                (2, 8, None, 5, 9, 7, 1), (3, 6, None, 6, 5, 5, 1), (2, 7, None, 4, 9, 8, 2), (1, 32, None, 16, 112, 112, 1)]
 
 
 @pytest.mark.parametrize("n,cin,hidden,cout,h,w,stride", BLOCK_SHAPES)
 def test_whole_block_in_one_pass_matches_torch_and_the_two_passes(fast_conv, n, cin, hidden, cout, h, w, stride):
     """conv1x1(relu6(dwconv(relu6(conv1x1(x, we) + be), wd) + bd), wp) + bp (+ x in a residual block) in one
-    kernel (inference): against torch's three convolutions, bit for bit the expansion + depthwise pass followed
-    by the projection kernel, and its gradients (the hidden tensors recomputed) against torch autograd. A
-    call with a wrong shape is refused and writes nothing."""
+    kernel (inference), or without the expansion: against torch's convolutions, bit for bit the layers'
+    own kernels one after the other, and its gradients (the hidden tensors recomputed) against torch
+    autograd. A call with a wrong shape is refused and writes nothing."""
     import ctypes
 
     import mindspore as ms
 
     from ms_impl.fast_conv.ops import inverted_residual_op
 
-    residual = stride == 1 and cin == cout
+    expand, residual = hidden is not None, stride == 1 and cin == cout
+    hidden = hidden or cin
     rng = np.random.default_rng(hidden * 11 + h + stride + cout)
     # pre-activations exact and off ReLU6's kinks, as in the expansion + depthwise test
     x = _on_grid(rng.standard_normal((n, cin, h, w)), 1 / 4)
@@ -276,39 +279,48 @@ def test_whole_block_in_one_pass_matches_torch_and_the_two_passes(fast_conv, n, 
     bias = _on_grid(rng.uniform(-1.0, 3.0, hidden), 1 / 8) + np.float32(1 / 2048)
     projection_weight = (rng.standard_normal((cout, hidden, 1, 1)) / np.sqrt(hidden)).astype(np.float32)
     projection_bias = rng.uniform(-0.5, 0.5, cout).astype(np.float32)
-    values = (x, expand_weight, expand_bias, weight, bias, projection_weight, projection_bias)
-    op = inverted_residual_op(stride, residual)
+    layers = (expand_weight, expand_bias, weight, bias) if expand else (weight, bias)
+    values = (x, *layers, projection_weight, projection_bias)
+    op = inverted_residual_op(stride, residual, expand)
     args = tuple(ms.Tensor(v) for v in values)
     got = op(*args).asnumpy()
     upstream = rng.standard_normal(got.shape).astype(np.float32)
-    grads = ms.grad(lambda *a: (op(*a) * ms.Tensor(upstream)).sum(), grad_position=tuple(range(7)))(*args)
+    grads = ms.grad(lambda *a: (op(*a) * ms.Tensor(upstream)).sum(), grad_position=tuple(range(len(values))))(*args)
     tensors = [torch.from_numpy(v).requires_grad_(True) for v in values]
     conv = torch.nn.functional.conv2d
-    hidden_t = torch.nn.functional.relu6(conv(tensors[0], tensors[1], tensors[2]))
-    hidden_t = torch.nn.functional.relu6(conv(hidden_t, tensors[3], tensors[4], stride=stride, padding=1, groups=hidden))
-    y = conv(hidden_t, tensors[5], tensors[6]) + (tensors[0] if residual else 0)
+    hidden_t = torch.nn.functional.relu6(conv(tensors[0], tensors[1], tensors[2])) if expand else tensors[0]
+    dw_weight, dw_bias = tensors[-4], tensors[-3]
+    hidden_t = torch.nn.functional.relu6(conv(hidden_t, dw_weight, dw_bias, stride=stride, padding=1, groups=hidden))
+    y = conv(hidden_t, tensors[-2], tensors[-1]) + (tensors[0] if residual else 0)
     (y * torch.from_numpy(upstream)).sum().backward()
     _assert_close(got, y.detach().numpy(), "whole block vs torch")
-    names = ("x", "expand weight", "expand bias", "weight", "bias", "projection weight", "projection bias")
+    names = ("x", "expand weight", "expand bias")[:3 if expand else 1] + ("weight", "bias", "projection weight",
+                                                                        "projection bias")
     for name, mine, tensor in zip(names, grads, tensors):
         _assert_close(mine.asnumpy(), tensor.grad.numpy(), f"whole block: gradient of {name} vs torch")
     library, call = ctypes.CDLL(str(fast_conv.kernel_library())), fast_conv.call_entry_point
-    status_hidden, mid = call(library, f"pw_dw_forward_s{stride}", [*values[:5], np.zeros((n, hidden) + got.shape[2:])])
-    if residual:
-        status_projection, separate = call(library, "pw_forward_bias_add_s1", [mid, *values[5:], x, np.zeros(got.shape)])
+    mid_shape = (n, hidden) + got.shape[2:]
+    if expand:
+        status_hidden, mid = call(library, f"pw_dw_forward_s{stride}", [x, *layers, np.zeros(mid_shape)])
     else:
-        status_projection, separate = call(library, "pw_forward_bias_s1", [mid, *values[5:], np.zeros(got.shape)])
-    name = "block_forward_residual_s1" if residual else f"block_forward_s{stride}"
+        status_hidden, mid = call(library, f"dw_forward_bias_relu6_s{stride}", [x, *layers, np.zeros(mid_shape)])
+    projection = (projection_weight, projection_bias)
+    if residual:
+        status_projection, separate = call(library, "pw_forward_bias_add_s1", [mid, *projection, x, np.zeros(got.shape)])
+    else:
+        status_projection, separate = call(library, "pw_forward_bias_s1", [mid, *projection, np.zeros(got.shape)])
+    prefix = "block_forward" if expand else "dw_block_forward"
+    name = f"{prefix}_residual_s1" if residual else f"{prefix}_s{stride}"
     status, direct = call(library, name, [*values, np.zeros(got.shape)])
     assert status == status_hidden == status_projection == 0
     np.testing.assert_array_equal(got, separate)
     np.testing.assert_array_equal(direct, separate)
     wrong = (n, cout, got.shape[2] + 1, got.shape[3])
     for entry, arrays in ((name, [*values, np.zeros(wrong)]),  # an output of another size
-                          (name, [*values[:6], projection_bias[:-1], np.zeros(got.shape)]),  # a short bias
-                          (name, [*values[:5], projection_weight[:, :-1], projection_bias, np.zeros(got.shape)]),
-                          ("block_forward_residual_s1", [*values[:5], np.zeros((cin + 1, hidden, 1, 1)),  # out != in
-                                                         np.zeros(cin + 1), np.zeros((n, cin + 1) + got.shape[2:])])):
+                          (name, [*values[:-1], projection_bias[:-1], np.zeros(got.shape)]),  # a short bias
+                          (name, [*values[:-2], projection_weight[:, :-1], projection_bias, np.zeros(got.shape)]),
+                          (f"{prefix}_residual_s1", [x, *layers, np.zeros((cin + 1, hidden, 1, 1)),  # out != in
+                                                     np.zeros(cin + 1), np.zeros((n, cin + 1) + got.shape[2:])])):
         status, untouched = call(library, entry, arrays)
         assert status == 1 and not untouched.any(), entry
 
@@ -441,17 +453,17 @@ def test_folded_batchnorm_eval_matches_unfolded(fast_conv, width, monkeypatch):
     original = fast_conv.FastConv3x3.after_expansion
     monkeypatch.setattr(fast_conv.FastConv3x3, "after_expansion", lambda self, *a: calls.append(1) or original(self, *a))
     got = folded(x).asnumpy()
-    assert (len(whole), len(calls)) == (16, 0)  # every block with an expansion: the whole block in one pass
+    assert (len(whole), len(calls)) == (17, 0)  # every block in one pass
     assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
     blocks = [cell for _, cell in folded.cells_and_names() if isinstance(cell, InvertedResidual)]
     for cell in blocks:  # expansion and depthwise in one pass, then the projection: the same logits, bit for bit
         cell.fuse_whole_block_inference = False
     np.testing.assert_array_equal(folded(x).asnumpy(), got)
-    assert (len(whole), len(calls)) == (16, 16)
+    assert (len(whole), len(calls)) == (17, 16)  # the 16 expanding blocks: expansion + depthwise in one pass
     for cell in blocks:  # and the kernels of the three layers one after the other
         cell.fuse_expansion_inference = False
     np.testing.assert_array_equal(folded(x).asnumpy(), got)
-    assert (len(whole), len(calls)) == (16, 16)
+    assert (len(whole), len(calls)) == (17, 16)
     folded.set_train(True)  # training with batch statistics never folds
     plain.set_train(True)
     train_want, train_got = plain(x).asnumpy(), folded(x).asnumpy()

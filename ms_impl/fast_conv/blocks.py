@@ -8,9 +8,9 @@ every parameter, name and checkpoint of their parents and change only how `const
 - BatchNorm on its moving statistics (eval mode, and training with frozen BatchNorm, the trainer's
   `freeze_bn`): the convolutions fold it into their weights and apply the bias (+ ReLU6) in the same
   kernel pass (`folded_forward`); gradients reach gamma and beta through the fold.
-- Inference: each expanding block is one kernel pass that stores neither the expansion's nor the depthwise
-  layer's output (`whole_block_inference`); where the projection's BatchNorm does not fold, the expanding
-  1x1 and depthwise layers still are one pass (`expansion_depthwise_inference`).
+- Inference: each block is one kernel pass that stores no hidden tensor (`whole_block_inference`); where
+  the projection's BatchNorm does not fold, the expanding 1x1 and depthwise layers still are one pass
+  (`expansion_depthwise_inference`).
 - Training with frozen BatchNorm: the expanding 1x1 layer's bias and ReLU6 run inside the depthwise
   layer's kernels (`expanded_depthwise`).
 - Training with batch statistics: BatchNorm and ReLU6 in one kernel, forward and backward.
@@ -91,8 +91,8 @@ class InvertedResidualFusion:
         self.fuse_expansion_inference = self.has_expand
         # Inference with every BatchNorm folded: the whole block in one kernel pass, the projection reading the
         # depthwise output a step of rows at a time from cache (whole_block_inference).
-        self.fuse_whole_block_inference = self.has_expand
-        self.whole_block_kernel = inverted_residual_op(block.stride, self.use_residual) if self.has_expand else None
+        self.fuse_whole_block_inference = True
+        self.whole_block_kernel = inverted_residual_op(block.stride, self.use_residual, self.has_expand)
         # Set for a block that never receives a gradient (the trainer's --freeze_layers): inference kernels in training too.
         self.inference_only = False
 
@@ -116,18 +116,24 @@ class InvertedResidualFusion:
         return projection.with_bias(hidden, weight, bias)
 
     def infers_whole_block(self) -> bool:
-        """Whether the whole block runs as one inference pass: it expands, every BatchNorm folds (the
+        """Whether the whole block runs as one inference pass: every BatchNorm before the projection folds (the
         projection's is checked by the caller), and no gradient is wanted through training's own forms."""
-        return (self.has_expand and self.fuse_whole_block_inference and self.conv[0].folds_now()
-                and self.conv[1].folds_now() and (self.inference_only or not self.training))
+        if not (self.fuse_whole_block_inference and (self.inference_only or not self.training)):
+            return False
+        if self.has_expand:
+            return self.conv[0].folds_now() and self.conv[1].folds_now()
+        return self.conv[0].folds_now()
 
     def whole_block_inference(self, x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor) -> ms.Tensor:
-        """The block in one kernel pass, its projection's folded `weight` and `bias` given: the expansion and
-        depthwise outputs never stored, the residual added in the projection's epilogue. The same values as
-        expansion_depthwise_inference followed by the projection, bit for bit."""
-        expand, depthwise = self.conv[0], self.conv[1]
-        expand_weight, expand_bias = folded_batch_norm(expand.features[0], expand.features[1])
+        """The block in one kernel pass, its projection's folded `weight` and `bias` given: no hidden tensor
+        stored, the residual added in the projection's epilogue. The same values as the layers' own kernels
+        one after the other, bit for bit."""
+        depthwise = self.conv[1] if self.has_expand else self.conv[0]
         depthwise_weight, depthwise_bias = folded_batch_norm(depthwise.features[0], depthwise.features[1])
+        if not self.has_expand:
+            return self.whole_block_kernel(x, depthwise_weight, depthwise_bias, weight, bias)
+        expand = self.conv[0]
+        expand_weight, expand_bias = folded_batch_norm(expand.features[0], expand.features[1])
         return self.whole_block_kernel(x, expand_weight, expand_bias, depthwise_weight, depthwise_bias, weight, bias)
 
     def folded_hidden(self, x: ms.Tensor) -> ms.Tensor:

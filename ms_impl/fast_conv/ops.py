@@ -266,29 +266,43 @@ def expansion_depthwise_op(stride: int) -> ops.Custom:
 
 
 @functools.lru_cache(maxsize=None)
-def inverted_residual_op(stride: int, residual: bool) -> ops.Custom:
-    """A whole inverted residual block, its three BatchNorms folded, in one pass that stores neither hidden
-    tensor: (x, we, be, wd, bd, wp[P,M,1,1], bp[P]) -> conv1x1(expansion_depthwise(x, ...), wp) + bp (+ x with
-    `residual`). The same value, bit for bit, as the expansion + depthwise pass and then the projection. For
-    inference; its bprop recomputes the hidden tensors (as expansion_depthwise_op's does)."""
+def inverted_residual_op(stride: int, residual: bool, expand: bool = True) -> ops.Custom:
+    """A whole inverted residual block, its BatchNorms folded, in one pass that stores no hidden tensor:
+    (x, we, be, wd, bd, wp[P,M,1,1], bp[P]) -> conv1x1(expansion_depthwise(x, we, be, wd, bd), wp) + bp (+ x with
+    `residual`); without `expand` (a block whose depthwise layer reads x) the inputs are (x, wd, bd, wp, bp).
+    The same value, bit for bit, as the expansion + depthwise pass (or the depthwise kernel) and then the
+    projection. For inference; its bprop recomputes the hidden tensors (as expansion_depthwise_op's does)."""
     library = _library()
-    hidden_pass = expansion_depthwise_op(stride)
-    backward = expansion_depthwise_backward(stride)
     grad_input, grad_weight = pointwise_grad_ops()
     grad_bias = bias_grad_ops()[0]
+    if expand:
+        hidden_pass, backward = expansion_depthwise_op(stride), expansion_depthwise_backward(stride)
 
-    def bprop(x, expand_weight, expand_bias, weight, bias, projection_weight, projection_bias, out, dout):
-        hidden = hidden_pass(x, expand_weight, expand_bias, weight, bias)
-        dhidden = grad_input(dout, projection_weight, hidden)
-        dx, dexpand_weight, dexpand_bias, dweight, dbias = backward(x, expand_weight, expand_bias, weight, bias, hidden,
-                                                                   dhidden)
-        if residual:
-            dx = dx + dout
-        return (dx, dexpand_weight, dexpand_bias, dweight, dbias, grad_weight(hidden, dout), grad_bias(dout))
+        def bprop(x, expand_weight, expand_bias, weight, bias, projection_weight, projection_bias, out, dout):
+            hidden = hidden_pass(x, expand_weight, expand_bias, weight, bias)
+            dhidden = grad_input(dout, projection_weight, hidden)
+            dx, dexpand_weight, dexpand_bias, dweight, dbias = backward(x, expand_weight, expand_bias, weight, bias,
+                                                                       hidden, dhidden)
+            if residual:
+                dx = dx + dout
+            return (dx, dexpand_weight, dexpand_bias, dweight, dbias, grad_weight(hidden, dout), grad_bias(dout))
+    else:
+        hidden_pass = kernel_ops("dw", stride)[1]
+        depthwise_grad = ops.Custom(f"{library}:dw_bias_relu6_grad_s{stride}",
+                                    out_shape=lambda dy, y, x, w: (x, w, (w[0],)),
+                                    out_dtype=lambda *dtypes: (dtypes[0],) * 3, func_type="aot")
+
+        def bprop(x, weight, bias, projection_weight, projection_bias, out, dout):
+            hidden = hidden_pass(x, weight, bias)
+            dx, dweight, dbias = depthwise_grad(grad_input(dout, projection_weight, hidden), hidden, x, weight)
+            if residual:
+                dx = dx + dout
+            return dx, dweight, dbias, grad_weight(hidden, dout), grad_bias(dout)
 
     output_shape = forward_shape(stride)
-    name = "block_forward_residual_s1" if residual else f"block_forward_s{stride}"
-    return ops.Custom(f"{library}:{name}", out_shape=lambda x, we, be, wd, bd, wp, bp: output_shape(x, wp),
+    prefix = "block_forward" if expand else "dw_block_forward"
+    name = f"{prefix}_residual_s1" if residual else f"{prefix}_s{stride}"
+    return ops.Custom(f"{library}:{name}", out_shape=lambda x, *rest: output_shape(x, rest[-2]),
                       out_dtype=same_dtype, func_type="aot", bprop=bprop)
 
 

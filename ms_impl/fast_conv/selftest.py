@@ -294,6 +294,18 @@ def _check_expansion_depthwise(library: ctypes.CDLL, rng: np.random.Generator) -
                                                              projection_weight, projection_bias, np.zeros(block_shape)])
             if status or status_p or not np.array_equal(block, projected):
                 raise FastConvUnavailable(f"self-test: {name} gives wrong results")
+        # A block without an expansion: the depthwise kernel, then the projection, bit for bit.
+        dw_weight, dw_bias = depthwise_weight[:5], bias[:5]
+        status_dw, depthwise = call_entry_point(library, f"dw_forward_bias_relu6_s{stride}",
+                                                [x, dw_weight, dw_bias, np.zeros((2, 5) + out_shape[2:])])
+        projection_weight, projection_bias = rng.standard_normal((3, 5, 1, 1)), rng.standard_normal(3)
+        status_p, projected = call_entry_point(library, "pw_forward_bias_s1",
+                                               [depthwise, projection_weight, projection_bias, np.zeros((2, 3) + out_shape[2:])])
+        status, block = call_entry_point(library, f"dw_block_forward_s{stride}",
+                                         [x, dw_weight, dw_bias, projection_weight, projection_bias,
+                                          np.zeros((2, 3) + out_shape[2:])])
+        if status or status_dw or status_p or not np.array_equal(block, projected):
+            raise FastConvUnavailable(f"self-test: dw_block_forward_s{stride} gives wrong results")
     x = rng.standard_normal((3, 5, 3, 7)).astype(np.float32)
     if call_entry_point(library, "pw_forward_s1", [x, np.zeros((13, 5, 1, 1)), np.zeros((3, 12, 3, 7))])[0] != 1:
         raise FastConvUnavailable("self-test: pw_forward_s1 accepts a wrong output shape")

@@ -7,6 +7,8 @@
 //   block_forward_s{1,2}      (x, we, be, wd, bd, wp[P,M,1,1], bp[P]) -> y[N,P,Ho,Wo] =
 //                             conv1x1(pw_dw_forward(x, we, be, wd, bd), wp) + bp, neither hidden tensor stored
 //   block_forward_residual_s1 (the same, P = K) -> y = (conv1x1(...) + bp) + x
+//   dw_block_forward_s{1,2}, dw_block_forward_residual_s1  (x, wd[K,1,3,3], bd[K], wp[P,K,1,1], bp[P]) -> y:
+//                             the same for a block without an expansion (its depthwise layer reads x)
 #include "common.h"
 
 namespace mbv2 {
@@ -80,30 +82,35 @@ void pointwise_columns(const float* a, int64_t rows, int64_t depth, const float*
 // whose product reads the depthwise output from cache a step of rows at a time (neither hidden tensor stored).
 enum class Projection { NONE, PLAIN, RESIDUAL };
 
-// Without the projection: (x[N,K,H,W], we[M,K,1,1], be[M], wd[M,1,3,3], bd[M]) -> y[N,M,Ho,Wo] =
-// relu6(dwconv(relu6(conv1x1(x, we) + be), wd) + bd): pw_forward_bias_relu6 then dw_forward_bias_relu6.
-// With it, two more inputs (wp[P,M,1,1], bp[P]) and y[N,P,Ho,Wo] = conv1x1(that, wp) + bp (+ x, RESIDUAL):
-// pw_forward_bias (pw_forward_bias_add) after them, bit for bit.
-int pw_dw_forward(const Args& a, int stride, Projection projection) {
+// With the expansion (`expand`) and without the projection: (x[N,K,H,W], we[M,K,1,1], be[M], wd[M,1,3,3],
+// bd[M]) -> y[N,M,Ho,Wo] = relu6(dwconv(relu6(conv1x1(x, we) + be), wd) + bd): pw_forward_bias_relu6 then
+// dw_forward_bias_relu6. With the projection, two more inputs (wp[P,M,1,1], bp[P]) and y[N,P,Ho,Wo] =
+// conv1x1(that, wp) + bp (+ x, RESIDUAL): pw_forward_bias (pw_forward_bias_add) after them, bit for bit.
+// Without the expansion (a block whose depthwise layer reads its input, M = K) there is no we, be.
+int pw_dw_forward(const Args& a, int stride, bool expand, Projection projection) {
   const bool project = projection != Projection::NONE;
-  const int y_index = project ? 7 : 5;
-  if (a.nparam != y_index + 1 || !a.is(0, -1, -1, -1, -1) || !a.is(1, -1, a.shape(0)[1], 1, 1)) return 1;
-  const int64_t n = a.shape(0)[0], k = a.shape(0)[1], h = a.shape(0)[2], w = a.shape(0)[3], m = a.shape(1)[0];
+  const int dw_index = expand ? 3 : 1, projection_index = dw_index + 2, y_index = projection_index + (project ? 2 : 0);
+  if (a.nparam != y_index + 1 || !a.is(0, -1, -1, -1, -1)) return 1;
+  const int64_t n = a.shape(0)[0], k = a.shape(0)[1], h = a.shape(0)[2], w = a.shape(0)[3];
+  if (expand && !a.is(1, -1, k, 1, 1)) return 1;
+  const int64_t m = expand ? a.shape(1)[0] : k;
   const Geometry g(h, w, stride);
-  if (!a.is_vector(2, m) || !a.is(3, m, 1, 3, 3) || !a.is_vector(4, m)) return 1;
-  if (project && (!a.is(5, -1, m, 1, 1) || !a.is_vector(6, a.shape(5)[0]))) return 1;
-  const int64_t out_channels = project ? a.shape(5)[0] : m;
+  if ((expand && !a.is_vector(2, m)) || !a.is(dw_index, m, 1, 3, 3) || !a.is_vector(dw_index + 1, m)) return 1;
+  if (project && (!a.is(projection_index, -1, m, 1, 1) || !a.is_vector(projection_index + 1, a.shape(projection_index)[0])))
+    return 1;
+  const int64_t out_channels = project ? a.shape(projection_index)[0] : m;
   if (projection == Projection::RESIDUAL && (stride != 1 || out_channels != k)) return 1;
   if (!a.is(y_index, n, out_channels, g.out_height, g.out_width)) return 1;
-  const std::vector<float> packed = pack_rows(a.in(1), m, k, k, 1);
-  const std::vector<float> packed_projection = project ? pack_rows(a.in(5), out_channels, m, m, 1) : std::vector<float>();
-  const float *x = a.in(0), *expand_bias = a.in(2), *wd = a.in(3), *bias = a.in(4);
-  const float* projection_bias = project ? a.in(6) : nullptr;
+  const std::vector<float> packed = expand ? pack_rows(a.in(1), m, k, k, 1) : std::vector<float>();
+  const std::vector<float> packed_projection =
+      project ? pack_rows(a.in(projection_index), out_channels, m, m, 1) : std::vector<float>();
+  const float *x = a.in(0), *expand_bias = expand ? a.in(2) : nullptr, *wd = a.in(dw_index), *bias = a.in(dw_index + 1);
+  const float* projection_bias = project ? a.in(projection_index + 1) : nullptr;
   float* y = a.out(y_index);
   const int64_t ho = g.out_height, wo = g.out_width, panels_total = (m + MR - 1) / MR;
   auto window_floats = [&](int64_t channels, int64_t rows_out) {
     const int64_t window_rows = stride * (rows_out - 1) + 3, new_rows = std::max(window_rows, stride * rows_out);
-    return channels * (window_rows * g.pitch + new_rows * w + (project ? rows_out * wo : 0));
+    return channels * (window_rows * g.pitch + (expand ? new_rows * w : 0) + (project ? rows_out * wo : 0));
   };
   // Tasks: (image, group of channels, band of output rows). Without the projection the channels split into
   // groups: enough tasks for every thread (batch 1 too), one output row's window in budget. The projection
@@ -123,7 +130,7 @@ int pw_dw_forward(const Args& a, int stride, Projection projection) {
   int64_t rows_out = 1;  // output rows per step: as many as the budget allows
   while (rows_out < band_rows && window_floats(group_panels * MR, rows_out + 1) <= WINDOW_FLOATS) ++rows_out;
   const int64_t window_rows = stride * (rows_out - 1) + 3, new_rows = std::max(window_rows, stride * rows_out);
-  const int64_t max_columns = new_rows * w, step_columns = rows_out * wo;
+  const int64_t max_columns = expand ? new_rows * w : 0, step_columns = rows_out * wo;
   const int64_t panel_floats = std::max(((max_columns + NR - 1) / NR) * k, project ? ((step_columns + NR - 1) / NR) * m : 0) * NR;
   parallel_for(n * groups * bands, [&](int64_t begin, int64_t end) {
     const int64_t channels_max = group_panels * MR, window_plane = window_rows * g.pitch;
@@ -151,7 +158,7 @@ int pw_dw_forward(const Args& a, int stride, Projection projection) {
         const int64_t fresh_begin = need_begin + keep;
         // Padded row r holds input row r - 1; rows 0 and H + 1 are the zero padding.
         const int64_t in_begin = std::max<int64_t>(fresh_begin - 1, 0), in_end = std::min<int64_t>(need_end - 1, h);
-        if (in_end > in_begin)
+        if (expand && in_end > in_begin)
           pointwise_columns(packed.data(), m, k, image, h * w, in_begin * w, in_end * w, p0, p1, expand_bias, true,
                             expanded, max_columns, nullptr, panels);
         for (int64_t c = c0; c < c1; ++c) {
@@ -161,7 +168,9 @@ int pw_dw_forward(const Args& a, int stride, Projection projection) {
             if (r == 0 || r == h + 1) {
               std::memset(row, 0, sizeof(float) * g.pitch);
             } else {
-              pad_row_with(g, expanded + (c - c0) * max_columns + (r - 1 - in_begin) * w, row, [](float v) { return v; });
+              const float* source = expand ? expanded + (c - c0) * max_columns + (r - 1 - in_begin) * w
+                                           : image + (c * h + r - 1) * w;
+              pad_row_with(g, source, row, [](float v) { return v; });
             }
           }
           float* out = project ? hidden + (c - c0) * step_columns : y + ((img * m + c) * ho + o0) * wo;
@@ -185,10 +194,13 @@ int pw_dw_forward(const Args& a, int stride, Projection projection) {
 
 }  // namespace
 
-MBV2_ENTRY(pw_dw_forward_s1, pw_dw_forward(args, 1, Projection::NONE))
-MBV2_ENTRY(pw_dw_forward_s2, pw_dw_forward(args, 2, Projection::NONE))
-MBV2_ENTRY(block_forward_s1, pw_dw_forward(args, 1, Projection::PLAIN))
-MBV2_ENTRY(block_forward_s2, pw_dw_forward(args, 2, Projection::PLAIN))
-MBV2_ENTRY(block_forward_residual_s1, pw_dw_forward(args, 1, Projection::RESIDUAL))
+MBV2_ENTRY(pw_dw_forward_s1, pw_dw_forward(args, 1, true, Projection::NONE))
+MBV2_ENTRY(pw_dw_forward_s2, pw_dw_forward(args, 2, true, Projection::NONE))
+MBV2_ENTRY(block_forward_s1, pw_dw_forward(args, 1, true, Projection::PLAIN))
+MBV2_ENTRY(block_forward_s2, pw_dw_forward(args, 2, true, Projection::PLAIN))
+MBV2_ENTRY(block_forward_residual_s1, pw_dw_forward(args, 1, true, Projection::RESIDUAL))
+MBV2_ENTRY(dw_block_forward_s1, pw_dw_forward(args, 1, false, Projection::PLAIN))
+MBV2_ENTRY(dw_block_forward_s2, pw_dw_forward(args, 2, false, Projection::PLAIN))
+MBV2_ENTRY(dw_block_forward_residual_s1, pw_dw_forward(args, 1, false, Projection::RESIDUAL))
 
 }  // namespace mbv2
