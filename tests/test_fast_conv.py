@@ -316,7 +316,9 @@ def test_whole_block_in_one_pass_matches_torch_and_the_two_passes(fast_conv, n, 
     np.testing.assert_array_equal(got, separate)
     np.testing.assert_array_equal(direct, separate)
     wrong = (n, cout, got.shape[2] + 1, got.shape[3])
-    for entry, arrays in ((name, [*values, np.zeros(wrong)]),  # an output of another size
+    empty = (n, cin, 0, w)  # no rows: refused, not a division by zero
+    for entry, arrays in ((name, [np.zeros(empty), *values[1:], np.zeros((n, cout, 0, got.shape[3]))]),
+                          (name, [*values, np.zeros(wrong)]),  # an output of another size
                           (name, [*values[:-1], projection_bias[:-1], np.zeros(got.shape)]),  # a short bias
                           (name, [*values[:-2], projection_weight[:, :-1], projection_bias, np.zeros(got.shape)]),
                           (f"{prefix}_residual_s1", [x, *layers, np.zeros((cin + 1, hidden, 1, 1)),  # out != in
@@ -881,6 +883,7 @@ def test_entry_points_refuse_wrong_shapes_and_survive_failures(fast_conv):
         ("dw_grad_weight_s2", [x, np.zeros((1, 4, 3, 3)), np.zeros((4, 1, 3, 3))]),  # batch of dy
         ("dense_forward_s1", [x, rng.standard_normal((3, 4, 5, 5)), np.zeros((2, 3, 6, 5))]),  # not 3x3
         ("dense_forward_s1", [x, dense_w, np.zeros((2, 4, 6, 5))]),  # channels of y
+        ("dense_forward_s1", [np.zeros((1, 0, 5, 5)), np.zeros((4, 0, 3, 3)), np.zeros((1, 4, 5, 5))]),  # no channels
         ("dense_grad_input_s1", [np.zeros((1, 3, 6, 5)), dense_w, x, np.zeros(x.shape)]),  # batch of dy
         ("dense_grad_weight_s1", [x, np.zeros((1, 3, 6, 5)), np.zeros((3, 4, 3, 3))]),  # batch of dy
         ("dw_forward_bias_relu6_s2", [x, dw_w, np.zeros(3), y]),  # bias length

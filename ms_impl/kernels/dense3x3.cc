@@ -84,6 +84,7 @@ int dense_forward(const Args& a, int stride, bool fused) {
   const int y_index = fused ? 3 : 2;
   if (a.shape(1)[1] != ci || !a.is(y_index, n, co, g.out_height, g.out_width)) return 1;
   if (fused && !a.is_vector(2, co)) return 1;
+  if (ci == 0 || g.height == 0 || g.width == 0) return 1;  // no input to convolve (and no window to size)
   const int64_t depth = ci * 9, panels = (co + MR - 1) / MR;
   const std::vector<float> packed = pack_rows(a.in(1), co, depth, depth, 1);
   const float* x = a.in(0);

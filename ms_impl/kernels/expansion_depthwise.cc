@@ -101,6 +101,7 @@ int pw_dw_forward(const Args& a, int stride, bool expand, Projection projection)
   const int64_t out_channels = project ? a.shape(projection_index)[0] : m;
   if (projection == Projection::RESIDUAL && (stride != 1 || out_channels != k)) return 1;
   if (!a.is(y_index, n, out_channels, g.out_height, g.out_width)) return 1;
+  if (k == 0 || m == 0 || h == 0 || w == 0) return 1;  // an empty layer (and no window to size)
   const std::vector<float> packed = expand ? pack_rows(a.in(1), m, k, k, 1) : std::vector<float>();
   const std::vector<float> packed_projection =
       project ? pack_rows(a.in(projection_index), out_channels, m, m, 1) : std::vector<float>();
