@@ -327,6 +327,54 @@ def test_whole_block_in_one_pass_matches_torch_and_the_two_passes(fast_conv, n, 
         assert status == 1 and not untouched.any(), entry
 
 
+# (batch, in, expanded, out, height, width, stride): blocks whose output planes are small enough for the
+# channel-blocked form (at most 14x14): residual and plain, stride 1 and 2, expanded channels off the NR-wide
+# channel groups and the register panels, 1x1 and odd planes, 14x14 exactly.
+BLOCKED_SHAPES = [(2, 16, 40, 16, 7, 7, 1), (3, 12, 37, 20, 9, 11, 2), (2, 8, 33, 8, 14, 14, 1), (4, 6, 17, 5, 1, 1, 1),
+                  (2, 5, 96, 7, 27, 28, 2), (3, 9, 50, 9, 5, 3, 1)]
+
+
+@pytest.mark.parametrize("n,cin,hidden,cout,h,w,stride", BLOCKED_SHAPES)
+def test_whole_block_channel_blocked_form_matches_torch_and_the_layer_kernels(fast_conv, n, cin, hidden, cout, h, w, stride):
+    """The whole-block pass in its channel-blocked form (small planes, a batch of at least twice the threads:
+    one thread here): against torch's three convolutions, and bit for bit the expansion + depthwise pass
+    followed by the projection kernel, as its NCHW form is."""
+    import ctypes
+
+    residual = stride == 1 and cin == cout
+    rng = np.random.default_rng(hidden * 13 + h + stride + cout)
+    x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
+    expand_weight = (rng.standard_normal((hidden, cin, 1, 1)) * 2 / np.sqrt(cin)).astype(np.float32)
+    expand_bias = rng.uniform(-1.0, 3.0, hidden).astype(np.float32)
+    weight = (rng.standard_normal((hidden, 1, 3, 3)) * np.sqrt(2 / 9)).astype(np.float32)
+    bias = rng.uniform(-1.0, 3.0, hidden).astype(np.float32)
+    projection_weight = (rng.standard_normal((cout, hidden, 1, 1)) / np.sqrt(hidden)).astype(np.float32)
+    projection_bias = rng.uniform(-0.5, 0.5, cout).astype(np.float32)
+    layers = (expand_weight, expand_bias, weight, bias)
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    library, call = ctypes.CDLL(str(fast_conv.kernel_library())), fast_conv.call_entry_point
+    name = "block_forward_residual_s1" if residual else f"block_forward_s{stride}"
+    library.mbv2_set_threads(1)
+    try:
+        status, blocked = call(library, name, [x, *layers, projection_weight, projection_bias, np.zeros((n, cout, ho, wo))])
+        status_hidden, mid = call(library, f"pw_dw_forward_s{stride}", [x, *layers, np.zeros((n, hidden, ho, wo))])
+    finally:
+        library.mbv2_set_threads(fast_conv.kernel_threads())
+    projection = (projection_weight, projection_bias)
+    if residual:
+        status_projection, separate = call(library, "pw_forward_bias_add_s1", [mid, *projection, x, np.zeros(blocked.shape)])
+    else:
+        status_projection, separate = call(library, "pw_forward_bias_s1", [mid, *projection, np.zeros(blocked.shape)])
+    assert status == status_hidden == status_projection == 0
+    np.testing.assert_array_equal(blocked, separate)
+    conv, relu6 = torch.nn.functional.conv2d, torch.nn.functional.relu6
+    tensors = [torch.from_numpy(v) for v in (x, *layers, *projection)]
+    hidden_t = relu6(conv(relu6(conv(tensors[0], tensors[1], tensors[2])), tensors[3], tensors[4], stride=stride,
+                          padding=1, groups=hidden))
+    want = conv(hidden_t, tensors[5], tensors[6]) + (tensors[0] if residual else 0)
+    _assert_close(blocked, want.numpy(), "channel-blocked whole block vs torch")
+
+
 @pytest.mark.parametrize("n,cin,cout,h,w,stride", [(1, 3, 32, 9, 11, 2), (3, 5, 7, 8, 5, 1)])
 def test_dense_bias_relu6_matches_torch(fast_conv, n, cin, cout, h, w, stride):
     _check_bias_relu6(fast_conv, cin, cout, 1, n, h, w, stride)

@@ -294,6 +294,22 @@ def _check_expansion_depthwise(library: ctypes.CDLL, rng: np.random.Generator) -
                                                              projection_weight, projection_bias, np.zeros(block_shape)])
             if status or status_p or not np.array_equal(block, projected):
                 raise FastConvUnavailable(f"self-test: {name} gives wrong results")
+        # The channel-blocked form of the block pass (small planes, a batch of twice the threads at least).
+        images = 2 * max(1, library.mbv2_thread_count())
+        xs = np.repeat(x[:1], images, axis=0)
+        projection_weight, projection_bias = rng.standard_normal((5, 7, 1, 1)), rng.standard_normal(5)
+        status_h, hidden = call_entry_point(library, f"pw_dw_forward_s{stride}",
+                                            [xs, expand_weight, expand_bias, depthwise_weight, bias,
+                                             np.zeros((images, 7) + out_shape[2:])])
+        name = "block_forward_residual_s1" if stride == 1 else f"block_forward_s{stride}"
+        after = ("pw_forward_bias_add_s1", [hidden, projection_weight, projection_bias, xs]) if stride == 1 else \
+            ("pw_forward_bias_s1", [hidden, projection_weight, projection_bias])
+        status_p, projected = call_entry_point(library, after[0], after[1] + [np.zeros((images, 5) + out_shape[2:])])
+        status, block = call_entry_point(library, name, [xs, expand_weight, expand_bias, depthwise_weight, bias,
+                                                         projection_weight, projection_bias,
+                                                         np.zeros((images, 5) + out_shape[2:])])
+        if status or status_h or status_p or not np.array_equal(block, projected):
+            raise FastConvUnavailable(f"self-test: {name} gives wrong results (channel-blocked form)")
         # A block without an expansion: the depthwise kernel, then the projection, bit for bit.
         dw_weight, dw_bias = depthwise_weight[:5], bias[:5]
         status_dw, depthwise = call_entry_point(library, f"dw_forward_bias_relu6_s{stride}",

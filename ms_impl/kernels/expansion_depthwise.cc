@@ -78,6 +78,145 @@ void pointwise_columns(const float* a, int64_t rows, int64_t depth, const float*
   }
 }
 
+// ---- the late blocks in a channel-blocked layout ----
+//
+// Where the planes are small (14x14 and 7x7 in MobileNetV2), the pass above pays per plane and per row: a
+// padded copy of every channel's plane, rows of 7 or 14 pixels that fill no whole vector, a 49-pixel image
+// that leaves a quarter of its last 16-pixel tile empty. There the block runs with channels in the vector
+// (NR channels per group), as ONNX Runtime and OpenVINO run these layers: the expansion's tile is 6 pixels x
+// NR channels, written straight into a zero-bordered window of the image, [group][padded pixel][NR]; the
+// depthwise layer sums 9 taps of whole channel vectors per output pixel; its outputs go into the
+// projection's B panels, whose product writes NCHW. Every value is computed with the same operations in the
+// same order as the NCHW path (the products over the same depth in the same order, the 9 taps in the same
+// order, the same bias and ReLU6), so the output is the same bit for bit.
+
+// Output pixels per image at most for the channel-blocked form (14x14).
+constexpr int64_t BLOCKED_MAX_PIXELS = 196;
+
+void blocked_block(const float* x, int64_t n, int64_t k, int64_t h, int64_t w, int stride, const float* we,
+                   const float* be, const float* wd, const float* bd, int64_t m, const std::vector<float>& packed_projection,
+                   const float* bp, int64_t out_channels, bool residual, float* y) {
+  const int64_t groups = (m + NR - 1) / NR, pitch = w + 2, padded = (h + 2) * pitch;
+  const int64_t ho = (h - 1) / stride + 1, wo = (w - 1) / stride + 1, pixels_in = h * w, pixels_out = ho * wo;
+  const int64_t in_panels = (pixels_in + MR - 1) / MR, out_tiles = (pixels_out + NR - 1) / NR;
+  const int64_t out_panels = (out_channels + MR - 1) / MR;
+  // The expansion's weights as B panels [group][k][NR], its bias and the depthwise weights and bias per group
+  // of NR channels (zero past m).
+  std::vector<float> expand_panels(groups * k * NR, 0.0f), expand_bias(groups * NR, 0.0f);
+  std::vector<float> taps(groups * 9 * NR, 0.0f), depthwise_bias(groups * NR, 0.0f);
+  for (int64_t c = 0; c < m; ++c) {
+    const int64_t group = c / NR, lane = c % NR;
+    for (int64_t j = 0; j < k; ++j) expand_panels[(group * k + j) * NR + lane] = we[c * k + j];
+    for (int t = 0; t < 9; ++t) taps[(group * 9 + t) * NR + lane] = wd[c * 9 + t];
+    expand_bias[c] = be[c];
+    depthwise_bias[c] = bd[c];
+  }
+  parallel_for(n, [&](int64_t begin, int64_t end) {
+    float* a_panels = scratch(in_panels * k * MR + groups * padded * NR + out_tiles * m * NR);
+    float* window = a_panels + in_panels * k * MR;      // [group][padded pixel][NR]
+    float* b_panels = window + groups * padded * NR;    // the projection's B panels: [tile][channel][NR pixels]
+    for (int64_t img = begin; img < end; ++img) {
+      const float* image = x + img * k * pixels_in;
+      // A panels of the expansion: MR pixels each, [k][MR], zero past the last pixel.
+      for (int64_t pb = 0; pb < in_panels; ++pb)
+        for (int64_t j = 0; j < k; ++j)
+          for (int r = 0; r < MR; ++r) {
+            const int64_t p = pb * MR + r;
+            a_panels[(pb * k + j) * MR + r] = p < pixels_in ? image[j * pixels_in + p] : 0.0f;
+          }
+      // The window's border pixels are the depthwise layer's zero padding.
+      for (int64_t group = 0; group < groups; ++group) {
+        float* plane = window + group * padded * NR;
+        for (int64_t q = 0; q < pitch; ++q) {
+          std::memset(plane + q * NR, 0, sizeof(float) * NR);
+          std::memset(plane + ((h + 1) * pitch + q) * NR, 0, sizeof(float) * NR);
+        }
+        for (int64_t r = 1; r <= h; ++r) {
+          std::memset(plane + r * pitch * NR, 0, sizeof(float) * NR);
+          std::memset(plane + (r * pitch + w + 1) * NR, 0, sizeof(float) * NR);
+        }
+      }
+      // The expansion: relu6(x^T we^T + be), tile = MR pixels x NR channels, into the window.
+      for (int64_t group = 0; group < groups; ++group) {
+        const vecf b0 = load(expand_bias.data() + group * NR), b1 = load(expand_bias.data() + group * NR + VEC);
+        for (int64_t pb = 0; pb < in_panels; ++pb) {
+          Tile tile;
+          tile_product(a_panels + pb * k * MR, expand_panels.data() + group * k * NR, k, tile);
+#pragma GCC unroll 16
+          for (int r = 0; r < MR; ++r) {
+            const int64_t p = pb * MR + r;
+            if (p >= pixels_in) break;
+            float* dst = window + (group * padded + (p / w + 1) * pitch + p % w + 1) * NR;
+            store(dst, relu6(tile.acc[r][0] + b0));
+            store(dst + VEC, relu6(tile.acc[r][1] + b1));
+          }
+        }
+      }
+      // The depthwise layer on channel vectors, + bias, ReLU6, into the projection's B panels (zero past the
+      // last pixel).
+      for (int64_t p = pixels_out; p < out_tiles * NR; ++p)
+        for (int64_t c = 0; c < m; ++c) b_panels[((p / NR) * m + c) * NR + p % NR] = 0.0f;
+      for (int64_t group = 0; group < groups; ++group) {
+        vecf lo[9], hi[9];
+        for (int t = 0; t < 9; ++t) {
+          lo[t] = load(taps.data() + (group * 9 + t) * NR);
+          hi[t] = load(taps.data() + (group * 9 + t) * NR + VEC);
+        }
+        const vecf b0 = load(depthwise_bias.data() + group * NR), b1 = load(depthwise_bias.data() + group * NR + VEC);
+        const float* plane = window + group * padded * NR;
+        const int64_t channels = std::min<int64_t>(NR, m - group * NR);
+        for (int64_t oh = 0; oh < ho; ++oh)
+          for (int64_t ow = 0; ow < wo; ++ow) {
+            const float* top = plane + (stride * oh * pitch + stride * ow) * NR;
+            const float *mid = top + pitch * NR, *bot = mid + pitch * NR;
+            const vecf s0 = taps3x3(lo, load(top), load(top + NR), load(top + 2 * NR), load(mid), load(mid + NR),
+                                    load(mid + 2 * NR), load(bot), load(bot + NR), load(bot + 2 * NR));
+            const vecf s1 = taps3x3(hi, load(top + VEC), load(top + NR + VEC), load(top + 2 * NR + VEC), load(mid + VEC),
+                                    load(mid + NR + VEC), load(mid + 2 * NR + VEC), load(bot + VEC), load(bot + NR + VEC),
+                                    load(bot + 2 * NR + VEC));
+            float values[NR];
+            store(values, relu6(s0 + b0));
+            store(values + VEC, relu6(s1 + b1));
+            const int64_t p = oh * wo + ow;
+            float* dst = b_panels + ((p / NR) * m + group * NR) * NR + p % NR;
+            for (int64_t j = 0; j < channels; ++j) dst[j * NR] = values[j];
+          }
+      }
+      // The projection: packed wp times the B panels, + bias (+ the block's input), NCHW.
+      for (int64_t mb = 0; mb < out_panels; ++mb) {
+        const int64_t m0 = mb * MR;
+        const int valid_rows = static_cast<int>(std::min<int64_t>(MR, out_channels - m0));
+        for (int64_t t = 0; t < out_tiles; ++t) {
+          Tile tile;
+          tile_product(packed_projection.data() + mb * m * MR, b_panels + t * m * NR, m, tile);
+          const int64_t c0 = t * NR, valid = std::min<int64_t>(NR, pixels_out - c0);
+#pragma GCC unroll 16
+          for (int r = 0; r < MR; ++r) {
+            if (r >= valid_rows) break;
+            vecf lo = tile.acc[r][0], hi = tile.acc[r][1];
+            bias_relu6_epilogue(lo, hi, bp + m0 + r, false);
+            const int64_t offset = (img * out_channels + m0 + r) * pixels_out + c0;
+            const float* res = residual ? x + (img * k + m0 + r) * pixels_in + c0 : nullptr;
+            if (valid == NR) {
+              if (res != nullptr) {
+                lo += load(res);
+                hi += load(res + VEC);
+              }
+              store(y + offset, lo);
+              store(y + offset + VEC, hi);
+            } else {
+              float values[NR];
+              store(values, lo);
+              store(values + VEC, hi);
+              for (int64_t j = 0; j < valid; ++j) y[offset + j] = res != nullptr ? values[j] + res[j] : values[j];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
 // What follows the depthwise layer in the pass: nothing (its output is the result), or the block's projection,
 // whose product reads the depthwise output from cache a step of rows at a time (neither hidden tensor stored).
 enum class Projection { NONE, PLAIN, RESIDUAL };
@@ -102,13 +241,19 @@ int pw_dw_forward(const Args& a, int stride, bool expand, Projection projection)
   if (projection == Projection::RESIDUAL && (stride != 1 || out_channels != k)) return 1;
   if (!a.is(y_index, n, out_channels, g.out_height, g.out_width)) return 1;
   if (k == 0 || m == 0 || h == 0 || w == 0) return 1;  // an empty layer (and no window to size)
-  const std::vector<float> packed = expand ? pack_rows(a.in(1), m, k, k, 1) : std::vector<float>();
   const std::vector<float> packed_projection =
       project ? pack_rows(a.in(projection_index), out_channels, m, m, 1) : std::vector<float>();
   const float *x = a.in(0), *expand_bias = expand ? a.in(2) : nullptr, *wd = a.in(dw_index), *bias = a.in(dw_index + 1);
   const float* projection_bias = project ? a.in(projection_index + 1) : nullptr;
   float* y = a.out(y_index);
   const int64_t ho = g.out_height, wo = g.out_width, panels_total = (m + MR - 1) / MR;
+  // Small planes with a batch for every thread: the channel-blocked form (the same values).
+  if (project && expand && ho * wo <= BLOCKED_MAX_PIXELS && n >= 2 * threads_now()) {
+    blocked_block(x, n, k, h, w, stride, a.in(1), expand_bias, wd, bias, m, packed_projection, projection_bias,
+                  out_channels, projection == Projection::RESIDUAL, y);
+    return 0;
+  }
+  const std::vector<float> packed = expand ? pack_rows(a.in(1), m, k, k, 1) : std::vector<float>();
   auto window_floats = [&](int64_t channels, int64_t rows_out) {
     const int64_t window_rows = stride * (rows_out - 1) + 3, new_rows = std::max(window_rows, stride * rows_out);
     return channels * (window_rows * g.pitch + (expand ? new_rows * w : 0) + (project ? rows_out * wo : 0));
