@@ -93,6 +93,28 @@ void pointwise_columns(const float* a, int64_t rows, int64_t depth, const float*
 // Output pixels per image at most for the channel-blocked form (14x14).
 constexpr int64_t BLOCKED_MAX_PIXELS = 196;
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// r[i] = element i of each of 8 rows -> r[j] = row j's 8 elements: the 8 x 8 transpose of AVX2 registers.
+inline void transpose8(__m256* r) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+#endif
+
 void blocked_block(const float* x, int64_t n, int64_t k, int64_t h, int64_t w, int stride, const float* we,
                    const float* be, const float* wd, const float* bd, int64_t m, const std::vector<float>& packed_projection,
                    const float* bp, int64_t out_channels, bool residual, float* y) {
@@ -104,6 +126,12 @@ void blocked_block(const float* x, int64_t n, int64_t k, int64_t h, int64_t w, i
   // of NR channels (zero past m).
   std::vector<float> expand_panels(groups * k * NR, 0.0f), expand_bias(groups * NR, 0.0f);
   std::vector<float> taps(groups * 9 * NR, 0.0f), depthwise_bias(groups * NR, 0.0f);
+  // Where input pixel p sits in its group's window (no division per tile row).
+  std::vector<int64_t> window_offset(pixels_in);
+  for (int64_t p = 0; p < pixels_in; ++p) window_offset[p] = ((p / w + 1) * pitch + p % w + 1) * NR;
+  // Where output pixel p's top-left tap sits in the window.
+  std::vector<int64_t> tap_offset(pixels_out);
+  for (int64_t p = 0; p < pixels_out; ++p) tap_offset[p] = (stride * (p / wo) * pitch + stride * (p % wo)) * NR;
   for (int64_t c = 0; c < m; ++c) {
     const int64_t group = c / NR, lane = c % NR;
     for (int64_t j = 0; j < k; ++j) expand_panels[(group * k + j) * NR + lane] = we[c * k + j];
@@ -146,7 +174,7 @@ void blocked_block(const float* x, int64_t n, int64_t k, int64_t h, int64_t w, i
           for (int r = 0; r < MR; ++r) {
             const int64_t p = pb * MR + r;
             if (p >= pixels_in) break;
-            float* dst = window + (group * padded + (p / w + 1) * pitch + p % w + 1) * NR;
+            float* dst = window + group * padded * NR + window_offset[p];
             store(dst, relu6(tile.acc[r][0] + b0));
             store(dst + VEC, relu6(tile.acc[r][1] + b1));
           }
@@ -165,22 +193,43 @@ void blocked_block(const float* x, int64_t n, int64_t k, int64_t h, int64_t w, i
         const vecf b0 = load(depthwise_bias.data() + group * NR), b1 = load(depthwise_bias.data() + group * NR + VEC);
         const float* plane = window + group * padded * NR;
         const int64_t channels = std::min<int64_t>(NR, m - group * NR);
-        for (int64_t oh = 0; oh < ho; ++oh)
-          for (int64_t ow = 0; ow < wo; ++ow) {
-            const float* top = plane + (stride * oh * pitch + stride * ow) * NR;
-            const float *mid = top + pitch * NR, *bot = mid + pitch * NR;
-            const vecf s0 = taps3x3(lo, load(top), load(top + NR), load(top + 2 * NR), load(mid), load(mid + NR),
-                                    load(mid + 2 * NR), load(bot), load(bot + NR), load(bot + 2 * NR));
-            const vecf s1 = taps3x3(hi, load(top + VEC), load(top + NR + VEC), load(top + 2 * NR + VEC), load(mid + VEC),
-                                    load(mid + NR + VEC), load(mid + 2 * NR + VEC), load(bot + VEC), load(bot + NR + VEC),
-                                    load(bot + 2 * NR + VEC));
-            float values[NR];
-            store(values, relu6(s0 + b0));
-            store(values + VEC, relu6(s1 + b1));
-            const int64_t p = oh * wo + ow;
-            float* dst = b_panels + ((p / NR) * m + group * NR) * NR + p % NR;
-            for (int64_t j = 0; j < channels; ++j) dst[j * NR] = values[j];
+        // relu6(9 taps + bias) of output pixel p: the group's NR channels as two vectors.
+        auto depthwise = [&](int64_t p, vecf& out0, vecf& out1) {
+          const float* top = plane + tap_offset[p];
+          const float *mid = top + pitch * NR, *bot = mid + pitch * NR;
+          out0 = relu6(taps3x3(lo, load(top), load(top + NR), load(top + 2 * NR), load(mid), load(mid + NR),
+                               load(mid + 2 * NR), load(bot), load(bot + NR), load(bot + 2 * NR)) + b0);
+          out1 = relu6(taps3x3(hi, load(top + VEC), load(top + NR + VEC), load(top + 2 * NR + VEC), load(mid + VEC),
+                               load(mid + NR + VEC), load(mid + 2 * NR + VEC), load(bot + VEC), load(bot + NR + VEC),
+                               load(bot + 2 * NR + VEC)) + b1);
+        };
+        int64_t p = 0;
+#if defined(__AVX2__) && !defined(__AVX512F__)
+        // 8 pixels at a time, transposed in registers: one vector store per channel instead of 8 scalar ones.
+        for (; p + VEC <= pixels_out; p += VEC) {
+          __m256 first[8], second[8];
+          for (int i = 0; i < 8; ++i) {
+            vecf out0, out1;
+            depthwise(p + i, out0, out1);
+            first[i] = (__m256)out0;
+            second[i] = (__m256)out1;
           }
+          transpose8(first);
+          transpose8(second);
+          float* dst = b_panels + ((p / NR) * m + group * NR) * NR + p % NR;
+          for (int64_t j = 0; j < std::min<int64_t>(VEC, channels); ++j) store(dst + j * NR, (vecf)first[j]);
+          for (int64_t j = VEC; j < channels; ++j) store(dst + j * NR, (vecf)second[j - VEC]);
+        }
+#endif
+        for (; p < pixels_out; ++p) {
+          vecf out0, out1;
+          depthwise(p, out0, out1);
+          float values[NR];
+          store(values, out0);
+          store(values + VEC, out1);
+          float* dst = b_panels + ((p / NR) * m + group * NR) * NR + p % NR;
+          for (int64_t j = 0; j < channels; ++j) dst[j * NR] = values[j];
+        }
       }
       // The projection: packed wp times the B panels, + bias (+ the block's input), NCHW.
       for (int64_t mb = 0; mb < out_panels; ++mb) {
