@@ -328,10 +328,10 @@ def test_whole_block_in_one_pass_matches_torch_and_the_two_passes(fast_conv, n, 
 
 
 # (batch, in, expanded, out, height, width, stride): blocks whose output planes are small enough for the
-# channel-blocked form (at most 14x14): residual and plain, stride 1 and 2, expanded channels off the NR-wide
-# channel groups and the register panels, 1x1 and odd planes, 14x14 exactly.
+# channel-blocked form (at most 28x28): residual and plain, stride 1 and 2, expanded channels off the NR-wide
+# channel groups and the register panels, 1x1 and odd planes, 14x14 and 28x28 exactly.
 BLOCKED_SHAPES = [(2, 16, 40, 16, 7, 7, 1), (3, 12, 37, 20, 9, 11, 2), (2, 8, 33, 8, 14, 14, 1), (4, 6, 17, 5, 1, 1, 1),
-                  (2, 5, 96, 7, 27, 28, 2), (3, 9, 50, 9, 5, 3, 1)]
+                  (2, 5, 96, 7, 27, 28, 2), (3, 9, 50, 9, 5, 3, 1), (2, 6, 24, 8, 55, 56, 2)]
 
 
 @pytest.mark.parametrize("n,cin,hidden,cout,h,w,stride", BLOCKED_SHAPES)
