@@ -12,7 +12,8 @@
 //   depthwise.cc            depthwise 3x3 convolutions: forward (+ bias, ReLU6; + the expansion's bias and
 //                           ReLU6 on the input), gradients, the fused backward of the folded forms
 //   pointwise.cc            1x1 convolutions as packed matrix products: forward (+ bias, ReLU6), gradients
-//   expansion_depthwise.cc  a block's expanding 1x1 and depthwise layers in one pass (inference)
+//   expansion_depthwise.cc  a block's expanding 1x1 and depthwise layers in one pass, and the whole block
+//                           (+ projection, + residual) in one pass, channel-blocked for small planes (inference)
 //   batchnorm.cc            BatchNorm (+ ReLU6) with batch statistics, on moving statistics (affine), and
 //                           the gradient of a folded BatchNorm's bias
 //   pooling.cc              the head's global average pooling, forward and gradient
