@@ -423,16 +423,18 @@ struct Tile {
   vecf acc[MR][2];
 };
 
-// acc = A_panel[depth][MR]^T B_panel[depth][NR]. Every index is a compile-time constant after unrolling:
-// an index known only at run time would keep the accumulators in memory.
+// acc = A_panel[depth][MR]^T B, step k's two B vectors at b_row(k) .. + NR. Every index is a compile-time
+// constant after unrolling: an index known only at run time would keep the accumulators in memory.
 // The sums are local (copied out at the end): accumulating into `t` itself keeps them in memory.
-inline __attribute__((always_inline)) void tile_product(const float* __restrict__ a, const float* __restrict__ b,
-                                                        int64_t depth, Tile& t) {
+template <typename BRow>
+inline __attribute__((always_inline)) void tile_product_of(const float* __restrict__ a, BRow b_row, int64_t depth,
+                                                           Tile& t) {
   vecf acc[MR][2];
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = vecf{};
   for (int64_t k = 0; k < depth; ++k) {
-    const vecf b0 = load(b + k * NR), b1 = load(b + k * NR + VEC);
+    const float* b = b_row(k);
+    const vecf b0 = load(b), b1 = load(b + VEC);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       const vecf w = splat(a + k * MR + r);
@@ -447,27 +449,35 @@ inline __attribute__((always_inline)) void tile_product(const float* __restrict_
   }
 }
 
-// tile_product with B read in place: step k's two vectors are rows[k][offset .. offset + NR), runs of any
-// layout (the dense 3x3 forward's taps in its padded planes), so no B panel is packed.
+// The tile over a packed B panel, [depth][NR].
+inline __attribute__((always_inline)) void tile_product(const float* __restrict__ a, const float* __restrict__ b,
+                                                        int64_t depth, Tile& t) {
+  tile_product_of(a, [b](int64_t k) { return b + k * NR; }, depth, t);
+}
+
+// The tile with B read in place: step k's two vectors are rows[k][offset .. offset + NR), runs of any layout
+// (the dense 3x3 forward's taps in its padded planes), so no B panel is packed.
 inline __attribute__((always_inline)) void tile_product_rows(const float* __restrict__ a, const float* const* rows,
                                                              int64_t offset, int64_t depth, Tile& t) {
-  vecf acc[MR][2];
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = vecf{};
-  for (int64_t k = 0; k < depth; ++k) {
-    const float* b = rows[k] + offset;
-    const vecf b0 = load(b), b1 = load(b + VEC);
-#pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) {
-      const vecf w = splat(a + k * MR + r);
-      acc[r][0] += w * b0;
-      acc[r][1] += w * b1;
+  tile_product_of(a, [rows, offset](int64_t k) { return rows[k] + offset; }, depth, t);
+}
+
+// One tile row of NR outputs at `out`, the first `valid` of them stored (valid < NR: the end of a row or of
+// the columns), each plus the `residual` at the same place when one is given.
+inline __attribute__((always_inline)) void store_tile_row(float* out, vecf lo, vecf hi, int64_t valid,
+                                                          const float* residual) {
+  if (valid == NR) {
+    if (residual != nullptr) {
+      lo += load(residual);
+      hi += load(residual + VEC);
     }
-  }
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r) {
-    t.acc[r][0] = acc[r][0];
-    t.acc[r][1] = acc[r][1];
+    store(out, lo);
+    store(out + VEC, hi);
+  } else {
+    float values[NR];
+    store(values, lo);
+    store(values + VEC, hi);
+    for (int64_t j = 0; j < valid; ++j) out[j] = residual != nullptr ? values[j] + residual[j] : values[j];
   }
 }
 

@@ -131,16 +131,7 @@ int dense_forward(const Args& a, int stride, bool fused) {
               if (r >= valid_rows) break;
               vecf lo = tile.acc[r][0], hi = tile.acc[r][1];
               bias_relu6_epilogue(lo, hi, fused ? bias + m0 + r : nullptr, fused);
-              float* out = y + ((b * co + m0 + r) * ho + oh) * wo + ow0;
-              if (valid == NR) {
-                store(out, lo);
-                store(out + VEC, hi);
-              } else {
-                float values[NR];
-                store(values, lo);
-                store(values + VEC, hi);
-                for (int64_t j = 0; j < valid; ++j) out[j] = values[j];
-              }
+              store_tile_row(y + ((b * co + m0 + r) * ho + oh) * wo + ow0, lo, hi, valid, nullptr);
             }
           }
         }

@@ -59,20 +59,7 @@ void pointwise_columns(const float* a, int64_t rows, int64_t depth, const float*
         vecf lo = tile.acc[r][0], hi = tile.acc[r][1];
         bias_relu6_epilogue(lo, hi, bias + m0 + r, relu6);
         const int64_t offset = (m0 - p0 * MR + r) * out_stride + c0;
-        float* row = out + offset;
-        if (valid == NR) {
-          if (residual != nullptr) {
-            lo += load(residual + offset);
-            hi += load(residual + offset + VEC);
-          }
-          store(row, lo);
-          store(row + VEC, hi);
-        } else {
-          float values[NR];
-          store(values, lo);
-          store(values + VEC, hi);
-          for (int64_t j = 0; j < valid; ++j) row[j] = residual != nullptr ? values[j] + residual[offset + j] : values[j];
-        }
+        store_tile_row(out + offset, lo, hi, valid, residual != nullptr ? residual + offset : nullptr);
       }
     }
   }
@@ -245,21 +232,8 @@ void blocked_block(const float* x, int64_t n, int64_t k, int64_t h, int64_t w, i
             if (r >= valid_rows) break;
             vecf lo = tile.acc[r][0], hi = tile.acc[r][1];
             bias_relu6_epilogue(lo, hi, bp + m0 + r, false);
-            const int64_t offset = (img * out_channels + m0 + r) * pixels_out + c0;
-            const float* res = residual ? x + (img * k + m0 + r) * pixels_in + c0 : nullptr;
-            if (valid == NR) {
-              if (res != nullptr) {
-                lo += load(res);
-                hi += load(res + VEC);
-              }
-              store(y + offset, lo);
-              store(y + offset + VEC, hi);
-            } else {
-              float values[NR];
-              store(values, lo);
-              store(values + VEC, hi);
-              for (int64_t j = 0; j < valid; ++j) y[offset + j] = res != nullptr ? values[j] + res[j] : values[j];
-            }
+            store_tile_row(y + (img * out_channels + m0 + r) * pixels_out + c0, lo, hi, valid,
+                           residual ? x + (img * k + m0 + r) * pixels_in + c0 : nullptr);
           }
         }
       }
