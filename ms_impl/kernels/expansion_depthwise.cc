@@ -25,6 +25,31 @@ namespace {
 // depthwise runs measured faster than windows within L2, 96K floats, which were slower than two passes).
 constexpr int64_t WINDOW_FLOATS = 256 << 10;
 
+// Rows of panels [p0, p1) of the packed A times `columns` columns of packed B panels ([tile][depth][NR]),
+// + bias (+ ReLU6 with `relu6`) (+ residual, laid out as out) (pointwise_product's epilogue):
+// out[(r - p0 MR) * out_stride + col].
+void panel_product(const float* a, int64_t rows, int64_t depth, const float* panels, int64_t columns, int64_t p0,
+                   int64_t p1, const float* bias, bool relu6, float* out, int64_t out_stride, const float* residual) {
+  const int64_t tiles = (columns + NR - 1) / NR;
+  for (int64_t mb = p0; mb < p1; ++mb) {
+    const int64_t m0 = mb * MR;
+    const int valid_rows = static_cast<int>(std::min<int64_t>(MR, rows - m0));
+    for (int64_t t = 0; t < tiles; ++t) {
+      Tile tile;
+      tile_product(a + mb * depth * MR, panels + t * depth * NR, depth, tile);
+      const int64_t c0 = t * NR, valid = std::min<int64_t>(NR, columns - c0);
+#pragma GCC unroll 16
+      for (int r = 0; r < MR; ++r) {
+        if (r >= valid_rows) break;
+        vecf lo = tile.acc[r][0], hi = tile.acc[r][1];
+        bias_relu6_epilogue(lo, hi, bias + m0 + r, relu6);
+        const int64_t offset = (m0 - p0 * MR + r) * out_stride + c0;
+        store_tile_row(out + offset, lo, hi, valid, residual != nullptr ? residual + offset : nullptr);
+      }
+    }
+  }
+}
+
 // Rows of panels [p0, p1) of the packed A times columns [col0, col1) of one image's X (depth x pixels),
 // + bias (+ ReLU6 with `relu6`) (+ residual, laid out as out) (pointwise_product's epilogue):
 // out[(r - p0 MR) * out_stride + col - col0]. `panels`: scratch for the B panels of the columns,
@@ -46,23 +71,7 @@ void pointwise_columns(const float* a, int64_t rows, int64_t depth, const float*
         for (int64_t j = 0; j < NR; ++j) panel[k * NR + j] = c0 + j < col1 ? x[k * pixels + c0 + j] : 0.0f;
     }
   }
-  for (int64_t mb = p0; mb < p1; ++mb) {
-    const int64_t m0 = mb * MR;
-    const int valid_rows = static_cast<int>(std::min<int64_t>(MR, rows - m0));
-    for (int64_t t = 0; t < tiles; ++t) {
-      Tile tile;
-      tile_product(a + mb * depth * MR, panels + t * depth * NR, depth, tile);
-      const int64_t c0 = t * NR, valid = std::min<int64_t>(NR, columns - c0);
-#pragma GCC unroll 16
-      for (int r = 0; r < MR; ++r) {
-        if (r >= valid_rows) break;
-        vecf lo = tile.acc[r][0], hi = tile.acc[r][1];
-        bias_relu6_epilogue(lo, hi, bias + m0 + r, relu6);
-        const int64_t offset = (m0 - p0 * MR + r) * out_stride + c0;
-        store_tile_row(out + offset, lo, hi, valid, residual != nullptr ? residual + offset : nullptr);
-      }
-    }
-  }
+  panel_product(a, rows, depth, panels, columns, p0, p1, bias, relu6, out, out_stride, residual);
 }
 
 // ---- the late blocks in a channel-blocked layout ----
@@ -220,23 +229,8 @@ void blocked_block(const float* x, int64_t n, int64_t k, int64_t h, int64_t w, i
         }
       }
       // The projection: packed wp times the B panels, + bias (+ the block's input), NCHW.
-      for (int64_t mb = 0; mb < out_panels; ++mb) {
-        const int64_t m0 = mb * MR;
-        const int valid_rows = static_cast<int>(std::min<int64_t>(MR, out_channels - m0));
-        for (int64_t t = 0; t < out_tiles; ++t) {
-          Tile tile;
-          tile_product(packed_projection.data() + mb * m * MR, b_panels + t * m * NR, m, tile);
-          const int64_t c0 = t * NR, valid = std::min<int64_t>(NR, pixels_out - c0);
-#pragma GCC unroll 16
-          for (int r = 0; r < MR; ++r) {
-            if (r >= valid_rows) break;
-            vecf lo = tile.acc[r][0], hi = tile.acc[r][1];
-            bias_relu6_epilogue(lo, hi, bp + m0 + r, false);
-            store_tile_row(y + (img * out_channels + m0 + r) * pixels_out + c0, lo, hi, valid,
-                           residual ? x + (img * k + m0 + r) * pixels_in + c0 : nullptr);
-          }
-        }
-      }
+      panel_product(packed_projection.data(), out_channels, m, b_panels, pixels_out, 0, out_panels, bp, false,
+                    y + img * out_channels * pixels_out, pixels_out, residual ? x + img * k * pixels_in : nullptr);
     }
   });
 }
