@@ -199,9 +199,11 @@ def test_depthwise_with_relu6_input_matches_torch_and_the_separate_kernels(fast_
 
 
 # (batch, in, expanded, height, width, stride): odd sizes, batch 1, 1x1 planes, channels not a multiple of a
-# register panel, and the network's own first block (96 channels at 112x112: several bands of rows per image).
+# register panel, and the network's own first block (96 channels at 112x112: several bands of rows per image);
+# widths a whole number of vectors (16, 32, 112: the expansion stored straight into the padded rows) and not.
 EXPANSION_SHAPES = [(1, 3, 7, 1, 1, 1), (1, 3, 7, 1, 1, 2), (2, 5, 13, 7, 9, 1), (3, 4, 30, 9, 7, 2),
-                    (1, 8, 6, 17, 17, 2), (2, 16, 96, 23, 19, 1), (1, 24, 144, 15, 16, 2), (1, 16, 96, 112, 112, 2)]
+                    (1, 8, 6, 17, 17, 2), (2, 16, 96, 23, 19, 1), (1, 24, 144, 15, 16, 2), (1, 16, 96, 112, 112, 2),
+                    (2, 8, 40, 30, 32, 1)]
 
 
 @pytest.mark.parametrize("n,cin,hidden,h,w,stride", EXPANSION_SHAPES)
@@ -329,9 +331,10 @@ def test_whole_block_in_one_pass_matches_torch_and_the_two_passes(fast_conv, n, 
 
 # (batch, in, expanded, out, height, width, stride): blocks whose output planes are small enough for the
 # channel-blocked form (at most 28x28): residual and plain, stride 1 and 2, expanded channels off the NR-wide
-# channel groups and the register panels, 1x1 and odd planes, 14x14 and 28x28 exactly.
+# channel groups and the register panels, 1x1 and odd planes, 14x14 and 28x28 exactly; more output channels than
+# pixels (the projection's loop over output tiles outside) and fewer.
 BLOCKED_SHAPES = [(2, 16, 40, 16, 7, 7, 1), (3, 12, 37, 20, 9, 11, 2), (2, 8, 33, 8, 14, 14, 1), (4, 6, 17, 5, 1, 1, 1),
-                  (2, 5, 96, 7, 27, 28, 2), (3, 9, 50, 9, 5, 3, 1), (2, 6, 24, 8, 55, 56, 2)]
+                  (2, 5, 96, 7, 27, 28, 2), (3, 9, 50, 9, 5, 3, 1), (2, 6, 24, 8, 55, 56, 2), (3, 8, 24, 40, 5, 5, 1)]
 
 
 @pytest.mark.parametrize("n,cin,hidden,cout,h,w,stride", BLOCKED_SHAPES)

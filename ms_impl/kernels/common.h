@@ -205,6 +205,39 @@ inline void pad_row_with(const Geometry& g, const float* __restrict__ in, float*
   }
 }
 
+// Stores v = in[j0 .. j0 + VEC) of one input row (j0 even) where pad_row_with puts them in its padded row: at
+// stride 1 as they are, after padded column 0; at stride 2 de-interleaved, in[j0 + 2q] (padded column
+// j0 + 2q + 1) into the odd half, in[j0 + 2q + 1] into the even half. The border is not written.
+inline void store_in_padded_row(const Geometry& g, float* row, int64_t j0, vecf v) {
+  if (g.stride == 1) {
+    store(row + 1 + j0, v);
+    return;
+  }
+  float* evens = row + g.even_len + j0 / 2;
+  float* odds = row + 1 + j0 / 2;
+#if defined(__AVX512F__)
+  const __m512 p = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15), (__m512)v);
+  _mm256_storeu_ps(evens, _mm512_castps512_ps256(p));
+  _mm256_storeu_ps(odds, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(p), 1)));
+#elif defined(__AVX2__)
+  const __m256 p = _mm256_permutevar8x32_ps((__m256)v, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+  _mm_storeu_ps(evens, _mm256_castps256_ps128(p));
+  _mm_storeu_ps(odds, _mm256_extractf128_ps(p, 1));
+#else
+  for (int q = 0; q < VEC / 2; ++q) {
+    evens[q] = v[2 * q];
+    odds[q] = v[2 * q + 1];
+  }
+#endif
+}
+
+// The border of a padded row that store_in_padded_row filled: padded columns 0 and W + 1 and the spare last float.
+inline void zero_padded_row_border(const Geometry& g, float* row) {
+  row[0] = 0.0f;
+  row[g.column(g.width + 1)] = 0.0f;
+  row[g.pitch - 1] = 0.0f;
+}
+
 // Copies one H x W plane into a zero-padded plane (layout of Geometry), each value through `f`.
 template <typename F>
 inline void pad_plane_with(const Geometry& g, const float* __restrict__ src, float* __restrict__ dst, F f) {
@@ -423,21 +456,23 @@ struct Tile {
   vecf acc[MR][2];
 };
 
-// acc = A_panel[depth][MR]^T B, step k's two B vectors at b_row(k) .. + NR. Every index is a compile-time
-// constant after unrolling: an index known only at run time would keep the accumulators in memory.
-// The sums are local (copied out at the end): accumulating into `t` itself keeps them in memory.
-template <typename BRow>
-inline __attribute__((always_inline)) void tile_product_of(const float* __restrict__ a, BRow b_row, int64_t depth,
+// acc = A^T B over `depth` steps: step k's MR broadcasts from a_at(k) + r * a_row (r < MR), its two B vectors at
+// b_row(k) .. + NR. Every index is a compile-time constant after unrolling: an index known only at run time would
+// keep the accumulators in memory. The sums are local (copied out at the end): accumulating into `t` itself
+// keeps them in memory.
+template <typename ARow, typename BRow>
+inline __attribute__((always_inline)) void tile_product_of(ARow a_at, int64_t a_row, BRow b_row, int64_t depth,
                                                            Tile& t) {
   vecf acc[MR][2];
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = vecf{};
   for (int64_t k = 0; k < depth; ++k) {
+    const float* a = a_at(k);
     const float* b = b_row(k);
     const vecf b0 = load(b), b1 = load(b + VEC);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
-      const vecf w = splat(a + k * MR + r);
+      const vecf w = splat(a + r * a_row);
       acc[r][0] += w * b0;
       acc[r][1] += w * b1;
     }
@@ -447,6 +482,20 @@ inline __attribute__((always_inline)) void tile_product_of(const float* __restri
     t.acc[r][0] = acc[r][0];
     t.acc[r][1] = acc[r][1];
   }
+}
+
+// The tile over a packed A panel, [depth][MR].
+template <typename BRow>
+inline __attribute__((always_inline)) void tile_product_of(const float* __restrict__ a, BRow b_row, int64_t depth,
+                                                           Tile& t) {
+  tile_product_of([a](int64_t k) { return a + k * MR; }, 1, b_row, depth, t);
+}
+
+// The tile with A read in place: row r of A is a + r * a_row, its `depth` values contiguous (an NHWC pixel's
+// channels), over a packed B panel.
+inline __attribute__((always_inline)) void tile_product_a_rows(const float* __restrict__ a, int64_t a_row,
+                                                               const float* __restrict__ b, int64_t depth, Tile& t) {
+  tile_product_of([a](int64_t k) { return a + k; }, a_row, [b](int64_t k) { return b + k * NR; }, depth, t);
 }
 
 // The tile over a packed B panel, [depth][NR].

@@ -26,10 +26,11 @@ namespace {
 constexpr int64_t WINDOW_FLOATS = 256 << 10;
 
 // Rows of panels [p0, p1) of the packed A times `columns` columns of packed B panels ([tile][depth][NR]),
-// + bias (+ ReLU6 with `relu6`) (+ residual, laid out as out) (pointwise_product's epilogue):
-// out[(r - p0 MR) * out_stride + col].
-void panel_product(const float* a, int64_t rows, int64_t depth, const float* panels, int64_t columns, int64_t p0,
-                   int64_t p1, const float* bias, bool relu6, float* out, int64_t out_stride, const float* residual) {
+// + bias (+ ReLU6 with `relu6`) (pointwise_product's epilogue), each tile row handed to
+// store(row, first column, lo, hi, valid columns).
+template <typename Store>
+void panel_product_to(const float* a, int64_t rows, int64_t depth, const float* panels, int64_t columns, int64_t p0,
+                      int64_t p1, const float* bias, bool relu6, Store store) {
   const int64_t tiles = (columns + NR - 1) / NR;
   for (int64_t mb = p0; mb < p1; ++mb) {
     const int64_t m0 = mb * MR;
@@ -43,21 +44,26 @@ void panel_product(const float* a, int64_t rows, int64_t depth, const float* pan
         if (r >= valid_rows) break;
         vecf lo = tile.acc[r][0], hi = tile.acc[r][1];
         bias_relu6_epilogue(lo, hi, bias + m0 + r, relu6);
-        const int64_t offset = (m0 - p0 * MR + r) * out_stride + c0;
-        store_tile_row(out + offset, lo, hi, valid, residual != nullptr ? residual + offset : nullptr);
+        store(m0 + r, c0, lo, hi, valid);
       }
     }
   }
 }
 
-// Rows of panels [p0, p1) of the packed A times columns [col0, col1) of one image's X (depth x pixels),
-// + bias (+ ReLU6 with `relu6`) (+ residual, laid out as out) (pointwise_product's epilogue):
-// out[(r - p0 MR) * out_stride + col - col0]. `panels`: scratch for the B panels of the columns,
-// ceil((col1 - col0) / NR) * depth * NR floats.
-void pointwise_columns(const float* a, int64_t rows, int64_t depth, const float* x, int64_t pixels, int64_t col0,
-                       int64_t col1, int64_t p0, int64_t p1, const float* bias, bool relu6, float* out,
-                       int64_t out_stride, const float* residual, float* panels) {
-  const int64_t columns = col1 - col0, tiles = (columns + NR - 1) / NR;
+// panel_product_to storing NCHW (+ residual, laid out as out): out[(r - p0 MR) * out_stride + col].
+void panel_product(const float* a, int64_t rows, int64_t depth, const float* panels, int64_t columns, int64_t p0,
+                   int64_t p1, const float* bias, bool relu6, float* out, int64_t out_stride, const float* residual) {
+  panel_product_to(a, rows, depth, panels, columns, p0, p1, bias, relu6,
+                   [=](int64_t row, int64_t col, vecf lo, vecf hi, int64_t valid) {
+                     const int64_t offset = (row - p0 * MR) * out_stride + col;
+                     store_tile_row(out + offset, lo, hi, valid, residual != nullptr ? residual + offset : nullptr);
+                   });
+}
+
+// The B panels of columns [col0, col1) of one image's X (depth x pixels), ceil((col1 - col0) / NR) * depth * NR
+// floats at `panels`, zero past col1.
+void pack_columns(const float* x, int64_t depth, int64_t pixels, int64_t col0, int64_t col1, float* panels) {
+  const int64_t tiles = (col1 - col0 + NR - 1) / NR;
   for (int64_t t = 0; t < tiles; ++t) {
     float* panel = panels + t * depth * NR;
     const int64_t c0 = col0 + t * NR;
@@ -71,7 +77,17 @@ void pointwise_columns(const float* a, int64_t rows, int64_t depth, const float*
         for (int64_t j = 0; j < NR; ++j) panel[k * NR + j] = c0 + j < col1 ? x[k * pixels + c0 + j] : 0.0f;
     }
   }
-  panel_product(a, rows, depth, panels, columns, p0, p1, bias, relu6, out, out_stride, residual);
+}
+
+// Rows of panels [p0, p1) of the packed A times columns [col0, col1) of one image's X (depth x pixels),
+// + bias (+ ReLU6 with `relu6`) (+ residual, laid out as out) (pointwise_product's epilogue):
+// out[(r - p0 MR) * out_stride + col - col0]. `panels`: scratch for the B panels of the columns
+// (pack_columns).
+void pointwise_columns(const float* a, int64_t rows, int64_t depth, const float* x, int64_t pixels, int64_t col0,
+                       int64_t col1, int64_t p0, int64_t p1, const float* bias, bool relu6, float* out,
+                       int64_t out_stride, const float* residual, float* panels) {
+  pack_columns(x, depth, pixels, col0, col1, panels);
+  panel_product(a, rows, depth, panels, col1 - col0, p0, p1, bias, relu6, out, out_stride, residual);
 }
 
 // ---- the late blocks in a channel-blocked layout ----
@@ -79,16 +95,27 @@ void pointwise_columns(const float* a, int64_t rows, int64_t depth, const float*
 // Where the planes are small (28x28 and below in MobileNetV2), the pass above pays per plane and per row: a
 // padded copy of every channel's plane, rows of 7 or 14 pixels that fill no whole vector, a 49-pixel image
 // that leaves a quarter of its last 16-pixel tile empty. There the block runs with channels in the vector
-// (NR channels per group), as ONNX Runtime and OpenVINO run these layers: the expansion's tile is 6 pixels x
+// (NR channels per group), as ONNX Runtime and OpenVINO run these layers: the expansion's tile is MR pixels x
 // NR channels, written straight into a zero-bordered window of the image, [group][padded pixel][NR]; the
-// depthwise layer sums 9 taps of whole channel vectors per output pixel; its outputs go into the
-// projection's B panels, whose product writes NCHW. Every value is computed with the same operations in the
-// same order as the NCHW path (the products over the same depth in the same order, the 9 taps in the same
-// order, the same bias and ReLU6), so the output is the same bit for bit.
+// depthwise layer sums 9 taps of whole channel vectors per output pixel into the hidden tensor, [pixel][channel];
+// the projection's tile is MR of those pixels (its A rows read in place) x NR output channels, stored NCHW.
+// Every value is computed with the same operations in the same order as the NCHW path (the products over the
+// same depth in the same order, the 9 taps in the same order, the same bias and ReLU6), so the output is the
+// same bit for bit.
 
 // Output pixels per image at most for the channel-blocked form (28x28: measured equal at 28x28 with stride 1,
 // 15% faster from 56x56 at stride 2, slower at 56x56).
 constexpr int64_t BLOCKED_MAX_PIXELS = 784;
+
+// Row panels of B = W^T for a 1x1 layer's weights w[out][depth]: [tile of NR outputs][depth][NR], zero past
+// `out` (the projection's B panels, or the expansion's, in the channel-blocked form).
+std::vector<float> pack_transposed(const float* w, int64_t out, int64_t depth) {
+  const int64_t tiles = (out + NR - 1) / NR;
+  std::vector<float> panels(tiles * depth * NR, 0.0f);
+  for (int64_t c = 0; c < out; ++c)
+    for (int64_t j = 0; j < depth; ++j) panels[((c / NR) * depth + j) * NR + c % NR] = w[c * depth + j];
+  return panels;
+}
 
 #if defined(__AVX2__) && !defined(__AVX512F__)
 // r[i] = element i of each of 8 rows -> r[j] = row j's 8 elements: the 8 x 8 transpose of AVX2 registers.
@@ -112,34 +139,78 @@ inline void transpose8(__m256* r) {
 }
 #endif
 
+// A tile of MR pixels (rows) x NR channels (columns) + bias[channel], stored NCHW: out[(c0 + j) * pixels + p0 + r]
+// for r < rows, j < channels, each plus skip at the same place when given (the residual). The same values as
+// store_tile_row's, stored transposed.
+inline void store_transposed_tile(const Tile& tile, const float* bias, int64_t pixels, int64_t p0, int64_t c0,
+                                  int64_t rows, int64_t channels, float* out, const float* skip) {
+  const vecf b0 = load(bias), b1 = load(bias + VEC);
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  // Each half of the tile (8 channels) transposed in registers: one masked store of the MR pixels per channel.
+  static_assert(MR <= 8, "a tile's pixels fit one AVX2 vector");
+  const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(rows)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  for (int half = 0; half < 2; ++half) {
+    __m256 v[8];
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) v[r] = (__m256)(tile.acc[r][half] + (half == 0 ? b0 : b1));
+    for (int r = MR; r < 8; ++r) v[r] = _mm256_setzero_ps();
+    transpose8(v);
+    const int64_t first = half * VEC, last = std::min<int64_t>(channels, first + VEC);
+    for (int64_t j = first; j < last; ++j) {
+      const int64_t offset = (c0 + j) * pixels + p0;
+      __m256 value = v[j - first];
+      if (skip != nullptr) value = _mm256_add_ps(value, _mm256_maskload_ps(skip + offset, mask));
+      _mm256_maskstore_ps(out + offset, mask, value);
+    }
+  }
+#else
+  float values[MR][NR];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+    store(values[r], tile.acc[r][0] + b0);
+    store(values[r] + VEC, tile.acc[r][1] + b1);
+  }
+  for (int64_t j = 0; j < channels; ++j) {
+    float* dst = out + (c0 + j) * pixels + p0;
+    if (skip != nullptr) {
+      const float* add = skip + (c0 + j) * pixels + p0;
+      for (int64_t r = 0; r < rows; ++r) dst[r] = values[r][j] + add[r];
+    } else {
+      for (int64_t r = 0; r < rows; ++r) dst[r] = values[r][j];
+    }
+  }
+#endif
+}
+
 void blocked_block(const float* x, int64_t n, int64_t k, int64_t h, int64_t w, int stride, const float* we,
-                   const float* be, const float* wd, const float* bd, int64_t m, const std::vector<float>& packed_projection,
-                   const float* bp, int64_t out_channels, bool residual, float* y) {
+                   const float* be, const float* wd, const float* bd, int64_t m, const float* wp, const float* bp,
+                   int64_t out_channels, bool residual, float* y) {
   const int64_t groups = (m + NR - 1) / NR, pitch = w + 2, padded = (h + 2) * pitch;
   const int64_t ho = (h - 1) / stride + 1, wo = (w - 1) / stride + 1, pixels_in = h * w, pixels_out = ho * wo;
-  const int64_t in_panels = (pixels_in + MR - 1) / MR, out_tiles = (pixels_out + NR - 1) / NR;
-  const int64_t out_panels = (out_channels + MR - 1) / MR;
-  // The expansion's weights as B panels [group][k][NR], its bias and the depthwise weights and bias per group
-  // of NR channels (zero past m).
-  std::vector<float> expand_panels(groups * k * NR, 0.0f), expand_bias(groups * NR, 0.0f);
-  std::vector<float> taps(groups * 9 * NR, 0.0f), depthwise_bias(groups * NR, 0.0f);
+  const int64_t in_panels = (pixels_in + MR - 1) / MR, out_panels = (pixels_out + MR - 1) / MR;
+  const int64_t hidden_row = groups * NR, out_tiles = (out_channels + NR - 1) / NR;
+  // The expansion's and the projection's weights as B panels [tile][depth][NR]; the biases and the depthwise
+  // weights per group of NR channels (zero past m, past out_channels).
+  const std::vector<float> expand_panels = pack_transposed(we, m, k), projection_panels = pack_transposed(wp, out_channels, m);
+  std::vector<float> expand_bias(groups * NR, 0.0f), taps(groups * 9 * NR, 0.0f), depthwise_bias(groups * NR, 0.0f);
+  std::vector<float> projection_bias(out_tiles * NR, 0.0f);
+  std::copy(be, be + m, expand_bias.begin());
+  std::copy(bd, bd + m, depthwise_bias.begin());
+  std::copy(bp, bp + out_channels, projection_bias.begin());
+  for (int64_t c = 0; c < m; ++c)
+    for (int t = 0; t < 9; ++t) taps[((c / NR) * 9 + t) * NR + c % NR] = wd[c * 9 + t];
   // Where input pixel p sits in its group's window (no division per tile row).
   std::vector<int64_t> window_offset(pixels_in);
   for (int64_t p = 0; p < pixels_in; ++p) window_offset[p] = ((p / w + 1) * pitch + p % w + 1) * NR;
   // Where output pixel p's top-left tap sits in the window.
   std::vector<int64_t> tap_offset(pixels_out);
   for (int64_t p = 0; p < pixels_out; ++p) tap_offset[p] = (stride * (p / wo) * pitch + stride * (p % wo)) * NR;
-  for (int64_t c = 0; c < m; ++c) {
-    const int64_t group = c / NR, lane = c % NR;
-    for (int64_t j = 0; j < k; ++j) expand_panels[(group * k + j) * NR + lane] = we[c * k + j];
-    for (int t = 0; t < 9; ++t) taps[(group * 9 + t) * NR + lane] = wd[c * 9 + t];
-    expand_bias[c] = be[c];
-    depthwise_bias[c] = bd[c];
-  }
   parallel_for(n, [&](int64_t begin, int64_t end) {
-    float* a_panels = scratch(in_panels * k * MR + groups * padded * NR + out_tiles * m * NR);
-    float* window = a_panels + in_panels * k * MR;      // [group][padded pixel][NR]
-    float* b_panels = window + groups * padded * NR;    // the projection's B panels: [tile][channel][NR pixels]
+    float* a_panels = scratch(in_panels * k * MR + groups * padded * NR + out_panels * MR * hidden_row);
+    float* window = a_panels + in_panels * k * MR;  // [group][padded pixel][NR]
+    float* hidden = window + groups * padded * NR;  // the depthwise output: [pixel][channel], rows to MR's multiple
+    // The rows past the last pixel feed only tile rows that are not stored; zero, they read no stale scratch.
+    std::fill(hidden + pixels_out * hidden_row, hidden + out_panels * MR * hidden_row, 0.0f);
     for (int64_t img = begin; img < end; ++img) {
       const float* image = x + img * k * pixels_in;
       // A panels of the expansion: MR pixels each, [k][MR], zero past the last pixel.
@@ -177,10 +248,7 @@ void blocked_block(const float* x, int64_t n, int64_t k, int64_t h, int64_t w, i
           }
         }
       }
-      // The depthwise layer on channel vectors, + bias, ReLU6, into the projection's B panels (zero past the
-      // last pixel).
-      for (int64_t p = pixels_out; p < out_tiles * NR; ++p)
-        for (int64_t c = 0; c < m; ++c) b_panels[((p / NR) * m + c) * NR + p % NR] = 0.0f;
+      // The depthwise layer on channel vectors, + bias, ReLU6, into the hidden tensor.
       for (int64_t group = 0; group < groups; ++group) {
         vecf lo[9], hi[9];
         for (int t = 0; t < 9; ++t) {
@@ -189,48 +257,36 @@ void blocked_block(const float* x, int64_t n, int64_t k, int64_t h, int64_t w, i
         }
         const vecf b0 = load(depthwise_bias.data() + group * NR), b1 = load(depthwise_bias.data() + group * NR + VEC);
         const float* plane = window + group * padded * NR;
-        const int64_t channels = std::min<int64_t>(NR, m - group * NR);
-        // relu6(9 taps + bias) of output pixel p: the group's NR channels as two vectors.
-        auto depthwise = [&](int64_t p, vecf& out0, vecf& out1) {
+        for (int64_t p = 0; p < pixels_out; ++p) {
           const float* top = plane + tap_offset[p];
           const float *mid = top + pitch * NR, *bot = mid + pitch * NR;
-          out0 = relu6(taps3x3(lo, load(top), load(top + NR), load(top + 2 * NR), load(mid), load(mid + NR),
-                               load(mid + 2 * NR), load(bot), load(bot + NR), load(bot + 2 * NR)) + b0);
-          out1 = relu6(taps3x3(hi, load(top + VEC), load(top + NR + VEC), load(top + 2 * NR + VEC), load(mid + VEC),
-                               load(mid + NR + VEC), load(mid + 2 * NR + VEC), load(bot + VEC), load(bot + NR + VEC),
-                               load(bot + 2 * NR + VEC)) + b1);
-        };
-        int64_t p = 0;
-#if defined(__AVX2__) && !defined(__AVX512F__)
-        // 8 pixels at a time, transposed in registers: one vector store per channel instead of 8 scalar ones.
-        for (; p + VEC <= pixels_out; p += VEC) {
-          __m256 first[8], second[8];
-          for (int i = 0; i < 8; ++i) {
-            vecf out0, out1;
-            depthwise(p + i, out0, out1);
-            first[i] = (__m256)out0;
-            second[i] = (__m256)out1;
-          }
-          transpose8(first);
-          transpose8(second);
-          float* dst = b_panels + ((p / NR) * m + group * NR) * NR + p % NR;
-          for (int64_t j = 0; j < std::min<int64_t>(VEC, channels); ++j) store(dst + j * NR, (vecf)first[j]);
-          for (int64_t j = VEC; j < channels; ++j) store(dst + j * NR, (vecf)second[j - VEC]);
-        }
-#endif
-        for (; p < pixels_out; ++p) {
-          vecf out0, out1;
-          depthwise(p, out0, out1);
-          float values[NR];
-          store(values, out0);
-          store(values + VEC, out1);
-          float* dst = b_panels + ((p / NR) * m + group * NR) * NR + p % NR;
-          for (int64_t j = 0; j < channels; ++j) dst[j * NR] = values[j];
+          float* dst = hidden + p * hidden_row + group * NR;
+          store(dst, relu6(taps3x3(lo, load(top), load(top + NR), load(top + 2 * NR), load(mid), load(mid + NR),
+                                   load(mid + 2 * NR), load(bot), load(bot + NR), load(bot + 2 * NR)) + b0));
+          store(dst + VEC, relu6(taps3x3(hi, load(top + VEC), load(top + NR + VEC), load(top + 2 * NR + VEC),
+                                         load(mid + VEC), load(mid + NR + VEC), load(mid + 2 * NR + VEC),
+                                         load(bot + VEC), load(bot + NR + VEC), load(bot + 2 * NR + VEC)) + b1));
         }
       }
-      // The projection: packed wp times the B panels, + bias (+ the block's input), NCHW.
-      panel_product(packed_projection.data(), out_channels, m, b_panels, pixels_out, 0, out_panels, bp, false,
-                    y + img * out_channels * pixels_out, pixels_out, residual ? x + img * k * pixels_in : nullptr);
+      // The projection: hidden times the B panels, + bias (+ the block's input), stored NCHW. The loop keeps in
+      // cache whichever operand is re-read: the pixel panels' rows while every output tile passes (the hidden
+      // tensor larger than the weights: large planes), or one tile's B panel while every pixel panel passes.
+      float* out = y + img * out_channels * pixels_out;
+      const float* skip = residual ? image : nullptr;
+      auto project = [&](int64_t pb, int64_t t) {
+        Tile tile;
+        tile_product_a_rows(hidden + pb * MR * hidden_row, hidden_row, projection_panels.data() + t * m * NR, m, tile);
+        store_transposed_tile(tile, projection_bias.data() + t * NR, pixels_out, pb * MR, t * NR,
+                              std::min<int64_t>(MR, pixels_out - pb * MR), std::min<int64_t>(NR, out_channels - t * NR),
+                              out, skip);
+      };
+      if (pixels_out > out_channels) {
+        for (int64_t pb = 0; pb < out_panels; ++pb)
+          for (int64_t t = 0; t < out_tiles; ++t) project(pb, t);
+      } else {
+        for (int64_t t = 0; t < out_tiles; ++t)
+          for (int64_t pb = 0; pb < out_panels; ++pb) project(pb, t);
+      }
     }
   });
 }
@@ -259,22 +315,25 @@ int pw_dw_forward(const Args& a, int stride, bool expand, Projection projection)
   if (projection == Projection::RESIDUAL && (stride != 1 || out_channels != k)) return 1;
   if (!a.is(y_index, n, out_channels, g.out_height, g.out_width)) return 1;
   if (k == 0 || m == 0 || h == 0 || w == 0) return 1;  // an empty layer (and no window to size)
-  const std::vector<float> packed_projection =
-      project ? pack_rows(a.in(projection_index), out_channels, m, m, 1) : std::vector<float>();
   const float *x = a.in(0), *expand_bias = expand ? a.in(2) : nullptr, *wd = a.in(dw_index), *bias = a.in(dw_index + 1);
   const float* projection_bias = project ? a.in(projection_index + 1) : nullptr;
   float* y = a.out(y_index);
   const int64_t ho = g.out_height, wo = g.out_width, panels_total = (m + MR - 1) / MR;
   // Small planes with a batch for every thread: the channel-blocked form (the same values).
   if (project && expand && ho * wo <= BLOCKED_MAX_PIXELS && n >= 2 * threads_now()) {
-    blocked_block(x, n, k, h, w, stride, a.in(1), expand_bias, wd, bias, m, packed_projection, projection_bias,
+    blocked_block(x, n, k, h, w, stride, a.in(1), expand_bias, wd, bias, m, a.in(projection_index), projection_bias,
                   out_channels, projection == Projection::RESIDUAL, y);
     return 0;
   }
+  const std::vector<float> packed_projection =
+      project ? pack_rows(a.in(projection_index), out_channels, m, m, 1) : std::vector<float>();
   const std::vector<float> packed = expand ? pack_rows(a.in(1), m, k, k, 1) : std::vector<float>();
+  // Where every vector of the expansion's tile rows lies in one input row (W a whole number of vectors), the
+  // product stores them straight into the window's padded rows; else into rows of their own, then copied.
+  const bool into_window = expand && w % VEC == 0;
   auto window_floats = [&](int64_t channels, int64_t rows_out) {
     const int64_t window_rows = stride * (rows_out - 1) + 3, new_rows = std::max(window_rows, stride * rows_out);
-    return channels * (window_rows * g.pitch + (expand ? new_rows * w : 0) + (project ? rows_out * wo : 0));
+    return channels * (window_rows * g.pitch + (expand && !into_window ? new_rows * w : 0) + (project ? rows_out * wo : 0));
   };
   // Tasks: (image, group of channels, band of output rows). Without the projection the channels split into
   // groups: enough tasks for every thread (batch 1 too), one output row's window in budget. The projection
@@ -294,8 +353,9 @@ int pw_dw_forward(const Args& a, int stride, bool expand, Projection projection)
   int64_t rows_out = 1;  // output rows per step: as many as the budget allows
   while (rows_out < band_rows && window_floats(group_panels * MR, rows_out + 1) <= WINDOW_FLOATS) ++rows_out;
   const int64_t window_rows = stride * (rows_out - 1) + 3, new_rows = std::max(window_rows, stride * rows_out);
-  const int64_t max_columns = expand ? new_rows * w : 0, step_columns = rows_out * wo;
-  const int64_t panel_floats = std::max(((max_columns + NR - 1) / NR) * k, project ? ((step_columns + NR - 1) / NR) * m : 0) * NR;
+  const int64_t expand_columns = expand ? new_rows * w : 0, max_columns = into_window ? 0 : expand_columns;
+  const int64_t step_columns = rows_out * wo;
+  const int64_t panel_floats = std::max(((expand_columns + NR - 1) / NR) * k, project ? ((step_columns + NR - 1) / NR) * m : 0) * NR;
   parallel_for(n * groups * bands, [&](int64_t begin, int64_t end) {
     const int64_t channels_max = group_panels * MR, window_plane = window_rows * g.pitch;
     float* window = scratch(channels_max * (window_plane + max_columns + (project ? step_columns : 0)) + panel_floats);
@@ -322,15 +382,39 @@ int pw_dw_forward(const Args& a, int stride, bool expand, Projection projection)
         const int64_t fresh_begin = need_begin + keep;
         // Padded row r holds input row r - 1; rows 0 and H + 1 are the zero padding.
         const int64_t in_begin = std::max<int64_t>(fresh_begin - 1, 0), in_end = std::min<int64_t>(need_end - 1, h);
-        if (expand && in_end > in_begin)
+        if (expand && in_end > in_begin && into_window) {
+          // Column col of the step is pixel (in_begin + col / W, col % W): padded row in_begin + col / W + 1.
+          float* first_row = window + (in_begin + 1 - need_begin) * g.pitch;
+          pack_columns(image, k, h * w, in_begin * w, in_end * w, panels);
+          int64_t tile_col = -1, row_offset = 0, j = 0;  // the last tile's column, its row and column in the window
+          panel_product_to(packed.data(), m, k, panels, (in_end - in_begin) * w, p0, p1, expand_bias, true,
+                           [&](int64_t channel, int64_t col, vecf lo, vecf hi, int64_t valid) {
+                             if (col != tile_col) {  // once per tile, not per row: a division
+                               tile_col = col;
+                               row_offset = col / w * g.pitch;
+                               j = col % w;
+                             }
+                             float* row = first_row + (channel - c0) * window_plane + row_offset;
+                             store_in_padded_row(g, row, j, lo);
+                             if (valid > VEC) {
+                               if (j + VEC < w)
+                                 store_in_padded_row(g, row, j + VEC, hi);
+                               else
+                                 store_in_padded_row(g, row + g.pitch, 0, hi);
+                             }
+                           });
+        } else if (expand && in_end > in_begin) {
           pointwise_columns(packed.data(), m, k, image, h * w, in_begin * w, in_end * w, p0, p1, expand_bias, true,
                             expanded, max_columns, nullptr, panels);
+        }
         for (int64_t c = c0; c < c1; ++c) {
           float* plane = window + (c - c0) * window_plane;
           for (int64_t r = fresh_begin; r < need_end; ++r) {
             float* row = plane + (r - need_begin) * g.pitch;
             if (r == 0 || r == h + 1) {
               std::memset(row, 0, sizeof(float) * g.pitch);
+            } else if (into_window) {
+              zero_padded_row_border(g, row);
             } else {
               const float* source = expand ? expanded + (c - c0) * max_columns + (r - 1 - in_begin) * w
                                            : image + (c * h + r - 1) * w;

@@ -84,6 +84,18 @@ void pointwise_product(const std::vector<float>& a, int64_t rows, int64_t depth,
           tile_product(a.data() + mb * depth * MR, panels + (t - t0) * depth * NR, depth, tile);
           const int64_t q0 = t * NR, b0 = q0 / pixels, p0 = q0 % pixels;
           const bool whole = p0 + NR <= pixels;  // the tile's columns are consecutive pixels of one image
+          // Else where column j of row 0 goes (image q / P, pixel q % P), counted once per tile, not per row.
+          int64_t column_offset[NR];
+          const int64_t valid = std::min<int64_t>(NR, columns - q0);
+          if (!whole) {
+            for (int64_t j = 0, b = b0, p = p0; j < valid; ++j) {
+              column_offset[j] = b * rows * pixels + p;
+              if (++p == pixels) {
+                p = 0;
+                ++b;
+              }
+            }
+          }
 #pragma GCC unroll 16
           for (int r = 0; r < MR; ++r) {
             if (r >= valid_rows) break;
@@ -101,8 +113,8 @@ void pointwise_product(const std::vector<float>& a, int64_t rows, int64_t depth,
               float row[NR];
               store(row, lo);
               store(row + VEC, hi);
-              for (int64_t j = 0; j < NR && q0 + j < columns; ++j) {
-                const int64_t q = q0 + j, offset = ((q / pixels) * rows + m0 + r) * pixels + q % pixels;
+              for (int64_t j = 0; j < valid; ++j) {
+                const int64_t offset = column_offset[j] + (m0 + r) * pixels;
                 y[offset] = residual != nullptr ? row[j] + residual[offset] : row[j];
               }
             }
