@@ -378,6 +378,91 @@ def test_whole_block_channel_blocked_form_matches_torch_and_the_layer_kernels(fa
     _assert_close(blocked, want.numpy(), "channel-blocked whole block vs torch")
 
 
+# (batch, in, expanded, out, height, width, stride): a plain stride-2 block, a residual one (channel-blocked with a
+# batch of 4), blocks without an expansion (residual and stride 2).
+BN_BLOCK_SHAPES = [(2, 5, 12, 7, 9, 8, 2), (4, 6, 20, 6, 7, 7, 1), (2, 8, None, 8, 9, 7, 1), (1, 4, None, 6, 8, 9, 2)]
+
+
+@pytest.mark.parametrize("n,cin,hidden,cout,h,w,stride", BN_BLOCK_SHAPES)
+def test_whole_block_folding_its_batchnorms_matches_the_folds_then_the_block_and_torch(fast_conv, n, cin, hidden, cout,
+                                                                                       h, w, stride):
+    """The whole-block op that folds each layer's BatchNorm (moving statistics) inside its one kernel call: bit for
+    bit fold_op on each layer then the block op, in the output and in every gradient; against torch (conv, eval-mode
+    batch_norm, ReLU6) in the output and the gradients of x, the weights, gamma and beta; none for the moving
+    statistics. A call with a wrong shape is refused and writes nothing."""
+    import ctypes
+
+    import mindspore as ms
+
+    from ms_impl.fast_conv.ops import fold_op, inverted_residual_bn_op, inverted_residual_op
+
+    expand, residual = hidden is not None, stride == 1 and cin == cout
+    hidden = hidden or cin
+    rng = np.random.default_rng(hidden * 17 + h + stride + cout)
+    eps = 2.0 ** -10  # var + eps of 1/4, 1 or 4 and gammas on a grid: exact scales, exact pre-activations
+
+    def layer(out_channels, weight_shape, fine):
+        weight = _on_grid(rng.standard_normal(weight_shape) * 2 / np.sqrt(np.prod(weight_shape[1:])), 1 / 8)
+        gamma = _on_grid(rng.uniform(0.5, 1.5, out_channels), 1 / 4)
+        beta = _on_grid(rng.uniform(-1.0, 3.0, out_channels), 1 / 8) + np.float32(fine)  # off ReLU6's kinks
+        mean = _on_grid(rng.uniform(-0.5, 0.5, out_channels), 1 / 8)
+        variance = (rng.choice([0.25, 1.0, 4.0], out_channels) - eps).astype(np.float32)
+        return [weight, gamma, beta, mean, variance, np.array([eps, 0.1], np.float32)]
+
+    layers = ([layer(hidden, (hidden, cin, 1, 1), 1 / 64)] if expand else []) + \
+        [layer(hidden, (hidden, 1, 3, 3), 1 / 2048), layer(cout, (cout, hidden, 1, 1), 0)]
+    values = [_on_grid(rng.standard_normal((n, cin, h, w)), 1 / 4)] + [v for group in layers for v in group]
+    args = tuple(ms.Tensor(v) for v in values)
+    op, fold, block = inverted_residual_bn_op(stride, residual, expand), fold_op(), inverted_residual_op(stride, residual, expand)
+
+    def folded_then_block(x, *raw):
+        folded = []
+        for first in range(0, len(raw), 6):
+            folded += list(fold(*raw[first:first + 6]))
+        return block(x, *folded)
+
+    got, want = op(*args).asnumpy(), folded_then_block(*args).asnumpy()
+    np.testing.assert_array_equal(got, want)
+    upstream = ms.Tensor(rng.standard_normal(got.shape).astype(np.float32))
+    positions = tuple(range(len(values)))
+    grads = ms.grad(lambda *a: (op(*a) * upstream).sum(), grad_position=positions)(*args)
+    reference = ms.grad(lambda *a: (folded_then_block(*a) * upstream).sum(), grad_position=positions)(*args)
+    for index, (mine, theirs) in enumerate(zip(grads, reference)):
+        np.testing.assert_array_equal(mine.asnumpy(), theirs.asnumpy(), err_msg=f"gradient of input {index}")
+    for group in range(len(layers)):  # the moving statistics and the constants get none
+        for offset in (3, 4, 5):
+            assert not grads[1 + 6 * group + offset].asnumpy().any()
+    # x, and each layer's weight, gamma and beta, take gradients; the moving statistics and constants none
+    differentiable = [index == 0 or (index - 1) % 6 < 3 for index in range(len(values))]
+    tensors = [torch.from_numpy(v).requires_grad_(wanted) for v, wanted in zip(values, differentiable)]
+    conv, relu6 = torch.nn.functional.conv2d, torch.nn.functional.relu6
+
+    def batch_norm(z, first):
+        return torch.nn.functional.batch_norm(z, tensors[first + 3], tensors[first + 4], tensors[first + 1],
+                                              tensors[first + 2], training=False, eps=eps)
+
+    hidden_t = relu6(batch_norm(conv(tensors[0], tensors[1]), 1)) if expand else tensors[0]
+    first = 7 if expand else 1
+    hidden_t = relu6(batch_norm(conv(hidden_t, tensors[first], stride=stride, padding=1, groups=hidden), first))
+    y = batch_norm(conv(hidden_t, tensors[first + 6]), first + 6) + (tensors[0] if residual else 0)
+    (y * torch.from_numpy(upstream.asnumpy())).sum().backward()
+    _assert_close(got, y.detach().numpy(), "block folding its BatchNorms vs torch")
+    for index, (mine, tensor) in enumerate(zip(grads, tensors)):
+        if differentiable[index]:
+            _assert_close(mine.asnumpy(), tensor.grad.numpy(), f"gradient of input {index} vs torch")
+    library, call = ctypes.CDLL(str(fast_conv.kernel_library())), fast_conv.call_entry_point
+    name = ("block_forward_bn" if expand else "dw_block_forward_bn") + ("_residual_s1" if residual else f"_s{stride}")
+    status, direct = call(library, name, [*values, np.zeros(got.shape)])
+    assert status == 0
+    np.testing.assert_array_equal(direct, got)
+    short_gamma = values[:2] + [values[2][:-1]] + values[3:]
+    wrong_constants = values[:-1] + [np.zeros(3, np.float32)]
+    for arrays in ([*short_gamma, np.zeros(got.shape)], [*wrong_constants, np.zeros(got.shape)],
+                   [*values, np.zeros((n, cout + 1) + got.shape[2:])]):
+        status, untouched = call(library, name, arrays)
+        assert status == 1 and not untouched.any()
+
+
 @pytest.mark.parametrize("n,cin,cout,h,w,stride", [(1, 3, 32, 9, 11, 2), (3, 5, 7, 8, 5, 1)])
 def test_dense_bias_relu6_matches_torch(fast_conv, n, cin, cout, h, w, stride):
     _check_bias_relu6(fast_conv, cin, cout, 1, n, h, w, stride)

@@ -8,9 +8,9 @@ every parameter, name and checkpoint of their parents and change only how `const
 - BatchNorm on its moving statistics (eval mode, and training with frozen BatchNorm, the trainer's
   `freeze_bn`): the convolutions fold it into their weights and apply the bias (+ ReLU6) in the same
   kernel pass (`folded_forward`); gradients reach gamma and beta through the fold.
-- Inference: each block is one kernel pass that stores no hidden tensor (`whole_block_inference`); where
-  the projection's BatchNorm does not fold, the expanding 1x1 and depthwise layers still are one pass
-  (`expansion_depthwise_inference`).
+- Inference: each block is one kernel pass that folds its BatchNorms and stores no hidden tensor
+  (`whole_block_inference`); where the projection's BatchNorm does not fold, the expanding 1x1 and
+  depthwise layers still are one pass (`expansion_depthwise_inference`).
 - Training with frozen BatchNorm: the expanding 1x1 layer's bias and ReLU6 run inside the depthwise
   layer's kernels (`expanded_depthwise`).
 - Training with batch statistics: BatchNorm and ReLU6 in one kernel, forward and backward.
@@ -27,7 +27,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from ms_impl.fast_conv.layers import FastBatchNorm2d, FastConv1x1, FastConv3x3
-from ms_impl.fast_conv.ops import inverted_residual_op, resolve_fast_conv
+from ms_impl.fast_conv.ops import inverted_residual_bn_op, resolve_fast_conv
 
 # Convolutions whose kernels take a folded BatchNorm (and ReLU6) in their own pass.
 FOLDABLE = (FastConv3x3, FastConv1x1)
@@ -40,6 +40,12 @@ def folded_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d):
         return bn.fold_into(conv.weight)
     scale = bn.gamma / ops.sqrt(ops.stop_gradient(bn.moving_variance) + bn.eps)
     return conv.weight * scale.reshape((-1, 1, 1, 1)), bn.beta - ops.stop_gradient(bn.moving_mean) * scale
+
+
+def _conv_and_batch_norm(conv: nn.Conv2d, bn: FastBatchNorm2d) -> Tuple[ms.Tensor, ...]:
+    """A layer's inputs to a kernel that folds its BatchNorm itself: (weight, gamma, beta, moving mean, moving
+    variance, [eps, momentum])."""
+    return conv.weight, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, bn.kernel_constants
 
 
 class ConvBNReLUFusion:
@@ -92,7 +98,7 @@ class InvertedResidualFusion:
         # Inference with every BatchNorm folded: the whole block in one kernel pass, the projection reading the
         # depthwise output a step of rows at a time from cache (whole_block_inference).
         self.fuse_whole_block_inference = True
-        self.whole_block_kernel = inverted_residual_op(block.stride, self.use_residual, self.has_expand)
+        self.whole_block_kernel = inverted_residual_bn_op(block.stride, self.use_residual, self.has_expand)
         # Set for a block that never receives a gradient (the trainer's --freeze_layers): inference kernels in training too.
         self.inference_only = False
 
@@ -106,10 +112,10 @@ class InvertedResidualFusion:
     def folded_forward(self, x: ms.Tensor) -> ms.Tensor:
         """The block's output with the projection's BatchNorm on its moving statistics folded into it (see
         ConvBNReLUFusion.folded_forward), and the residual added in the projection's own pass."""
+        if self.infers_whole_block():
+            return self.whole_block_inference(x)
         projection = self.conv[-2]
         weight, bias = folded_batch_norm(projection, self.conv[-1])
-        if self.infers_whole_block():
-            return self.whole_block_inference(x, weight, bias)
         hidden = self.folded_hidden(x)
         if self.use_residual:
             return projection.with_bias_add(hidden, weight, bias, x)
@@ -124,17 +130,19 @@ class InvertedResidualFusion:
             return self.conv[0].folds_now() and self.conv[1].folds_now()
         return self.conv[0].folds_now()
 
-    def whole_block_inference(self, x: ms.Tensor, weight: ms.Tensor, bias: ms.Tensor) -> ms.Tensor:
-        """The block in one kernel pass, its projection's folded `weight` and `bias` given: no hidden tensor
-        stored, the residual added in the projection's epilogue. The same values as the layers' own kernels
-        one after the other, bit for bit."""
+    def whole_block_inference(self, x: ms.Tensor) -> ms.Tensor:
+        """The block in one kernel pass that also folds its BatchNorms (one op call, not one per fold): no hidden
+        tensor stored, the residual added in the projection's epilogue. The same values as the layers' own
+        kernels one after the other on the folded weights, bit for bit."""
+        projection = self.conv[-2]
         depthwise = self.conv[1] if self.has_expand else self.conv[0]
-        depthwise_weight, depthwise_bias = folded_batch_norm(depthwise.features[0], depthwise.features[1])
         if not self.has_expand:
-            return self.whole_block_kernel(x, depthwise_weight, depthwise_bias, weight, bias)
+            return self.whole_block_kernel(x, *_conv_and_batch_norm(depthwise.features[0], depthwise.features[1]),
+                                           *_conv_and_batch_norm(projection, self.conv[-1]))
         expand = self.conv[0]
-        expand_weight, expand_bias = folded_batch_norm(expand.features[0], expand.features[1])
-        return self.whole_block_kernel(x, expand_weight, expand_bias, depthwise_weight, depthwise_bias, weight, bias)
+        return self.whole_block_kernel(x, *_conv_and_batch_norm(expand.features[0], expand.features[1]),
+                                       *_conv_and_batch_norm(depthwise.features[0], depthwise.features[1]),
+                                       *_conv_and_batch_norm(projection, self.conv[-1]))
 
     def folded_hidden(self, x: ms.Tensor) -> ms.Tensor:
         """The layers before the projection, their BatchNorms folded where they can be."""

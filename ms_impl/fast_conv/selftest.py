@@ -262,6 +262,32 @@ def _check_pointwise(library: ctypes.CDLL, rng: np.random.Generator) -> None:
         raise FastConvUnavailable("self-test: pw_grad_weight_s1 gives wrong results (many pixels)")
 
 
+def _check_block_folding(library: ctypes.CDLL, rng: np.random.Generator, stride: int) -> None:
+    """The block passes that fold their own BatchNorms: bn_fold on each layer, then the block pass, bit for bit."""
+    x = rng.standard_normal((2, 5, 5, 4)).astype(np.float32)
+    out_size = ((5 - 1) // stride + 1, (4 - 1) // stride + 1)
+    for expand in (True, False):
+        hidden = 7 if expand else 5
+        shapes = ([(hidden, 5, 1, 1)] if expand else []) + [(hidden, 1, 3, 3), (5, hidden, 1, 1)]
+        raw, folded = [], []
+        for shape in shapes:
+            channels = shape[0]
+            layer = [rng.standard_normal(shape), rng.uniform(0.5, 1.5, channels), rng.uniform(-1.0, 3.0, channels),
+                     rng.uniform(-0.5, 0.5, channels), rng.uniform(0.5, 2.0, channels), np.array([1e-5, 0.1])]
+            status, pair = call_entry_point(library, "bn_fold", layer + [np.zeros(shape), np.zeros(channels)], outputs=2)
+            if status:
+                raise FastConvUnavailable("self-test: bn_fold fails")
+            raw += layer
+            folded += list(pair)
+        prefix = "block_forward" if expand else "dw_block_forward"
+        name = f"{prefix}_residual_s1" if stride == 1 else f"{prefix}_s{stride}"
+        out = np.zeros((2, 5) + out_size)
+        status, want = call_entry_point(library, name, [x] + folded + [out])
+        status_bn, got = call_entry_point(library, name.replace(prefix, f"{prefix}_bn"), [x] + raw + [out])
+        if status or status_bn or not np.array_equal(got, want):
+            raise FastConvUnavailable(f"self-test: {name.replace(prefix, prefix + '_bn')} gives wrong results")
+
+
 def _check_expansion_depthwise(library: ctypes.CDLL, rng: np.random.Generator) -> None:
     """Expansion and depthwise in one pass, the whole block in one pass, and a wrong output shape refused."""
     # Expansion and depthwise in one pass (inference): the two kernels' results, bit for bit.
@@ -322,6 +348,7 @@ def _check_expansion_depthwise(library: ctypes.CDLL, rng: np.random.Generator) -
                                           np.zeros((2, 3) + out_shape[2:])])
         if status or status_dw or status_p or not np.array_equal(block, projected):
             raise FastConvUnavailable(f"self-test: dw_block_forward_s{stride} gives wrong results")
+        _check_block_folding(library, rng, stride)
     x = rng.standard_normal((3, 5, 3, 7)).astype(np.float32)
     if call_entry_point(library, "pw_forward_s1", [x, np.zeros((13, 5, 1, 1)), np.zeros((3, 12, 3, 7))])[0] != 1:
         raise FastConvUnavailable("self-test: pw_forward_s1 accepts a wrong output shape")

@@ -332,17 +332,14 @@ int bias_grad(const Args& a, bool relu6) {
 // same order as that formula (correctly rounded sqrt and division; no fused multiply-add, hence the
 // attribute), so the values are MindSpore's bit for bit.
 
-// (w[C, rest...], gamma[C], beta[C], mean[C], var[C], eps_momentum[2]) -> (w * s per row, beta - mean * s).
-__attribute__((optimize("fp-contract=off"))) int bn_fold(const Args& a) {
-  if (a.nparam != 8 || !a.is(0, -1, -1, -1, -1)) return 1;
-  const int64_t c = a.shape(0)[0], row = a.shape(0)[1] * a.shape(0)[2] * a.shape(0)[3];
-  for (int i = 1; i <= 4; ++i)
-    if (!a.is_vector(i, c)) return 1;
-  if (!a.is_vector(5, 2) || !a.is(6, c, a.shape(0)[1], a.shape(0)[2], a.shape(0)[3]) || !a.is_vector(7, c)) return 1;
-  const float *w = a.in(0), *gamma = a.in(1), *beta = a.in(2), *mean = a.in(3), *var = a.in(4);
-  const float eps = a.in(5)[0];
-  float *folded = a.out(6), *bias = a.out(7);
-  for (int64_t ch = 0; ch < c; ++ch) {
+}  // namespace
+
+// folded[c, :] = w[c, :] * s, bias[c] = beta - mean * s, s = gamma / sqrt(var + eps), for c < channels (rows of
+// `row` values): bn_fold's values, and those of the block passes that fold their own layers.
+__attribute__((optimize("fp-contract=off"))) void fold_batch_norm(const float* w, int64_t channels, int64_t row,
+                                                                  const float* gamma, const float* beta, const float* mean,
+                                                                  const float* var, float eps, float* folded, float* bias) {
+  for (int64_t ch = 0; ch < channels; ++ch) {
     const float scale = gamma[ch] / std::sqrt(var[ch] + eps);
     const float* src = w + ch * row;
     float* dst = folded + ch * row;
@@ -350,6 +347,18 @@ __attribute__((optimize("fp-contract=off"))) int bn_fold(const Args& a) {
     const float shift = mean[ch] * scale;
     bias[ch] = beta[ch] - shift;
   }
+}
+
+namespace {
+
+// (w[C, rest...], gamma[C], beta[C], mean[C], var[C], eps_momentum[2]) -> (w * s per row, beta - mean * s).
+int bn_fold(const Args& a) {
+  if (a.nparam != 8 || !a.is(0, -1, -1, -1, -1)) return 1;
+  const int64_t c = a.shape(0)[0], row = a.shape(0)[1] * a.shape(0)[2] * a.shape(0)[3];
+  for (int i = 1; i <= 4; ++i)
+    if (!a.is_vector(i, c)) return 1;
+  if (!a.is_vector(5, 2) || !a.is(6, c, a.shape(0)[1], a.shape(0)[2], a.shape(0)[3]) || !a.is_vector(7, c)) return 1;
+  fold_batch_norm(a.in(0), c, row, a.in(1), a.in(2), a.in(3), a.in(4), a.in(5)[0], a.out(6), a.out(7));
   return 0;
 }
 

@@ -121,6 +121,13 @@ int64_t threads_now();
 // long as the process). One buffer per thread: a kernel holds one pointer into it at a time.
 float* scratch(int64_t floats);
 
+// ---- BatchNorm folding (batchnorm.cc) ----
+
+// folded[c, :] = w[c, :] * s, bias[c] = beta - mean * s, s = gamma / sqrt(var + eps), for every one of `channels`
+// rows of `row` values (no FMA contraction: the same values wherever a fold is computed).
+void fold_batch_norm(const float* w, int64_t channels, int64_t row, const float* gamma, const float* beta,
+                     const float* mean, const float* var, float eps, float* folded, float* bias);
+
 // ---- the arguments of one call ----
 
 inline bool is_f32(const char* dtype) { return std::strcmp(dtype, "float32") == 0 || std::strcmp(dtype, "float") == 0; }

@@ -9,6 +9,9 @@
 //   block_forward_residual_s1 (the same, P = K) -> y = (conv1x1(...) + bp) + x
 //   dw_block_forward_s{1,2}, dw_block_forward_residual_s1  (x, wd[K,1,3,3], bd[K], wp[P,K,1,1], bp[P]) -> y:
 //                             the same for a block without an expansion (its depthwise layer reads x)
+//   block_forward_bn_s{1,2}, block_forward_bn_residual_s1, dw_block_forward_bn_{s1,s2,residual_s1}
+//                             (x, then per layer: w, gamma, beta, mean, var, eps_momentum[2]) -> y: the same
+//                             blocks with their BatchNorms (moving statistics) folded inside the call, as bn_fold
 #include "common.h"
 
 namespace mbv2 {
@@ -295,39 +298,30 @@ void blocked_block(const float* x, int64_t n, int64_t k, int64_t h, int64_t w, i
 // whose product reads the depthwise output from cache a step of rows at a time (neither hidden tensor stored).
 enum class Projection { NONE, PLAIN, RESIDUAL };
 
-// With the expansion (`expand`) and without the projection: (x[N,K,H,W], we[M,K,1,1], be[M], wd[M,1,3,3],
-// bd[M]) -> y[N,M,Ho,Wo] = relu6(dwconv(relu6(conv1x1(x, we) + be), wd) + bd): pw_forward_bias_relu6 then
-// dw_forward_bias_relu6. With the projection, two more inputs (wp[P,M,1,1], bp[P]) and y[N,P,Ho,Wo] =
-// conv1x1(that, wp) + bp (+ x, RESIDUAL): pw_forward_bias (pw_forward_bias_add) after them, bit for bit.
-// Without the expansion (a block whose depthwise layer reads its input, M = K) there is no we, be.
-int pw_dw_forward(const Args& a, int stride, bool expand, Projection projection) {
-  const bool project = projection != Projection::NONE;
-  const int dw_index = expand ? 3 : 1, projection_index = dw_index + 2, y_index = projection_index + (project ? 2 : 0);
-  if (a.nparam != y_index + 1 || !a.is(0, -1, -1, -1, -1)) return 1;
-  const int64_t n = a.shape(0)[0], k = a.shape(0)[1], h = a.shape(0)[2], w = a.shape(0)[3];
-  if (expand && !a.is(1, -1, k, 1, 1)) return 1;
-  const int64_t m = expand ? a.shape(1)[0] : k;
+// The layers of one pass, every BatchNorm folded: the expansion's weights we[M,K] and bias be[M] (null for a
+// block without one: M = K), the depthwise layer's wd[M,9], bd[M], and the projection's wp[P,M], bp[P] (null
+// without the projection: P = M).
+struct PassLayers {
+  const float *we, *be, *wd, *bd, *wp, *bp;
+  int64_t m, out_channels;
+};
+
+// The pass over x[N,K,H,W] into y (pw_dw_forward's layers and output), shapes checked by the caller.
+void run_pass(const float* x, int64_t n, int64_t k, int64_t h, int64_t w, int stride, const PassLayers& layers,
+              Projection projection, float* y) {
+  const bool project = projection != Projection::NONE, expand = layers.we != nullptr;
+  const int64_t m = layers.m, out_channels = layers.out_channels;
+  const float *expand_bias = layers.be, *wd = layers.wd, *bias = layers.bd, *projection_bias = layers.bp;
   const Geometry g(h, w, stride);
-  if ((expand && !a.is_vector(2, m)) || !a.is(dw_index, m, 1, 3, 3) || !a.is_vector(dw_index + 1, m)) return 1;
-  if (project && (!a.is(projection_index, -1, m, 1, 1) || !a.is_vector(projection_index + 1, a.shape(projection_index)[0])))
-    return 1;
-  const int64_t out_channels = project ? a.shape(projection_index)[0] : m;
-  if (projection == Projection::RESIDUAL && (stride != 1 || out_channels != k)) return 1;
-  if (!a.is(y_index, n, out_channels, g.out_height, g.out_width)) return 1;
-  if (k == 0 || m == 0 || h == 0 || w == 0) return 1;  // an empty layer (and no window to size)
-  const float *x = a.in(0), *expand_bias = expand ? a.in(2) : nullptr, *wd = a.in(dw_index), *bias = a.in(dw_index + 1);
-  const float* projection_bias = project ? a.in(projection_index + 1) : nullptr;
-  float* y = a.out(y_index);
   const int64_t ho = g.out_height, wo = g.out_width, panels_total = (m + MR - 1) / MR;
   // Small planes with a batch for every thread: the channel-blocked form (the same values).
   if (project && expand && ho * wo <= BLOCKED_MAX_PIXELS && n >= 2 * threads_now()) {
-    blocked_block(x, n, k, h, w, stride, a.in(1), expand_bias, wd, bias, m, a.in(projection_index), projection_bias,
-                  out_channels, projection == Projection::RESIDUAL, y);
-    return 0;
+    blocked_block(x, n, k, h, w, stride, layers.we, expand_bias, wd, bias, m, layers.wp, projection_bias, out_channels,
+                  projection == Projection::RESIDUAL, y);
+    return;
   }
-  const std::vector<float> packed_projection =
-      project ? pack_rows(a.in(projection_index), out_channels, m, m, 1) : std::vector<float>();
-  const std::vector<float> packed = expand ? pack_rows(a.in(1), m, k, k, 1) : std::vector<float>();
+  const std::vector<float> packed_projection = project ? pack_rows(layers.wp, out_channels, m, m, 1) : std::vector<float>();
+  const std::vector<float> packed = expand ? pack_rows(layers.we, m, k, k, 1) : std::vector<float>();
   // Where every vector of the expansion's tile rows lies in one input row (W a whole number of vectors), the
   // product stores them straight into the window's padded rows; else into rows of their own, then copied.
   const bool into_window = expand && w % VEC == 0;
@@ -437,6 +431,72 @@ int pw_dw_forward(const Args& a, int stride, bool expand, Projection projection)
       }
     }
   });
+}
+
+// With the expansion (`expand`) and without the projection: (x[N,K,H,W], we[M,K,1,1], be[M], wd[M,1,3,3],
+// bd[M]) -> y[N,M,Ho,Wo] = relu6(dwconv(relu6(conv1x1(x, we) + be), wd) + bd): pw_forward_bias_relu6 then
+// dw_forward_bias_relu6. With the projection, two more inputs (wp[P,M,1,1], bp[P]) and y[N,P,Ho,Wo] =
+// conv1x1(that, wp) + bp (+ x, RESIDUAL): pw_forward_bias (pw_forward_bias_add) after them, bit for bit.
+// Without the expansion (a block whose depthwise layer reads its input, M = K) there is no we, be.
+int pw_dw_forward(const Args& a, int stride, bool expand, Projection projection) {
+  const bool project = projection != Projection::NONE;
+  const int dw_index = expand ? 3 : 1, projection_index = dw_index + 2, y_index = projection_index + (project ? 2 : 0);
+  if (a.nparam != y_index + 1 || !a.is(0, -1, -1, -1, -1)) return 1;
+  const int64_t n = a.shape(0)[0], k = a.shape(0)[1], h = a.shape(0)[2], w = a.shape(0)[3];
+  if (expand && !a.is(1, -1, k, 1, 1)) return 1;
+  const int64_t m = expand ? a.shape(1)[0] : k;
+  const Geometry g(h, w, stride);
+  if ((expand && !a.is_vector(2, m)) || !a.is(dw_index, m, 1, 3, 3) || !a.is_vector(dw_index + 1, m)) return 1;
+  if (project && (!a.is(projection_index, -1, m, 1, 1) || !a.is_vector(projection_index + 1, a.shape(projection_index)[0])))
+    return 1;
+  const int64_t out_channels = project ? a.shape(projection_index)[0] : m;
+  if (projection == Projection::RESIDUAL && (stride != 1 || out_channels != k)) return 1;
+  if (!a.is(y_index, n, out_channels, g.out_height, g.out_width)) return 1;
+  if (k == 0 || m == 0 || h == 0 || w == 0) return 1;  // an empty layer (and no window to size)
+  const PassLayers layers{expand ? a.in(1) : nullptr, expand ? a.in(2) : nullptr, a.in(dw_index), a.in(dw_index + 1),
+                          project ? a.in(projection_index) : nullptr, project ? a.in(projection_index + 1) : nullptr,
+                          m, out_channels};
+  run_pass(a.in(0), n, k, h, w, stride, layers, projection, a.out(y_index));
+  return 0;
+}
+
+// The whole block with its BatchNorms on their moving statistics, folded here: (x, then per layer (w, gamma,
+// beta, mean, var, eps_momentum[2]): the expansion's (with `expand`), the depthwise layer's, the projection's)
+// -> y = block_forward(x, bn_fold of each layer...): each fold as bn_fold computes it, so the output is the
+// same bit for bit as bn_fold's outputs fed to block_forward, without an op call per fold.
+int block_forward_bn(const Args& a, int stride, bool expand, Projection projection) {
+  const int layer_count = expand ? 3 : 2, y_index = 1 + 6 * layer_count;
+  if (a.nparam != y_index + 1 || !a.is(0, -1, -1, -1, -1)) return 1;
+  const int64_t n = a.shape(0)[0], k = a.shape(0)[1], h = a.shape(0)[2], w = a.shape(0)[3];
+  const int e = 1, d = expand ? 7 : 1, p = d + 6;  // the first input of each layer
+  if (expand && !a.is(e, -1, k, 1, 1)) return 1;
+  const int64_t m = expand ? a.shape(e)[0] : k;
+  if (!a.is(d, m, 1, 3, 3) || !a.is(p, -1, m, 1, 1)) return 1;
+  const int64_t out_channels = a.shape(p)[0];
+  for (int first = 1; first < y_index; first += 6) {
+    const int64_t channels = a.shape(first)[0];
+    for (int i = 1; i <= 4; ++i)
+      if (!a.is_vector(first + i, channels)) return 1;
+    if (!a.is_vector(first + 5, 2)) return 1;
+  }
+  const Geometry g(h, w, stride);
+  if (projection == Projection::RESIDUAL && (stride != 1 || out_channels != k)) return 1;
+  if (!a.is(y_index, n, out_channels, g.out_height, g.out_width)) return 1;
+  if (k == 0 || m == 0 || h == 0 || w == 0) return 1;
+  // Folded weights and biases, the layers in order.
+  std::vector<float> folded[3], biases[3];
+  for (int layer = 0, first = 1; layer < layer_count; ++layer, first += 6) {
+    const int64_t channels = a.shape(first)[0], row = a.shape(first)[1] * a.shape(first)[2] * a.shape(first)[3];
+    folded[layer].resize(channels * row);
+    biases[layer].resize(channels);
+    fold_batch_norm(a.in(first), channels, row, a.in(first + 1), a.in(first + 2), a.in(first + 3), a.in(first + 4),
+                    a.in(first + 5)[0], folded[layer].data(), biases[layer].data());
+  }
+  const int dw_layer = expand ? 1 : 0;
+  const PassLayers layers{expand ? folded[0].data() : nullptr, expand ? biases[0].data() : nullptr,
+                          folded[dw_layer].data(), biases[dw_layer].data(), folded[dw_layer + 1].data(),
+                          biases[dw_layer + 1].data(), m, out_channels};
+  run_pass(a.in(0), n, k, h, w, stride, layers, projection, a.out(y_index));
   return 0;
 }
 
@@ -450,5 +510,11 @@ MBV2_ENTRY(block_forward_residual_s1, pw_dw_forward(args, 1, true, Projection::R
 MBV2_ENTRY(dw_block_forward_s1, pw_dw_forward(args, 1, false, Projection::PLAIN))
 MBV2_ENTRY(dw_block_forward_s2, pw_dw_forward(args, 2, false, Projection::PLAIN))
 MBV2_ENTRY(dw_block_forward_residual_s1, pw_dw_forward(args, 1, false, Projection::RESIDUAL))
+MBV2_ENTRY(block_forward_bn_s1, block_forward_bn(args, 1, true, Projection::PLAIN))
+MBV2_ENTRY(block_forward_bn_s2, block_forward_bn(args, 2, true, Projection::PLAIN))
+MBV2_ENTRY(block_forward_bn_residual_s1, block_forward_bn(args, 1, true, Projection::RESIDUAL))
+MBV2_ENTRY(dw_block_forward_bn_s1, block_forward_bn(args, 1, false, Projection::PLAIN))
+MBV2_ENTRY(dw_block_forward_bn_s2, block_forward_bn(args, 2, false, Projection::PLAIN))
+MBV2_ENTRY(dw_block_forward_bn_residual_s1, block_forward_bn(args, 1, false, Projection::RESIDUAL))
 
 }  // namespace mbv2
