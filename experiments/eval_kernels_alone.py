@@ -2,9 +2,9 @@
 
 Runs, in one process and alternating, (a) the MindSpore twin's eval forward (GRAPH mode, `fast_conv`
 on) and (b) the same kernel entry points it calls, in the same order and on the same shapes, straight
-from Python through ctypes (`call_entry_point`, as MindSpore's AOT runtime calls them): the 52 BatchNorm
-folds, the stem, the 17 blocks in one pass each (the residual add in the projection's epilogue in the 10
-that have one), the last 1x1 layer and the pooling;
+from Python through ctypes (`call_entry_point`, as MindSpore's AOT runtime calls them): the stem's BatchNorm
+fold and the stem, the 17 blocks in one pass each that folds its own BatchNorms (the residual add in the
+projection's epilogue in the 10 that have one), the last 1x1 layer's fold and the layer, and the pooling;
 the dense layer as a numpy product. The difference is what the framework adds per forward: graph launch, op dispatch, output
 allocation. Prints img/s of both (median and range over the rounds), then the kernels' time per kind of
 call (median over the rounds of each kind's sum per forward).
@@ -27,11 +27,15 @@ def kernel_calls(spec, batch: int, size: int, classes: int, rng: np.random.Gener
     calls = []
     constants = np.array([1e-5, 0.1], np.float32)
 
-    def fold(out_channels: int, weight_shape):
+    def raw(out_channels: int, weight_shape):
+        """A layer's weight, gamma, beta, moving mean and variance, and constants: what a kernel that folds takes."""
         weight = (rng.standard_normal(weight_shape) * 0.1).astype(np.float32)
         bn = [rng.uniform(0.5, 1.5, out_channels).astype(np.float32) for _ in range(4)]
+        return [weight, *bn, constants]
+
+    def fold(out_channels: int, weight_shape):
         folded, bias = np.zeros(weight_shape, np.float32), np.zeros(out_channels, np.float32)
-        calls.append(("bn_fold", [weight, *bn, constants, folded, bias]))
+        calls.append(("bn_fold", raw(out_channels, weight_shape) + [folded, bias]))
         return folded, bias
 
     def out_size(h: int, stride: int) -> int:
@@ -46,11 +50,11 @@ def kernel_calls(spec, batch: int, size: int, classes: int, rng: np.random.Gener
     for block in spec.blocks:
         hidden, ho = block.hidden_channels, out_size(h, block.stride)
         out = np.zeros((batch, block.out_channels, ho, ho), np.float32)
-        # the whole block in one pass, the residual added in the projection's epilogue
-        layers = [] if block.expand is None else list(fold(hidden, (hidden, block.in_channels, 1, 1)))
-        layers += fold(hidden, (hidden, 1, 3, 3))
-        layers += fold(block.out_channels, (block.out_channels, hidden, 1, 1))
-        prefix = "dw_block_forward" if block.expand is None else "block_forward"
+        # the whole block in one pass that folds its own BatchNorms, the residual added in the projection's epilogue
+        layers = [] if block.expand is None else raw(hidden, (hidden, block.in_channels, 1, 1))
+        layers += raw(hidden, (hidden, 1, 3, 3))
+        layers += raw(block.out_channels, (block.out_channels, hidden, 1, 1))
+        prefix = "dw_block_forward_bn" if block.expand is None else "block_forward_bn"
         name = f"{prefix}_residual_s1" if block.use_residual else f"{prefix}_s{block.stride}"
         calls.append((name, [y, *layers, out]))
         y, h = out, ho

@@ -238,6 +238,22 @@ inline void store_in_padded_row(const Geometry& g, float* row, int64_t j0, vecf 
 #endif
 }
 
+// store_in_padded_row of the NR values lo = in[j0 .. j0 + VEC), hi = in[j0 + VEC .. j0 + NR) (j0 even, all in the
+// row): at stride 2 the evens of both vectors in one store and the odds in another.
+inline void store_pair_in_padded_row(const Geometry& g, float* row, int64_t j0, vecf lo, vecf hi) {
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  if (g.stride == 2) {
+    // [lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6] -> [lo0 lo2 lo4 lo6 hi0 hi2 hi4 hi6], and the odd lanes alike.
+    const __m256 evens = _mm256_shuffle_ps((__m256)lo, (__m256)hi, 0x88), odds = _mm256_shuffle_ps((__m256)lo, (__m256)hi, 0xDD);
+    _mm256_storeu_ps(row + g.even_len + j0 / 2, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(evens), 0xD8)));
+    _mm256_storeu_ps(row + 1 + j0 / 2, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(odds), 0xD8)));
+    return;
+  }
+#endif
+  store_in_padded_row(g, row, j0, lo);
+  store_in_padded_row(g, row, j0 + VEC, hi);
+}
+
 // The border of a padded row that store_in_padded_row filled: padded columns 0 and W + 1 and the spare last float.
 inline void zero_padded_row_border(const Geometry& g, float* row) {
   row[0] = 0.0f;

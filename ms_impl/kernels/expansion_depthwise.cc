@@ -380,15 +380,23 @@ void run_pass(const float* x, int64_t n, int64_t k, int64_t h, int64_t w, int st
           // Column col of the step is pixel (in_begin + col / W, col % W): padded row in_begin + col / W + 1.
           float* first_row = window + (in_begin + 1 - need_begin) * g.pitch;
           pack_columns(image, k, h * w, in_begin * w, in_end * w, panels);
-          int64_t tile_col = -1, row_offset = 0, j = 0;  // the last tile's column, its row and column in the window
+          // The last tile's column, and where it goes: its padded row, its column, whether its NR values lie in
+          // that row.
+          int64_t tile_col = -1, row_offset = 0, j = 0;
+          bool in_row = false;
           panel_product_to(packed.data(), m, k, panels, (in_end - in_begin) * w, p0, p1, expand_bias, true,
                            [&](int64_t channel, int64_t col, vecf lo, vecf hi, int64_t valid) {
                              if (col != tile_col) {  // once per tile, not per row: a division
                                tile_col = col;
                                row_offset = col / w * g.pitch;
                                j = col % w;
+                               in_row = valid == NR && j + NR <= w;
                              }
                              float* row = first_row + (channel - c0) * window_plane + row_offset;
+                             if (in_row) {
+                               store_pair_in_padded_row(g, row, j, lo, hi);
+                               return;
+                             }
                              store_in_padded_row(g, row, j, lo);
                              if (valid > VEC) {
                                if (j + VEC < w)
