@@ -135,8 +135,10 @@ void parallel_for(int64_t total, const std::function<void(int64_t, int64_t)>& bo
     body(0, total);
     return;
   }
-  // A few chunks per thread: balances uneven planes and a core busy with another process.
-  const int64_t chunk = std::max<int64_t>(1, total / (4 * workers));
+  // Many chunks per thread: the threads end together (at most a small chunk apart) whatever the tasks' sizes and
+  // however busy a core is with another process. A call of 32 images takes one at a time (4 at a time left one
+  // thread idle for 2 images' time at the end: 3% of an eval forward).
+  const int64_t chunk = std::max<int64_t>(1, total / (16 * workers));
   if (!pool->run(total, chunk, body)) throw KernelFailure();
 }
 
