@@ -12,7 +12,7 @@ stage called alone pays), on the previous stage's output, the same weights; call
 median over the rounds.
 
 ONNX Runtime's intra-op threads spin after a run by default; in one process that spin takes a core from the
-next call, whoever makes it (measured: our kernels 1.6x slower per block right after an ONNX Runtime run). So
+next call, whoever makes it (measured with `--spinning`: the stages' kernel calls 1.56x slower in all). So
 the sessions here run with `session.intra_op.allow_spinning` off unless `--spinning`: each engine is timed as it
 runs alone. A stage alone pays what the whole network does not: ONNX Runtime reorders its input and output to
 and from its blocked layout, the twin launches a graph; compare the stages relative to each other, and the whole
