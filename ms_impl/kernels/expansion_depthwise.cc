@@ -424,8 +424,7 @@ void run_pass(const float* x, int64_t n, int64_t k, int64_t h, int64_t w, int st
             }
           }
           float* out = project ? hidden + (c - c0) * step_columns : y + ((img * m + c) * ho + o0) * wo;
-          forward_rows(g, plane, wd + c * 9, out, o1 - o0);
-          bias_relu6_plane(out, (o1 - o0) * wo, bias[c]);
+          forward_rows_bias_relu6(g, plane, wd + c * 9, bias[c], out, o1 - o0);
         }
         if (project) {
           const int64_t plane_out = ho * wo;
