@@ -887,9 +887,11 @@ def test_layer_keeps_conv2d_identity(fast_conv):
 @pytest.fixture()
 def fresh_build_state(fast_conv, monkeypatch, tmp_path):
     """Forget the resolved library (and the one warning) for this test, restore both afterwards. The default
-    target (`native`): another MBV2_KERNEL_MARCH from the caller's environment adds a compiler probe."""
+    target (`native`): another MBV2_KERNEL_MARCH or a MBV2_KERNEL_LANES from the caller's environment adds a
+    compiler probe."""
     monkeypatch.setenv("MBV2_KERNEL_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("MBV2_KERNEL_MARCH", raising=False)
+    monkeypatch.delenv("MBV2_KERNEL_LANES", raising=False)
     fast_conv.forget_resolution()
     yield fast_conv
     monkeypatch.undo()  # back to the session's cache before resolving again
@@ -947,6 +949,7 @@ def test_corrupted_cached_library_is_rebuilt_once(fresh_build_state, monkeypatch
     real_library = str(fast_conv.kernel_library())  # the session's real build (cached)
     monkeypatch.setenv("MBV2_KERNEL_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("MBV2_KERNEL_MARCH", raising=False)  # the default target: no compiler probe first
+    monkeypatch.delenv("MBV2_KERNEL_LANES", raising=False)
     monkeypatch.setenv("CXX", _fake_compiler(tmp_path, "copying", real_library))
     target = fast_conv.kernel_library()
     assert _builds(tmp_path) == 1
@@ -991,6 +994,7 @@ def test_concurrent_first_use_in_two_processes_compiles_once(tmp_path, cli_env, 
     wrapper.chmod(0o755)
     env = dict(cli_env, CXX=str(wrapper), MBV2_KERNEL_CACHE=str(tmp_path / "cache"))
     env.pop("MBV2_KERNEL_MARCH", None)  # the default target: another one adds a compiler probe to the count
+    env.pop("MBV2_KERNEL_LANES", None)
     code = "from ms_impl.fast_conv import kernel_library; print(kernel_library())"
     workers = [subprocess.Popen([python_exe, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
                for _ in range(2)]
@@ -1143,53 +1147,119 @@ def _has_x86_64_v3() -> bool:
     return build.platform.machine() == "x86_64" and {"avx2", "fma", "bmi2", "movbe"} <= set(flags)
 
 
-@pytest.mark.slow
-def test_kernel_march_x86_64_v3_builds_its_own_library_with_the_same_results(fast_conv, monkeypatch, tmp_path):
-    """MBV2_KERNEL_MARCH=x86-64-v3 (a library for every AVX2 CPU): a cached file of its own, the self-test
-    passes, MindSpore runs it, and every kind of kernel gives the native build's results (within the
-    kernels' tolerance: on an AVX-512 CPU native code sums in another order)."""
-    import ctypes
+def _batch_norm_layer(rng, shape) -> list:
+    """One layer's inputs to a block pass that folds its BatchNorm: w, gamma, beta, mean, var, (eps, momentum)."""
+    channels = shape[0]
+    return [rng.standard_normal(shape), rng.uniform(0.5, 1.5, channels), rng.uniform(-1.0, 3.0, channels),
+            rng.uniform(-0.5, 0.5, channels), rng.uniform(0.5, 2.0, channels), np.array([1e-5, 0.1])]
 
-    if not _has_x86_64_v3():
-        pytest.skip("x86-64-v3 code needs an x86-64 CPU with AVX2, FMA, BMI2 and MOVBE")
-    monkeypatch.delenv(fast_conv.MARCH_VARIABLE, raising=False)
-    native = fast_conv.kernel_library()  # the session's build
-    monkeypatch.setenv("MBV2_KERNEL_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv(fast_conv.MARCH_VARIABLE, "x86-64-v3")
-    fast_conv.forget_resolution()
-    try:
-        assert fast_conv.resolve_fast_conv("on")  # built, self-tested, run through MindSpore
-        portable = fast_conv.kernel_library()
-    finally:
-        monkeypatch.undo()  # the session's library again for the tests after this one
-        fast_conv.forget_resolution()
-    assert portable.name.startswith("mbv2-kernels-x86-64-v3-") and native.name.startswith("mbv2-kernels-native-")
-    assert [p.name for p in (tmp_path / "cache").glob("*.so")] == [portable.name]
-    fast_conv.check_entry_points(portable)
-    libraries = [ctypes.CDLL(str(path)) for path in (native, portable)]
-    rng = np.random.default_rng(9)
+
+def _entry_point_cases(rng) -> list:
+    """(entry point, arrays, outputs) for comparing two builds of the kernels: every kind of kernel, on sizes
+    past one 16-float vector and one 32-channel tile with partial ones left (the AVX-512 layout's tails), the
+    blocks in both of their forms (NCHW planes; channel-blocked for a batch of 4 small planes)."""
     x = rng.standard_normal((2, 24, 17, 15), dtype=np.float32)
     dw_w = rng.standard_normal((24, 1, 3, 3), dtype=np.float32)
     dense_w = rng.standard_normal((8, 24, 3, 3), dtype=np.float32)
     pw_w, bias = rng.standard_normal((40, 24, 1, 1), dtype=np.float32), rng.standard_normal(40, dtype=np.float32)
     gamma, beta = rng.uniform(0.5, 2, 24).astype(np.float32), rng.uniform(-1, 3, 24).astype(np.float32)
     dy = rng.standard_normal((2, 24, 9, 8), dtype=np.float32)
+    stem_x, stem_w = rng.standard_normal((2, 3, 35, 34)), rng.standard_normal((16, 3, 3, 3))
     cases = [
         ("dw_forward_s2", [x, dw_w, np.zeros((2, 24, 9, 8))], 1),
         ("dw_grad_weight_s2", [x, dy, np.zeros(dw_w.shape)], 1),
+        ("dw_grad_input_s1", [rng.standard_normal(x.shape), dw_w, x, np.zeros(x.shape)], 1),
         ("dense_forward_bias_relu6_s1", [x, dense_w, bias[:8], np.zeros((2, 8, 17, 15))], 1),
+        ("dense_forward_bias_relu6_s2", [stem_x, stem_w, bias[:16], np.zeros((2, 16, 18, 17))], 1),
+        ("dense_grad_weight_s2", [stem_x, rng.standard_normal((2, 16, 18, 17)), np.zeros(stem_w.shape)], 1),
         ("pw_forward_bias_relu6_s1", [x, pw_w, bias, np.zeros((2, 40, 17, 15))], 1),
+        ("pw_forward_bias_s1", [x[:, :, :7, :7], pw_w, bias, np.zeros((2, 40, 7, 7))], 1),
         ("pw_grad_weight_s1", [x, rng.standard_normal((2, 40, 17, 15)), np.zeros(pw_w.shape)], 1),
         ("pw_dw_forward_s2", [x, pw_w, bias, rng.standard_normal((40, 1, 3, 3)), bias, np.zeros((2, 40, 9, 8))], 1),
         ("bn_relu6_train_forward", [x, gamma, beta, np.zeros(24), np.ones(24), np.array([1e-5, 0.1]), np.zeros(x.shape),
                                     np.zeros((2, 24)), np.zeros(24), np.zeros(24)], 4),
     ]
-    for name, arrays, outputs in cases:
-        (status_native, want), (status_portable, got) = (
+    # Whole blocks: (x shape, hidden channels or None without an expansion, out channels, stride).
+    for shape, hidden, out, stride in (((2, 8, 33, 32), 40, 12, 2), ((2, 8, 9, 32), 24, 10, 1),
+                                       ((2, 12, 16, 35), 37, 12, 1), ((4, 16, 7, 7), 72, 16, 1),
+                                       ((4, 12, 13, 14), 50, 36, 2), ((4, 20, 14, 14), None, 20, 1),
+                                       ((2, 16, 31, 34), None, 24, 2)):
+        n, cin, h, w = shape
+        block_x = rng.standard_normal(shape)
+        channels = hidden or cin
+        layers = ([(hidden, cin, 1, 1)] if hidden else []) + [(channels, 1, 3, 3), (out, channels, 1, 1)]
+        y = np.zeros((n, out, (h - 1) // stride + 1, (w - 1) // stride + 1))
+        kind = ("block_forward" if hidden else "dw_block_forward") + ("_bn" if stride == 2 or out == 16 else "")
+        name = f"{kind}_residual_s1" if stride == 1 and out == cin else f"{kind}_s{stride}"
+        if "_bn" in kind:
+            weights = [array for layer in layers for array in _batch_norm_layer(rng, layer)]
+        else:
+            weights = [array for layer in layers for array in (rng.standard_normal(layer), rng.uniform(-1, 3, layer[0]))]
+        cases.append((name, [block_x] + weights + [y], 1))
+    return cases
+
+
+# Another build of the kernels than the default one, and what it needs from this CPU.
+OTHER_BUILDS = {
+    "x86-64-v3": ("MBV2_KERNEL_MARCH", "x86-64-v3", "mbv2-kernels-x86-64-v3-"),  # a library for every AVX2 CPU
+    "lanes16": ("MBV2_KERNEL_LANES", "16", "mbv2-kernels-native-lanes16-"),  # the AVX-512 layout on any CPU
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("build", sorted(OTHER_BUILDS))
+def test_other_kernel_build_has_its_own_library_with_the_same_results(fast_conv, monkeypatch, tmp_path, build):
+    """MBV2_KERNEL_MARCH=x86-64-v3 (a library for every AVX2 CPU), and MBV2_KERNEL_LANES=16 (the AVX-512 build's
+    16-float vectors and 12 x 32 tiles, here on a CPU with or without AVX-512): a cached file of its own, the
+    self-test passes, MindSpore runs it, and every kind of kernel gives the default build's results within the
+    kernels' tolerance (another vector width sums in another order)."""
+    import ctypes
+
+    variable, value, prefix = OTHER_BUILDS[build]
+    if build == "x86-64-v3" and not _has_x86_64_v3():
+        pytest.skip("x86-64-v3 code needs an x86-64 CPU with AVX2, FMA, BMI2 and MOVBE")
+    for name in ("MBV2_KERNEL_MARCH", "MBV2_KERNEL_LANES"):
+        monkeypatch.delenv(name, raising=False)
+    default = fast_conv.kernel_library()  # the session's build
+    monkeypatch.setenv("MBV2_KERNEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(variable, value)
+    fast_conv.forget_resolution()
+    try:
+        assert fast_conv.resolve_fast_conv("on")  # built, self-tested, run through MindSpore
+        other = fast_conv.kernel_library()
+    finally:
+        monkeypatch.undo()  # the session's library again for the tests after this one
+        fast_conv.forget_resolution()
+    assert other.name.startswith(prefix) and default.name.startswith("mbv2-kernels-native-")
+    assert [p.name for p in (tmp_path / "cache").glob("*.so")] == [other.name]
+    fast_conv.check_entry_points(other)
+    libraries = [ctypes.CDLL(str(path)) for path in (default, other)]
+    for name, arrays, outputs in _entry_point_cases(np.random.default_rng(9)):
+        (status_default, want), (status_other, got) = (
             fast_conv.call_entry_point(library, name, arrays, outputs=outputs) for library in libraries)
-        assert status_native == status_portable == 0, name
+        assert status_default == status_other == 0, name
         for mine, reference in zip(*((got, want) if outputs > 1 else ((got,), (want,)))):
-            _assert_close(mine, reference, f"{name}: x86-64-v3 vs native")
+            _assert_close(mine, reference, f"{name}: {variable}={value} vs the default build")
+
+
+def test_bad_kernel_lanes_is_one_clear_error(fresh_build_state, monkeypatch, tmp_path):
+    """A MBV2_KERNEL_LANES that names no build: one line naming the variable and the values it takes."""
+    from ms_impl.fast_conv import build
+
+    fast_conv = fresh_build_state
+    monkeypatch.setenv("MBV2_KERNEL_LANES", "32")
+    with pytest.raises(fast_conv.FastConvUnavailable) as caught:
+        fast_conv.kernel_library()
+    message = str(caught.value)
+    assert message.startswith("MBV2_KERNEL_LANES='32': not one of '16', '16-simde'") and "\n" not in message
+    # The SIMDe check build where the compiler finds no SIMDe headers: one line saying which package has them.
+    monkeypatch.setenv("MBV2_KERNEL_LANES", "16-simde")
+    monkeypatch.setattr(build, "SIMDE_HEADER", "simde/x86/no-such-header.h")
+    with pytest.raises(fast_conv.FastConvUnavailable) as caught:
+        fast_conv.kernel_library()
+    message = str(caught.value)
+    assert message.startswith("MBV2_KERNEL_LANES='16-simde': ") and "libsimde-dev" in message and "\n" not in message
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())  # nothing built
 
 
 def test_blocks_are_the_twins_own_classes_or_their_fused_subclasses(fast_conv):

@@ -29,6 +29,11 @@ Environment:
                          level, e.g. a cache shared between machines). The value must be a name the
                          compiler accepts, and this CPU must have the instruction sets it implies; otherwise
                          one error names the variable (a warning and MindSpore's layers under "auto").
+    MBV2_KERNEL_LANES    check builds of the AVX-512 code (16-float vectors, 12 x 32 tiles) on a CPU without
+                         AVX-512: `16` from portable vector code, `16-simde` also with the AVX-512 intrinsics
+                         from SIMDe's headers (libsimde-dev). Unset: the target's own width (16 with
+                         AVX-512F, else 8). For checking that code here, not for speed (docs/design.md
+                         section 6).
     MBV2_KERNEL_CACHE    the build cache; else `$XDG_CACHE_HOME/mbv2-twins/kernels`, else
                          `~/.cache/mbv2-twins/kernels`, else (no home directory) a private folder under the
                          system temp dir.
@@ -37,7 +42,7 @@ Environment:
                          workers on this host, in one persistent pool per process.
 
 Build cache: one library per hash of (every source file and the header, compiler and its version, flags
-with the -march target, and for `native` the CPU), named `mbv2-kernels-<march>-<hash>.so`. The first use
+with the -march target and the lanes, and for `native` the CPU), named `mbv2-kernels-<march>[-lanes<lanes>]-<hash>.so`. The first use
 builds it under a file lock (N processes starting together compile once) and renames it into place. A
 cached library that does not load or fails the start-up self-test is rebuilt once.
 """

@@ -30,6 +30,11 @@ MARCH_VARIABLE = "MBV2_KERNEL_MARCH"
 DEFAULT_MARCH = "native"
 MARCH_EXAMPLES = "native, x86-64-v3, x86-64-v2"
 MARCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*\Z")  # a compiler's -march names; also part of a file name
+# Check builds of the AVX-512 code (16-float vectors) that run on a CPU without AVX-512 (kernels/common.h):
+# "16" its layout from portable vector code, "16-simde" also its AVX-512 intrinsics through SIMDe's headers.
+LANES_VARIABLE = "MBV2_KERNEL_LANES"
+LANE_FLAGS: Dict[str, Tuple[str, ...]] = {"": (), "16": ("-DMBV2_LANES=16",), "16-simde": ("-DMBV2_SIMDE_AVX512",)}
+SIMDE_HEADER = "simde/x86/avx512.h"
 BUILD_TIMEOUT_S = 300  # the build takes ~10-30 s; a stalled compiler must not hold start-up for long
 LOCK_TIMEOUT_S = BUILD_TIMEOUT_S + 60  # waiting for another process's build
 ERROR_TAIL = 400  # characters of compiler output kept in a message
@@ -45,7 +50,8 @@ ISA_MACROS: Dict[str, str] = {
 
 
 class FastConvUnavailable(RuntimeError):
-    """The kernels cannot be used here (no compiler, failed build, bad MBV2_KERNEL_MARCH, or no AOT support)."""
+    """The kernels cannot be used here (no compiler, failed build, bad MBV2_KERNEL_MARCH or MBV2_KERNEL_LANES, or
+    no AOT support)."""
 
 
 def source_files() -> List[Path]:
@@ -62,8 +68,17 @@ def kernel_march() -> str:
     return march
 
 
-def compiler_flags(march: str) -> Tuple[str, ...]:
-    return BASE_FLAGS + (f"-march={march}",)
+def kernel_lanes() -> str:
+    """$MBV2_KERNEL_LANES: "" (the target's own vectors), "16" or "16-simde" (check builds, see LANE_FLAGS)."""
+    lanes = os.environ.get(LANES_VARIABLE, "").strip()
+    if lanes not in LANE_FLAGS:
+        raise FastConvUnavailable(f"{LANES_VARIABLE}={lanes!r}: not one of "
+                                  f"{', '.join(repr(v) for v in LANE_FLAGS if v)} (or unset)")
+    return lanes
+
+
+def compiler_flags(march: str, lanes: str = "") -> Tuple[str, ...]:
+    return BASE_FLAGS + (f"-march={march}",) + LANE_FLAGS[lanes]
 
 
 def _compiler() -> str:
@@ -109,6 +124,20 @@ def _check_march(compiler: str, march: str) -> None:
                                   f"which -march={march} code may use")
 
 
+def _check_lanes(compiler: str, lanes: str) -> None:
+    """The SIMDe check build needs SIMDe's headers (Debian/Ubuntu: libsimde-dev): one error, not a compiler log."""
+    if lanes != "16-simde":
+        return
+    try:
+        result = subprocess.run([compiler, "-E", "-x", "c++", "-o", os.devnull, "-"], input=f"#include <{SIMDE_HEADER}>\n",
+                                capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise FastConvUnavailable(f"{LANES_VARIABLE}={lanes!r}: cannot ask {compiler}: {one_line(exc)}") from exc
+    if result.returncode != 0:
+        raise FastConvUnavailable(f"{LANES_VARIABLE}={lanes!r}: {compiler} does not find <{SIMDE_HEADER}> "
+                                  f"(SIMDe's headers; Debian and Ubuntu: libsimde-dev)")
+
+
 def _private_temp_cache() -> Path:
     """A per-user folder under the temp dir, refused if someone else could have planted a library in it."""
     folder = Path(tempfile.gettempdir()) / f"mbv2-twins-kernels-{os.getuid()}"
@@ -135,8 +164,8 @@ def cache_dir() -> Path:
     return home / ".cache" / "mbv2-twins" / "kernels"
 
 
-def _library_name(compiler: str, march: str) -> str:
-    """mbv2-kernels-<march>-<hash>.so, the hash over every source file (name and text), the compiler and its
+def _library_name(compiler: str, march: str, lanes: str = "") -> str:
+    """mbv2-kernels-<march>[-lanes<lanes>]-<hash>.so, the hash over every source file (name and text), the compiler and its
     version, the flags and, for `native` code (valid only on the CPU it was built for), this CPU."""
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60, check=True).stdout
@@ -147,18 +176,20 @@ def _library_name(compiler: str, march: str) -> str:
     cpu = cpu_flags()[0] if march == DEFAULT_MARCH else ""  # a named target runs on every CPU that has it
     digest = hashlib.sha256()
     for part in (*(b for pair in sources for b in pair), compiler.encode(), version.encode(),
-                 " ".join(compiler_flags(march)).encode(), (platform.machine() + "\n" + cpu).encode()):
+                 " ".join(compiler_flags(march, lanes)).encode(), (platform.machine() + "\n" + cpu).encode()):
         digest.update(part)
         digest.update(b"\0")
-    return f"mbv2-kernels-{march}-{digest.hexdigest()[:20]}.so"
+    check_build = f"-lanes{lanes}" if lanes else ""
+    return f"mbv2-kernels-{march}{check_build}-{digest.hexdigest()[:20]}.so"
 
 
-def _build(compiler: str, march: str, target: Path) -> None:
+def _build(compiler: str, march: str, lanes: str, target: Path) -> None:
     sources = [str(path) for path in source_files() if path.suffix == ".cc"]
-    what = f"the kernels ({KERNEL_DIR.name}/*.cc, -march={march}) with {compiler}"
+    check_build = f", {LANES_VARIABLE}={lanes}" if lanes else ""
+    what = f"the kernels ({KERNEL_DIR.name}/*.cc, -march={march}{check_build}) with {compiler}"
     try:
         with atomic_path(target) as temp:
-            result = subprocess.run([compiler, *compiler_flags(march), "-o", str(temp), *sources],
+            result = subprocess.run([compiler, *compiler_flags(march, lanes), "-o", str(temp), *sources],
                                     capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
             if result.returncode != 0:
                 output = " ".join((result.stderr or result.stdout).split())
@@ -171,15 +202,16 @@ def _build(compiler: str, march: str, target: Path) -> None:
 
 
 def kernel_library(rebuild: bool = False) -> Path:
-    """Path of the built kernel library for $MBV2_KERNEL_MARCH, compiling it first if the cache lacks it
-    (or `rebuild`).
+    """Path of the built kernel library for $MBV2_KERNEL_MARCH (and $MBV2_KERNEL_LANES), compiling it first if
+    the cache lacks it (or `rebuild`).
 
     Builds happen under a lock file beside the library, so concurrent first
     uses (msrun workers, parallel tests) compile once and the others wait.
     """
-    compiler, march = _compiler(), kernel_march()
+    compiler, march, lanes = _compiler(), kernel_march(), kernel_lanes()
     _check_march(compiler, march)
-    target = cache_dir() / _library_name(compiler, march)
+    _check_lanes(compiler, lanes)
+    target = cache_dir() / _library_name(compiler, march, lanes)
     if target.is_file() and not rebuild:
         return target  # also works from a read-only cache
     try:
@@ -187,7 +219,7 @@ def kernel_library(rebuild: bool = False) -> Path:
         lock = filelock.FileLock(str(target) + ".lock", timeout=LOCK_TIMEOUT_S)
         with lock:
             if rebuild or not target.is_file():  # another process may have built it while we waited
-                _build(compiler, march, target)
+                _build(compiler, march, lanes, target)
     except filelock.Timeout as exc:
         raise FastConvUnavailable(f"waited {LOCK_TIMEOUT_S} s for another process building {target}") from exc
     except OSError as exc:

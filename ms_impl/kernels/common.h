@@ -37,8 +37,31 @@
 #include <functional>
 #include <vector>
 
+// ---- instruction sets and vector width ----
+// 16 floats per vector where the target has AVX-512F, else 8 (AVX2). Two check builds run the 16-float code on
+// a CPU without AVX-512 (ms_impl/fast_conv/build.py, MBV2_KERNEL_LANES): MBV2_LANES=16 builds its layout from
+// portable vector code (GCC splits each vector in two), and MBV2_SIMDE_AVX512 also takes its AVX-512
+// intrinsics from SIMDe's portable headers, so the code is the AVX-512 build's line for line.
+#if defined(MBV2_SIMDE_AVX512) && !defined(__AVX512F__)
+#define SIMDE_ENABLE_NATIVE_ALIASES
+#include <simde/x86/avx512.h>
+#define MBV2_AVX512_INTRINSICS 1
+#elif defined(__AVX512F__)
+#define MBV2_AVX512_INTRINSICS 1
+#endif
 #if defined(__AVX__)
 #include <immintrin.h>
+#endif
+#if defined(MBV2_AVX512_INTRINSICS) || (defined(MBV2_LANES) && MBV2_LANES == 16)
+#define MBV2_VEC 16
+#else
+#define MBV2_VEC 8
+#endif
+#if MBV2_VEC == 8 && defined(__AVX__)
+#define MBV2_AVX_INTRINSICS 1  // 8-float vectors are __m256: the AVX intrinsics apply
+#endif
+#if MBV2_VEC == 8 && defined(__AVX2__)
+#define MBV2_AVX2_INTRINSICS 1
 #endif
 
 namespace mbv2 {
@@ -68,8 +91,8 @@ struct Geometry {
   int64_t tap(int kw) const { return stride == 1 ? kw : (kw == 1 ? even_len : kw / 2); }
 };
 
-// ---- vector width: AVX-512 where the target has it, else AVX2 (-march) ----
-#if defined(__AVX512F__)
+// ---- vector width (MBV2_VEC above) ----
+#if MBV2_VEC == 16
 constexpr int VEC = 16;
 constexpr int MR = 12;  // 24 accumulators + 2 B vectors + 1 broadcast of 32 vector registers
 #else
@@ -85,9 +108,9 @@ inline vecf load(const float* p) { return *reinterpret_cast<const vecf_u*>(p); }
 inline void store(float* p, vecf v) { *reinterpret_cast<vecf_u*>(p) = v; }
 // One float in every lane. The intrinsics compile to one broadcast load; GCC turns `vecf{} + v` into an
 // add and a shuffle, which halves the tile's speed.
-#if defined(__AVX512F__)
+#if defined(MBV2_AVX512_INTRINSICS)
 inline vecf splat(const float* p) { return (vecf)_mm512_set1_ps(*p); }
-#elif defined(__AVX__)
+#elif defined(MBV2_AVX_INTRINSICS)
 inline vecf splat(const float* p) { return (vecf)_mm256_broadcast_ss(p); }
 #else
 inline vecf splat(const float* p) { return vecf{} + *p; }
@@ -97,9 +120,9 @@ inline vecf splat(const float* p) { return vecf{} + *p; }
 // the instructions return their second operand for a NaN and for equal values (-0 stays -0, as there),
 // where GCC's own vectorisation of std::min/max takes a compare and a blend each (twice the time).
 inline vecf relu6(vecf v) {
-#if defined(__AVX512F__)
+#if defined(MBV2_AVX512_INTRINSICS)
   return (vecf)_mm512_min_ps(_mm512_set1_ps(6.0f), _mm512_max_ps(_mm512_setzero_ps(), (__m512)v));
-#elif defined(__AVX__)
+#elif defined(MBV2_AVX_INTRINSICS)
   return (vecf)_mm256_min_ps(_mm256_set1_ps(6.0f), _mm256_max_ps(_mm256_setzero_ps(), (__m256)v));
 #else
   const vecf zero = vecf{}, six = zero + 6.0f;
@@ -222,11 +245,11 @@ inline void store_in_padded_row(const Geometry& g, float* row, int64_t j0, vecf 
   }
   float* evens = row + g.even_len + j0 / 2;
   float* odds = row + 1 + j0 / 2;
-#if defined(__AVX512F__)
+#if defined(MBV2_AVX512_INTRINSICS)
   const __m512 p = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15), (__m512)v);
   _mm256_storeu_ps(evens, _mm512_castps512_ps256(p));
   _mm256_storeu_ps(odds, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(p), 1)));
-#elif defined(__AVX2__)
+#elif defined(MBV2_AVX2_INTRINSICS)
   const __m256 p = _mm256_permutevar8x32_ps((__m256)v, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
   _mm_storeu_ps(evens, _mm256_castps256_ps128(p));
   _mm_storeu_ps(odds, _mm256_extractf128_ps(p, 1));
@@ -241,7 +264,7 @@ inline void store_in_padded_row(const Geometry& g, float* row, int64_t j0, vecf 
 // store_in_padded_row of the NR values lo = in[j0 .. j0 + VEC), hi = in[j0 + VEC .. j0 + NR) (j0 even, all in the
 // row): at stride 2 the evens of both vectors in one store and the odds in another.
 inline void store_pair_in_padded_row(const Geometry& g, float* row, int64_t j0, vecf lo, vecf hi) {
-#if defined(__AVX2__) && !defined(__AVX512F__)
+#if defined(MBV2_AVX2_INTRINSICS)
   if (g.stride == 2) {
     // [lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6] -> [lo0 lo2 lo4 lo6 hi0 hi2 hi4 hi6], and the odd lanes alike.
     const __m256 evens = _mm256_shuffle_ps((__m256)lo, (__m256)hi, 0x88), odds = _mm256_shuffle_ps((__m256)lo, (__m256)hi, 0xDD);

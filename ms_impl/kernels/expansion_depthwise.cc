@@ -120,7 +120,7 @@ std::vector<float> pack_transposed(const float* w, int64_t out, int64_t depth) {
   return panels;
 }
 
-#if defined(__AVX2__) && !defined(__AVX512F__)
+#if defined(MBV2_AVX2_INTRINSICS)
 // r[i] = element i of each of 8 rows -> r[j] = row j's 8 elements: the 8 x 8 transpose of AVX2 registers.
 inline void transpose8(__m256* r) {
   const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
@@ -148,7 +148,7 @@ inline void transpose8(__m256* r) {
 inline void store_transposed_tile(const Tile& tile, const float* bias, int64_t pixels, int64_t p0, int64_t c0,
                                   int64_t rows, int64_t channels, float* out, const float* skip) {
   const vecf b0 = load(bias), b1 = load(bias + VEC);
-#if defined(__AVX2__) && !defined(__AVX512F__)
+#if defined(MBV2_AVX2_INTRINSICS)
   // Each half of the tile (8 channels) transposed in registers: one masked store of the MR pixels per channel.
   static_assert(MR <= 8, "a tile's pixels fit one AVX2 vector");
   const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(rows)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
