@@ -13,6 +13,28 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MBV2_KERNEL_THREADS")  # torch/oneDNN, MKL, our kernels
+
+
+def _one_share_of_the_cpus() -> None:
+    """Each pytest-xdist worker (and every process it starts) uses its share of the CPUs, not all of them.
+
+    With two workers on two cores and every library sizing its thread pool to the whole machine, the
+    threads of both workers' processes take turns on the cores (and spin while they wait): a parity case
+    ran 2.5x slower beside another than with one thread each. Set before torch and MindSpore are imported
+    (they read these once); a value the caller set is kept."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers < 2:
+        return
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    for name in THREAD_VARIABLES:
+        os.environ.setdefault(name, str(max(1, cpus // workers)))
+
+
+_one_share_of_the_cpus()
 
 
 @pytest.fixture(scope="session")
