@@ -22,13 +22,24 @@ DENSE_SHAPES = [(1, 3, 32, 9, 11, 2), (3, 3, 16, 16, 16, 2), (3, 5, 7, 8, 5, 1),
 RELATIVE_TOLERANCE = 1e-4  # max abs diff / max abs of the reference (summation order differs)
 
 
-@pytest.fixture()
-def fast_conv(ms_pynative):
-    from ms_impl import fast_conv as module
+KERNEL_TEST_THREADS = 2  # the pool's paths and the forms each shape is meant for, whatever the worker's CPU share
 
+
+@pytest.fixture()
+def fast_conv(ms_pynative, monkeypatch):
+    """The kernels on KERNEL_TEST_THREADS threads: tests/conftest.py gives each xdist worker one thread on 2 cores,
+    which would send every small batch to the channel-blocked form and skip the pool's threads."""
+    from ms_impl import fast_conv as module
+    from ms_impl.fast_conv.build import set_library_threads
+
+    monkeypatch.setenv("MBV2_KERNEL_THREADS", str(KERNEL_TEST_THREADS))
     if not module.resolve_fast_conv("auto"):
         pytest.fail("the kernels must build on the test machine (a C++ compiler is part of the test setup)")
-    return module
+    library = module.kernel_library()
+    set_library_threads(library, KERNEL_TEST_THREADS)
+    yield module
+    monkeypatch.undo()
+    set_library_threads(library, module.kernel_threads())
 
 
 def _ms_gradients(layer, x: np.ndarray, upstream: np.ndarray):
@@ -1156,8 +1167,7 @@ def _batch_norm_layer(rng, shape) -> list:
 
 def _entry_point_cases(rng) -> list:
     """(entry point, arrays, outputs) for comparing two builds of the kernels: every kind of kernel, on sizes
-    past one 16-float vector and one 32-channel tile with partial ones left (the AVX-512 layout's tails), the
-    blocks in both of their forms (NCHW planes; channel-blocked for a batch of 4 small planes)."""
+    past one 16-float vector and one 32-channel tile with partial ones left (the AVX-512 layout's tails)."""
     x = rng.standard_normal((2, 24, 17, 15), dtype=np.float32)
     dw_w = rng.standard_normal((24, 1, 3, 3), dtype=np.float32)
     dense_w = rng.standard_normal((8, 24, 3, 3), dtype=np.float32)
@@ -1165,6 +1175,7 @@ def _entry_point_cases(rng) -> list:
     gamma, beta = rng.uniform(0.5, 2, 24).astype(np.float32), rng.uniform(-1, 3, 24).astype(np.float32)
     dy = rng.standard_normal((2, 24, 9, 8), dtype=np.float32)
     stem_x, stem_w = rng.standard_normal((2, 3, 35, 34)), rng.standard_normal((16, 3, 3, 3))
+    x28 = rng.standard_normal((2, 24, 28, 29))
     cases = [
         ("dw_forward_s2", [x, dw_w, np.zeros((2, 24, 9, 8))], 1),
         ("dw_grad_weight_s2", [x, dy, np.zeros(dw_w.shape)], 1),
@@ -1175,6 +1186,11 @@ def _entry_point_cases(rng) -> list:
         ("pw_forward_bias_relu6_s1", [x, pw_w, bias, np.zeros((2, 40, 17, 15))], 1),
         ("pw_forward_bias_s1", [x[:, :, :7, :7], pw_w, bias, np.zeros((2, 40, 7, 7))], 1),
         ("pw_grad_weight_s1", [x, rng.standard_normal((2, 40, 17, 15)), np.zeros(pw_w.shape)], 1),
+        ("pw_grad_weight_s1", [x28, rng.standard_normal((2, 40, 28, 29)),
+                               np.zeros(pw_w.shape)], 1),  # its dot-product form (784 pixels and more)
+        ("dw_forward_bias_relu6_s1", [rng.standard_normal((2, 24, 9, 37)), dw_w, bias[:24], np.zeros((2, 24, 9, 37))], 1),
+        ("dw_forward_bias_relu6_s2", [x28, dw_w, bias[:24], np.zeros((2, 24, 14, 15))], 1),
+        ("dw_forward_s2", [stem_x[:, :1].repeat(24, axis=1), dw_w, np.zeros((2, 24, 18, 17))], 1),
         ("pw_dw_forward_s2", [x, pw_w, bias, rng.standard_normal((40, 1, 3, 3)), bias, np.zeros((2, 40, 9, 8))], 1),
         ("bn_relu6_train_forward", [x, gamma, beta, np.zeros(24), np.ones(24), np.array([1e-5, 0.1]), np.zeros(x.shape),
                                     np.zeros((2, 24)), np.zeros(24), np.zeros(24)], 4),
@@ -1234,15 +1250,18 @@ def test_other_kernel_build_has_its_own_library_with_the_same_results(fast_conv,
     assert [p.name for p in (tmp_path / "cache").glob("*.so")] == [other.name]
     fast_conv.check_entry_points(other)
     libraries = [ctypes.CDLL(str(path)) for path in (default, other)]
-    for library in libraries:
-        library.mbv2_set_threads(1)  # the channel-blocked form needs a batch of twice the threads: 4 here
     try:
-        for name, arrays, outputs in _entry_point_cases(np.random.default_rng(9)):
-            (status_default, want), (status_other, got) = (
-                fast_conv.call_entry_point(library, name, arrays, outputs=outputs) for library in libraries)
-            assert status_default == status_other == 0, name
-            for mine, reference in zip(*((got, want) if outputs > 1 else ((got,), (want,)))):
-                _assert_close(mine, reference, f"{name}: {variable}={value} vs the default build")
+        # One thread: the channel-blocked form for every batch of 2 or more small planes; 3 threads: the NCHW form
+        # for batches under 6.
+        for threads in (1, 3):
+            for library in libraries:
+                library.mbv2_set_threads(threads)
+            for name, arrays, outputs in _entry_point_cases(np.random.default_rng(9)):
+                (status_default, want), (status_other, got) = (
+                    fast_conv.call_entry_point(library, name, arrays, outputs=outputs) for library in libraries)
+                assert status_default == status_other == 0, name
+                for mine, reference in zip(*((got, want) if outputs > 1 else ((got,), (want,)))):
+                    _assert_close(mine, reference, f"{name}, {threads} threads: {variable}={value} vs the default build")
     finally:
         for library in libraries:
             library.mbv2_set_threads(fast_conv.kernel_threads())
